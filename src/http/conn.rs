@@ -1,0 +1,425 @@
+//! One client connection and the socket I/O on it: non-blocking reads into
+//! the request buffer, and `Outgoing`, the state of a response being written
+//! (head, then shared bytes, a file range by `sendfile`, or a stream). An
+//! `Outgoing` can be pumped without blocking by a request worker and, when
+//! the client is slow or the body is long, finished by a transfer thread.
+//!
+//! Sockets are always non-blocking; a blocking pump waits with `poll` and a
+//! per-write inactivity timeout, never a whole-body timeout.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::SendFlags;
+
+use super::response::{chunk_header, FileRange, Framing, Stream, LAST_CHUNK};
+
+/// An accepted client connection.
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes read but not yet consumed by a request (partial or pipelined).
+    pub buf: Vec<u8>,
+    /// When the first byte of the current, incomplete request arrived.
+    pub head_started: Option<Instant>,
+    /// Requests answered on this connection.
+    pub served: u64,
+    /// Whether the socket is registered with the poller's epoll set.
+    pub registered: bool,
+    _open: OpenGuard,
+}
+
+/// Counts open connections; the count drops when the connection does.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) enum ReadOutcome {
+    Data,
+    Eof,
+    WouldBlock,
+    /// The buffer already holds the most a request may need.
+    Full,
+}
+
+impl Conn {
+    /// Wraps an accepted socket; `open` was already incremented for it.
+    pub fn new(stream: TcpStream, peer: SocketAddr, open: Arc<AtomicUsize>) -> Conn {
+        Conn {
+            stream,
+            peer,
+            buf: Vec::new(),
+            head_started: None,
+            served: 0,
+            registered: false,
+            _open: OpenGuard(open),
+        }
+    }
+
+    /// One non-blocking read, appending to `buf` up to `max` bytes in all.
+    pub fn fill(&mut self, max: usize) -> io::Result<ReadOutcome> {
+        if self.buf.len() >= max {
+            return Ok(ReadOutcome::Full);
+        }
+        let want = (max - self.buf.len()).min(16 * 1024);
+        self.buf.reserve(want);
+        loop {
+            let spare = rustix::buffer::spare_capacity(&mut self.buf);
+            match rustix::net::recv(&self.stream, spare, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Ok(ReadOutcome::Eof),
+                Ok(_) => return Ok(ReadOutcome::Data),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return Ok(ReadOutcome::WouldBlock),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Drops consumed bytes; frees the buffer when nothing is left so that
+    /// an idle connection holds no memory.
+    pub fn consume(&mut self, n: usize) {
+        if n >= self.buf.len() {
+            self.buf = Vec::new();
+        } else {
+            self.buf.drain(..n);
+        }
+    }
+
+    /// Ends the connection politely: no more writes, read away what the
+    /// client already sent (closing with unread bytes sends a reset that can
+    /// destroy the response in flight), then close.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        drain(&self.stream);
+    }
+
+    /// Cuts the connection with a reset: the client cannot mistake what it
+    /// got for a complete body.
+    pub fn abort(self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+    }
+}
+
+/// Reads and discards whatever is already buffered (at most 64 KiB).
+pub(crate) fn drain(stream: &TcpStream) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match rustix::net::recv(stream, &mut scratch, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
+/// Waits until `fd` is ready for `flags`, or fails with `TimedOut`.
+pub(crate) fn wait_ready(fd: impl AsFd, flags: PollFlags, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "socket write timed out",
+            ));
+        }
+        let mut fds = [PollFd::new(&fd, flags)];
+        let ts = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 3600,
+            tv_nsec: 0,
+        });
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How a pump may wait for the socket.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// Return `WouldBlock` as soon as the socket is full (request workers).
+    NonBlocking,
+    /// Wait for the socket, failing after this long without progress.
+    Blocking(Duration),
+}
+
+pub(crate) enum Pump {
+    Done,
+    WouldBlock,
+}
+
+/// A response being written.
+pub(crate) struct Outgoing {
+    head: Vec<u8>,
+    head_pos: usize,
+    body: BodyState,
+    /// Body bytes (payload, not framing) handed to the socket so far.
+    pub body_sent: u64,
+}
+
+enum BodyState {
+    Done,
+    Bytes {
+        bytes: Bytes,
+        pos: usize,
+    },
+    File {
+        range: FileRange,
+        pos: u64,
+    },
+    Stream {
+        stream: Stream,
+        chunked: bool,
+        /// Framed bytes read from the stream but not yet written.
+        pending: Vec<u8>,
+        pending_pos: usize,
+        /// Payload bytes the stream may still deliver (known length).
+        remaining: Option<u64>,
+        finished: bool,
+    },
+}
+
+/// Largest piece read from a stream at once.
+const STREAM_CHUNK: usize = 64 * 1024;
+
+impl Outgoing {
+    /// `body` is `None` for HEAD requests and bodiless statuses.
+    pub fn new(head: Vec<u8>, body: Option<super::response::Body>, framing: Framing) -> Outgoing {
+        use super::response::Body;
+        let body = match body {
+            None | Some(Body::Empty) => BodyState::Done,
+            Some(Body::Bytes(bytes)) if bytes.is_empty() => BodyState::Done,
+            Some(Body::Bytes(bytes)) => BodyState::Bytes { bytes, pos: 0 },
+            Some(Body::File(range)) if range.len == 0 => BodyState::Done,
+            Some(Body::File(range)) => BodyState::File {
+                pos: range.offset,
+                range,
+            },
+            Some(Body::Stream(stream)) => BodyState::Stream {
+                remaining: stream.len,
+                stream,
+                chunked: framing == Framing::Chunked,
+                pending: Vec::new(),
+                pending_pos: 0,
+                finished: false,
+            },
+        };
+        Outgoing {
+            head,
+            head_pos: 0,
+            body,
+            body_sent: 0,
+        }
+    }
+
+    /// Whether this response should go to a transfer thread right away:
+    /// streams (their reads may block) and large files.
+    pub fn is_long(&self, threshold: u64) -> bool {
+        match &self.body {
+            BodyState::Stream { .. } => true,
+            BodyState::File { range, .. } => range.len > threshold,
+            BodyState::Bytes { bytes, .. } => bytes.len() as u64 > threshold,
+            BodyState::Done => false,
+        }
+    }
+
+    /// Writes as much as the mode allows.
+    pub fn pump(&mut self, sock: &TcpStream, mode: Mode) -> io::Result<Pump> {
+        loop {
+            match self.step(sock) {
+                Ok(Step::Done) => return Ok(Pump::Done),
+                Ok(Step::Progress) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
+                    Mode::NonBlocking => return Ok(Pump::WouldBlock),
+                    Mode::Blocking(timeout) => wait_ready(sock, PollFlags::OUT, timeout)?,
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One write (or one stream read). `WouldBlock` means the socket is full.
+    fn step(&mut self, sock: &TcpStream) -> io::Result<Step> {
+        let head_left = &self.head[self.head_pos..];
+        match &mut self.body {
+            BodyState::Done => {
+                if head_left.is_empty() {
+                    return Ok(Step::Done);
+                }
+                let n = write_vectored(sock, &[IoSlice::new(head_left)])?;
+                self.head_pos += n;
+            }
+            BodyState::Bytes { bytes, pos } => {
+                // Head and body in one write.
+                let n = write_vectored(
+                    sock,
+                    &[IoSlice::new(head_left), IoSlice::new(&bytes[*pos..])],
+                )?;
+                let from_head = n.min(head_left.len());
+                self.head_pos += from_head;
+                *pos += n - from_head;
+                self.body_sent += (n - from_head) as u64;
+                if *pos == bytes.len() && self.head_pos == self.head.len() {
+                    self.body = BodyState::Done;
+                }
+            }
+            BodyState::File { range, pos } => {
+                if !head_left.is_empty() {
+                    // MSG_MORE: the head leaves in the same segment as the
+                    // first file bytes.
+                    let n = send(sock, head_left, SendFlags::MORE)?;
+                    self.head_pos += n;
+                    return Ok(Step::Progress);
+                }
+                let end = range.offset + range.len;
+                let count = usize::try_from(end - *pos)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 30);
+                let n = sendfile(sock, &*range.file, pos, count)?;
+                if n == 0 {
+                    // The file is shorter than promised: cut, never pad.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended before its announced length",
+                    ));
+                }
+                self.body_sent += n as u64;
+                if *pos >= end {
+                    self.body = BodyState::Done;
+                }
+            }
+            BodyState::Stream {
+                stream,
+                chunked,
+                pending,
+                pending_pos,
+                remaining,
+                finished,
+            } => {
+                if *pending_pos == pending.len() {
+                    if *finished {
+                        if head_left.is_empty() {
+                            self.body = BodyState::Done;
+                            return Ok(Step::Done);
+                        }
+                    } else {
+                        let payload = fill_from_stream(stream, *chunked, pending, remaining)?;
+                        *pending_pos = 0;
+                        self.body_sent += payload as u64;
+                        if payload == 0 {
+                            *finished = true;
+                        }
+                        return Ok(Step::Progress);
+                    }
+                }
+                // The head goes out with the first piece of the body.
+                let n = write_vectored(
+                    sock,
+                    &[
+                        IoSlice::new(head_left),
+                        IoSlice::new(&pending[*pending_pos..]),
+                    ],
+                )?;
+                let from_head = n.min(head_left.len());
+                self.head_pos += from_head;
+                *pending_pos += n - from_head;
+            }
+        }
+        Ok(Step::Progress)
+    }
+}
+
+enum Step {
+    Done,
+    Progress,
+}
+
+/// Reads the next piece of a stream into `pending` with its chunk framing.
+/// Returns the payload size; 0 means the stream ended well (the last chunk
+/// is queued when chunked).
+fn fill_from_stream(
+    stream: &mut Stream,
+    chunked: bool,
+    pending: &mut Vec<u8>,
+    remaining: &mut Option<u64>,
+) -> io::Result<usize> {
+    pending.clear();
+    let mut data = vec![0u8; STREAM_CHUNK];
+    let n = loop {
+        match stream.reader.read(&mut data) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A stream's WouldBlock is not the socket's: never retry it as one.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other(format!("body stream failed: {e}")))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    data.truncate(n);
+    if let Some(left) = remaining {
+        if n as u64 > *left {
+            return Err(io::Error::other(
+                "body stream longer than its announced length",
+            ));
+        }
+        *left -= n as u64;
+        if n == 0 && *left > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body stream ended before its announced length",
+            ));
+        }
+    }
+    if chunked {
+        if n > 0 {
+            pending.extend_from_slice(chunk_header(n).as_bytes());
+            pending.extend_from_slice(&data);
+            pending.extend_from_slice(b"\r\n");
+        } else {
+            pending.extend_from_slice(LAST_CHUNK);
+        }
+    } else {
+        *pending = data;
+    }
+    Ok(n)
+}
+
+fn write_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut s = sock;
+    let n = s.write_vectored(bufs)?;
+    if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+fn send(sock: &TcpStream, buf: &[u8], flags: SendFlags) -> io::Result<usize> {
+    Ok(rustix::net::send(
+        sock,
+        buf,
+        flags | SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )?)
+}
+
+fn sendfile(
+    sock: &TcpStream,
+    file: &std::fs::File,
+    pos: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    Ok(rustix::fs::sendfile(sock, file, Some(pos), count)?)
+}

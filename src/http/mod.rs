@@ -1,0 +1,414 @@
+//! roxpi's HTTP/1.1 server. It knows nothing about PyPI: it runs a handler
+//! `Fn(&Request) -> Response` and owns everything between the socket and
+//! that call.
+//!
+//! # Threads
+//! - **accept** (1): polls the listener and accepts in a loop. It never exits
+//!   on an accept error: EMFILE, ENFILE, ENOBUFS, ECONNABORTED… are logged
+//!   (rate-limited), counted, and followed by a 10–100 ms back-off. Each socket
+//!   is made non-blocking with `TCP_NODELAY`. Above the connection cap a
+//!   client gets an immediate `503` with `Retry-After`, written without
+//!   blocking and followed by `shutdown(Write)` and a short drain.
+//! - **poller** (1): parks idle connections in epoll with `EPOLLONESHOT`
+//!   (see `poller`); closes them after the keep-alive timeout (announced as
+//!   `Keep-Alive: timeout=N`) or, for a partly received head, at the head
+//!   deadline. Idle connections hold no worker and no buffer.
+//! - **request workers** (`workers`, fixed): read and parse a request
+//!   (httparse), call the handler, write the answer without blocking,
+//!   answer buffered pipelined requests, and park the connection again. A
+//!   ready connection that waited longer than `queue_timeout` for a worker
+//!   gets a 503: queueing is normal, shedding is for overload.
+//! - **transfer threads** (on demand, at most `max_transfers`): finish
+//!   responses that are long (streams, large files) or meet a slow client,
+//!   with blocking writes and a per-write inactivity timeout.
+//!
+//! # Limits
+//! Request head ≤ 16 KiB and ≤ 64 fields (431), target ≤ 8 KiB (414), the
+//! whole head within `head_timeout` of its first byte (408 or close — a
+//! trickling client is parked between bytes, so it never holds a worker),
+//! request bodies ≤ 64 KiB read and handed over (413 beyond),
+//! `Transfer-Encoding` in a request → 501. The connection cap is derived from
+//! `RLIMIT_NOFILE` (raised to the hard limit at start), keeping a reserve of
+//! descriptors for upstream sockets, temp files and downloads.
+//!
+//! # Responses
+//! `Content-Length` whenever the length is known, chunked for a stream of
+//! unknown length (close-delimited for HTTP/1.0), no body for HEAD. Shared
+//! bytes go out with the head in one `writev`; file ranges by an explicit
+//! `sendfile` loop after the head sent with `MSG_MORE`; a stream that fails
+//! or delivers the wrong length cuts the connection with a reset. A panic in
+//! the handler becomes a 500 and the worker lives on. Response header values
+//! are validated (no CR/LF/NUL). One access-log line per response goes to the
+//! `roxpi::access` log target (asynchronous writer: no per-request lock).
+//!
+//! # Shutdown
+//! `Server::shutdown` stops accepting, closes idle connections, lets
+//! in-flight responses finish (with `Connection: close`) within a bounded
+//! wait, and returns.
+
+mod conn;
+mod poller;
+mod request;
+mod response;
+mod worker;
+
+pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
+pub use response::{Body, FileRange, Response, Stream};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
+
+use conn::Conn;
+use poller::Poller;
+use worker::{Ready, TransferPool};
+
+/// Server settings. `Default` gives production values.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Request worker threads.
+    pub workers: usize,
+    /// Most threads finishing long or slow responses at once.
+    pub max_transfers: usize,
+    /// Time for a whole request head to arrive, from its first byte (and
+    /// for a new connection's first request).
+    pub head_timeout: Duration,
+    /// How long an idle kept-alive connection stays open.
+    pub keep_alive_timeout: Duration,
+    /// A blocked write fails after this long without progress.
+    pub write_timeout: Duration,
+    /// How long a ready connection may wait for a worker before a 503.
+    pub queue_timeout: Duration,
+    /// Connection cap; `None` derives it from the descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Bodies longer than this go straight to a transfer thread.
+    pub transfer_threshold: u64,
+    pub limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: DEFAULT_WORKERS,
+            max_transfers: 512,
+            head_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(5),
+            max_connections: None,
+            transfer_threshold: 256 * 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Default request workers (chosen by `benches/http_server.rs`).
+pub const DEFAULT_WORKERS: usize = 32;
+
+/// Counters kept by the server (read them with `Server::stats`).
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub accept_errors: AtomicU64,
+    /// Connections refused with 503 at the cap.
+    pub shed: AtomicU64,
+    /// Ready connections that waited too long for a worker (503).
+    pub queue_timeouts: AtomicU64,
+    pub requests: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub head_timeouts: AtomicU64,
+    pub handler_panics: AtomicU64,
+    /// Responses cut mid-body (client gone, write timeout, failed stream).
+    pub aborted: AtomicU64,
+}
+
+type Handler = Box<dyn Fn(&Request) -> Response + Send + Sync>;
+
+pub(crate) struct Shared {
+    config: ServerConfig,
+    handler: Handler,
+    poller: Poller,
+    ready_tx: Sender<Ready>,
+    transfers: TransferPool,
+    stop: AtomicBool,
+    open: Arc<AtomicUsize>,
+    stats: Stats,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    max_connections: usize,
+}
+
+impl Server {
+    /// Binds `addr` and starts every thread. Port 0 picks a free port
+    /// (see `local_addr`).
+    pub fn start<H>(addr: SocketAddr, config: ServerConfig, handler: H) -> io::Result<Server>
+    where
+        H: Fn(&Request) -> Response + Send + Sync + 'static,
+    {
+        let listener = bind(addr)?;
+        let addr = listener.local_addr()?;
+        let nofile = raise_nofile_limit();
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| connection_cap(nofile));
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            transfers: TransferPool::new(config.max_transfers),
+            poller: Poller::new()?,
+            config,
+            handler: Box::new(handler),
+            ready_tx,
+            stop: AtomicBool::new(false),
+            open: Arc::new(AtomicUsize::new(0)),
+            stats: Stats::default(),
+        });
+        let mut threads = Vec::new();
+        for i in 0..shared.config.workers.max(1) {
+            let (s, rx) = (Arc::clone(&shared), ready_rx.clone());
+            threads.push(spawn(&format!("roxpi-worker-{i}"), move || {
+                worker::worker_loop(&s, &rx)
+            })?);
+        }
+        let s = Arc::clone(&shared);
+        threads.push(spawn("roxpi-poller", move || {
+            s.poller.run(&s.ready_tx, &s.stop)
+        })?);
+        let s = Arc::clone(&shared);
+        threads.push(spawn("roxpi-accept", move || {
+            accept_loop(&s, &listener, max_connections)
+        })?);
+        log::debug!(
+            "http server on {addr}: {} workers, up to {max_connections} connections (nofile {nofile})",
+            shared.config.workers
+        );
+        Ok(Server {
+            addr,
+            shared,
+            threads,
+            max_connections,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Open client connections (parked, queued and being served).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Idle connections waiting in the poller.
+    pub fn parked_connections(&self) -> usize {
+        self.shared.poller.parked()
+    }
+
+    /// Transfer threads currently alive.
+    pub fn transfer_threads(&self) -> usize {
+        self.shared.transfers.threads()
+    }
+
+    /// Stops accepting, closes idle connections and waits up to `grace` for
+    /// in-flight responses. Returns whether everything finished in time.
+    pub fn shutdown(self, grace: Duration) -> bool {
+        self.shared.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + grace;
+        while self.shared.open.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "shutdown: {} connections still busy after {grace:?}",
+                    self.shared.open.load(Ordering::Acquire)
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
+/// Creates the listening socket with a deep backlog (bursts of CI jobs).
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("cannot bind {addr}: {e}"),
+        )
+    })?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the new soft
+/// limit.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        if limit.current.is_some_and(|soft| soft < hard) {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+                log::warn!("cannot raise RLIMIT_NOFILE to {hard}: {e}");
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+/// Descriptors never used for client connections: stdio, listener, epoll,
+/// log and lock files.
+const BASE_FDS: u64 = 16;
+
+/// The connection cap for a descriptor limit: a quarter (16 to 1024) stays
+/// in reserve for upstream sockets, temp files and downloads (pure).
+pub fn connection_cap(nofile: u64) -> usize {
+    let reserve = (nofile / 4).clamp(16, 1024);
+    let cap = nofile.saturating_sub(reserve + BASE_FDS).max(4);
+    usize::try_from(cap.min(1 << 20)).unwrap_or(1 << 20)
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
+    let tick = Timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    let mut backoff = Duration::from_millis(10);
+    let mut last_report: Option<Instant> = None;
+    while !shared.stopping() {
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&tick)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("poll on the listener failed: {e}");
+                std::thread::sleep(backoff);
+                continue;
+            }
+        }
+        loop {
+            match rustix::net::acceptfrom_with(
+                listener,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            ) {
+                Ok((fd, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let stream = TcpStream::from(fd);
+                    let peer = peer
+                        .and_then(|p| SocketAddr::try_from(p).ok())
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
+                    // The guard inside `Conn` gives the slot back on drop.
+                    let conn = Conn::new(stream, peer, Arc::clone(&shared.open));
+                    if open > cap {
+                        shared.stats.shed.fetch_add(1, Ordering::Relaxed);
+                        shed(conn);
+                        continue;
+                    }
+                    let _ = rustix::net::sockopt::set_tcp_nodelay(&conn.stream, true);
+                    let _ = shared.ready_tx.send(Ready {
+                        conn,
+                        queued: Instant::now(),
+                    });
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    if last_report.is_none_or(|t| now - t >= Duration::from_secs(10)) {
+                        last_report = Some(now);
+                        log::warn!(
+                            "accept failed: {e} ({} accept errors so far); backing off",
+                            shared.stats.accept_errors.load(Ordering::Relaxed)
+                        );
+                    }
+                    if e != rustix::io::Errno::CONNABORTED {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_millis(100));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a client beyond the connection cap.
+const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, retry soon\n";
+
+fn shed(conn: Conn) {
+    let _ = rustix::net::send(
+        &conn.stream,
+        SHED_RESPONSE,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    );
+    conn.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shed_response_length_is_right() {
+        let text = std::str::from_utf8(SHED_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn connection_cap_keeps_a_reserve() {
+        let cases: &[(u64, usize)] = &[
+            (0, 4),
+            (32, 4),
+            (64, 32),
+            (1024, 752),
+            (4096, 3056),
+            (65536, 64496),
+        ];
+        for (nofile, want) in cases {
+            assert_eq!(connection_cap(*nofile), *want, "nofile {nofile}");
+        }
+    }
+}

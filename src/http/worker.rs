@@ -1,0 +1,416 @@
+//! Request workers and transfer threads.
+//!
+//! A request worker takes a connection that has bytes to read, reads and
+//! parses the request, calls the handler, and writes the answer without
+//! blocking. Pipelined requests already buffered are answered in turn; then
+//! the connection goes back to the poller. A response that is long (a
+//! stream, a large file) or meets a full socket is handed to a transfer
+//! thread, which finishes it with blocking writes, so that slow downloads
+//! never hold the small, hot request pool.
+//!
+//! Transfer threads are started on demand up to a cap and leave after a
+//! minute idle. Bookkeeping rule: `idle` counts waiting threads that no job
+//! has claimed yet; `submit` claims one (or starts a thread) under the pool
+//! lock, so a job never waits behind a thread that is about to exit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::conn::{Conn, Mode, Outgoing, Pump, ReadOutcome};
+use super::request::{parse_request, Method, Parsed, Request, Version};
+use super::response::{framing, write_head, Framing, HeadParams, Persistence, Response};
+use super::Shared;
+
+/// A connection with bytes to read, and when it started waiting for a worker.
+pub(crate) struct Ready {
+    pub conn: Conn,
+    pub queued: Instant,
+}
+
+/// What the access log needs once a response is finished.
+struct Access {
+    method: Method,
+    target: String,
+    status: u16,
+    tag: Option<&'static str>,
+    started: Instant,
+}
+
+/// A response finished by a transfer thread.
+pub(crate) struct Transfer {
+    conn: Conn,
+    out: Outgoing,
+    keep_alive: bool,
+    access: Access,
+}
+
+pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Ready>) {
+    loop {
+        match ready.recv_timeout(Duration::from_millis(250)) {
+            Ok(Ready { conn, queued }) => {
+                if queued.elapsed() > shared.config.queue_timeout {
+                    shared.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                    refuse(conn, 503, "server busy, retry shortly\n");
+                    continue;
+                }
+                // `serve` catches handler panics itself; this guards the
+                // worker against a bug anywhere else.
+                if catch_unwind(AssertUnwindSafe(|| serve(shared, conn))).is_err() {
+                    log::error!("request worker recovered from a panic");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.stopping() && ready.is_empty() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Answers every complete request buffered on `conn`, then parks it.
+fn serve(shared: &Arc<Shared>, mut conn: Conn) {
+    let limits = shared.config.limits;
+    loop {
+        let parsed = if conn.buf.is_empty() {
+            Ok(Parsed::Partial)
+        } else {
+            parse_request(&conn.buf, &limits)
+        };
+        match parsed {
+            Ok(Parsed::Complete { request, consumed }) => {
+                conn.consume(consumed);
+                conn.head_started = (!conn.buf.is_empty()).then(Instant::now);
+                match respond(shared, conn, request) {
+                    Some(c) if c.buf.is_empty() => {
+                        let deadline = Instant::now() + shared.config.keep_alive_timeout;
+                        shared.poller.park(c, deadline);
+                        return;
+                    }
+                    Some(c) => conn = c,
+                    None => return,
+                }
+            }
+            Ok(Parsed::Partial) => match conn.fill(limits.max_buffered()) {
+                Ok(ReadOutcome::Data) => {
+                    conn.head_started.get_or_insert_with(Instant::now);
+                }
+                Ok(ReadOutcome::WouldBlock) => {
+                    let deadline = match conn.head_started {
+                        Some(t) => t + shared.config.head_timeout,
+                        None if conn.served == 0 => Instant::now() + shared.config.head_timeout,
+                        None => Instant::now() + shared.config.keep_alive_timeout,
+                    };
+                    if conn.head_started.is_some() && Instant::now() >= deadline {
+                        shared.stats.head_timeouts.fetch_add(1, Ordering::Relaxed);
+                        refuse(conn, 408, "request head not received in time\n");
+                    } else {
+                        shared.poller.park(conn, deadline);
+                    }
+                    return;
+                }
+                // `Full` cannot happen without a parse error first; treat
+                // it like the end of the connection.
+                Ok(ReadOutcome::Eof) | Ok(ReadOutcome::Full) | Err(_) => return,
+            },
+            Err(e) => {
+                shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                log::info!(
+                    target: "roxpi::access",
+                    "{} \"-\" {} 0 0.0ms {}",
+                    conn.peer,
+                    e.status,
+                    e.reason
+                );
+                refuse(conn, e.status, &format!("{}\n", e.reason));
+                return;
+            }
+        }
+    }
+}
+
+/// Writes a short error answer and closes the connection.
+fn refuse(conn: Conn, status: u16, reason: &str) {
+    let response = Response::text(status, reason.to_owned()).header("Retry-After", "1");
+    let (out, _) = prepare(response, Version::Http11, false, false, 0);
+    let mut out = out;
+    let _ = out.pump(&conn.stream, Mode::NonBlocking);
+    conn.close();
+}
+
+/// Runs the handler for one request and writes its response. Returns the
+/// connection when it stays open and the response is fully written.
+fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option<Conn> {
+    let started = Instant::now();
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    request.set_peer(conn.peer);
+    let (response, panicked) = match catch_unwind(AssertUnwindSafe(|| (shared.handler)(&request))) {
+        Ok(r) => (r.checked(), false),
+        Err(_) => {
+            shared.stats.handler_panics.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "handler panicked on {} {}; answered 500",
+                request.method(),
+                request.target()
+            );
+            (Response::text(500, "internal server error\n"), true)
+        }
+    };
+    let keep = request.wants_keep_alive() && !panicked && !shared.stopping();
+    let is_head = *request.method() == Method::Head;
+    let status = response.status();
+    let tag = response.take_log_tag();
+    let (mut out, keep) = prepare(
+        response,
+        request.version(),
+        is_head,
+        keep,
+        shared.config.keep_alive_timeout.as_secs(),
+    );
+    conn.served += 1;
+    let access = || Access {
+        method: request.method().clone(),
+        target: request.target().to_owned(),
+        status,
+        tag,
+        started,
+    };
+    if out.is_long(shared.config.transfer_threshold) {
+        shared.submit_transfer(Transfer {
+            conn,
+            out,
+            keep_alive: keep,
+            access: access(),
+        });
+        return None;
+    }
+    match out.pump(&conn.stream, Mode::NonBlocking) {
+        Ok(Pump::Done) => {
+            log_access(&conn, &access(), out.body_sent, None);
+            if keep {
+                Some(conn)
+            } else {
+                conn.close();
+                None
+            }
+        }
+        Ok(Pump::WouldBlock) => {
+            shared.submit_transfer(Transfer {
+                conn,
+                out,
+                keep_alive: keep,
+                access: access(),
+            });
+            None
+        }
+        Err(e) => {
+            log_access(&conn, &access(), out.body_sent, Some(&e));
+            conn.abort();
+            None
+        }
+    }
+}
+
+/// Turns a response into the bytes to send and whether the connection can
+/// stay open afterwards.
+fn prepare(
+    response: Response,
+    version: Version,
+    is_head: bool,
+    keep: bool,
+    keep_alive_secs: u64,
+) -> (Outgoing, bool) {
+    let (status, headers, body) = response.into_parts();
+    let framing = framing(status, body.len(), version);
+    let keep = keep && framing != Framing::CloseDelimited;
+    let persistence = if keep {
+        Persistence::KeepAlive {
+            timeout_secs: keep_alive_secs,
+        }
+    } else {
+        Persistence::Close
+    };
+    let mut head = Vec::with_capacity(256);
+    with_date(|date| {
+        write_head(
+            &mut head,
+            status,
+            &headers,
+            &HeadParams {
+                version,
+                framing,
+                persistence,
+                date,
+            },
+        )
+    });
+    let body = (!is_head && framing != Framing::None).then_some(body);
+    (Outgoing::new(head, body, framing), keep)
+}
+
+/// Calls `f` with the current `Date` value, formatted once per second per
+/// thread.
+fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs || cached.1.is_empty() {
+            *cached = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&cached.1)
+    })
+}
+
+fn log_access(conn: &Conn, a: &Access, bytes: u64, error: Option<&std::io::Error>) {
+    if !log::log_enabled!(target: "roxpi::access", log::Level::Info) {
+        return;
+    }
+    let ms = a.started.elapsed().as_secs_f64() * 1000.0;
+    let tag = a.tag.unwrap_or("-");
+    match error {
+        None => log::info!(
+            target: "roxpi::access",
+            "{} \"{} {}\" {} {} {:.1}ms {}",
+            conn.peer, a.method, a.target, a.status, bytes, ms, tag
+        ),
+        Some(e) => log::info!(
+            target: "roxpi::access",
+            "{} \"{} {}\" {} {} {:.1}ms {} cut: {}",
+            conn.peer, a.method, a.target, a.status, bytes, ms, tag, e
+        ),
+    }
+}
+
+/// The elastic pool of transfer threads.
+pub(crate) struct TransferPool {
+    tx: Sender<Transfer>,
+    rx: Receiver<Transfer>,
+    state: Mutex<PoolState>,
+    max: usize,
+}
+
+struct PoolState {
+    /// Waiting threads not yet claimed by a job.
+    idle: usize,
+    total: usize,
+}
+
+const TRANSFER_IDLE_EXIT: Duration = Duration::from_secs(60);
+
+impl TransferPool {
+    pub fn new(max: usize) -> TransferPool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        TransferPool {
+            tx,
+            rx,
+            state: Mutex::new(PoolState { idle: 0, total: 0 }),
+            max: max.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // Two counters updated together under the lock; never poisoned in
+        // a way that matters, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Threads running now (for statistics and tests).
+    pub fn threads(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Shared {
+    fn submit_transfer(self: &Arc<Self>, job: Transfer) {
+        let pool = &self.transfers;
+        let mut state = pool.lock();
+        if state.idle > 0 {
+            state.idle -= 1;
+        } else if state.total < pool.max {
+            let shared = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("roxpi-transfer".into())
+                .stack_size(256 * 1024)
+                .spawn(move || transfer_loop(&shared));
+            match spawned {
+                Ok(_) => state.total += 1,
+                Err(e) => log::warn!("cannot start a transfer thread: {e}"),
+            }
+        }
+        // Sent under the lock so that `idle` and the queue agree.
+        let _ = pool.tx.send(job);
+    }
+}
+
+fn transfer_loop(shared: &Arc<Shared>) {
+    let pool = &shared.transfers;
+    loop {
+        match pool.rx.recv_timeout(TRANSFER_IDLE_EXIT) {
+            Ok(job) => {
+                run_transfer(shared, job);
+                pool.lock().idle += 1;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let mut state = pool.lock();
+                // idle == 0: every waiting thread is claimed by a queued
+                // job, possibly this one.
+                if state.idle > 0 {
+                    state.idle -= 1;
+                    state.total -= 1;
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn run_transfer(shared: &Arc<Shared>, job: Transfer) {
+    let Transfer {
+        conn,
+        mut out,
+        keep_alive,
+        access,
+    } = job;
+    let timeout = shared.config.write_timeout;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        out.pump(&conn.stream, Mode::Blocking(timeout))
+    }));
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other("panic while sending the body")),
+    };
+    match result {
+        Ok(_) => {
+            log_access(&conn, &access, out.body_sent, None);
+            if !keep_alive || shared.stopping() {
+                conn.close();
+            } else if conn.buf.is_empty() {
+                let deadline = Instant::now() + shared.config.keep_alive_timeout;
+                shared.poller.park(conn, deadline);
+            } else {
+                let _ = shared.ready_tx.send(Ready {
+                    conn,
+                    queued: Instant::now(),
+                });
+            }
+        }
+        Err(e) => {
+            shared.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            log_access(&conn, &access, out.body_sent, Some(&e));
+            conn.abort();
+        }
+    }
+}

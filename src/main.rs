@@ -1,0 +1,57 @@
+//! The roxpi binary: parse the configuration, start logging, run the server
+//! until SIGTERM or SIGINT, then shut down gracefully.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use roxpi::config::Config;
+use roxpi::http::{Server, ServerConfig};
+
+/// How long in-flight responses may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roxpi: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _log = roxpi::logging::start(&config.log)
+        .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", config.log))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    let server_config = ServerConfig {
+        workers: config.workers.max(1),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config.bind, server_config, roxpi::app::handle)
+        .with_context(|| format!("cannot listen on {} (ROXPI_BIND / --bind)", config.bind))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "roxpi listening on http://{}", server.local_addr())?;
+    out.flush()?;
+    drop(out);
+    log::info!(
+        "serving on http://{} with {} workers, up to {} connections",
+        server.local_addr(),
+        config.workers,
+        server.max_connections()
+    );
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: finishing in-flight responses, then exiting");
+    }
+    if !server.shutdown(SHUTDOWN_GRACE) {
+        log::warn!("exiting with responses still in flight");
+    }
+    Ok(())
+}
