@@ -288,7 +288,7 @@ impl Outgoing {
                 let count = usize::try_from(end - *pos)
                     .unwrap_or(usize::MAX)
                     .min(1 << 30);
-                let n = sendfile(sock, &*range.file, pos, count)?;
+                let n = sendfile(sock, &range.file, pos, count)?;
                 if n == 0 {
                     // The file is shorter than promised: cut, never pad.
                     return Err(io::Error::new(

@@ -267,7 +267,12 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,
     };
-    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
     rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
     rustix::net::bind(&fd, &addr).map_err(|e| {
         io::Error::new(
@@ -287,7 +292,7 @@ pub fn raise_nofile_limit() -> u64 {
     if let Some(hard) = limit.maximum {
         if limit.current.is_some_and(|soft| soft < hard) {
             limit.current = Some(hard);
-            if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
                 log::warn!("cannot raise RLIMIT_NOFILE to {hard}: {e}");
             }
         }
@@ -375,7 +380,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
 }
 
 /// The answer to a client beyond the connection cap.
-const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, retry soon\n";
+const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 33\r\nConnection: close\r\n\r\ntoo many connections, retry soon\n";
 
 fn shed(conn: Conn) {
     let _ = rustix::net::send(

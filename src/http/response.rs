@@ -389,7 +389,15 @@ mod tests {
 
     #[test]
     fn head_variants() {
-        let cases: &[(u16, Version, Framing, Persistence, &[&str], &[&str])] = &[
+        type Case = (
+            u16,
+            Version,
+            Framing,
+            Persistence,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
             (
                 200,
                 Version::Http11,

@@ -1,0 +1,529 @@
+//! The HTTP server module in-process, with a test handler: framing, limits,
+//! slow and idle clients, pipelining, panics, load shedding.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use roxpi::http::{Body, FileRange, Request, Response, Server, ServerConfig, Stream};
+
+use crate::util::{connect, get, within, Client};
+
+const BIG: usize = 16 << 20;
+
+/// A stream that yields `ok` bytes, then fails.
+struct Failing {
+    ok: usize,
+}
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok == 0 {
+            return Err(std::io::Error::other("upstream went away"));
+        }
+        let n = buf.len().min(self.ok).min(1000);
+        buf[..n].fill(b'f');
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+fn handler(big: Bytes, file: Arc<std::fs::File>, file_len: u64) -> impl Fn(&Request) -> Response {
+    move |req: &Request| match req.path() {
+        "/ok" => Response::new(200).body("ok"),
+        "/method" => Response::new(200).body(format!("{} {}", req.method(), req.body().len())),
+        "/big" => Response::new(200).body(big.clone()),
+        "/panic" => panic!("test handler panics on purpose"),
+        "/file" => Response::new(200).body(FileRange {
+            file: Arc::clone(&file),
+            offset: 0,
+            len: file_len,
+        }),
+        "/file-tail" => Response::new(200).body(FileRange {
+            file: Arc::clone(&file),
+            offset: file_len - 10,
+            len: 10,
+        }),
+        "/file-short" => Response::new(200).body(FileRange {
+            file: Arc::clone(&file),
+            offset: 0,
+            len: file_len + 100,
+        }),
+        "/stream" => Response::new(200).body(Body::Stream(Stream {
+            len: None,
+            reader: Box::new(std::io::repeat(b's').take(100_000)),
+        })),
+        "/stream-known" => Response::new(200).body(Body::Stream(Stream {
+            len: Some(100_000),
+            reader: Box::new(std::io::repeat(b's').take(100_000)),
+        })),
+        "/stream-short" => Response::new(200).body(Body::Stream(Stream {
+            len: Some(100_000),
+            reader: Box::new(std::io::repeat(b's').take(50_000)),
+        })),
+        "/stream-fail" => Response::new(200).body(Body::Stream(Stream {
+            len: None,
+            reader: Box::new(Failing { ok: 30_000 }),
+        })),
+        "/split" => Response::new(200).header("X-Evil", "a\r\nSet-Cookie: x=1"),
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+struct Fixture {
+    server: Option<Server>,
+    addr: SocketAddr,
+    file_bytes: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Fixture {
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+}
+
+fn start(config: ServerConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file.bin");
+    let file_bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &file_bytes).unwrap();
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    let big = Bytes::from(vec![b'B'; BIG]);
+    let h = handler(big, file, file_bytes.len() as u64);
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), config, h).unwrap();
+    Fixture {
+        addr: server.local_addr(),
+        server: Some(server),
+        file_bytes,
+        _dir: dir,
+    }
+}
+
+fn small_config(workers: usize) -> ServerConfig {
+    ServerConfig {
+        workers,
+        ..ServerConfig::default()
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn health_like_request_gets_length_date_and_keep_alive() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let r = get(f.addr, "/ok");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"ok");
+        assert_eq!(r.header("content-length"), Some("2"));
+        assert!(r.header("date").is_some_and(|d| d.ends_with("GMT")));
+        assert_eq!(r.header("keep-alive"), Some("timeout=120"));
+        assert_eq!(r.header("connection"), None);
+    });
+}
+
+#[test]
+fn two_pipelined_requests_in_one_packet_both_get_answers() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut c = Client::new(f.addr);
+        c.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nGET /method HTTP/1.1\r\nHost: t\r\n\r\n");
+        let first = c.read_reply(false).unwrap();
+        let second = c.read_reply(false).unwrap();
+        assert_eq!((first.status, first.body.as_slice()), (200, &b"ok"[..]));
+        assert_eq!(
+            (second.status, second.body.as_slice()),
+            (200, &b"GET 0"[..])
+        );
+    });
+}
+
+#[test]
+fn thousand_requests_on_one_keep_alive_connection() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut c = Client::new(f.addr);
+        for i in 0..1000 {
+            let r = c.get("/ok");
+            assert_eq!(r.status, 200, "request {i}");
+            assert_eq!(r.body, b"ok");
+        }
+        assert_eq!(
+            f.server()
+                .stats()
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    });
+}
+
+#[test]
+fn delete_with_content_length_zero_and_small_bodies() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut c = Client::new(f.addr);
+        c.send(b"DELETE /method HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        let r = c.read_reply(false).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"DELETE 0"[..]));
+        // A small body is read (not mistaken for the next request).
+        c.send(b"DELETE /method HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nGET /");
+        let r = c.read_reply(false).unwrap();
+        assert_eq!(r.body, b"DELETE 5");
+        let r = c.get("/ok");
+        assert_eq!(r.status, 200);
+    });
+}
+
+#[test]
+fn limits_answer_with_4xx_and_close() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        let many: String = (0..70).map(|i| format!("h{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (long_target.into_bytes(), 414),
+            (many.into_bytes(), 431),
+            (
+                b"POST /ok HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                501,
+            ),
+            (
+                b"POST /ok HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
+                413,
+            ),
+            (b"garbage\r\n\r\n".to_vec(), 400),
+        ];
+        for (raw, want) in cases {
+            let mut c = Client::new(f.addr);
+            c.send(&raw);
+            let r = c.read_reply(false).unwrap();
+            assert_eq!(r.status, want);
+            assert_eq!(r.header("connection"), Some("close"));
+            let mut rest = Vec::new();
+            let _ = c.reader.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "connection closed after {want}");
+        }
+    });
+}
+
+#[test]
+fn head_gets_headers_without_body() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut c = Client::new(f.addr);
+        c.send(b"HEAD /big HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.read_reply(true).unwrap();
+        assert_eq!(r.header("content-length"), Some(BIG.to_string().as_str()));
+        // The next response follows immediately: no body bytes in between.
+        let r = c.get("/ok");
+        assert_eq!(r.body, b"ok");
+    });
+}
+
+#[test]
+fn http10_and_connection_close_are_honoured() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        for raw in [
+            &b"GET /ok HTTP/1.0\r\n\r\n"[..],
+            &b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        ] {
+            let mut s = connect(f.addr);
+            s.write_all(raw).unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            let text = String::from_utf8_lossy(&all);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("Connection: close\r\n"), "{text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{text}");
+        }
+        // HTTP/1.0 with keep-alive stays open.
+        let mut c = Client::new(f.addr);
+        c.send(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_reply(false).unwrap();
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        c.send(b"GET /ok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(c.read_reply(false).unwrap().body, b"ok");
+        // An unknown-length stream to HTTP/1.0 is close-delimited.
+        let mut s = connect(f.addr);
+        s.write_all(b"GET /stream HTTP/1.0\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let text = String::from_utf8_lossy(&all);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(!head.contains("Transfer-Encoding") && !head.contains("Content-Length"));
+        assert_eq!(body.len(), 100_000);
+    });
+}
+
+#[test]
+fn bodies_of_every_kind_arrive_intact() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut c = Client::new(f.addr);
+        let r = c.get("/file");
+        assert_eq!(r.body, f.file_bytes, "sendfile body");
+        let r = c.get("/file-tail");
+        assert_eq!(r.body, &f.file_bytes[f.file_bytes.len() - 10..]);
+        let r = c.get("/stream");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.body, vec![b's'; 100_000]);
+        let r = c.get("/stream-known");
+        assert_eq!(r.header("content-length"), Some("100000"));
+        assert_eq!(r.body.len(), 100_000);
+        let r = c.get("/big");
+        assert_eq!(r.body.len(), BIG);
+        assert!(r.body.iter().all(|&b| b == b'B'));
+        // Still the same connection.
+        assert_eq!(c.get("/ok").body, b"ok");
+    });
+}
+
+/// A body that cannot be completed must never look complete.
+#[test]
+fn failing_or_short_bodies_cut_the_connection() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        for path in ["/stream-fail", "/stream-short", "/file-short"] {
+            let mut c = Client::new(f.addr);
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            let got = c.read_reply(false);
+            assert!(
+                got.is_err(),
+                "{path}: a cut body must be an error, got {got:?}"
+            );
+        }
+        assert_eq!(get(f.addr, "/ok").status, 200);
+    });
+}
+
+#[test]
+fn response_splitting_is_refused() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let r = get(f.addr, "/split");
+        assert_eq!(r.status, 500);
+        assert!(r.header("set-cookie").is_none());
+    });
+}
+
+#[test]
+fn panicking_handler_gives_500_and_the_server_lives_on() {
+    within(LIMIT, || {
+        let f = start(small_config(1));
+        for _ in 0..3 {
+            let r = get(f.addr, "/panic");
+            assert_eq!(r.status, 500);
+            assert_eq!(r.header("connection"), Some("close"));
+            // The only worker survived: a fresh connection is served.
+            assert_eq!(get(f.addr, "/ok").status, 200);
+        }
+        let panics = f
+            .server()
+            .stats()
+            .handler_panics
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(panics, 3);
+    });
+}
+
+/// Clients trickling their heads one byte per 0.5 s are dropped at the head
+/// deadline and never hold the (two) workers.
+#[test]
+fn trickling_clients_are_dropped_and_do_not_block_others() {
+    within(LIMIT, || {
+        let config = ServerConfig {
+            workers: 2,
+            head_timeout: Duration::from_secs(3),
+            ..ServerConfig::default()
+        };
+        let f = start(config);
+        let addr = f.addr;
+        let tricklers: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut s = connect(addr);
+                    let started = Instant::now();
+                    for b in b"GET /ok HTTP/1.1\r\nHost: trickle\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+                        if s.write_all(&[*b]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest);
+                    (started.elapsed(), rest)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert_eq!(get(addr, "/ok").status, 200);
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "a normal client waited {took:?}"
+            );
+        }
+        for t in tricklers {
+            let (elapsed, rest) = t.join().unwrap();
+            // 50 bytes at 0.5 s would take 25 s: the head deadline cut it.
+            assert!(
+                elapsed < Duration::from_secs(15),
+                "trickler lasted {elapsed:?}"
+            );
+            let text = String::from_utf8_lossy(&rest);
+            assert!(
+                rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+                "{text}"
+            );
+        }
+        let timeouts = f
+            .server()
+            .stats()
+            .head_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(timeouts <= 4);
+    });
+}
+
+#[test]
+fn three_hundred_idle_connections_do_not_block_a_new_request() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut idle = Vec::new();
+        for i in 0..300 {
+            if i % 2 == 0 {
+                // Never sends anything.
+                idle.push(Client::new(f.addr));
+            } else {
+                // Kept alive after one request.
+                let mut c = Client::new(f.addr);
+                assert_eq!(c.get("/ok").status, 200);
+                idle.push(c);
+            }
+        }
+        let t = Instant::now();
+        assert_eq!(get(f.addr, "/ok").status, 200);
+        let took = t.elapsed();
+        assert!(took < Duration::from_secs(1), "new request waited {took:?}");
+        // The idle ones are parked, not holding the two workers.
+        assert!(
+            f.server().parked_connections() >= 290,
+            "{}",
+            f.server().parked_connections()
+        );
+        // And a kept-alive one still works.
+        assert_eq!(idle[1].get("/ok").status, 200);
+    });
+}
+
+/// 100 clients that request 16 MiB and read nothing: their bodies sit in
+/// transfer threads; small requests are still answered at once.
+#[test]
+fn slow_downloads_do_not_starve_small_requests() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let mut slow = Vec::new();
+        for _ in 0..100 {
+            let mut s = connect(f.addr);
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            slow.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert_eq!(get(f.addr, "/ok").status, 200);
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "small request waited {took:?}"
+            );
+        }
+        assert!(
+            f.server().transfer_threads() >= 50,
+            "{}",
+            f.server().transfer_threads()
+        );
+        // The slow clients still get their whole body when they read.
+        let mut c = crate::util::Client {
+            reader: std::io::BufReader::new(slow.pop().unwrap()),
+        };
+        let r = c.read_reply(false).unwrap();
+        assert_eq!(r.body.len(), BIG);
+        for s in slow {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    });
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503_then_service_resumes() {
+    within(LIMIT, || {
+        let config = ServerConfig {
+            workers: 2,
+            max_connections: Some(4),
+            ..ServerConfig::default()
+        };
+        let f = start(config);
+        let held: Vec<Client> = (0..4)
+            .map(|_| {
+                let mut c = Client::new(f.addr);
+                assert_eq!(c.get("/ok").status, 200);
+                c
+            })
+            .collect();
+        let mut c = Client::new(f.addr);
+        c.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.read_reply(false).unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        drop(held);
+        // The slots come back once the server sees the closes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Client::new(f.addr);
+            c.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n");
+            match c.read_reply(false) {
+                Ok(r) if r.status == 200 => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("service did not resume: {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn idle_connections_close_after_the_keep_alive_timeout() {
+    within(LIMIT, || {
+        let config = ServerConfig {
+            workers: 2,
+            keep_alive_timeout: Duration::from_secs(1),
+            ..ServerConfig::default()
+        };
+        let f = start(config);
+        let mut c = Client::new(f.addr);
+        assert_eq!(c.get("/ok").header("keep-alive"), Some("timeout=1"));
+        let mut rest = Vec::new();
+        let t = Instant::now();
+        c.reader.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let _ = TcpStream::connect(f.addr);
+    });
+}
