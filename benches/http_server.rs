@@ -91,7 +91,12 @@ fn start_nginx(dir: &Path, body: &[u8]) -> (Child, SocketAddr) {
     );
     fs::write(dir.join("nginx.conf"), conf).unwrap();
     let child = Command::new("nginx")
-        .args(["-c", &dir.join("nginx.conf").display().to_string(), "-e", "stderr"])
+        .args([
+            "-c",
+            &dir.join("nginx.conf").display().to_string(),
+            "-e",
+            "stderr",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("start nginx");
@@ -128,14 +133,21 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let body = Bytes::from((0..BODY_LEN).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>());
+    let body = Bytes::from(
+        (0..BODY_LEN)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let (mut nginx, nginx_addr) = start_nginx(dir.path(), &body);
     let nginx_url = format!("http://{nginx_addr}/page");
     let conns = [1u32, 16, 64];
 
     println!("HTTP server, {BODY_LEN}-byte body, wrk keep-alive, {secs}s per point, same run");
-    println!("{:<22} {:>6} {:>12} {:>10} {:>9}", "server", "conns", "req/s", "p99 ms", "vs nginx");
+    println!(
+        "{:<22} {:>6} {:>12} {:>10} {:>9}",
+        "server", "conns", "req/s", "p99 ms", "vs nginx"
+    );
     for &workers in &worker_counts {
         let b = body.clone();
         let server = Server::start(

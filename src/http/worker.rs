@@ -13,6 +13,7 @@
 //! has claimed yet; `submit` claims one (or starts a thread) under the pool
 //! lock, so a job never waits behind a thread that is about to exit.
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -31,13 +32,26 @@ pub(crate) struct Ready {
     pub queued: Instant,
 }
 
-/// What the access log needs once a response is finished.
-struct Access {
-    method: Method,
-    target: String,
+/// What the access log needs once a response is finished. Borrowed from the
+/// request on the worker's fast path; owned when a transfer thread finishes.
+struct Access<'a> {
+    method: Cow<'a, Method>,
+    target: Cow<'a, str>,
     status: u16,
     tag: Option<&'static str>,
     started: Instant,
+}
+
+impl Access<'_> {
+    fn into_owned(self) -> Access<'static> {
+        Access {
+            method: Cow::Owned(self.method.into_owned()),
+            target: Cow::Owned(self.target.into_owned()),
+            status: self.status,
+            tag: self.tag,
+            started: self.started,
+        }
+    }
 }
 
 /// A response finished by a transfer thread.
@@ -45,7 +59,7 @@ pub(crate) struct Transfer {
     conn: Conn,
     out: Outgoing,
     keep_alive: bool,
-    access: Access,
+    access: Access<'static>,
 }
 
 pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Ready>) {
@@ -173,9 +187,9 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
         shared.config.keep_alive_timeout.as_secs(),
     );
     conn.served += 1;
-    let access = || Access {
-        method: request.method().clone(),
-        target: request.target().to_owned(),
+    let access = Access {
+        method: Cow::Borrowed(request.method()),
+        target: Cow::Borrowed(request.target()),
         status,
         tag,
         started,
@@ -185,13 +199,13 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
             conn,
             out,
             keep_alive: keep,
-            access: access(),
+            access: access.into_owned(),
         });
         return None;
     }
     match out.pump(&conn.stream, Mode::NonBlocking) {
         Ok(Pump::Done) => {
-            log_access(&conn, &access(), out.body_sent, None);
+            log_access(&conn, &access, out.body_sent, None);
             if keep {
                 Some(conn)
             } else {
@@ -204,12 +218,12 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
                 conn,
                 out,
                 keep_alive: keep,
-                access: access(),
+                access: access.into_owned(),
             });
             None
         }
         Err(e) => {
-            log_access(&conn, &access(), out.body_sent, Some(&e));
+            log_access(&conn, &access, out.body_sent, Some(&e));
             conn.abort();
             None
         }
@@ -273,7 +287,7 @@ fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     })
 }
 
-fn log_access(conn: &Conn, a: &Access, bytes: u64, error: Option<&std::io::Error>) {
+fn log_access(conn: &Conn, a: &Access<'_>, bytes: u64, error: Option<&std::io::Error>) {
     if !log::log_enabled!(target: "roxpi::access", log::Level::Info) {
         return;
     }
