@@ -11,3 +11,4 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod pypi;

@@ -1,0 +1,265 @@
+//! The parsed model of a project page: one list of file entries keeping
+//! every field of the simple API (PEP 503/592/629/658/691/700/740/792),
+//! whatever format the upstream used. Pages are rendered from this model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use url::Url;
+
+/// A distribution filename: the last segment of a file URL, decoded once.
+/// Never empty, `.` or `..`, and free of `/`, `\`, NUL and control
+/// characters, so it can never act as a path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Filename(Box<str>);
+
+/// Longest filename accepted.
+pub const MAX_FILENAME_LEN: usize = 255;
+
+impl Filename {
+    pub fn parse(raw: &str) -> Option<Filename> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_FILENAME_LEN
+            && raw != "."
+            && raw != ".."
+            && !raw.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        ok.then(|| Filename(raw.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Filename {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Hashes by lower-case algorithm name (`sha256` → hex digest).
+pub type Hashes = BTreeMap<String, String>;
+
+/// PEP 592 yanked state.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Yanked {
+    #[default]
+    No,
+    Yes,
+    Reason(String),
+}
+
+impl Yanked {
+    pub fn is_yanked(&self) -> bool {
+        !matches!(self, Yanked::No)
+    }
+
+    /// From an HTML `data-yanked` value (present = yanked, text = reason).
+    pub fn from_attr(value: &str) -> Yanked {
+        if value.is_empty() {
+            Yanked::Yes
+        } else {
+            Yanked::Reason(value.to_owned())
+        }
+    }
+}
+
+/// PEP 658 core metadata availability.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CoreMetadata {
+    #[default]
+    Absent,
+    /// Available; the hashes may be empty (advertised as `true`).
+    Available(Hashes),
+}
+
+impl CoreMetadata {
+    /// From an HTML attribute value: `true`, empty, or `name=hex`.
+    pub fn from_attr(value: &str) -> CoreMetadata {
+        let value = value.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("true") {
+            return CoreMetadata::Available(Hashes::new());
+        }
+        if value.eq_ignore_ascii_case("false") {
+            return CoreMetadata::Absent;
+        }
+        match parse_hash_pair(value) {
+            Some((k, v)) => CoreMetadata::Available(Hashes::from([(k, v)])),
+            None => CoreMetadata::Available(Hashes::new()),
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        matches!(self, CoreMetadata::Available(_))
+    }
+}
+
+/// Parses `name=hexdigest` (a URL fragment or attribute value).
+pub fn parse_hash_pair(s: &str) -> Option<(String, String)> {
+    let (name, value) = s.split_once('=')?;
+    let name = name.trim().to_ascii_lowercase();
+    let value = value.trim();
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let value_ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_hexdigit());
+    (name_ok && value_ok).then(|| (name, value.to_ascii_lowercase()))
+}
+
+/// Keeps only well-formed hash entries (lower-case names and hex digests).
+pub fn clean_hashes(raw: BTreeMap<String, String>) -> Hashes {
+    raw.into_iter()
+        .filter_map(|(k, v)| parse_hash_pair(&format!("{k}={v}")))
+        .collect()
+}
+
+/// PEP 792 project status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectStatus {
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// One distribution file of a project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    pub filename: Filename,
+    /// Absolute upstream URL, without fragment.
+    pub url: Url,
+    pub hashes: Hashes,
+    pub requires_python: Option<String>,
+    pub yanked: Yanked,
+    pub core_metadata: CoreMetadata,
+    pub gpg_sig: Option<bool>,
+    pub size: Option<u64>,
+    pub upload_time: Option<String>,
+    /// PEP 740 provenance URL, kept only when absolute https.
+    pub provenance: Option<String>,
+}
+
+impl FileEntry {
+    /// A bare entry with only the required fields.
+    pub fn new(filename: Filename, url: Url) -> FileEntry {
+        FileEntry {
+            filename,
+            url,
+            hashes: Hashes::new(),
+            requires_python: None,
+            yanked: Yanked::No,
+            core_metadata: CoreMetadata::Absent,
+            gpg_sig: None,
+            size: None,
+            upload_time: None,
+            provenance: None,
+        }
+    }
+
+    /// The hash used in HTML fragments and for verification: sha256 when
+    /// present, else the strongest sha2 hash, else any.
+    pub fn preferred_hash(&self) -> Option<(&str, &str)> {
+        preferred(&self.hashes)
+    }
+}
+
+/// sha256 first, then sha512, sha384, sha224, then the first by name.
+pub fn preferred(hashes: &Hashes) -> Option<(&str, &str)> {
+    for name in ["sha256", "sha512", "sha384", "sha224"] {
+        if let Some(v) = hashes.get(name) {
+            return Some((name, v.as_str()));
+        }
+    }
+    hashes.iter().next().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Keeps a provenance URL only if it is an absolute https URL (PEP 740).
+pub fn clean_provenance(raw: Option<String>) -> Option<String> {
+    let raw = raw?;
+    let url = Url::parse(&raw).ok()?;
+    (url.scheme() == "https").then_some(raw)
+}
+
+/// A parsed project page from one index.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProjectPage {
+    pub files: Vec<FileEntry>,
+    /// PEP 700 versions, when the upstream gave them.
+    pub versions: Option<BTreeSet<String>>,
+    pub project_status: Option<ProjectStatus>,
+}
+
+/// Names in an index's project list, as the upstream spelt them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProjectList {
+    pub names: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames() {
+        let good = ["numpy-1.0-py3-none-any.whl", "a.tar.gz", "torch-2.0+cu118-cp311.whl", "x"];
+        for f in good {
+            assert!(Filename::parse(f).is_some(), "{f}");
+        }
+        let long = "a".repeat(MAX_FILENAME_LEN + 1);
+        let bad = ["", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", "../etc/passwd", long.as_str()];
+        for f in bad {
+            assert!(Filename::parse(f).is_none(), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn hash_pairs() {
+        let cases = [
+            ("sha256=ABCdef01", Some(("sha256", "abcdef01"))),
+            ("SHA256=ab", Some(("sha256", "ab"))),
+            ("md5=00ff", Some(("md5", "00ff"))),
+            ("sha256=", None),
+            ("sha256", None),
+            ("=ab", None),
+            ("sha256=xyz", None),
+            ("sha 256=ab", None),
+        ];
+        for (input, want) in cases {
+            let got = parse_hash_pair(input);
+            assert_eq!(
+                got.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn core_metadata_attr_values() {
+        let sha = Hashes::from([("sha256".to_owned(), "ab".to_owned())]);
+        let cases = [
+            ("", CoreMetadata::Available(Hashes::new())),
+            ("true", CoreMetadata::Available(Hashes::new())),
+            ("sha256=AB", CoreMetadata::Available(sha)),
+            ("false", CoreMetadata::Absent),
+        ];
+        for (input, want) in cases {
+            assert_eq!(CoreMetadata::from_attr(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn preferred_hash_order() {
+        let h = |pairs: &[(&str, &str)]| -> Hashes {
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        assert_eq!(preferred(&h(&[("md5", "1"), ("sha256", "2")])), Some(("sha256", "2")));
+        assert_eq!(preferred(&h(&[("md5", "1"), ("sha512", "3")])), Some(("sha512", "3")));
+        assert_eq!(preferred(&h(&[("blake2b", "4")])), Some(("blake2b", "4")));
+        assert_eq!(preferred(&Hashes::new()), None);
+    }
+
+    #[test]
+    fn provenance_only_absolute_https() {
+        assert!(clean_provenance(Some("https://pypi.org/integrity/x/1/f/provenance".into())).is_some());
+        assert!(clean_provenance(Some("http://example.com/p".into())).is_none());
+        assert!(clean_provenance(Some("/relative".into())).is_none());
+        assert!(clean_provenance(None).is_none());
+    }
+}
