@@ -55,7 +55,7 @@ fn handle(req: &Request) -> Response {
 }
 
 fn main() -> std::io::Result<()> {
-    let _log = roxpi::logging::start("info").ok();
+    let _log = roxpi::logging::start("info", false).ok();
     let bind = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());

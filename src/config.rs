@@ -1,25 +1,615 @@
 //! Every setting once: its flag, its `ROXPI_*` variable, its default and its
-//! help text. Parsed and validated at startup into typed values.
+//! help text (the `Cli` declaration), the proxpi/groxpi aliases, and the
+//! validation into typed values (`Settings`). Invalid values stop startup
+//! with a message naming the setting and the accepted form.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use url::Url;
 
-/// roxpi — a PyPI caching proxy.
+use crate::pypi::Strategy;
+
+/// PyPI's simple index, the default upstream.
+pub const PYPI: &str = "https://pypi.org/simple/";
+
+/// roxpi — a PyPI caching proxy (a drop-in for proxpi).
+///
+/// Every option is also read from the environment variable shown; proxpi's
+/// `PROXPI_*` and groxpi's `GROXPI_*` names are accepted as aliases (the
+/// `ROXPI_*` name wins). Empty variables count as unset.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about, long_about = None)]
-pub struct Config {
+pub struct Cli {
     /// Listen address; port 0 picks a free port (the real address is printed).
     #[arg(long, env = "ROXPI_BIND", default_value = "0.0.0.0:5000")]
-    pub bind: SocketAddr,
+    pub bind: String,
+
+    /// Root upstream index (credentials may be embedded: https://user:pass@host/simple/).
+    #[arg(long, env = "ROXPI_INDEX_URL", default_value = PYPI)]
+    pub index_url: String,
+
+    /// Root index TTL in seconds; 0 = revalidate on every request.
+    #[arg(long, env = "ROXPI_INDEX_TTL", default_value = "1800")]
+    pub index_ttl: String,
+
+    /// Comma-separated extra indexes.
+    #[arg(long, env = "ROXPI_EXTRA_INDEX_URLS", default_value = "")]
+    pub extra_index_urls: String,
+
+    /// Comma-separated TTLs (seconds) of the extra indexes; 180 each if unset.
+    #[arg(long, env = "ROXPI_EXTRA_INDEX_TTLS", default_value = "")]
+    pub extra_index_ttls: String,
+
+    /// `merge` (union of files, root first) or `first-index` (the first index
+    /// that has the project wins; an erroring index never lets a later one win).
+    #[arg(long, env = "ROXPI_INDEX_STRATEGY", default_value = "merge")]
+    pub index_strategy: String,
+
+    /// Seconds an expired page's refresh may take before the stale copy is served.
+    #[arg(long, env = "ROXPI_STALE_AFTER", default_value = "3")]
+    pub stale_after: String,
+
+    /// Bound on the in-memory index cache (bytes; 64M, 1G… accepted).
+    #[arg(long, env = "ROXPI_INDEX_CACHE_SIZE", default_value = "64M")]
+    pub index_cache_size: String,
+
+    /// Upstream connect timeout in seconds.
+    #[arg(long, env = "ROXPI_CONNECT_TIMEOUT", default_value = "3.1")]
+    pub connect_timeout: String,
+
+    /// Upstream timeout per read in seconds (never a whole-body limit).
+    #[arg(long, env = "ROXPI_READ_TIMEOUT", default_value = "20")]
+    pub read_timeout: String,
+
+    /// Seconds an uncached file request waits for the upstream's response
+    /// headers before a 302 to the upstream URL; 0 = always redirect.
+    #[arg(long, env = "ROXPI_DOWNLOAD_TIMEOUT", default_value = "0.9")]
+    pub download_timeout: String,
+
+    /// Disable TLS certificate verification for upstream indexes (1/true/yes/on).
+    #[arg(
+        long,
+        env = "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+        default_value = "off"
+    )]
+    pub disable_index_ssl_verification: String,
+
+    /// PEM bundle of CA certificates for upstream TLS (default: the system
+    /// store if present, else built-in roots).
+    #[arg(long, env = "ROXPI_CA_FILE", default_value = "")]
+    pub ca_file: String,
+
+    /// Serve every file as application/octet-stream (1/true/yes/on).
+    #[arg(long, env = "ROXPI_BINARY_FILE_MIME_TYPE", default_value = "off")]
+    pub binary_file_mime_type: String,
+
+    /// Never contact an upstream; serve only what is cached (1/true/yes/on).
+    #[arg(long, env = "ROXPI_OFFLINE", default_value = "off")]
+    pub offline: String,
 
     /// Request worker threads (idle connections hold none; long bodies go to
     /// separate transfer threads).
-    #[arg(long, env = "ROXPI_WORKERS", default_value_t = crate::http::DEFAULT_WORKERS,
-          value_parser = clap::value_parser!(usize))]
-    pub workers: usize,
+    #[arg(long, env = "ROXPI_WORKERS", default_value_t = crate::http::DEFAULT_WORKERS.to_string())]
+    pub workers: String,
 
-    /// Log level or flexi_logger spec (e.g. `info`, `debug`, `info,roxpi::access=warn`).
+    /// Log level or flexi_logger spec (`info`, `debug`, `info,roxpi::access=warn`);
+    /// proxpi's WARNING/CRITICAL/numbers are translated.
     #[arg(long = "log", env = "ROXPI_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log line format: `text` or `json`.
+    #[arg(long, env = "ROXPI_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// `ROXPI_*` variables and their aliases, in order of precedence.
+pub const ALIASES: &[(&str, &[&str])] = &[
+    ("ROXPI_INDEX_URL", &["PROXPI_INDEX_URL", "GROXPI_INDEX_URL"]),
+    ("ROXPI_INDEX_TTL", &["PROXPI_INDEX_TTL", "GROXPI_INDEX_TTL"]),
+    (
+        "ROXPI_EXTRA_INDEX_URLS",
+        &["PROXPI_EXTRA_INDEX_URLS", "GROXPI_EXTRA_INDEX_URLS"],
+    ),
+    (
+        "ROXPI_EXTRA_INDEX_TTLS",
+        &[
+            "PROXPI_EXTRA_INDEX_TTLS",
+            "PROXPI_EXTRA_INDEX_TTL",
+            "GROXPI_EXTRA_INDEX_TTLS",
+        ],
+    ),
+    (
+        "ROXPI_CONNECT_TIMEOUT",
+        &["PROXPI_CONNECT_TIMEOUT", "GROXPI_CONNECT_TIMEOUT"],
+    ),
+    (
+        "ROXPI_READ_TIMEOUT",
+        &["PROXPI_READ_TIMEOUT", "GROXPI_READ_TIMEOUT"],
+    ),
+    (
+        "ROXPI_DOWNLOAD_TIMEOUT",
+        &["PROXPI_DOWNLOAD_TIMEOUT", "GROXPI_DOWNLOAD_TIMEOUT"],
+    ),
+    (
+        "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+        &[
+            "PROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+            "GROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+        ],
+    ),
+    (
+        "ROXPI_BINARY_FILE_MIME_TYPE",
+        &[
+            "PROXPI_BINARY_FILE_MIME_TYPE",
+            "GROXPI_BINARY_FILE_MIME_TYPE",
+        ],
+    ),
+    (
+        "ROXPI_LOG",
+        &["PROXPI_LOGGING_LEVEL", "GROXPI_LOGGING_LEVEL"],
+    ),
+    ("ROXPI_LOG_FORMAT", &["GROXPI_LOG_FORMAT"]),
+    (
+        "ROXPI_CACHE_SIZE",
+        &["PROXPI_CACHE_SIZE", "GROXPI_CACHE_SIZE"],
+    ),
+    ("ROXPI_CACHE_DIR", &["PROXPI_CACHE_DIR", "GROXPI_CACHE_DIR"]),
+];
+
+/// Which value each `ROXPI_*` variable should take from the environment
+/// (pure): an empty variable is unset; an unset one takes its first
+/// non-empty alias. `None` means "remove the variable".
+pub fn resolve_aliases(
+    get: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, Option<String>)> {
+    let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let mut out = Vec::new();
+    for (name, aliases) in ALIASES {
+        let value = nonempty(name).or_else(|| aliases.iter().find_map(|a| nonempty(a)));
+        out.push((*name, value));
+    }
+    // Variables without aliases: only the empty = unset rule.
+    for name in [
+        "ROXPI_BIND",
+        "ROXPI_INDEX_STRATEGY",
+        "ROXPI_STALE_AFTER",
+        "ROXPI_INDEX_CACHE_SIZE",
+        "ROXPI_CA_FILE",
+        "ROXPI_OFFLINE",
+        "ROXPI_WORKERS",
+    ] {
+        out.push((name, nonempty(name)));
+    }
+    out
+}
+
+/// Applies `resolve_aliases` to the process environment. Call before any
+/// thread starts (it edits the environment).
+pub fn apply_env_aliases() {
+    for (name, value) in resolve_aliases(|n| std::env::var(n).ok()) {
+        match value {
+            Some(v) => std::env::set_var(name, v),
+            None => std::env::remove_var(name),
+        }
+    }
+}
+
+/// One upstream index.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// The URL, ending in `/`, with any credentials.
+    pub url: Url,
+    pub ttl: Duration,
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    /// Root first, then the extras.
+    pub indexes: Vec<IndexConfig>,
+    pub strategy: Strategy,
+    pub stale_after: Duration,
+    pub index_cache_size: u64,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub download_timeout: Duration,
+    pub disable_tls_verification: bool,
+    pub ca_file: Option<PathBuf>,
+    pub binary_file_mime_type: bool,
+    pub offline: bool,
+    pub workers: usize,
+    pub log_spec: String,
+    pub log_json: bool,
+}
+
+/// A setting with a value it cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting} value {value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+fn err(setting: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+impl Settings {
+    pub fn from_cli(cli: &Cli) -> Result<Settings, ConfigError> {
+        let bind = cli.bind.trim().parse().map_err(|_| {
+            err(
+                "ROXPI_BIND / --bind",
+                &cli.bind,
+                "HOST:PORT, e.g. 0.0.0.0:5000",
+            )
+        })?;
+        let root_ttl = parse_seconds(&cli.index_ttl)
+            .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, "seconds, e.g. 1800"))?;
+        let mut indexes = vec![IndexConfig {
+            url: parse_index_url(&cli.index_url)
+                .map_err(|e| err("ROXPI_INDEX_URL", &redact_str(&cli.index_url), e))?,
+            ttl: root_ttl,
+        }];
+        let extra_urls: Vec<&str> = split_list(&cli.extra_index_urls);
+        let extra_ttls: Vec<&str> = split_list(&cli.extra_index_ttls);
+        if !extra_ttls.is_empty() && extra_ttls.len() != extra_urls.len() {
+            return Err(err(
+                "ROXPI_EXTRA_INDEX_TTLS",
+                &cli.extra_index_ttls,
+                format!("one TTL per extra index URL ({} URLs)", extra_urls.len()),
+            ));
+        }
+        for (i, u) in extra_urls.iter().enumerate() {
+            let url =
+                parse_index_url(u).map_err(|e| err("ROXPI_EXTRA_INDEX_URLS", &redact_str(u), e))?;
+            let ttl = match extra_ttls.get(i) {
+                Some(t) => parse_seconds(t)
+                    .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, "seconds, e.g. 180"))?,
+                None => Duration::from_secs(180),
+            };
+            indexes.push(IndexConfig { url, ttl });
+        }
+        let strategy = match cli.index_strategy.trim() {
+            "merge" => Strategy::Merge,
+            "first-index" | "first_index" => Strategy::FirstIndex,
+            other => return Err(err("ROXPI_INDEX_STRATEGY", other, "merge or first-index")),
+        };
+        let secs = |name: &'static str, v: &str| {
+            parse_seconds(v).ok_or_else(|| err(name, v, "seconds, e.g. 2.5"))
+        };
+        let boolean = |name: &'static str, v: &str| {
+            parse_bool(v).ok_or_else(|| err(name, v, "1/true/yes/on or 0/false/no/off"))
+        };
+        let workers = cli
+            .workers
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|w| (1..=4096).contains(w))
+            .ok_or_else(|| {
+                err(
+                    "ROXPI_WORKERS",
+                    &cli.workers,
+                    "a number of threads from 1 to 4096",
+                )
+            })?;
+        let log_json = match cli.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" | "console" => false,
+            "json" => true,
+            _ => return Err(err("ROXPI_LOG_FORMAT", &cli.log_format, "text or json")),
+        };
+        let ca_file = Some(cli.ca_file.trim())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        if let Some(p) = &ca_file {
+            if !p.is_file() {
+                return Err(err(
+                    "ROXPI_CA_FILE",
+                    &p.display().to_string(),
+                    "a readable PEM file",
+                ));
+            }
+        }
+        Ok(Settings {
+            bind,
+            indexes,
+            strategy,
+            stale_after: secs("ROXPI_STALE_AFTER", &cli.stale_after)?,
+            index_cache_size: parse_size(&cli.index_cache_size).ok_or_else(|| {
+                err(
+                    "ROXPI_INDEX_CACHE_SIZE",
+                    &cli.index_cache_size,
+                    "bytes, e.g. 64M or 1G",
+                )
+            })?,
+            connect_timeout: secs("ROXPI_CONNECT_TIMEOUT", &cli.connect_timeout)?,
+            read_timeout: secs("ROXPI_READ_TIMEOUT", &cli.read_timeout)?,
+            download_timeout: secs("ROXPI_DOWNLOAD_TIMEOUT", &cli.download_timeout)?,
+            disable_tls_verification: boolean(
+                "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+                &cli.disable_index_ssl_verification,
+            )?,
+            ca_file,
+            binary_file_mime_type: boolean(
+                "ROXPI_BINARY_FILE_MIME_TYPE",
+                &cli.binary_file_mime_type,
+            )?,
+            offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
+            workers,
+            log_spec: translate_log_level(&cli.log),
+            log_json,
+        })
+    }
+}
+
+fn split_list(s: &str) -> Vec<&str> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// An index URL: http(s), made to end in `/`.
+pub fn parse_index_url(s: &str) -> Result<Url, String> {
+    let mut url = Url::parse(s.trim()).map_err(|e| format!("an http(s) URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("an http(s) URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("an index URL without query or fragment".into());
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+/// Seconds as an integer or decimal (`1800`, `0.9`).
+pub fn parse_seconds(s: &str) -> Option<Duration> {
+    let v: f64 = s.trim().parse().ok()?;
+    (v.is_finite() && (0.0..=1e9).contains(&v)).then(|| Duration::from_secs_f64(v))
+}
+
+/// A byte size: `5368709120`, `500M`, `5G`, `64MiB`, `1.5G` (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    let num = num.trim();
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    let bytes = f * mult as f64;
+    (f.is_finite() && f >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
+}
+
+/// 1/true/yes/on and 0/false/no/off, case-insensitive.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// proxpi's Python logging levels to a flexi_logger spec; anything else is
+/// taken as a spec already. A plain `debug`/`trace` applies to roxpi only:
+/// the HTTP and TLS libraries stay at `info` unless a spec names them.
+pub fn translate_log_level(s: &str) -> String {
+    let t = s.trim();
+    let level = match t.to_ascii_uppercase().as_str() {
+        "CRITICAL" | "FATAL" | "50" | "40" | "ERROR" => "error",
+        "WARNING" | "WARN" | "30" => "warn",
+        "INFO" | "20" => "info",
+        "DEBUG" | "10" => "debug",
+        "NOTSET" | "0" | "TRACE" => "trace",
+        _ => return t.to_owned(),
+    };
+    match level {
+        "debug" | "trace" => format!("info,roxpi={level}"),
+        _ => level.to_owned(),
+    }
+}
+
+/// A URL with its password (and user) replaced, for logs and pages.
+pub fn redact(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut u = url.clone();
+    let _ = u.set_username("***");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// Redacts a string that may or may not parse as a URL.
+pub fn redact_str(s: &str) -> String {
+    match Url::parse(s.trim()) {
+        Ok(u) => redact(&u),
+        Err(_) => match s.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => s.to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("0", Some(0)),
+            ("5368709120", Some(5 << 30)),
+            ("5G", Some(5 << 30)),
+            ("500M", Some(500 << 20)),
+            ("64MiB", Some(64 << 20)),
+            ("1k", Some(1024)),
+            ("1.5G", Some(3 << 29)),
+            (" 2 G ", Some(2 << 30)),
+            ("5X", None),
+            ("", None),
+            ("-1", None),
+            ("G", None),
+            ("99999999999999999999G", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn seconds_and_bools() {
+        assert_eq!(parse_seconds("0.9"), Some(Duration::from_millis(900)));
+        assert_eq!(parse_seconds("1800"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("abc"), None);
+        assert_eq!(parse_seconds("inf"), None);
+        for t in ["1", "true", "TRUE", "Yes", "on"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "false", "False", "no", "OFF", ""] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn log_levels() {
+        let cases = [
+            ("WARNING", "warn"),
+            ("CRITICAL", "error"),
+            ("20", "info"),
+            ("10", "info,roxpi=debug"),
+            ("debug", "info,roxpi=debug"),
+            ("info", "info"),
+            ("info,roxpi::access=warn", "info,roxpi::access=warn"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(translate_log_level(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn index_urls() {
+        assert_eq!(
+            parse_index_url("https://pypi.org/simple").unwrap().as_str(),
+            "https://pypi.org/simple/"
+        );
+        assert_eq!(
+            parse_index_url("http://h:8080/").unwrap().as_str(),
+            "http://h:8080/"
+        );
+        assert!(parse_index_url("ftp://h/simple/").is_err());
+        assert!(parse_index_url("not a url").is_err());
+        assert!(parse_index_url("https://h/simple/?x=1").is_err());
+        let with_creds = parse_index_url("https://user:secret@h/simple/").unwrap();
+        assert_eq!(with_creds.password(), Some("secret"));
+        assert!(!redact(&with_creds).contains("secret"));
+        assert!(!redact(&with_creds).contains("user"));
+        assert!(!redact_str("garbage user:secret@host").contains("secret"));
+    }
+
+    #[test]
+    fn aliases_and_empty_values() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("PROXPI_INDEX_URL", "http://proxpi/simple/"),
+            ("ROXPI_INDEX_TTL", ""),
+            ("PROXPI_INDEX_TTL", "60"),
+            ("ROXPI_CACHE_SIZE", "1G"),
+            ("PROXPI_CACHE_SIZE", "2G"),
+            ("PROXPI_EXTRA_INDEX_TTL", "30"),
+            ("GROXPI_LOGGING_LEVEL", "DEBUG"),
+            ("ROXPI_BIND", ""),
+        ]);
+        let resolved: HashMap<&str, Option<String>> =
+            resolve_aliases(|n| env.get(n).map(|v| v.to_string()))
+                .into_iter()
+                .collect();
+        assert_eq!(
+            resolved["ROXPI_INDEX_URL"].as_deref(),
+            Some("http://proxpi/simple/")
+        );
+        assert_eq!(resolved["ROXPI_INDEX_TTL"].as_deref(), Some("60"));
+        assert_eq!(
+            resolved["ROXPI_CACHE_SIZE"].as_deref(),
+            Some("1G"),
+            "ROXPI_ wins"
+        );
+        assert_eq!(resolved["ROXPI_EXTRA_INDEX_TTLS"].as_deref(), Some("30"));
+        assert_eq!(resolved["ROXPI_LOG"].as_deref(), Some("DEBUG"));
+        assert_eq!(resolved["ROXPI_BIND"], None);
+        assert_eq!(resolved["ROXPI_OFFLINE"], None);
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["roxpi"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v)
+    }
+
+    #[test]
+    fn settings_errors_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bind", "nope"], "ROXPI_BIND"),
+            (&["--index-ttl", "x"], "ROXPI_INDEX_TTL"),
+            (&["--index-url", "ftp://x/"], "ROXPI_INDEX_URL"),
+            (
+                &[
+                    "--extra-index-urls",
+                    "http://a/,http://b/",
+                    "--extra-index-ttls",
+                    "1",
+                ],
+                "ROXPI_EXTRA_INDEX_TTLS",
+            ),
+            (&["--index-strategy", "random"], "ROXPI_INDEX_STRATEGY"),
+            (&["--index-cache-size", "lots"], "ROXPI_INDEX_CACHE_SIZE"),
+            (&["--offline", "perhaps"], "ROXPI_OFFLINE"),
+            (&["--workers", "0"], "ROXPI_WORKERS"),
+            (&["--log-format", "xml"], "ROXPI_LOG_FORMAT"),
+            (&["--ca-file", "/nonexistent/ca.pem"], "ROXPI_CA_FILE"),
+        ];
+        for (args, setting) in cases {
+            let e = Settings::from_cli(&cli(args)).unwrap_err();
+            assert!(e.to_string().contains(setting), "{args:?}: {e}");
+        }
+        let e = Settings::from_cli(&cli(&["--index-url", "ftp://u:secret@x/"])).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn settings_defaults_and_extras() {
+        let s = Settings::from_cli(&cli(&["--extra-index-urls", "http://a/x, http://b/"])).unwrap();
+        assert_eq!(s.indexes.len(), 3);
+        assert_eq!(s.indexes[0].url.as_str(), PYPI);
+        assert_eq!(s.indexes[0].ttl, Duration::from_secs(1800));
+        assert_eq!(s.indexes[1].url.as_str(), "http://a/x/");
+        assert_eq!(s.indexes[2].ttl, Duration::from_secs(180));
+        assert_eq!(s.strategy, Strategy::Merge);
+        assert_eq!(s.index_cache_size, 64 << 20);
+        assert_eq!(s.download_timeout, Duration::from_millis(900));
+        assert!(!s.offline);
+    }
 }

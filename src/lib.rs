@@ -10,5 +10,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod index_cache;
 pub mod logging;
 pub mod pypi;
+pub mod upstream;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use roxpi::config::Config;
+use roxpi::config::{Cli, Settings};
 use roxpi::http::{Server, ServerConfig};
 
 /// How long in-flight responses may take to finish after SIGTERM.
@@ -26,16 +26,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let _log = roxpi::logging::start(&config.log)
-        .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", config.log))?;
+    roxpi::config::apply_env_aliases();
+    let cli = Cli::parse();
+    let config = Settings::from_cli(&cli)?;
+    let _log = roxpi::logging::start(&config.log_spec, config.log_json)
+        .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", cli.log))?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("cannot install signal handlers")?;
     let server_config = ServerConfig {
         workers: config.workers.max(1),
         ..ServerConfig::default()
     };
-    let server = Server::start(config.bind, server_config, roxpi::app::handle)
+    let app = roxpi::app::App::new(config.clone())?;
+    let server = Server::start(config.bind, server_config, move |req| app.handle(req))
         .with_context(|| format!("cannot listen on {} (ROXPI_BIND / --bind)", config.bind))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "roxpi listening on http://{}", server.local_addr())?;
@@ -47,6 +50,13 @@ fn run() -> anyhow::Result<()> {
         config.workers,
         server.max_connections()
     );
+    for (i, index) in config.indexes.iter().enumerate() {
+        log::info!(
+            "index {i}: {} (ttl {}s)",
+            roxpi::config::redact(&index.url),
+            index.ttl.as_secs()
+        );
+    }
     if let Some(sig) = signals.forever().next() {
         log::info!("signal {sig}: finishing in-flight responses, then exiting");
     }

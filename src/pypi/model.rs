@@ -197,12 +197,27 @@ mod tests {
 
     #[test]
     fn filenames() {
-        let good = ["numpy-1.0-py3-none-any.whl", "a.tar.gz", "torch-2.0+cu118-cp311.whl", "x"];
+        let good = [
+            "numpy-1.0-py3-none-any.whl",
+            "a.tar.gz",
+            "torch-2.0+cu118-cp311.whl",
+            "x",
+        ];
         for f in good {
             assert!(Filename::parse(f).is_some(), "{f}");
         }
         let long = "a".repeat(MAX_FILENAME_LEN + 1);
-        let bad = ["", ".", "..", "a/b", "a\\b", "a\0b", "a\nb", "../etc/passwd", long.as_str()];
+        let bad = [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a\nb",
+            "../etc/passwd",
+            long.as_str(),
+        ];
         for f in bad {
             assert!(Filename::parse(f).is_none(), "{f:?}");
         }
@@ -247,17 +262,28 @@ mod tests {
     #[test]
     fn preferred_hash_order() {
         let h = |pairs: &[(&str, &str)]| -> Hashes {
-            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
-        assert_eq!(preferred(&h(&[("md5", "1"), ("sha256", "2")])), Some(("sha256", "2")));
-        assert_eq!(preferred(&h(&[("md5", "1"), ("sha512", "3")])), Some(("sha512", "3")));
+        assert_eq!(
+            preferred(&h(&[("md5", "1"), ("sha256", "2")])),
+            Some(("sha256", "2"))
+        );
+        assert_eq!(
+            preferred(&h(&[("md5", "1"), ("sha512", "3")])),
+            Some(("sha512", "3"))
+        );
         assert_eq!(preferred(&h(&[("blake2b", "4")])), Some(("blake2b", "4")));
         assert_eq!(preferred(&Hashes::new()), None);
     }
 
     #[test]
     fn provenance_only_absolute_https() {
-        assert!(clean_provenance(Some("https://pypi.org/integrity/x/1/f/provenance".into())).is_some());
+        assert!(
+            clean_provenance(Some("https://pypi.org/integrity/x/1/f/provenance".into())).is_some()
+        );
         assert!(clean_provenance(Some("http://example.com/p".into())).is_none());
         assert!(clean_provenance(Some("/relative".into())).is_none());
         assert!(clean_provenance(None).is_none());

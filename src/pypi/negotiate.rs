@@ -97,7 +97,10 @@ fn media_q(ranges: &[Range<'_>], media: &str) -> u16 {
         let v = r.value;
         let specificity = if v.eq_ignore_ascii_case(media) {
             3
-        } else if v.len() == ty.len() + 2 && v.ends_with("/*") && v[..ty.len()].eq_ignore_ascii_case(ty) {
+        } else if v.len() == ty.len() + 2
+            && v.ends_with("/*")
+            && v[..ty.len()].eq_ignore_ascii_case(ty)
+        {
             2
         } else if v == "*/*" {
             1
@@ -188,19 +191,43 @@ mod tests {
             (None, Some(PIP), Some(Json)),
             (None, Some(UV), Some(Json)),
             (None, Some(POETRY), Some(Json)),
-            (None, Some("application/vnd.pypi.simple.v1+json;q=0.5, text/html"), Some(Html)),
-            (None, Some("application/vnd.pypi.simple.v1+json, text/html;q=0.5"), Some(Json)),
-            (None, Some("application/vnd.pypi.simple.v1+json, text/html"), Some(Html)),
-            (None, Some("application/vnd.pypi.simple.v1+json;q=0, text/html"), Some(Html)),
+            (
+                None,
+                Some("application/vnd.pypi.simple.v1+json;q=0.5, text/html"),
+                Some(Html),
+            ),
+            (
+                None,
+                Some("application/vnd.pypi.simple.v1+json, text/html;q=0.5"),
+                Some(Json),
+            ),
+            (
+                None,
+                Some("application/vnd.pypi.simple.v1+json, text/html"),
+                Some(Html),
+            ),
+            (
+                None,
+                Some("application/vnd.pypi.simple.v1+json;q=0, text/html"),
+                Some(Html),
+            ),
             (None, Some("application/json"), None),
             (None, Some("application/vnd.pypi.simple.v42+xml"), None),
             (None, Some("text/*"), Some(Html)),
             (None, Some("application/*"), Some(Json)),
-            (None, Some("*/*;q=0.5, application/vnd.pypi.simple.v1+json;q=0.4"), Some(Html)),
+            (
+                None,
+                Some("*/*;q=0.5, application/vnd.pypi.simple.v1+json;q=0.4"),
+                Some(Html),
+            ),
             (None, Some("text/html;q=0"), None),
             (None, Some("*/*;q=0"), None),
             (None, Some("text/html;q=2"), None),
-            (None, Some("text/html;q=abc, application/vnd.pypi.simple.v1+json"), Some(Json)),
+            (
+                None,
+                Some("text/html;q=abc, application/vnd.pypi.simple.v1+json"),
+                Some(Json),
+            ),
             (Some(V1_JSON), Some("text/html"), Some(Json)),
             (Some(LATEST_JSON), None, Some(Json)),
             (Some("text/html"), Some(V1_JSON), Some(Html)),
@@ -209,7 +236,11 @@ mod tests {
             (Some("bogus"), Some("application/json"), None),
         ];
         for (format, accept, want) in cases {
-            assert_eq!(negotiate_format(*format, *accept), *want, "format={format:?} accept={accept:?}");
+            assert_eq!(
+                negotiate_format(*format, *accept),
+                *want,
+                "format={format:?} accept={accept:?}"
+            );
         }
     }
 
@@ -241,7 +272,17 @@ mod tests {
 
     #[test]
     fn q_values() {
-        let cases = [("1", Some(1000)), ("0", Some(0)), ("0.5", Some(500)), ("0.125", Some(125)), ("1.000", Some(1000)), ("1.5", None), ("0.1234", None), ("x", None), ("", None)];
+        let cases = [
+            ("1", Some(1000)),
+            ("0", Some(0)),
+            ("0.5", Some(500)),
+            ("0.125", Some(125)),
+            ("1.000", Some(1000)),
+            ("1.5", None),
+            ("0.1234", None),
+            ("x", None),
+            ("", None),
+        ];
         for (s, want) in cases {
             assert_eq!(parse_q(s), want, "{s}");
         }

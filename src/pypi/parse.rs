@@ -130,7 +130,11 @@ fn check_version(meta: Option<&JsonMeta>) -> Result<(), ParseError> {
 }
 
 /// Parses a project page.
-pub fn parse_project_page(body: &[u8], format: Format, page_url: &Url) -> Result<ProjectPage, ParseError> {
+pub fn parse_project_page(
+    body: &[u8],
+    format: Format,
+    page_url: &Url,
+) -> Result<ProjectPage, ParseError> {
     match format {
         Format::Json => parse_json_page(body, page_url),
         Format::Html => parse_html_page(body, page_url),
@@ -190,7 +194,8 @@ fn metadata_from_json(m: Option<JsonMetadata>) -> CoreMetadata {
 }
 
 fn parse_json_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseError> {
-    let page: JsonPage = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let page: JsonPage =
+        serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
     check_version(page.meta.as_ref())?;
     let mut files = Vec::with_capacity(page.files.len());
     for f in page.files {
@@ -224,7 +229,9 @@ fn parse_json_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
     }
     Ok(ProjectPage {
         files,
-        versions: page.versions.map(|v| v.into_iter().collect::<BTreeSet<_>>()),
+        versions: page
+            .versions
+            .map(|v| v.into_iter().collect::<BTreeSet<_>>()),
         project_status: page.project_status.and_then(|s| {
             Some(ProjectStatus {
                 status: s.status?,
@@ -249,7 +256,9 @@ fn resolve_file_url(base: &Url, href: &str) -> Option<(Url, Option<String>)> {
 /// The filename of a file URL: its last path segment, percent-decoded once.
 fn filename_of(url: &Url) -> Option<Filename> {
     let segment = url.path_segments()?.next_back()?;
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok()?;
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
     Filename::parse(&decoded)
 }
 
@@ -267,7 +276,9 @@ fn parse_html_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
     let mut status_reason: Option<String> = None;
     let mut saw_tag = false;
     for token in Tokenizer::new(body).flatten() {
-        let Token::StartTag(tag) = token else { continue };
+        let Token::StartTag(tag) = token else {
+            continue;
+        };
         saw_tag = true;
         match tag.name.as_slice() {
             b"base" => {
@@ -281,7 +292,9 @@ fn parse_html_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
                 _ => {}
             },
             b"a" => {
-                let Some(href) = attr(&tag, "href") else { continue };
+                let Some(href) = attr(&tag, "href") else {
+                    continue;
+                };
                 let Some((url, fragment)) = resolve_file_url(&base, &href) else {
                     log::debug!("skipping link with unusable URL {href:?}");
                     continue;
@@ -294,11 +307,14 @@ fn parse_html_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
                 if let Some((k, v)) = fragment.as_deref().and_then(parse_hash_pair) {
                     entry.hashes.insert(k, v);
                 }
-                entry.requires_python = attr(&tag, "data-requires-python").filter(|s| !s.trim().is_empty());
+                entry.requires_python =
+                    attr(&tag, "data-requires-python").filter(|s| !s.trim().is_empty());
                 if let Some(y) = attr(&tag, "data-yanked") {
                     entry.yanked = Yanked::from_attr(&y);
                 }
-                if let Some(m) = attr(&tag, "data-core-metadata").or_else(|| attr(&tag, "data-dist-info-metadata")) {
+                if let Some(m) = attr(&tag, "data-core-metadata")
+                    .or_else(|| attr(&tag, "data-dist-info-metadata"))
+                {
                     entry.core_metadata = CoreMetadata::from_attr(&m);
                 }
                 entry.gpg_sig = attr(&tag, "data-gpg-sig").map(|v| v.eq_ignore_ascii_case("true"));
@@ -336,8 +352,14 @@ mod tests {
     fn format_detection() {
         let cases = [
             (Some("application/vnd.pypi.simple.v1+json"), Format::Json),
-            (Some("application/vnd.pypi.simple.v1+json; charset=utf-8"), Format::Json),
-            (Some("application/vnd.pypi.simple.latest+json"), Format::Json),
+            (
+                Some("application/vnd.pypi.simple.v1+json; charset=utf-8"),
+                Format::Json,
+            ),
+            (
+                Some("application/vnd.pypi.simple.latest+json"),
+                Format::Json,
+            ),
             (Some("application/json"), Format::Json),
             (Some("text/html; charset=utf-8"), Format::Html),
             (Some("application/vnd.pypi.simple.v1+html"), Format::Html),
@@ -367,13 +389,19 @@ mod tests {
         assert_eq!(page.files.len(), 3, "{:#?}", page.files);
         let f = &page.files[0];
         assert_eq!(f.filename.as_str(), "numpy-1.0.tar.gz");
-        assert_eq!(f.url.as_str(), "https://files.example/packages/a/numpy-1.0.tar.gz");
+        assert_eq!(
+            f.url.as_str(),
+            "https://files.example/packages/a/numpy-1.0.tar.gz"
+        );
         assert_eq!(f.hashes.get("sha256").map(String::as_str), Some("aabb"));
         assert_eq!(f.requires_python.as_deref(), Some(">=3.8"));
         assert_eq!(f.yanked, Yanked::No);
         assert_eq!(f.core_metadata, CoreMetadata::Absent);
         let f = &page.files[1];
-        assert_eq!(f.url.as_str(), "https://cdn.example/numpy-1.0-py3-none-any.whl");
+        assert_eq!(
+            f.url.as_str(),
+            "https://cdn.example/numpy-1.0-py3-none-any.whl"
+        );
         assert_eq!(f.yanked, Yanked::Yes);
         assert_eq!(f.gpg_sig, Some(false));
         assert!(matches!(&f.core_metadata, CoreMetadata::Available(h) if h["sha256"] == "cc"));
@@ -401,7 +429,10 @@ mod tests {
         let page = parse_project_page(json, Format::Json, &url()).unwrap();
         assert_eq!(page.files.len(), 2);
         let f = &page.files[0];
-        assert_eq!(f.url.as_str(), "https://files.example/packages/numpy-1.0.tar.gz");
+        assert_eq!(
+            f.url.as_str(),
+            "https://files.example/packages/numpy-1.0.tar.gz"
+        );
         assert_eq!(f.hashes.len(), 1);
         assert_eq!(f.hashes["sha256"], "ab");
         assert_eq!(f.yanked, Yanked::Reason("bad".into()));
@@ -413,7 +444,10 @@ mod tests {
         assert_eq!(f.core_metadata, CoreMetadata::Available(Hashes::new()));
         assert_eq!(f.gpg_sig, Some(true));
         assert_eq!(f.provenance, None);
-        assert_eq!(page.versions.unwrap().into_iter().collect::<Vec<_>>(), ["1.0", "2.0"]);
+        assert_eq!(
+            page.versions.unwrap().into_iter().collect::<Vec<_>>(),
+            ["1.0", "2.0"]
+        );
         assert_eq!(page.project_status.unwrap().status, "active");
     }
 
@@ -423,7 +457,10 @@ mod tests {
             (b"{not json", Format::Json),
             (b"[]", Format::Json),
             (b"{\"files\": 5}", Format::Json),
-            (b"{\"meta\":{\"api-version\":\"2.0\"},\"files\":[]}", Format::Json),
+            (
+                b"{\"meta\":{\"api-version\":\"2.0\"},\"files\":[]}",
+                Format::Json,
+            ),
             (b"\x00\x01\x02 binary", Format::Html),
             (b"just some text", Format::Html),
         ];
@@ -438,7 +475,10 @@ mod tests {
         let page = parse_project_page(b"<html><a href=>", Format::Html, &url()).unwrap();
         assert!(page.files.is_empty());
         // An empty body is a page without files.
-        assert!(parse_project_page(b"", Format::Html, &url()).unwrap().files.is_empty());
+        assert!(parse_project_page(b"", Format::Html, &url())
+            .unwrap()
+            .files
+            .is_empty());
     }
 
     #[test]

@@ -176,7 +176,9 @@ pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat
                         },
                         core_metadata: match &f.core_metadata {
                             CoreMetadata::Absent => None,
-                            CoreMetadata::Available(h) => Some(hash_attr(h).unwrap_or_else(|| "true".into())),
+                            CoreMetadata::Available(h) => {
+                                Some(hash_attr(h).unwrap_or_else(|| "true".into()))
+                            }
                         },
                         gpg_sig: f.gpg_sig.map(|g| if g { "true" } else { "false" }),
                         provenance: f.provenance.clone(),
@@ -206,7 +208,9 @@ pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat
                     requires_python: f.requires_python.as_deref(),
                     core_metadata: match &f.core_metadata {
                         CoreMetadata::Absent => None,
-                        CoreMetadata::Available(h) if h.is_empty() => Some(JsonMetadata::Bool(true)),
+                        CoreMetadata::Available(h) if h.is_empty() => {
+                            Some(JsonMetadata::Bool(true))
+                        }
                         CoreMetadata::Available(h) => Some(JsonMetadata::Hashes(h)),
                     },
                     gpg_sig: f.gpg_sig,
@@ -244,7 +248,10 @@ pub fn render_list(names: &[ProjectName], format: PageFormat) -> Vec<u8> {
             .into_bytes(),
         PageFormat::Json => to_json(&JsonList {
             meta: JsonMeta { api_version: "1.0" },
-            projects: names.iter().map(|n| JsonListEntry { name: n.as_str() }).collect(),
+            projects: names
+                .iter()
+                .map(|n| JsonListEntry { name: n.as_str() })
+                .collect(),
         }),
     }
 }
@@ -266,7 +273,10 @@ pub enum Strategy {
 }
 
 /// Merges the pages of the indexes that have the project, in index order.
-pub fn merge<'a>(pages: impl IntoIterator<Item = &'a ProjectPage>, strategy: Strategy) -> ProjectPage {
+pub fn merge<'a>(
+    pages: impl IntoIterator<Item = &'a ProjectPage>,
+    strategy: Strategy,
+) -> ProjectPage {
     let mut out = ProjectPage::default();
     let mut seen = std::collections::HashSet::new();
     for page in pages {
@@ -276,7 +286,9 @@ pub fn merge<'a>(pages: impl IntoIterator<Item = &'a ProjectPage>, strategy: Str
             }
         }
         if let Some(v) = &page.versions {
-            out.versions.get_or_insert_with(BTreeSet::new).extend(v.iter().cloned());
+            out.versions
+                .get_or_insert_with(BTreeSet::new)
+                .extend(v.iter().cloned());
         }
         if out.project_status.is_none() {
             out.project_status = page.project_status.clone();
@@ -324,12 +336,24 @@ mod tests {
         let name = ProjectName::parse("demo").unwrap();
         let html = String::from_utf8(render_project(&name, &sample(), PageFormat::Html)).unwrap();
         assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
-        assert!(html.contains(r#"<meta name="pypi:repository-version" content="1.0">"#), "{html}");
+        assert!(
+            html.contains(r#"<meta name="pypi:repository-version" content="1.0">"#),
+            "{html}"
+        );
         assert!(html.contains("<title>demo</title>"));
         assert!(html.contains(r#"<a href="demo-1.0.tar.gz#sha256=aa" data-requires-python="&#62;=3.8">demo-1.0.tar.gz</a><br />"#), "{html}");
-        assert!(html.contains(r#"href="demo-1.0%2Bcpu-py3-none-any.whl""#), "{html}");
-        assert!(html.contains(r#"data-yanked="bad &#34;build&#34;""#), "{html}");
-        assert!(html.contains(r#"data-core-metadata="sha256=cc" data-dist-info-metadata="sha256=cc""#), "{html}");
+        assert!(
+            html.contains(r#"href="demo-1.0%2Bcpu-py3-none-any.whl""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"data-yanked="bad &#34;build&#34;""#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"data-core-metadata="sha256=cc" data-dist-info-metadata="sha256=cc""#),
+            "{html}"
+        );
         assert!(!html.contains("data-gpg-sig"));
     }
 
@@ -363,7 +387,10 @@ mod tests {
         p.files[0].provenance = Some("https://p.example/x".into());
         assert_eq!(api_version(&p, PageFormat::Json), "1.3");
         assert_eq!(api_version(&p, PageFormat::Html), "1.3");
-        p.project_status = Some(ProjectStatus { status: "archived".into(), reason: None });
+        p.project_status = Some(ProjectStatus {
+            status: "archived".into(),
+            reason: None,
+        });
         assert_eq!(api_version(&p, PageFormat::Json), "1.4");
         p.files[1].size = None;
         assert_eq!(api_version(&p, PageFormat::Json), "1.0");
@@ -374,11 +401,18 @@ mod tests {
 
     #[test]
     fn lists() {
-        let names: Vec<ProjectName> = ["a-b", "numpy"].iter().map(|n| ProjectName::parse(n).unwrap()).collect();
+        let names: Vec<ProjectName> = ["a-b", "numpy"]
+            .iter()
+            .map(|n| ProjectName::parse(n).unwrap())
+            .collect();
         let html = String::from_utf8(render_list(&names, PageFormat::Html)).unwrap();
         assert!(html.contains(r#"<a href="a-b/">a-b</a><br />"#), "{html}");
-        let json: serde_json::Value = serde_json::from_slice(&render_list(&names, PageFormat::Json)).unwrap();
-        assert_eq!(json, serde_json::json!({"meta":{"api-version":"1.0"},"projects":[{"name":"a-b"},{"name":"numpy"}]}));
+        let json: serde_json::Value =
+            serde_json::from_slice(&render_list(&names, PageFormat::Json)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"meta":{"api-version":"1.0"},"projects":[{"name":"a-b"},{"name":"numpy"}]})
+        );
     }
 
     #[test]
@@ -390,10 +424,19 @@ mod tests {
             versions: Some(BTreeSet::from(["2.0".to_owned()])),
             project_status: None,
         };
-        extra.files[0].hashes.insert("sha256".into(), "different".into());
+        extra.files[0]
+            .hashes
+            .insert("sha256".into(), "different".into());
         let m = merge([&root, &extra], Strategy::Merge);
         let names: Vec<&str> = m.files.iter().map(|f| f.filename.as_str()).collect();
-        assert_eq!(names, ["demo-1.0.tar.gz", "demo-1.0+cpu-py3-none-any.whl", "demo-2.0.tar.gz"]);
+        assert_eq!(
+            names,
+            [
+                "demo-1.0.tar.gz",
+                "demo-1.0+cpu-py3-none-any.whl",
+                "demo-2.0.tar.gz"
+            ]
+        );
         assert_eq!(m.files[0].hashes["sha256"], "aa", "root wins a filename");
         assert_eq!(m.versions.unwrap().len(), 2);
         let f = merge([&root, &extra], Strategy::FirstIndex);

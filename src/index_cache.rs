@@ -1,0 +1,582 @@
+//! The in-memory index cache: parsed pages per (index, project) and the
+//! project list per index, each with its own TTL, plus the rendered and
+//! compressed variants served to clients. One mutex-sharded LRU bounded in
+//! bytes (`ROXPI_INDEX_CACHE_SIZE`) holds both.
+//!
+//! - Single-flight: concurrent misses for one (index, key) share one
+//!   upstream request (a `Flight` with a condvar); the fetch runs on its own
+//!   thread, so it finishes (and refreshes the cache) even when every waiter
+//!   has given up.
+//! - Stale: an expired entry whose refresh has not answered within
+//!   `stale_after`, or whose refresh failed, is served as it was; after a
+//!   failure the entry rests 5 s before the next upstream attempt.
+//! - Negative cache: "not found" is kept for at most 60 s.
+//! - Forced revalidation (client `no-cache`) at most once per 10 s per entry.
+//!
+//! Lock rules: a shard lock is held only for map operations — never across
+//! an upstream request, a render, or a thread spawn. A flight's mutex is
+//! taken only after the shard lock is released.
+
+use std::hash::{Hash, Hasher};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::pypi::{Coding, PageFormat, ProjectName, ProjectPage};
+use crate::upstream::{Index, PageFetch, Upstream, UpstreamError};
+
+const SHARDS: usize = 16;
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+const FORCE_INTERVAL: Duration = Duration::from_secs(10);
+const FAILURE_REST: Duration = Duration::from_secs(5);
+/// Longest wait for a first fetch when there is no copy to fall back on.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(120);
+
+/// What is cached per index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    List,
+    Project(ProjectName),
+}
+
+/// A cached upstream answer.
+#[derive(Debug)]
+pub enum Doc {
+    Page(ProjectPage),
+    /// Normalised, sorted, de-duplicated names.
+    List(Vec<ProjectName>),
+    /// The index does not have it (404).
+    Missing,
+}
+
+/// One upstream answer and when it was fetched.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub doc: Doc,
+    pub fetched: Instant,
+    pub ttl: Duration,
+    /// Unique across the cache: identifies this answer in rendered views.
+    pub generation: u64,
+    bytes: u64,
+}
+
+impl Snapshot {
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.fetched) < self.ttl
+    }
+
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.ttl
+            .saturating_sub(now.saturating_duration_since(self.fetched))
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.fetched)
+    }
+}
+
+/// A rendered (and possibly compressed) page.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Generations of the snapshots it was built from.
+    pub sig: Vec<u64>,
+    pub body: Bytes,
+    pub etag: String,
+}
+
+type FlightResult = Result<Arc<Snapshot>, Arc<UpstreamError>>;
+
+struct Flight {
+    result: Mutex<Option<FlightResult>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn new() -> Flight {
+        Flight {
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        }
+    }
+
+    fn complete(&self, r: FlightResult) {
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.done.notify_all();
+    }
+
+    /// Waits up to `limit`; `None` on timeout.
+    fn wait(&self, limit: Duration) -> Option<FlightResult> {
+        let deadline = Instant::now() + limit;
+        let mut guard = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = guard.as_ref() {
+                return Some(r.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            guard = self
+                .done
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    snap: Option<Arc<Snapshot>>,
+    flight: Option<Arc<Flight>>,
+    last_forced: Option<Instant>,
+    rest_until: Option<Instant>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum SlotKey {
+    Doc(usize, Key),
+    View(Key, PageFormat, Coding),
+}
+
+enum Slot {
+    Doc(Entry),
+    View(Arc<Rendered>),
+}
+
+impl Slot {
+    fn bytes(&self) -> u64 {
+        match self {
+            Slot::Doc(e) => e.snap.as_ref().map_or(0, |s| s.bytes) + 128,
+            Slot::View(v) => v.body.len() as u64 + v.etag.len() as u64 + 128,
+        }
+    }
+}
+
+struct Shard {
+    map: LruCache<SlotKey, Slot>,
+    bytes: u64,
+}
+
+/// Counters for the home page and metrics.
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub struct IndexCache {
+    shards: Box<[Mutex<Shard>]>,
+    upstream: Arc<Upstream>,
+    indexes: Arc<[Index]>,
+    stale_after: Duration,
+    offline: bool,
+    shard_cap: u64,
+    next_generation: AtomicU64,
+    pub stats: CacheStats,
+}
+
+/// A lookup in progress: the current copy and, if a refresh is running,
+/// the flight to wait for.
+pub struct Pending {
+    snap: Option<Arc<Snapshot>>,
+    flight: Option<Arc<Flight>>,
+    /// Resting after a failure: serve the copy without waiting.
+    resting: bool,
+}
+
+impl Pending {
+    /// The copy at hand, fresh or not, without waiting.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snap.clone()
+    }
+}
+
+/// How an answer relates to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Cached and within its TTL.
+    Hit,
+    /// Fetched for this request (or a coalesced one).
+    Miss,
+    /// Expired, and the refresh failed or is late.
+    Stale,
+}
+
+pub type Outcome = Result<(Arc<Snapshot>, Freshness), Arc<UpstreamError>>;
+
+fn shard_of(key: &SlotKey) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match key {
+        SlotKey::Doc(_, k) | SlotKey::View(k, _, _) => k.hash(&mut h),
+    }
+    (h.finish() as usize) % SHARDS
+}
+
+impl IndexCache {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        indexes: Vec<Index>,
+        stale_after: Duration,
+        offline: bool,
+        max_bytes: u64,
+    ) -> IndexCache {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: LruCache::unbounded(),
+                    bytes: 0,
+                })
+            })
+            .collect();
+        IndexCache {
+            shards,
+            upstream,
+            indexes: indexes.into(),
+            stale_after,
+            offline,
+            shard_cap: (max_bytes / SHARDS as u64).max(64 * 1024),
+            next_generation: AtomicU64::new(1),
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn indexes(&self) -> &[Index] {
+        &self.indexes
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        // Shard state is a map plus a byte count updated together; a panic
+        // cannot happen between those updates, so poisoning is ignored.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a lookup: returns at once, starting an upstream fetch when the
+    /// entry is missing, expired, or `force`d (at most once per 10 s).
+    pub fn begin(self: &Arc<Self>, index: usize, key: &Key, force: bool) -> Pending {
+        let now = Instant::now();
+        let slot_key = SlotKey::Doc(index, key.clone());
+        let shard_i = shard_of(&slot_key);
+        let (pending, start) = {
+            let mut shard = self.lock(shard_i);
+            self.update(&mut shard, slot_key, |entry| {
+                let forced = force
+                    && entry
+                        .last_forced
+                        .is_none_or(|t| now.saturating_duration_since(t) >= FORCE_INTERVAL);
+                if forced {
+                    entry.last_forced = Some(now);
+                }
+                let expired = entry.snap.as_ref().is_none_or(|s| !s.is_fresh(now));
+                let resting = entry.rest_until.is_some_and(|t| now < t) && entry.snap.is_some();
+                if self.offline || !(expired || forced) || (resting && !forced) {
+                    let p = Pending {
+                        snap: entry.snap.clone(),
+                        flight: None,
+                        resting,
+                    };
+                    (p, None)
+                } else if let Some(f) = &entry.flight {
+                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    let p = Pending {
+                        snap: entry.snap.clone(),
+                        flight: Some(Arc::clone(f)),
+                        resting: false,
+                    };
+                    (p, None)
+                } else {
+                    let f = Arc::new(Flight::new());
+                    entry.flight = Some(Arc::clone(&f));
+                    let p = Pending {
+                        snap: entry.snap.clone(),
+                        flight: Some(Arc::clone(&f)),
+                        resting: false,
+                    };
+                    (p, Some(f))
+                }
+            })
+        };
+        if let Some(flight) = start {
+            let cache = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("roxpi-fetch".into())
+                .spawn({
+                    let flight = Arc::clone(&flight);
+                    let key = key.clone();
+                    move || cache.fetch(index, key, &flight)
+                });
+            if let Err(e) = spawned {
+                log::error!("cannot start an upstream fetch thread: {e}");
+                let err = Arc::new(UpstreamError::Other(
+                    self.indexes[index].display(),
+                    "no thread for the fetch".into(),
+                ));
+                self.finish(index, key.clone(), &flight, Err(err));
+            }
+        }
+        pending
+    }
+
+    /// Waits for a lookup's answer.
+    pub fn wait(&self, pending: Pending) -> Outcome {
+        let Pending {
+            snap,
+            flight,
+            resting,
+        } = pending;
+        let now = Instant::now();
+        let Some(flight) = flight else {
+            return match snap {
+                Some(s) if s.is_fresh(now) && !resting => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    Ok((s, Freshness::Hit))
+                }
+                Some(s) => {
+                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    Ok((s, Freshness::Stale))
+                }
+                None => Err(Arc::new(UpstreamError::Offline("this page".into()))),
+            };
+        };
+        let limit = if snap.is_some() {
+            self.stale_after
+        } else {
+            FIRST_FETCH_WAIT
+        };
+        match (flight.wait(limit), snap) {
+            (Some(Ok(fresh)), _) => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                Ok((fresh, Freshness::Miss))
+            }
+            (Some(Err(_)) | None, Some(old)) => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                Ok((old, Freshness::Stale))
+            }
+            (Some(Err(e)), None) => Err(e),
+            (None, None) => Err(Arc::new(UpstreamError::Timeout("the index".into()))),
+        }
+    }
+
+    /// The fetch thread: one upstream request, then the cache update.
+    fn fetch(&self, index: usize, key: Key, flight: &Arc<Flight>) {
+        let idx = &self.indexes[index];
+        let result =
+            catch_unwind(AssertUnwindSafe(|| self.fetch_doc(idx, &key))).unwrap_or_else(|_| {
+                Err(UpstreamError::Other(
+                    idx.display(),
+                    "internal error while fetching".into(),
+                ))
+            });
+        let result = match result {
+            Ok(doc) => {
+                let ttl = match doc {
+                    Doc::Missing => idx.ttl.min(NEGATIVE_TTL),
+                    _ => idx.ttl,
+                };
+                let bytes = estimate(&doc);
+                Ok(Arc::new(Snapshot {
+                    doc,
+                    fetched: Instant::now(),
+                    ttl,
+                    generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                    bytes,
+                }))
+            }
+            Err(e) => {
+                self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{e}");
+                Err(Arc::new(e))
+            }
+        };
+        self.finish(index, key, flight, result);
+    }
+
+    fn fetch_doc(&self, idx: &Index, key: &Key) -> Result<Doc, UpstreamError> {
+        match key {
+            Key::Project(name) => Ok(match self.upstream.fetch_project(idx, name)? {
+                PageFetch::Found(page) => Doc::Page(page),
+                PageFetch::NotFound => Doc::Missing,
+            }),
+            Key::List => Ok(match self.upstream.fetch_list(idx)? {
+                Some(list) => {
+                    let mut names: Vec<ProjectName> = list
+                        .names
+                        .iter()
+                        .filter_map(|n| ProjectName::from_upstream(n))
+                        .collect();
+                    names.sort();
+                    names.dedup();
+                    Doc::List(names)
+                }
+                None => Doc::Missing,
+            }),
+        }
+    }
+
+    /// Stores a fetch result and wakes the waiters.
+    fn finish(&self, index: usize, key: Key, flight: &Arc<Flight>, result: FlightResult) {
+        let slot_key = SlotKey::Doc(index, key);
+        let shard_i = shard_of(&slot_key);
+        {
+            let mut shard = self.lock(shard_i);
+            self.update(&mut shard, slot_key, |entry| {
+                if entry
+                    .flight
+                    .as_ref()
+                    .is_some_and(|f| Arc::ptr_eq(f, flight))
+                {
+                    entry.flight = None;
+                }
+                match &result {
+                    Ok(snap) => {
+                        entry.snap = Some(Arc::clone(snap));
+                        entry.rest_until = None;
+                    }
+                    Err(_) => entry.rest_until = Some(Instant::now() + FAILURE_REST),
+                }
+            });
+            self.evict(&mut shard);
+        }
+        flight.complete(result);
+    }
+
+    /// Runs `f` on the doc entry for `key` (created if absent), keeping the
+    /// shard's byte count right.
+    fn update<R>(&self, shard: &mut Shard, key: SlotKey, f: impl FnOnce(&mut Entry) -> R) -> R {
+        let old = shard.map.peek(&key).map_or(0, Slot::bytes);
+        let slot = shard
+            .map
+            .get_or_insert_mut(key.clone(), || Slot::Doc(Entry::default()));
+        let r = match slot {
+            Slot::Doc(entry) => f(entry),
+            Slot::View(_) => {
+                // Doc keys only ever hold doc slots; repair rather than panic.
+                *slot = Slot::Doc(Entry::default());
+                match slot {
+                    Slot::Doc(entry) => f(entry),
+                    Slot::View(_) => unreachable!(),
+                }
+            }
+        };
+        let new = shard.map.peek(&key).map_or(0, Slot::bytes);
+        shard.bytes = shard.bytes.saturating_sub(old) + new;
+        r
+    }
+
+    /// Evicts least recently used slots beyond the shard's cap, skipping
+    /// entries with a fetch in flight (their waiters need them).
+    fn evict(&self, shard: &mut Shard) {
+        let mut busy = Vec::new();
+        while shard.bytes > self.shard_cap {
+            let Some((k, slot)) = shard.map.pop_lru() else {
+                break;
+            };
+            if matches!(&slot, Slot::Doc(e) if e.flight.is_some()) {
+                busy.push((k, slot));
+                continue;
+            }
+            shard.bytes = shard.bytes.saturating_sub(slot.bytes());
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        for (k, slot) in busy {
+            shard.map.put(k, slot);
+        }
+    }
+
+    /// A cached rendered variant built from exactly `sig`'s snapshots.
+    pub fn view(
+        &self,
+        key: &Key,
+        format: PageFormat,
+        coding: Coding,
+        sig: &[u64],
+    ) -> Option<Arc<Rendered>> {
+        let slot_key = SlotKey::View(key.clone(), format, coding);
+        let mut shard = self.lock(shard_of(&slot_key));
+        match shard.map.get(&slot_key) {
+            Some(Slot::View(v)) if v.sig == sig => Some(Arc::clone(v)),
+            _ => None,
+        }
+    }
+
+    pub fn store_view(&self, key: &Key, format: PageFormat, coding: Coding, view: Arc<Rendered>) {
+        let slot_key = SlotKey::View(key.clone(), format, coding);
+        let mut shard = self.lock(shard_of(&slot_key));
+        let slot = Slot::View(view);
+        let new = slot.bytes();
+        let old = shard.map.put(slot_key, slot).map_or(0, |s| s.bytes());
+        shard.bytes = shard.bytes.saturating_sub(old) + new;
+        self.evict(&mut shard);
+    }
+
+    /// Drops every cached answer (and view) for `key` in every index.
+    pub fn invalidate(&self, key: &Key) {
+        let probe = SlotKey::View(key.clone(), PageFormat::Html, Coding::Identity);
+        let mut shard = self.lock(shard_of(&probe));
+        let doomed: Vec<SlotKey> = shard
+            .map
+            .iter()
+            .filter(|(k, _)| match k {
+                SlotKey::Doc(_, k2) | SlotKey::View(k2, _, _) => k2 == key,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            // A running fetch keeps its entry so that waiters stay joined;
+            // only its cached copy goes.
+            let old = shard.map.peek(&k).map_or(0, Slot::bytes);
+            match shard.map.peek_mut(&k) {
+                Some(Slot::Doc(e)) if e.flight.is_some() => {
+                    e.snap = None;
+                    e.rest_until = None;
+                    let new = shard.map.peek(&k).map_or(0, Slot::bytes);
+                    shard.bytes = shard.bytes.saturating_sub(old) + new;
+                }
+                _ => {
+                    if let Some(slot) = shard.map.pop(&k) {
+                        shard.bytes = shard.bytes.saturating_sub(slot.bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Entries and bytes held (for the home page).
+    pub fn usage(&self) -> (usize, u64) {
+        (0..SHARDS).fold((0, 0), |(n, b), i| {
+            let s = self.lock(i);
+            (n + s.map.len(), b + s.bytes)
+        })
+    }
+}
+
+/// A rough size of a cached answer.
+fn estimate(doc: &Doc) -> u64 {
+    match doc {
+        Doc::Missing => 0,
+        Doc::List(names) => names.iter().map(|n| n.as_str().len() as u64 + 32).sum(),
+        Doc::Page(p) => {
+            p.files
+                .iter()
+                .map(|f| {
+                    (f.filename.as_str().len() + f.url.as_str().len() + 200) as u64
+                        + f.hashes
+                            .iter()
+                            .map(|(k, v)| (k.len() + v.len() + 48) as u64)
+                            .sum::<u64>()
+                })
+                .sum::<u64>()
+                + p.versions
+                    .as_ref()
+                    .map_or(0, |v| v.iter().map(|s| s.len() as u64 + 32).sum())
+        }
+    }
+}
