@@ -151,9 +151,9 @@ fn strip_urls(s: &str) -> String {
     s.split_whitespace()
         .map(
             |w| match Url::parse(w.trim_matches(|c| c == '"' || c == '\'')) {
-                Ok(u) => redact(&u),
-                Err(_) if w.contains('@') => "***".to_owned(),
-                Err(_) => w.to_owned(),
+                Ok(u) if u.has_host() => redact(&u),
+                _ if w.contains('@') => "***".to_owned(),
+                _ => w.to_owned(),
             },
         )
         .collect::<Vec<_>>()
