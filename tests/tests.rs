@@ -1,6 +1,8 @@
 //! Integration tests: the HTTP server in-process with test handlers, and the
 //! real binaries as child processes.
 
+mod fake_index;
 mod http_server;
+mod index_api;
 mod process;
 mod util;

@@ -251,3 +251,60 @@ pub fn example_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// One request with extra headers on a fresh connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut c = Client::new(addr);
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    c.send(raw.as_bytes());
+    c.read_reply(method == "HEAD").expect("a response")
+}
+
+impl Reply {
+    /// The body with any Content-Encoding undone.
+    pub fn decoded(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self.header("content-encoding") {
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(&self.body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Some("deflate") => {
+                flate2::read::ZlibDecoder::new(&self.body[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            _ => out = self.body.clone(),
+        }
+        out
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.decoded()).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.decoded())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Starts the roxpi binary with only these variables (plus PATH and a
+/// private HOME) in its environment.
+pub fn start_roxpi(env: &[(&str, &str)]) -> (ChildServer, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(roxpi_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ROXPI_BIND", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (ChildServer::start(cmd), home)
+}

@@ -1,0 +1,518 @@
+//! An in-process fake upstream on 127.0.0.1 serving two indexes (`/root/`
+//! and `/extra/`) in HTML, HTML without Content-Type, JSON, or JSON with a
+//! yanked reason, plus their files. It records every request and can be told
+//! to fail (status, hang, cut) — built on roxpi's own HTTP server module.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use roxpi::http::{Body, Request, Response, Server, ServerConfig, Stream};
+use sha2::{Digest, Sha256};
+
+/// How project pages are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Html,
+    HtmlWithoutType,
+    Json,
+    JsonYanked,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Html,
+        Mode::HtmlWithoutType,
+        Mode::Json,
+        Mode::JsonYanked,
+    ];
+}
+
+/// A fault injected into page requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    Status(u16),
+    Hang(Duration),
+    /// 200 with a body that is not a page, labelled as JSON.
+    Garbage,
+}
+
+#[derive(Clone, Debug)]
+pub struct FakeFile {
+    pub filename: String,
+    pub bytes: Bytes,
+    pub requires_python: Option<String>,
+    pub yanked: bool,
+    /// Core metadata bytes (served at `<file>.metadata`, advertised with hash).
+    pub metadata: Option<Bytes>,
+    /// Advertise a sha256 hash for the file.
+    pub hashed: bool,
+    pub upload_time: &'static str,
+}
+
+impl FakeFile {
+    pub fn new(filename: &str, bytes: impl Into<Bytes>) -> FakeFile {
+        FakeFile {
+            filename: filename.to_owned(),
+            bytes: bytes.into(),
+            requires_python: None,
+            yanked: false,
+            metadata: None,
+            hashed: true,
+            upload_time: "2024-01-02T03:04:05.000000Z",
+        }
+    }
+
+    pub fn sha256(&self) -> String {
+        hex(&Sha256::digest(&self.bytes))
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FakeProject {
+    pub files: Vec<FakeFile>,
+    pub versions: Vec<String>,
+}
+
+struct State {
+    mode: Mode,
+    fault: Fault,
+    /// index name ("root"/"extra") → project → files.
+    indexes: BTreeMap<String, BTreeMap<String, FakeProject>>,
+    log: Vec<Recorded>,
+    /// Required `Authorization` value, if any.
+    auth: Option<String>,
+    /// Gzip pages when the client accepts it.
+    gzip_pages: bool,
+}
+
+/// One request the fake received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub accept: Option<String>,
+    pub authorization: Option<String>,
+}
+
+pub struct FakeIndex {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for FakeIndex {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_millis(200));
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The proxpi test data: root has proxpi and numpy, extra has scipy and
+/// numpy; small blobs whose hashes match the pages.
+pub fn proxpi_data() -> BTreeMap<String, BTreeMap<String, FakeProject>> {
+    let mut root = BTreeMap::new();
+    let mut p100 = FakeFile::new(
+        "proxpi-1.0.0.tar.gz",
+        Bytes::from_static(b"\x1f\x8bproxpi 1.0.0 sdist bytes"),
+    );
+    p100.hashed = false;
+    p100.requires_python = Some(String::new());
+    let mut p110 = FakeFile::new(
+        "proxpi-1.1.0-py3-none-any.whl",
+        Bytes::from_static(b"PK proxpi 1.1.0 wheel bytes"),
+    );
+    p110.requires_python = Some(">=3.7".into());
+    root.insert(
+        "proxpi".into(),
+        FakeProject {
+            files: vec![p100, p110],
+            versions: vec!["1.0.0".into(), "1.1.0".into()],
+        },
+    );
+    let sdist = FakeFile::new(
+        "numpy-1.23.0.tar.gz",
+        Bytes::from_static(b"\x1f\x8bnumpy sdist"),
+    );
+    let mut linux = FakeFile::new(
+        "numpy-1.23.1-cp311-cp311-manylinux_2_28_x86_64.whl",
+        Bytes::from_static(b"PK numpy linux wheel"),
+    );
+    linux.metadata = Some(Bytes::from_static(
+        b"Metadata-Version: 2.1\nName: numpy\nVersion: 1.23.1\n",
+    ));
+    linux.requires_python = Some(">=3.8".into());
+    let mut win = FakeFile::new(
+        "numpy-1.23.1-cp311-cp311-win_amd64.whl",
+        Bytes::from_static(b"PK numpy windows wheel"),
+    );
+    win.yanked = true;
+    root.insert(
+        "numpy".into(),
+        FakeProject {
+            files: vec![sdist, linux, win],
+            versions: vec!["1.23.0".into(), "1.23.1".into()],
+        },
+    );
+    let mut extra = BTreeMap::new();
+    extra.insert(
+        "scipy".into(),
+        FakeProject {
+            files: vec![
+                FakeFile::new(
+                    "scipy-1.9.0.tar.gz",
+                    Bytes::from_static(b"\x1f\x8bscipy sdist"),
+                ),
+                FakeFile::new(
+                    "scipy-1.9.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+                    Bytes::from_static(b"PK scipy wheel"),
+                ),
+            ],
+            versions: vec!["1.9.0".into()],
+        },
+    );
+    extra.insert(
+        "numpy".into(),
+        FakeProject {
+            files: vec![FakeFile::new(
+                "numpy-1.23.1-cp311-cp311-macosx_11_0_arm64.whl",
+                Bytes::from_static(b"PK numpy mac wheel"),
+            )],
+            versions: vec!["1.23.1".into()],
+        },
+    );
+    BTreeMap::from([("root".to_owned(), root), ("extra".to_owned(), extra)])
+}
+
+impl FakeIndex {
+    pub fn start(indexes: BTreeMap<String, BTreeMap<String, FakeProject>>) -> FakeIndex {
+        let state = Arc::new(Mutex::new(State {
+            mode: Mode::Html,
+            fault: Fault::None,
+            indexes,
+            log: Vec::new(),
+            auth: None,
+            gzip_pages: true,
+        }));
+        let s = Arc::clone(&state);
+        let config = ServerConfig {
+            workers: 8,
+            ..ServerConfig::default()
+        };
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), config, move |req| {
+            handle(&s, req)
+        })
+        .unwrap();
+        FakeIndex {
+            addr: server.local_addr(),
+            server: Some(server),
+            state,
+        }
+    }
+
+    pub fn url(&self, index: &str) -> String {
+        format!("http://{}/{index}/", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        lock(&self.state).mode = mode;
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        lock(&self.state).fault = fault;
+    }
+
+    pub fn require_auth(&self, user: &str, pass: &str) {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        lock(&self.state).auth = Some(format!("Basic {token}"));
+    }
+
+    pub fn add_project(&self, index: &str, name: &str, project: FakeProject) {
+        lock(&self.state)
+            .indexes
+            .entry(index.to_owned())
+            .or_default()
+            .insert(name.to_owned(), project);
+    }
+
+    pub fn file(&self, index: &str, project: &str, filename: &str) -> FakeFile {
+        lock(&self.state).indexes[index][project]
+            .files
+            .iter()
+            .find(|f| f.filename == filename)
+            .cloned()
+            .expect("known file")
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state).log.clone()
+    }
+
+    /// How many requests had exactly this path.
+    pub fn count(&self, path: &str) -> usize {
+        lock(&self.state)
+            .log
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    }
+
+    pub fn clear_log(&self) {
+        lock(&self.state).log.clear();
+    }
+
+    /// Stops serving: later connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_millis(200));
+        }
+    }
+}
+
+fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
+    let (mode, fault, auth) = {
+        let mut s = lock(state);
+        s.log.push(Recorded {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            accept: req.header("accept").map(str::to_owned),
+            authorization: req.header("authorization").map(str::to_owned),
+        });
+        (s.mode, s.fault, s.auth.clone())
+    };
+    if let Some(expected) = auth {
+        if req.header("authorization") != Some(expected.as_str()) {
+            return Response::text(401, "unauthorized\n").header("WWW-Authenticate", "Basic");
+        }
+    }
+    let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        // /files/<index>/<project>/<filename>[.metadata]
+        ["files", index, project, filename] => serve_file(state, index, project, filename),
+        // Redirect check: /moved/<...> → /root/<...>
+        ["moved", rest @ ..] => {
+            Response::new(301).header("Location", format!("/root/{}", rest.join("/")))
+        }
+        [index, ""] => {
+            if let Some(r) = inject(fault) {
+                return r;
+            }
+            page_list(state, index, mode)
+        }
+        [index, project, ""] => {
+            if let Some(r) = inject(fault) {
+                return r;
+            }
+            project_page(state, req, index, project, mode)
+        }
+        _ => Response::text(404, "no such page\n"),
+    }
+}
+
+fn inject(fault: Fault) -> Option<Response> {
+    match fault {
+        Fault::None => None,
+        Fault::Status(s) => Some(Response::text(s, "injected failure\n")),
+        Fault::Hang(d) => {
+            std::thread::sleep(d);
+            None
+        }
+        Fault::Garbage => Some(
+            Response::new(200)
+                .header("Content-Type", "application/vnd.pypi.simple.v1+json")
+                .body("{\"files\": [truncated"),
+        ),
+    }
+}
+
+fn page_list(state: &Arc<Mutex<State>>, index: &str, mode: Mode) -> Response {
+    let s = lock(state);
+    let Some(projects) = s.indexes.get(index) else {
+        return Response::text(404, "no such index\n");
+    };
+    match mode {
+        Mode::Json | Mode::JsonYanked => {
+            let names: Vec<serde_json::Value> = projects
+                .keys()
+                .map(|n| serde_json::json!({ "name": n }))
+                .collect();
+            let body = serde_json::json!({"meta": {"api-version": "1.1"}, "projects": names});
+            Response::new(200)
+                .header("Content-Type", "application/vnd.pypi.simple.v1+json")
+                .body(body.to_string())
+        }
+        _ => {
+            let links: String = projects
+                .keys()
+                .map(|n| format!("<a href=\"{n}/\">{n}</a>\n"))
+                .collect();
+            let r = Response::new(200)
+                .body(format!("<!DOCTYPE html><html><body>{links}</body></html>"));
+            if mode == Mode::Html {
+                r.header("Content-Type", "text/html")
+            } else {
+                r
+            }
+        }
+    }
+}
+
+fn project_page(
+    state: &Arc<Mutex<State>>,
+    req: &Request,
+    index: &str,
+    project: &str,
+    mode: Mode,
+) -> Response {
+    let s = lock(state);
+    let Some(p) = s.indexes.get(index).and_then(|i| i.get(project)) else {
+        return Response::text(404, "no such project\n");
+    };
+    let file_path = |f: &FakeFile| {
+        format!(
+            "../../files/{index}/{project}/{}",
+            f.filename.replace('+', "%2B")
+        )
+    };
+    let body = match mode {
+        Mode::Json | Mode::JsonYanked => {
+            let files: Vec<serde_json::Value> = p
+                .files
+                .iter()
+                .map(|f| {
+                    let mut v = serde_json::json!({
+                        "filename": f.filename,
+                        "url": file_path(f),
+                        "hashes": if f.hashed { serde_json::json!({"sha256": f.sha256()}) } else { serde_json::json!({}) },
+                        "size": f.bytes.len(),
+                        "upload-time": f.upload_time,
+                    });
+                    if let Some(rp) = &f.requires_python {
+                        v["requires-python"] = rp.clone().into();
+                    }
+                    if f.yanked {
+                        v["yanked"] = if mode == Mode::JsonYanked { "broken on windows".into() } else { true.into() };
+                    }
+                    if let Some(m) = &f.metadata {
+                        v["core-metadata"] = serde_json::json!({"sha256": hex(&Sha256::digest(m))});
+                        v["data-dist-info-metadata"] = serde_json::json!({"sha256": hex(&Sha256::digest(m))});
+                    }
+                    v
+                })
+                .collect();
+            serde_json::json!({
+                "meta": {"api-version": "1.1", "_last-serial": 1},
+                "name": project,
+                "files": files,
+                "versions": p.versions,
+            })
+            .to_string()
+        }
+        Mode::Html | Mode::HtmlWithoutType => {
+            let links: String = p
+                .files
+                .iter()
+                .map(|f| {
+                    let mut a = format!("<a href=\"{}", file_path(f));
+                    if f.hashed {
+                        a.push_str(&format!("#sha256={}", f.sha256()));
+                    }
+                    a.push('"');
+                    if let Some(rp) = &f.requires_python {
+                        a.push_str(&format!(
+                            " data-requires-python=\"{}\"",
+                            rp.replace('>', "&gt;").replace('<', "&lt;")
+                        ));
+                    }
+                    if f.yanked {
+                        a.push_str(" data-yanked");
+                    }
+                    if let Some(m) = &f.metadata {
+                        a.push_str(&format!(
+                            " data-core-metadata=\"sha256={}\"",
+                            hex(&Sha256::digest(m))
+                        ));
+                    }
+                    a.push_str(&format!(">{}</a><br>\n", f.filename));
+                    a
+                })
+                .collect();
+            format!("<!DOCTYPE html>\n<html><head><title>Links for {project}</title></head><body>\n{links}</body></html>\n")
+        }
+    };
+    let content_type = match mode {
+        Mode::Json | Mode::JsonYanked => Some("application/vnd.pypi.simple.v1+json"),
+        Mode::Html => Some("text/html; charset=utf-8"),
+        Mode::HtmlWithoutType => None,
+    };
+    let gzip = s.gzip_pages
+        && req
+            .header("accept-encoding")
+            .is_some_and(|e| e.contains("gzip"));
+    let mut r = Response::new(200);
+    if let Some(ct) = content_type {
+        r = r.header("Content-Type", ct);
+    }
+    if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(body.as_bytes()).unwrap();
+        r.header("Content-Encoding", "gzip")
+            .body(enc.finish().unwrap())
+    } else {
+        r.body(body)
+    }
+}
+
+fn serve_file(state: &Arc<Mutex<State>>, index: &str, project: &str, filename: &str) -> Response {
+    let s = lock(state);
+    let decoded = percent_encoding::percent_decode_str(filename)
+        .decode_utf8_lossy()
+        .into_owned();
+    let Some(p) = s.indexes.get(index).and_then(|i| i.get(project)) else {
+        return Response::text(404, "no such project\n");
+    };
+    if let Some(dist) = decoded.strip_suffix(".metadata") {
+        if let Some(m) = p
+            .files
+            .iter()
+            .find(|f| f.filename == dist)
+            .and_then(|f| f.metadata.clone())
+        {
+            return Response::new(200)
+                .header("Content-Type", "application/octet-stream")
+                .body(m);
+        }
+    }
+    match p.files.iter().find(|f| f.filename == decoded) {
+        Some(f) => Response::new(200)
+            .header("Content-Type", "application/octet-stream")
+            .body(Body::Stream(Stream {
+                len: Some(f.bytes.len() as u64),
+                reader: Box::new(std::io::Cursor::new(f.bytes.clone())),
+            })),
+        None => Response::text(404, "no such file\n"),
+    }
+}
+
+/// Reads a body fully (tests).
+pub fn read_all(mut r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).unwrap();
+    v
+}
