@@ -64,8 +64,11 @@ fn invalidate_all(addr: SocketAddr) {
     }
 }
 
+/// An anchor: href, text, attributes.
+type Anchor = (String, String, Vec<(String, String)>);
+
 /// Every `<a href>` and its text in an HTML page, with attributes.
-fn anchors(html: &str) -> Vec<(String, String, Vec<(String, String)>)> {
+fn anchors(html: &str) -> Vec<Anchor> {
     let mut out = Vec::new();
     let mut current: Option<(String, Vec<(String, String)>)> = None;
     let mut text = String::new();
