@@ -4,5 +4,6 @@
 mod fake_index;
 mod http_server;
 mod index_api;
+mod installers;
 mod process;
 mod util;

@@ -1,0 +1,193 @@
+//! End to end with the real installers: `pip install --index-url …/index/`
+//! and `uv pip install --index-url …/simple/` through roxpi from the fake
+//! upstream, serving wheels built here (a project on the root index that
+//! depends on one on the extra index), with `#sha256=` hashes and `.metadata`.
+//!
+//! Outside CI a missing installer skips the test with a printed reason;
+//! with `ROXPI_CI=1` (set by `.ci/run`) it fails instead.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
+use crate::util::{start_roxpi, within};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// Builds a minimal valid pure-Python wheel; returns (wheel, METADATA).
+fn build_wheel(dist: &str, version: &str, requires: &[&str]) -> (Bytes, Bytes) {
+    let module = dist.replace('-', "_");
+    let info = format!("{module}-{version}.dist-info");
+    let mut metadata = format!(
+        "Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nRequires-Python: >=3.7\n"
+    );
+    for r in requires {
+        metadata.push_str(&format!("Requires-Dist: {r}\n"));
+    }
+    let files: Vec<(String, Vec<u8>)> = vec![
+        (format!("{module}/__init__.py"), format!("VERSION = {version:?}\n").into_bytes()),
+        (format!("{info}/METADATA"), metadata.clone().into_bytes()),
+        (
+            format!("{info}/WHEEL"),
+            b"Wheel-Version: 1.0\nGenerator: roxpi-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec(),
+        ),
+    ];
+    let mut record = String::new();
+    for (name, content) in &files {
+        let digest =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(content));
+        record.push_str(&format!("{name},sha256={digest},{}\n", content.len()));
+    }
+    record.push_str(&format!("{info}/RECORD,,\n"));
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, content) in files.iter().chain(std::iter::once(&(
+        format!("{info}/RECORD"),
+        record.into_bytes(),
+    ))) {
+        zip.start_file(name.as_str(), opts).unwrap();
+        zip.write_all(content).unwrap();
+    }
+    let wheel = zip.finish().unwrap().into_inner();
+    (Bytes::from(wheel), Bytes::from(metadata))
+}
+
+fn wheel_project(dist: &str, version: &str, requires: &[&str]) -> FakeProject {
+    let (wheel, metadata) = build_wheel(dist, version, requires);
+    let module = dist.replace('-', "_");
+    let mut f = FakeFile::new(&format!("{module}-{version}-py3-none-any.whl"), wheel);
+    f.metadata = Some(metadata);
+    f.requires_python = Some(">=3.7".into());
+    FakeProject {
+        files: vec![f],
+        versions: vec![version.to_owned()],
+    }
+}
+
+fn fake_with_wheels() -> FakeIndex {
+    let fake = FakeIndex::start(BTreeMap::new());
+    fake.add_project(
+        "root",
+        "roxpi-demo",
+        wheel_project("roxpi-demo", "1.0.0", &["roxpi-dep>=1.0"]),
+    );
+    fake.add_project(
+        "extra",
+        "roxpi-dep",
+        wheel_project("roxpi-dep", "1.2.0", &[]),
+    );
+    fake
+}
+
+/// Whether `tool --version` runs; in CI a missing tool is a failure.
+fn have(tool: &str, args: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("ROXPI_CI").is_some() {
+            panic!(
+                "{tool} is required in CI (ROXPI_CI is set) but `{tool} {}` failed",
+                args.join(" ")
+            );
+        }
+        eprintln!(
+            "SKIPPED: `{tool} {}` is not available; install it to run this test",
+            args.join(" ")
+        );
+    }
+    ok
+}
+
+fn assert_installed(target: &Path) {
+    for module in ["roxpi_demo", "roxpi_dep"] {
+        let init = target.join(module).join("__init__.py");
+        assert!(init.is_file(), "{} missing after install", init.display());
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run the installer");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pip_installs_through_roxpi() {
+    within(LIMIT, || {
+        if !have("python3", &["-m", "pip", "--version"]) {
+            return;
+        }
+        for mode in [Mode::Json, Mode::Html] {
+            let fake = fake_with_wheels();
+            fake.set_mode(mode);
+            let (root, extra) = (fake.url("root"), fake.url("extra"));
+            let (roxpi, _home) = start_roxpi(&[
+                ("ROXPI_INDEX_URL", &root),
+                ("ROXPI_EXTRA_INDEX_URLS", &extra),
+            ]);
+            let target = tempfile::tempdir().unwrap();
+            run(Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ])
+                .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
+                .arg("--target")
+                .arg(target.path())
+                .arg("roxpi-demo")
+                .env("PIP_CONFIG_FILE", "/dev/null"));
+            assert_installed(target.path());
+            assert!(fake.count("/root/roxpi-demo/") >= 1);
+            assert!(fake.count("/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl") >= 1);
+        }
+    });
+}
+
+#[test]
+fn uv_installs_through_roxpi() {
+    within(LIMIT, || {
+        if !have("uv", &["--version"]) {
+            return;
+        }
+        for mode in [Mode::Json, Mode::HtmlWithoutType] {
+            let fake = fake_with_wheels();
+            fake.set_mode(mode);
+            let (root, extra) = (fake.url("root"), fake.url("extra"));
+            let (roxpi, _home) = start_roxpi(&[
+                ("ROXPI_INDEX_URL", &root),
+                ("ROXPI_EXTRA_INDEX_URLS", &extra),
+            ]);
+            let target = tempfile::tempdir().unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            run(Command::new("uv")
+                .args(["pip", "install", "--python", "python3", "--no-config"])
+                .args(["--index-url", &format!("http://{}/simple/", roxpi.addr)])
+                .arg("--cache-dir")
+                .arg(cache.path())
+                .arg("--target")
+                .arg(target.path())
+                .arg("roxpi-demo"));
+            assert_installed(target.path());
+            // uv resolves from the advertised .metadata, then downloads.
+            assert!(fake.count("/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl") >= 1);
+        }
+    });
+}
