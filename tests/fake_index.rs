@@ -94,6 +94,8 @@ struct State {
     auth: Option<String>,
     /// Gzip pages when the client accepts it.
     gzip_pages: bool,
+    /// Delay before answering a file request.
+    file_delay: Duration,
 }
 
 /// One request the fake received.
@@ -208,6 +210,7 @@ impl FakeIndex {
             log: Vec::new(),
             auth: None,
             gzip_pages: true,
+            file_delay: Duration::ZERO,
         }));
         let s = Arc::clone(&state);
         let config = ServerConfig {
@@ -235,6 +238,10 @@ impl FakeIndex {
 
     pub fn set_fault(&self, fault: Fault) {
         lock(&self.state).fault = fault;
+    }
+
+    pub fn set_file_delay(&self, d: Duration) {
+        lock(&self.state).file_delay = d;
     }
 
     pub fn require_auth(&self, user: &str, pass: &str) {
@@ -480,6 +487,8 @@ fn project_page(
 }
 
 fn serve_file(state: &Arc<Mutex<State>>, index: &str, project: &str, filename: &str) -> Response {
+    let delay = lock(state).file_delay;
+    std::thread::sleep(delay);
     let s = lock(state);
     let decoded = percent_encoding::percent_decode_str(filename)
         .decode_utf8_lossy()

@@ -814,3 +814,67 @@ fn invalid_settings_stop_startup_naming_the_setting() {
         }
     });
 }
+
+#[test]
+fn files_stream_through_with_head_and_metadata() {
+    within(LIMIT, || {
+        let s = setup(&[]);
+        s.fake.set_mode(Mode::Json);
+        let a = s.addr();
+        let wheel = "numpy-1.23.1-cp311-cp311-manylinux_2_28_x86_64.whl";
+        let expected = s.fake.file("root", "numpy", wheel);
+        // HEAD answers from the index size without a download.
+        let head = request(a, "HEAD", &format!("/index/numpy/{wheel}"), &[]);
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.header("content-length"),
+            Some(expected.bytes.len().to_string().as_str())
+        );
+        assert_eq!(s.fake.count(&format!("/files/root/numpy/{wheel}")), 0);
+        let r = get(a, &format!("/index/numpy/{wheel}"), &[]);
+        assert_eq!(r.body, expected.bytes);
+        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+        let m = get(a, &format!("/index/numpy/{wheel}.metadata"), &[]);
+        assert_eq!(m.body, expected.metadata.unwrap());
+        // Metadata that is not advertised is not served.
+        assert_eq!(
+            get(a, "/index/numpy/numpy-1.23.0.tar.gz.metadata", &[]).status,
+            404
+        );
+        // A file from the extra index, through /simple/.
+        let mac = "numpy-1.23.1-cp311-cp311-macosx_11_0_arm64.whl";
+        assert_eq!(
+            get(a, &format!("/simple/numpy/{mac}"), &[]).body,
+            s.fake.file("extra", "numpy", mac).bytes
+        );
+    });
+}
+
+#[test]
+fn stalled_file_upstream_redirects_after_download_timeout() {
+    within(LIMIT, || {
+        let s = setup(&[("ROXPI_DOWNLOAD_TIMEOUT", "0.3")]);
+        let a = s.addr();
+        assert_eq!(get(a, "/index/scipy/", &[]).status, 200);
+        s.fake.set_file_delay(Duration::from_secs(2));
+        let r = get(a, "/index/scipy/scipy-1.9.0.tar.gz", &[]);
+        assert_eq!(r.status, 302);
+        let location = r.header("location").unwrap();
+        assert_eq!(
+            location,
+            format!(
+                "http://{}/files/extra/scipy/scipy-1.9.0.tar.gz",
+                s.fake.addr
+            )
+        );
+        drop(s);
+        // 0 means always redirect (proxpi's meaning).
+        let s = setup(&[("PROXPI_DOWNLOAD_TIMEOUT", "0")]);
+        let r = get(s.addr(), "/index/proxpi/proxpi-1.0.0.tar.gz", &[]);
+        assert_eq!(r.status, 302);
+        assert!(r
+            .header("location")
+            .unwrap()
+            .ends_with("/files/root/proxpi/proxpi-1.0.0.tar.gz"));
+    });
+}
