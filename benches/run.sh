@@ -8,3 +8,4 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
 fi
 cargo bench --bench http_server "$@"
+cargo bench --bench index_path "$@"

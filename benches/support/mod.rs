@@ -1,0 +1,150 @@
+//! Shared by the benches: wrk runs and a throw-away nginx serving files.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Run {
+    pub rps: f64,
+    pub p99_ms: f64,
+}
+
+pub fn wrk(url: &str, conns: u32, secs: u32, headers: &[&str]) -> Run {
+    let threads = conns.min(2);
+    let out = Command::new("wrk")
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+        ])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
+        .arg(url)
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .unwrap_or(f64::NAN);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("wrk reported errors for {url}:\n{text}");
+    }
+    Run { rps, p99_ms: p99 }
+}
+
+/// wrk prints latencies as `123.45us`, `1.23ms` or `1.02s`.
+fn parse_latency(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Child, SocketAddr) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    fs::create_dir_all(dir.join("www")).unwrap();
+    for (name, body) in files {
+        let path = dir.join("www").join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, body).unwrap();
+    }
+    let conf = format!(
+        "worker_processes auto;\n\
+         daemon off;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+           access_log off;\n\
+           sendfile on; tcp_nopush on; tcp_nodelay on;\n\
+           keepalive_requests 1000000; keepalive_timeout 120s;\n\
+           open_file_cache max=100;\n\
+           client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp;\n\
+           fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
+           default_type application/octet-stream;\n\
+           server {{ listen 127.0.0.1:{port}; root {dir}/www; {extra_conf} }}\n\
+         }}\n",
+        dir = dir.display()
+    );
+    fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .args([
+            "-c",
+            &dir.join("nginx.conf").display().to_string(),
+            "-e",
+            "stderr",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Seconds per measured point (BENCH_SECONDS, default 5).
+pub fn seconds() -> u32 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Exits with a hint when wrk or nginx is missing.
+pub fn require_tools() {
+    if !have("wrk") || !have("nginx") {
+        eprintln!(
+            "this bench needs wrk and nginx on PATH; run benches/run.sh (installs them with apt)"
+        );
+        std::process::exit(2);
+    }
+}
+
+/// One table row.
+pub fn row(label: &str, conns: u32, run: &Run, vs: Option<&Run>) {
+    let ratio = vs
+        .map(|v| format!("{:.2}x", run.rps / v.rps))
+        .unwrap_or_default();
+    println!(
+        "{label:<28} {conns:>6} {:>12.0} {:>10.2} {ratio:>9}",
+        run.rps, run.p99_ms
+    );
+}
+
+pub fn header_row() {
+    println!(
+        "{:<28} {:>6} {:>12} {:>10} {:>9}",
+        "server", "conns", "req/s", "p99 ms", "vs nginx"
+    );
+}
