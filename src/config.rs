@@ -83,11 +83,11 @@ pub struct Cli {
     pub ca_file: String,
 
     /// Serve every file as application/octet-stream (1/true/yes/on).
-    #[arg(long, env = "ROXPI_BINARY_FILE_MIME_TYPE", default_value = "off")]
+    #[arg(long, env = "ROXPI_BINARY_FILE_MIME_TYPE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
     pub binary_file_mime_type: String,
 
     /// Never contact an upstream; serve only what is cached (1/true/yes/on).
-    #[arg(long, env = "ROXPI_OFFLINE", default_value = "off")]
+    #[arg(long, env = "ROXPI_OFFLINE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
     pub offline: String,
 
     /// Request worker threads (idle connections hold none; long bodies go to
@@ -601,6 +601,8 @@ mod tests {
 
     #[test]
     fn settings_defaults_and_extras() {
+        let s = Settings::from_cli(&cli(&["--offline"])).unwrap();
+        assert!(s.offline, "a bare boolean flag means on");
         let s = Settings::from_cli(&cli(&["--extra-index-urls", "http://a/x, http://b/"])).unwrap();
         assert_eq!(s.indexes.len(), 3);
         assert_eq!(s.indexes[0].url.as_str(), PYPI);

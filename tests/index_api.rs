@@ -742,7 +742,17 @@ fn credentials_never_leak() {
         // Files are streamed (never redirected: the client could not follow).
         let f = record(get(a, "/index/numpy/numpy-1.23.0.tar.gz", &[]));
         assert_eq!(f.status, 200);
-        record(get(a, "/", &[]));
+        let home = record(get(a, "/", &[]));
+        assert_eq!(home.status, 200);
+        let page = home.text();
+        assert!(
+            page.contains(&format!("{}/root/", fake.addr)),
+            "the index is shown: {page}"
+        );
+        assert!(
+            page.contains("cache/list") && page.contains("Invalidate"),
+            "invalidation buttons"
+        );
         record(get(a, "/health", &[]));
         record(get(a, "/index/", &[]));
         record(get(a, "/index/NumPy", &[]));
