@@ -580,3 +580,99 @@ fn estimate(doc: &Doc) -> u64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cache(max_bytes: u64) -> Arc<IndexCache> {
+        let cli =
+            crate::config::Cli::parse_from(["roxpi", "--index-url", "http://127.0.0.1:9/simple/"]);
+        let settings = crate::config::Settings::from_cli(&cli).unwrap();
+        let upstream = Arc::new(Upstream::new(&settings).unwrap());
+        let indexes = vec![Index::new(0, &settings.indexes[0])];
+        Arc::new(IndexCache::new(
+            upstream,
+            indexes,
+            Duration::from_secs(1),
+            true,
+            max_bytes,
+        ))
+    }
+
+    fn key(i: usize) -> Key {
+        Key::Project(ProjectName::parse(&format!("p{i}")).unwrap())
+    }
+
+    fn view(len: usize) -> Arc<Rendered> {
+        Arc::new(Rendered {
+            sig: vec![1],
+            body: Bytes::from(vec![0u8; len]),
+            etag: "\"e\"".into(),
+        })
+    }
+
+    #[test]
+    fn the_byte_bound_holds_and_least_recently_used_go_first() {
+        // 16 shards × 64 KiB minimum = 1 MiB in all.
+        let c = cache(0);
+        for i in 0..400 {
+            c.store_view(&key(i), PageFormat::Json, Coding::Gzip, view(10_000));
+            // Keep p0 in use: it must survive.
+            assert!(
+                c.view(&key(0), PageFormat::Json, Coding::Gzip, &[1])
+                    .is_some(),
+                "p0 evicted at {i}"
+            );
+            let (_, bytes) = c.usage();
+            assert!(
+                bytes <= 16 * 64 * 1024,
+                "{bytes} bytes held after {i} inserts"
+            );
+        }
+        assert!(c.stats.evictions.load(Ordering::Relaxed) > 0);
+        // Recent ones are there, early untouched ones are gone.
+        assert!(c
+            .view(&key(399), PageFormat::Json, Coding::Gzip, &[1])
+            .is_some());
+        let gone = (1..50)
+            .filter(|i| {
+                c.view(&key(*i), PageFormat::Json, Coding::Gzip, &[1])
+                    .is_none()
+            })
+            .count();
+        assert!(gone > 40, "only {gone} of the oldest 49 were evicted");
+    }
+
+    #[test]
+    fn views_are_tied_to_their_snapshots() {
+        let c = cache(64 << 20);
+        c.store_view(&key(1), PageFormat::Html, Coding::Identity, view(10));
+        assert!(c
+            .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
+            .is_some());
+        assert!(
+            c.view(&key(1), PageFormat::Html, Coding::Identity, &[2])
+                .is_none(),
+            "another generation"
+        );
+        assert!(
+            c.view(&key(1), PageFormat::Json, Coding::Identity, &[1])
+                .is_none(),
+            "another variant"
+        );
+        c.invalidate(&key(1));
+        assert!(c
+            .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
+            .is_none());
+    }
+
+    #[test]
+    fn offline_without_a_copy_is_an_error_not_a_fetch() {
+        let c = cache(64 << 20);
+        let p = c.begin(0, &key(1), false);
+        assert!(p.current().is_none());
+        assert!(matches!(c.wait(p), Err(e) if matches!(*e, UpstreamError::Offline(_))));
+    }
+}
