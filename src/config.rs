@@ -69,6 +69,14 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_DOWNLOAD_TIMEOUT", default_value = "0.9")]
     pub download_timeout: String,
 
+    /// File cache cap in bytes (5G, 500M… accepted); 0 = no file cache, stream through.
+    #[arg(long, env = "ROXPI_CACHE_SIZE", default_value = "5G")]
+    pub cache_size: String,
+
+    /// File cache directory (default $XDG_CACHE_HOME/roxpi, else $HOME/.cache/roxpi).
+    #[arg(long, env = "ROXPI_CACHE_DIR", default_value = "")]
+    pub cache_dir: String,
+
     /// Disable TLS certificate verification for upstream indexes (1/true/yes/on).
     #[arg(
         long,
@@ -221,6 +229,8 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     pub binary_file_mime_type: bool,
     pub offline: bool,
+    pub cache_size: u64,
+    pub cache_dir: PathBuf,
     pub workers: usize,
     pub log_spec: String,
     pub log_json: bool,
@@ -343,12 +353,44 @@ impl Settings {
                 "ROXPI_BINARY_FILE_MIME_TYPE",
                 &cli.binary_file_mime_type,
             )?,
+            cache_size: parse_size(&cli.cache_size).ok_or_else(|| {
+                err(
+                    "ROXPI_CACHE_SIZE",
+                    &cli.cache_size,
+                    "bytes, e.g. 5G or 500M; 0 disables the file cache",
+                )
+            })?,
+            cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             workers,
             log_spec: translate_log_level(&cli.log),
             log_json,
         })
     }
+}
+
+/// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
+/// `$HOME/.cache/roxpi`.
+pub fn cache_dir(
+    setting: &str,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<PathBuf, ConfigError> {
+    let setting = setting.trim();
+    if !setting.is_empty() {
+        return Ok(PathBuf::from(setting));
+    }
+    let nonempty = |n: &str| env(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(xdg) = nonempty("XDG_CACHE_HOME") {
+        return Ok(xdg.join("roxpi"));
+    }
+    if let Some(home) = nonempty("HOME") {
+        return Ok(home.join(".cache").join("roxpi"));
+    }
+    Err(err(
+        "ROXPI_CACHE_DIR",
+        "",
+        "a directory (neither XDG_CACHE_HOME nor HOME is set to derive one)",
+    ))
 }
 
 fn split_list(s: &str) -> Vec<&str> {
@@ -613,5 +655,34 @@ mod tests {
         assert_eq!(s.index_cache_size, 64 << 20);
         assert_eq!(s.download_timeout, Duration::from_millis(900));
         assert!(!s.offline);
+    }
+}
+
+#[cfg(test)]
+mod cache_dir_tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn cache_dir_defaults() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(cache_dir("/c", env(&[])).unwrap(), PathBuf::from("/c"));
+        assert_eq!(
+            cache_dir("", env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/x/roxpi")
+        );
+        assert_eq!(
+            cache_dir("", env(&[("XDG_CACHE_HOME", ""), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/h/.cache/roxpi")
+        );
+        let e = cache_dir("", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("ROXPI_CACHE_DIR"));
     }
 }

@@ -13,4 +13,5 @@ pub mod http;
 pub mod index_cache;
 pub mod logging;
 pub mod pypi;
+pub mod storage;
 pub mod upstream;

@@ -1,0 +1,566 @@
+//! The local disk backend: a size-capped LRU of files under the cache dir.
+//!
+//! Layout (nothing else in the cache dir is ever scanned or deleted):
+//! - `roxpi.lock` — `flock`ed for the life of the process: two roxpi
+//!   processes never share a cache dir.
+//! - `CACHEDIR.TAG` — tells backup tools to skip the dir.
+//! - `files/<k0k1>/<key>_<len>_<sha256>` — published files; the name records
+//!   the length and content hash, checked at restart.
+//! - `tmp/` — downloads in progress (count toward the cap); emptied at start.
+//! - `staging/` — files larger than the cap, streamed and not kept (their
+//!   names are unlinked at once); emptied at start.
+//!
+//! Rules: space is reserved before a download starts (in-flight bytes count,
+//! so the cap holds at every moment); commit = `fsync` file, atomic rename,
+//! `fsync` directory; a published file is never modified in place (eviction
+//! only unlinks, so open readers keep their bytes); hits refresh recency and
+//! touch the file's mtime at most hourly, and recency is rebuilt from mtimes
+//! at restart. Lock rule: the LRU mutex is held only for bookkeeping, never
+//! across file I/O — victims are unlinked after it is released.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
+
+use super::{CacheKey, Lookup, Space, Storage, StoredFile, TempFile, Usage};
+
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by roxpi.\n# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+struct Meta {
+    len: u64,
+    sha256: String,
+    path: PathBuf,
+    touched: Instant,
+}
+
+struct Lru {
+    map: LruCache<CacheKey, Meta>,
+    used: u64,
+    reserved: u64,
+}
+
+struct Shared {
+    lru: Mutex<Lru>,
+    evictions: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Lru> {
+        // Counters and map are updated together without panicking code in
+        // between; a poisoned lock is still consistent.
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Space for Shared {
+    fn release(&self, bytes: u64) {
+        let mut lru = self.lock();
+        lru.reserved = lru.reserved.saturating_sub(bytes);
+    }
+}
+
+pub struct LocalStorage {
+    files: PathBuf,
+    tmp: PathBuf,
+    staging: PathBuf,
+    cap: u64,
+    shared: Arc<Shared>,
+    next_tmp: AtomicU64,
+    _lock: File,
+}
+
+/// Why the cache dir cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use cache dir {0} (ROXPI_CACHE_DIR): {1}")]
+    Io(PathBuf, io::Error),
+    #[error("cache dir {0} (ROXPI_CACHE_DIR) is in use by another roxpi process (lock on {0}/roxpi.lock)")]
+    Locked(PathBuf),
+}
+
+/// `<key>_<len>_<sha256>` → its parts.
+fn parse_name(name: &str) -> Option<(CacheKey, u64, String)> {
+    let mut parts = name.split('_');
+    let key = CacheKey::parse(parts.next()?)?;
+    let len = parts.next()?.parse().ok()?;
+    let sha = parts.next()?;
+    if parts.next().is_some() || CacheKey::parse(sha).is_none() {
+        return None;
+    }
+    Some((key, len, sha.to_owned()))
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LocalStorage {
+    /// Opens (creating) the cache dir, takes its lock, cleans leftovers and
+    /// rebuilds the LRU from what is there.
+    pub fn open(dir: &Path, cap: u64) -> Result<LocalStorage, OpenError> {
+        let io_err = |e| OpenError::Io(dir.to_owned(), e);
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("roxpi.lock"))
+            .map_err(io_err)?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(OpenError::Locked(dir.to_owned())),
+            Err(e) => return Err(io_err(e.into())),
+        }
+        let tag = dir.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fs::write(&tag, CACHEDIR_TAG).map_err(io_err)?;
+        }
+        let (files, tmp, staging) = (dir.join("files"), dir.join("tmp"), dir.join("staging"));
+        for d in [&files, &tmp, &staging] {
+            fs::create_dir_all(d).map_err(io_err)?;
+        }
+        // Leftovers of a previous run: nothing there is complete.
+        for d in [&tmp, &staging] {
+            for entry in fs::read_dir(d).map_err(io_err)?.flatten() {
+                log::info!("removing leftover {}", entry.path().display());
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let mut found = Vec::new();
+        for sub in fs::read_dir(&files).map_err(io_err)?.flatten() {
+            let sub_name = sub.file_name().to_string_lossy().into_owned();
+            let sub_ok = sub_name.len() == 2 && sub_name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !sub_ok || !sub.path().is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(sub.path()).map_err(io_err)?.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let meta = entry.metadata();
+                match (parse_name(&name), meta) {
+                    (Some((key, len, sha)), Ok(m))
+                        if m.is_file() && m.len() == len && key.as_str().starts_with(&sub_name) =>
+                    {
+                        let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                        found.push((mtime, key, len, sha, path));
+                    }
+                    _ => {
+                        log::warn!("removing {} (not a complete cached file)", path.display());
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|(mtime, ..)| *mtime);
+        let mut lru = Lru {
+            map: LruCache::unbounded(),
+            used: 0,
+            reserved: 0,
+        };
+        let now = Instant::now();
+        for (_, key, len, sha256, path) in found {
+            lru.used += len;
+            if let Some(old) = lru.map.put(
+                key,
+                Meta {
+                    len,
+                    sha256,
+                    path,
+                    touched: now,
+                },
+            ) {
+                lru.used -= old.len;
+            }
+        }
+        let storage = LocalStorage {
+            files,
+            tmp,
+            staging,
+            cap,
+            shared: Arc::new(Shared {
+                lru: Mutex::new(lru),
+                evictions: AtomicU64::new(0),
+            }),
+            next_tmp: AtomicU64::new(0),
+            _lock: lock,
+        };
+        // The cap may have shrunk since the last run.
+        let victims = storage.make_room(&mut storage.shared.lock(), 0);
+        remove_all(victims);
+        let u = storage.usage();
+        log::info!(
+            "file cache {}: {} files, {} bytes of {}",
+            dir.display(),
+            u.files,
+            u.used,
+            cap
+        );
+        Ok(storage)
+    }
+
+    /// Evicts least recently used files until `extra` more bytes fit;
+    /// returns the paths to unlink (after the lock is released).
+    fn make_room(&self, lru: &mut Lru, extra: u64) -> Vec<PathBuf> {
+        let mut victims = Vec::new();
+        while lru.used + lru.reserved + extra > self.cap {
+            let Some((_, meta)) = lru.map.pop_lru() else {
+                break;
+            };
+            lru.used -= meta.len;
+            self.shared.evictions.fetch_add(1, Ordering::Relaxed);
+            victims.push(meta.path);
+        }
+        victims
+    }
+
+    fn tmp_name(&self, key: &CacheKey) -> String {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{}.{n}.part", key.as_str(), std::process::id())
+    }
+}
+
+fn remove_all(paths: Vec<PathBuf>) {
+    for p in paths {
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot evict {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+impl Storage for LocalStorage {
+    fn lookup(&self, key: &CacheKey) -> Lookup {
+        let (path, len, sha256, touch) = {
+            let mut lru = self.shared.lock();
+            let Some(meta) = lru.map.get_mut(key) else {
+                return Lookup::Miss;
+            };
+            let touch = meta.touched.elapsed() >= TOUCH_EVERY;
+            if touch {
+                meta.touched = Instant::now();
+            }
+            (meta.path.clone(), meta.len, meta.sha256.clone(), touch)
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                // Gone behind our back (or evicted just now): a miss.
+                log::warn!("cached file {} unreadable: {e}", path.display());
+                let mut lru = self.shared.lock();
+                if lru.map.peek(key).is_some_and(|m| m.path == path) {
+                    if let Some(m) = lru.map.pop(key) {
+                        lru.used -= m.len;
+                    }
+                }
+                return Lookup::Miss;
+            }
+        };
+        if touch {
+            let _ = file.set_modified(SystemTime::now());
+        }
+        let modified = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Lookup::Hit(StoredFile {
+            file: Arc::new(file),
+            len,
+            sha256,
+            modified,
+        })
+    }
+
+    fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile> {
+        if len > self.cap {
+            let path = self.staging.join(self.tmp_name(key));
+            let file = create_new(&path)?;
+            // Anonymous from now on: nothing to clean up, whatever happens.
+            fs::remove_file(&path)?;
+            return Ok(TempFile {
+                file: Arc::new(file),
+                len,
+                key: key.clone(),
+                path: None,
+                space: None,
+            });
+        }
+        let victims = {
+            let mut lru = self.shared.lock();
+            let v = self.make_room(&mut lru, len);
+            lru.reserved += len;
+            v
+        };
+        remove_all(victims);
+        let space: Arc<dyn Space> = self.shared.clone();
+        let path = self.tmp.join(self.tmp_name(key));
+        match create_new(&path) {
+            Ok(file) => Ok(TempFile {
+                file: Arc::new(file),
+                len,
+                key: key.clone(),
+                path: Some(path),
+                space: Some((space, len)),
+            }),
+            Err(e) => {
+                space.release(len);
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(&self, mut temp: TempFile, sha256: &str) -> io::Result<StoredFile> {
+        let Some(tmp_path) = temp.path.clone() else {
+            return Err(io::Error::other("a staged file is never committed"));
+        };
+        temp.file.sync_all()?;
+        let key = temp.key.clone();
+        let dir = self.files.join(&key.as_str()[..2]);
+        fs::create_dir_all(&dir)?;
+        let final_path = dir.join(format!("{}_{}_{sha256}", key.as_str(), temp.len));
+        fs::rename(&tmp_path, &final_path)?;
+        fsync_dir(&dir)?;
+        // Published: the temp file's drop must neither delete nor release.
+        temp.path = None;
+        let (_, reserved) = temp
+            .space
+            .take()
+            .unwrap_or_else(|| (self.shared.clone(), 0));
+        let replaced = {
+            let mut lru = self.shared.lock();
+            lru.reserved = lru.reserved.saturating_sub(reserved);
+            lru.used += temp.len;
+            let old = lru.map.put(
+                key,
+                Meta {
+                    len: temp.len,
+                    sha256: sha256.to_owned(),
+                    path: final_path.clone(),
+                    touched: Instant::now(),
+                },
+            );
+            old.map(|m| {
+                lru.used -= m.len;
+                m.path
+            })
+        };
+        if let Some(p) = replaced.filter(|p| *p != final_path) {
+            remove_all(vec![p]);
+        }
+        let modified = temp
+            .file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(StoredFile {
+            file: Arc::clone(&temp.file),
+            len: temp.len,
+            sha256: sha256.to_owned(),
+            modified,
+        })
+    }
+
+    fn delete(&self, key: &CacheKey) -> io::Result<()> {
+        let path = {
+            let mut lru = self.shared.lock();
+            lru.map.pop(key).map(|m| {
+                lru.used -= m.len;
+                m.path
+            })
+        };
+        if let Some(p) = path {
+            fs::remove_file(p)?;
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Vec<(CacheKey, u64)> {
+        let lru = self.shared.lock();
+        // Least recently used first.
+        lru.map
+            .iter()
+            .rev()
+            .map(|(k, m)| (k.clone(), m.len))
+            .collect()
+    }
+
+    fn usage(&self) -> Usage {
+        let lru = self.shared.lock();
+        Usage {
+            files: lru.map.len(),
+            used: lru.used,
+            reserved: lru.reserved,
+            cap: self.cap,
+            evictions: self.shared.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn key(i: u8) -> CacheKey {
+        CacheKey::parse(&format!("{i:02x}").repeat(32)).unwrap()
+    }
+
+    fn put(s: &LocalStorage, k: &CacheKey, len: usize) -> StoredFile {
+        let t = s.create(k, len as u64).unwrap();
+        (&*t.file).write_all(&vec![7u8; len]).unwrap();
+        s.commit(t, &"ab".repeat(32)).unwrap()
+    }
+
+    fn hit(s: &LocalStorage, k: &CacheKey) -> bool {
+        matches!(s.lookup(k), Lookup::Hit(_))
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let k = key(1);
+        let name = format!("{}_{}_{}", k.as_str(), 42, "cd".repeat(32));
+        assert_eq!(parse_name(&name), Some((k.clone(), 42, "cd".repeat(32))));
+        for bad in [
+            "x",
+            "..",
+            &format!("{}_x_{}", k.as_str(), "cd".repeat(32)),
+            &format!("{}_1", k.as_str()),
+            &format!("{name}_extra"),
+        ] {
+            assert!(parse_name(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lru_by_bytes_evicts_least_recently_used_not_inserted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path(), 300).unwrap();
+        put(&s, &key(1), 100);
+        put(&s, &key(2), 100);
+        put(&s, &key(3), 100);
+        assert!(hit(&s, &key(1)), "touch 1: now 2 is least recently used");
+        put(&s, &key(4), 100);
+        assert!(hit(&s, &key(1)));
+        assert!(!hit(&s, &key(2)), "2 went first");
+        assert!(hit(&s, &key(3)) && hit(&s, &key(4)));
+        let u = s.usage();
+        assert_eq!((u.used, u.reserved, u.files, u.evictions), (300, 0, 3, 1));
+    }
+
+    #[test]
+    fn reservations_count_toward_the_cap_and_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path(), 300).unwrap();
+        put(&s, &key(1), 100);
+        let t = s.create(&key(2), 250).unwrap();
+        let u = s.usage();
+        assert!(u.used + u.reserved <= 300, "{u:?}");
+        assert!(
+            !hit(&s, &key(1)),
+            "evicted to make room before the download"
+        );
+        drop(t);
+        let u = s.usage();
+        assert_eq!((u.used, u.reserved), (0, 0));
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "temp file deleted"
+        );
+    }
+
+    #[test]
+    fn larger_than_the_cap_is_staged_and_never_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path(), 100).unwrap();
+        put(&s, &key(1), 50);
+        let t = s.create(&key(2), 1000).unwrap();
+        assert!(!t.is_kept());
+        assert!(hit(&s, &key(1)), "staging evicts nothing");
+        assert_eq!(
+            fs::read_dir(dir.path().join("staging")).unwrap().count(),
+            0,
+            "anonymous"
+        );
+        assert!(s.commit(t, &"ab".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn restart_keeps_complete_files_and_deletes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path_of_2 = {
+            let s = LocalStorage::open(dir.path(), 1000).unwrap();
+            put(&s, &key(1), 10);
+            put(&s, &key(2), 20);
+            let _t = s.create(&key(3), 30).unwrap();
+            std::mem::forget(_t); // as if killed mid-download
+            let k2 = key(2);
+            dir.path()
+                .join("files")
+                .join(&k2.as_str()[..2])
+                .join(format!("{}_20_{}", k2.as_str(), "ab".repeat(32)))
+        };
+        // A truncated file (as after a power cut) and junk in our dirs.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path_of_2)
+            .unwrap()
+            .set_len(5)
+            .unwrap();
+        fs::write(dir.path().join("files").join("01").join("junk"), b"x").unwrap();
+        fs::write(dir.path().join("unrelated.txt"), b"keep me").unwrap();
+        let s = LocalStorage::open(dir.path(), 1000).unwrap();
+        assert!(hit(&s, &key(1)));
+        assert!(!hit(&s, &key(2)), "size mismatch deleted");
+        assert!(!path_of_2.exists());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(!dir.path().join("files/01/junk").exists());
+        assert!(
+            dir.path().join("unrelated.txt").exists(),
+            "outside our layout: untouched"
+        );
+        assert!(dir.path().join("CACHEDIR.TAG").exists());
+        assert_eq!(s.usage().used, 10);
+    }
+
+    #[test]
+    fn a_second_process_cannot_share_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = LocalStorage::open(dir.path(), 1000).unwrap();
+        // flock locks belong to the open file description: a second open
+        // in the same process conflicts just like another process.
+        match LocalStorage::open(dir.path(), 1000) {
+            Err(OpenError::Locked(_)) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("two storages shared one dir"),
+        }
+    }
+
+    #[test]
+    fn evicted_files_stay_readable_for_open_readers() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path(), 100).unwrap();
+        let f = put(&s, &key(1), 100);
+        put(&s, &key(2), 100);
+        assert!(!hit(&s, &key(1)));
+        let mut buf = [0u8; 100];
+        f.file.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+    }
+}
