@@ -13,13 +13,18 @@ use askama::Template;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::config::redact;
 use crate::config::Settings;
-use crate::http::{Body, Method, Request, Response, Stream};
+use crate::files::range::{if_range_allows, parse_range, RangeRequest};
+use crate::files::{Downloads, Failure, Fetch, Source};
+use crate::http::{Body, FileRange, Method, Request, Response, Stream};
 use crate::index_cache::{Doc, Freshness, IndexCache, Key, Pending, Rendered, Snapshot};
 use crate::pypi::{
     negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
     FileEntry, Filename, ProjectName, ProjectPage, Strategy,
 };
+use crate::storage::local::LocalStorage;
+use crate::storage::{CacheKey, Lookup, Storage, StoredFile};
 use crate::upstream::{Index, Upstream, UpstreamError};
 
 const SUCCESS: &str = "{\"status\":\"success\",\"data\":null}";
@@ -182,6 +187,7 @@ pub struct App {
     settings: Settings,
     cache: Arc<IndexCache>,
     upstream: Arc<Upstream>,
+    downloads: Arc<Downloads>,
 }
 
 #[derive(Template)]
@@ -192,6 +198,7 @@ struct HomeHtml<'a> {
     strategy: &'a str,
     offline: bool,
     stats: Vec<(&'static str, String)>,
+    file_stats: Vec<(&'static str, String)>,
 }
 
 impl App {
@@ -210,10 +217,21 @@ impl App {
             settings.offline,
             settings.index_cache_size,
         ));
+        let storage: Option<Arc<dyn Storage>> = if settings.cache_size == 0 {
+            log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
+            None
+        } else {
+            Some(Arc::new(LocalStorage::open(
+                &settings.cache_dir,
+                settings.cache_size,
+            )?))
+        };
+        let downloads = Downloads::start(storage, Arc::clone(&upstream))?;
         Ok(App {
             settings,
             cache,
             upstream,
+            downloads,
         })
     }
 
@@ -283,6 +301,37 @@ impl App {
                 ("upstream errors", load(&s.upstream_errors)),
                 ("evictions", load(&s.evictions)),
             ],
+            file_stats: {
+                let f = &self.downloads.stats;
+                let usage = self
+                    .downloads
+                    .storage()
+                    .map(|s| s.usage())
+                    .unwrap_or_default();
+                vec![
+                    (
+                        "cache dir",
+                        if usage.cap == 0 {
+                            "disabled (ROXPI_CACHE_SIZE=0)".to_owned()
+                        } else {
+                            self.settings.cache_dir.display().to_string()
+                        },
+                    ),
+                    ("files", usage.files.to_string()),
+                    ("bytes cached", usage.used.to_string()),
+                    ("bytes reserved for downloads", usage.reserved.to_string()),
+                    ("cap", usage.cap.to_string()),
+                    ("hits", load(&f.hits)),
+                    ("misses", load(&f.misses)),
+                    ("coalesced waiters", load(&f.coalesced)),
+                    ("bytes served from cache", load(&f.bytes_served_from_cache)),
+                    ("bytes fetched", load(&f.bytes_fetched)),
+                    ("evictions", usage.evictions.to_string()),
+                    ("hash/length mismatches", load(&f.verify_failures)),
+                    ("write errors", load(&f.write_errors)),
+                    ("upstream failures", load(&f.upstream_failures)),
+                ]
+            },
         };
         match page.render() {
             Ok(html) => Response::new(200)
@@ -449,8 +498,9 @@ impl App {
         r.body(view.body.clone())
     }
 
-    /// A distribution file or its `.metadata`: for now streamed through
-    /// from the upstream (the file cache comes next).
+    /// A distribution file or its `.metadata`: from the file cache, from the
+    /// download in progress, or (cache disabled, disk trouble) streamed
+    /// through from the upstream.
     fn file(&self, req: &Request, name: ProjectName, file: Filename) -> Response {
         let key = Key::Project(name);
         let found = match self.resolve(&key, false, true) {
@@ -463,15 +513,31 @@ impl App {
         };
         let index = &self.cache.indexes()[index];
         let mut url = entry.url.clone();
-        if metadata {
+        let (hashes, size) = if metadata {
             let p = format!("{}.metadata", url.path());
             url.set_path(&p);
-        }
+            match &entry.core_metadata {
+                CoreMetadata::Available(h) => (h.clone(), None),
+                CoreMetadata::Absent => (Default::default(), None),
+            }
+        } else {
+            (entry.hashes.clone(), entry.size)
+        };
         let content_type = file_content_type(file.as_str(), self.settings.binary_file_mime_type);
+        let cache_key = CacheKey::derive(hashes.get("sha256").map(String::as_str), &url);
+        let source = Source {
+            index: index.clone(),
+            url,
+            hashes,
+            size,
+        };
         let is_head = *req.method() == Method::Head;
-        if is_head && !metadata {
-            if let Some(size) = entry.size {
-                // HEAD from the index size, without downloading.
+        if is_head {
+            // HEAD never starts a download.
+            if let Some(Lookup::Hit(f)) = self.downloads.storage().map(|s| s.lookup(&cache_key)) {
+                return self.serve_stored(req, f, content_type);
+            }
+            if let Some(size) = size {
                 return Response::new(200)
                     .header("Content-Type", content_type)
                     .body(Body::Stream(Stream {
@@ -479,47 +545,142 @@ impl App {
                         reader: Box::new(std::io::empty()),
                     }));
             }
+            return self.stream_through(req, &source, content_type);
         }
         let can_redirect = !index.has_credentials() && !self.settings.offline;
-        let redirect = || {
-            Response::text(302, "the upstream is slow; fetch the file there\n")
-                .header("Location", url.as_str().to_owned())
-                .header("Cache-Control", "no-store")
-                .log_tag("REDIRECT")
-        };
-        if can_redirect && self.settings.download_timeout.is_zero() {
-            return redirect();
+        match self.downloads.fetch(&cache_key, &source) {
+            Fetch::Hit(f) => self.serve_stored(req, f, content_type),
+            Fetch::StreamThrough => self.stream_through(req, &source, content_type),
+            Fetch::Download { inflight, joined } => {
+                if req.header("range").is_some() {
+                    // The whole file keeps downloading in the background.
+                    return self.stream_through(req, &source, content_type);
+                }
+                if can_redirect && self.settings.download_timeout.is_zero() {
+                    return redirect_to(&source.url);
+                }
+                let limit = if can_redirect {
+                    self.settings.download_timeout
+                } else {
+                    FIRST_BYTE_WAIT
+                };
+                let tag = if joined { "COALESCED" } else { "MISS" };
+                match inflight.wait_started(limit) {
+                    Ok(Some(reader)) => Response::new(200)
+                        .header("Content-Type", content_type)
+                        .header("X-Cache", tag)
+                        .log_tag(tag)
+                        .body(Body::Stream(Stream {
+                            len: Some(reader.len()),
+                            reader: Box::new(reader),
+                        })),
+                    Ok(None) if can_redirect => redirect_to(&source.url),
+                    Ok(None) => upstream_failure(&UpstreamError::Timeout(index.display())),
+                    Err(Failure::Local(_) | Failure::NoLength) => {
+                        self.stream_through(req, &source, content_type)
+                    }
+                    Err(f) => Response::text(502, format!("{f}\n"))
+                        .header("Retry-After", "10")
+                        .header("Cache-Control", "no-store")
+                        .log_tag("ERROR"),
+                }
+            }
         }
-        let opened = self.open_with_deadline(index, &url, can_redirect);
+    }
+
+    /// A committed file: conditional requests, single ranges, sendfile.
+    fn serve_stored(&self, req: &Request, f: StoredFile, content_type: &'static str) -> Response {
+        let etag = format!("\"{}\"", f.sha256);
+        let last_modified = httpdate::fmt_http_date(f.modified);
+        let headers = |status: u16| {
+            Response::new(status)
+                .header("Content-Type", content_type)
+                .header("ETag", etag.clone())
+                .header("Last-Modified", last_modified.clone())
+                .header("Cache-Control", "public, max-age=31536000, immutable")
+                .header("Accept-Ranges", "bytes")
+                .header("X-Cache", "HIT")
+                .log_tag("HIT")
+        };
+        if etag_matches(req.header("if-none-match"), &etag) {
+            return headers(304);
+        }
+        let range = if if_range_allows(req.header("if-range"), &etag, &last_modified) {
+            parse_range(req.header("range"), f.len)
+        } else {
+            RangeRequest::Full
+        };
+        let (status, offset, len, content_range) = match range {
+            RangeRequest::Full => (200, 0, f.len, None),
+            RangeRequest::Partial(r) => (206, r.start, r.len(), Some(r.content_range(f.len))),
+            RangeRequest::Unsatisfiable => {
+                return headers(416).header("Content-Range", format!("bytes */{}", f.len));
+            }
+        };
+        if *req.method() == Method::Get {
+            self.downloads.served_from_cache(len);
+        }
+        let mut r = headers(status);
+        if let Some(cr) = content_range {
+            r = r.header("Content-Range", cr);
+        }
+        r.body(FileRange {
+            file: f.file,
+            offset,
+            len,
+        })
+    }
+
+    /// Streams a file (or the requested range of it) straight from the
+    /// upstream, without caching.
+    fn stream_through(
+        &self,
+        req: &Request,
+        source: &Source,
+        content_type: &'static str,
+    ) -> Response {
+        let index = &source.index;
+        let url = &source.url;
+        let can_redirect = !index.has_credentials() && !self.settings.offline;
+        if can_redirect && self.settings.download_timeout.is_zero() {
+            return redirect_to(url);
+        }
+        let range = req.header("range").map(str::to_owned);
+        let opened = self.open_with_deadline(index, url, range, can_redirect);
         let streamed = match opened {
             Some(Ok(s)) => s,
-            Some(Err(e)) => return upstream_failure(&Arc::new(e)),
-            None => return redirect(),
+            Some(Err(e)) => return upstream_failure(&e),
+            None => return redirect_to(url),
         };
-        match streamed.status {
-            200 => {}
+        let mut r = match streamed.status {
+            200 => Response::new(200),
+            206 | 416 => {
+                let mut r = Response::new(streamed.status);
+                if let Some(cr) = &streamed.content_range {
+                    r = r.header("Content-Range", cr.clone());
+                }
+                r
+            }
             404 | 410 => {
                 return Response::text(
                     502,
-                    format!("{file} is listed but the upstream does not have it\n"),
+                    format!(
+                        "{} is listed but the upstream does not have it\n",
+                        redact(url)
+                    ),
                 )
                 .header("Retry-After", "60")
             }
-            s => {
-                return upstream_failure(&Arc::new(UpstreamError::Status(
-                    crate::config::redact(&streamed.final_url),
-                    s,
-                )))
-            }
-        }
-        let len = streamed.content_length;
-        let r = Response::new(200)
+            s => return upstream_failure(&UpstreamError::Status(redact(&streamed.final_url), s)),
+        };
+        r = r
             .header("Content-Type", content_type)
             .header("X-Cache", "MISS")
             .log_tag("MISS");
-        if is_head {
+        let len = streamed.content_length;
+        if *req.method() == Method::Head || streamed.status == 416 {
             return r.body(Body::Stream(Stream {
-                len,
+                len: if streamed.status == 416 { Some(0) } else { len },
                 reader: Box::new(std::io::empty()),
             }));
         }
@@ -535,10 +696,11 @@ impl App {
         &self,
         index: &Index,
         url: &url::Url,
+        range: Option<String>,
         can_redirect: bool,
     ) -> Option<Result<crate::upstream::Streamed, UpstreamError>> {
         if !can_redirect {
-            return Some(self.upstream.open_file(index, url, None));
+            return Some(self.upstream.open_file(index, url, range.as_deref()));
         }
         let (tx, rx) = mpsc::sync_channel(1);
         let upstream = Arc::clone(&self.upstream);
@@ -546,7 +708,7 @@ impl App {
         let spawned = std::thread::Builder::new()
             .name("roxpi-open".into())
             .spawn(move || {
-                let _ = tx.send(upstream.open_file(&index, &url, None));
+                let _ = tx.send(upstream.open_file(&index, &url, range.as_deref()));
             });
         if spawned.is_err() {
             return None;
@@ -581,6 +743,17 @@ impl App {
         }
         None
     }
+}
+
+/// How long a request waits for a download's first bytes when it cannot
+/// be redirected.
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(120);
+
+fn redirect_to(url: &url::Url) -> Response {
+    Response::text(302, "the upstream is slow; fetch the file there\n")
+        .header("Location", url.as_str().to_owned())
+        .header("Cache-Control", "no-store")
+        .log_tag("REDIRECT")
 }
 
 fn json_success() -> Response {

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod index_cache;
 pub mod logging;

@@ -15,6 +15,8 @@ fn roxpi() -> Command {
     let mut cmd = Command::new(roxpi_bin());
     cmd.args(["--bind", "127.0.0.1:0"]);
     cmd.env("ROXPI_LOG", "info");
+    // These tests need no file cache (and must not share one).
+    cmd.env("ROXPI_CACHE_SIZE", "0");
     cmd
 }
 
@@ -71,7 +73,8 @@ fn survives_a_connection_burst_under_ulimit_64() {
         cmd.arg("-c")
             .arg("ulimit -n 64 && exec \"$0\" --bind 127.0.0.1:0")
             .arg(&bin)
-            .env("ROXPI_LOG", "info");
+            .env("ROXPI_LOG", "info")
+            .env("ROXPI_CACHE_SIZE", "0");
         let mut server = ChildServer::start(cmd);
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
         let line = limits
