@@ -33,6 +33,13 @@ fn run() -> anyhow::Result<()> {
         .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", cli.log))?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .context("cannot install signal handlers")?;
+    // A file-size limit must turn writes into EFBIG errors (counted, files
+    // streamed through), not kill the process.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .context("cannot install the SIGXFSZ handler")?;
     let server_config = ServerConfig {
         workers: config.workers.max(1),
         ..ServerConfig::default()

@@ -33,6 +33,25 @@ impl Mode {
     ];
 }
 
+/// How file bodies are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    Normal,
+    /// `chunk` bytes every `every`.
+    Throttle {
+        chunk: usize,
+        every: Duration,
+    },
+    /// Throttled, then the connection is cut after `after` bytes.
+    CutAfter {
+        after: usize,
+        chunk: usize,
+        every: Duration,
+    },
+    /// The right length, one wrong byte (hash mismatch).
+    Corrupt,
+}
+
 /// A fault injected into page requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -96,6 +115,9 @@ struct State {
     gzip_pages: bool,
     /// Delay before answering a file request.
     file_delay: Duration,
+    file_mode: FileMode,
+    /// When the last file body finished sending.
+    body_done: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 /// One request the fake received.
@@ -211,6 +233,8 @@ impl FakeIndex {
             auth: None,
             gzip_pages: true,
             file_delay: Duration::ZERO,
+            file_mode: FileMode::Normal,
+            body_done: Arc::new(Mutex::new(Vec::new())),
         }));
         let s = Arc::clone(&state);
         let config = ServerConfig {
@@ -238,6 +262,17 @@ impl FakeIndex {
 
     pub fn set_fault(&self, fault: Fault) {
         lock(&self.state).fault = fault;
+    }
+
+    pub fn set_file_mode(&self, m: FileMode) {
+        lock(&self.state).file_mode = m;
+    }
+
+    /// When each file body finished sending, in order.
+    pub fn bodies_done(&self) -> Vec<std::time::Instant> {
+        let done = Arc::clone(&lock(&self.state).body_done);
+        let v = done.lock().unwrap().clone();
+        v
     }
 
     pub fn set_file_delay(&self, d: Duration) {
@@ -311,7 +346,7 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
     let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         // /files/<index>/<project>/<filename>[.metadata]
-        ["files", index, project, filename] => serve_file(state, index, project, filename),
+        ["files", index, project, filename] => serve_file(state, req, index, project, filename),
         // Redirect check: /moved/<...> → /root/<...>
         ["moved", rest @ ..] => {
             Response::new(301).header("Location", format!("/root/{}", rest.join("/")))
@@ -486,7 +521,13 @@ fn project_page(
     }
 }
 
-fn serve_file(state: &Arc<Mutex<State>>, index: &str, project: &str, filename: &str) -> Response {
+fn serve_file(
+    state: &Arc<Mutex<State>>,
+    req: &Request,
+    index: &str,
+    project: &str,
+    filename: &str,
+) -> Response {
     let delay = lock(state).file_delay;
     std::thread::sleep(delay);
     let s = lock(state);
@@ -496,26 +537,86 @@ fn serve_file(state: &Arc<Mutex<State>>, index: &str, project: &str, filename: &
     let Some(p) = s.indexes.get(index).and_then(|i| i.get(project)) else {
         return Response::text(404, "no such project\n");
     };
-    if let Some(dist) = decoded.strip_suffix(".metadata") {
-        if let Some(m) = p
-            .files
+    let bytes = if let Some(dist) = decoded.strip_suffix(".metadata") {
+        p.files
             .iter()
             .find(|f| f.filename == dist)
             .and_then(|f| f.metadata.clone())
-        {
-            return Response::new(200)
+    } else {
+        p.files
+            .iter()
+            .find(|f| f.filename == decoded)
+            .map(|f| f.bytes.clone())
+    };
+    let Some(mut bytes) = bytes else {
+        return Response::text(404, "no such file\n");
+    };
+    let total = bytes.len() as u64;
+    let mut r = Response::new(200).header("Content-Type", "application/octet-stream");
+    match roxpi::files::range::parse_range(req.header("range"), total) {
+        roxpi::files::range::RangeRequest::Full => {}
+        roxpi::files::range::RangeRequest::Partial(range) => {
+            r = Response::new(206)
                 .header("Content-Type", "application/octet-stream")
-                .body(m);
+                .header("Content-Range", range.content_range(total));
+            bytes = bytes.slice(range.start as usize..=range.end as usize);
+        }
+        roxpi::files::range::RangeRequest::Unsatisfiable => {
+            return Response::new(416).header("Content-Range", format!("bytes */{total}"));
         }
     }
-    match p.files.iter().find(|f| f.filename == decoded) {
-        Some(f) => Response::new(200)
-            .header("Content-Type", "application/octet-stream")
-            .body(Body::Stream(Stream {
-                len: Some(f.bytes.len() as u64),
-                reader: Box::new(std::io::Cursor::new(f.bytes.clone())),
-            })),
-        None => Response::text(404, "no such file\n"),
+    let len = bytes.len() as u64;
+    let reader = Body::Stream(Stream {
+        len: Some(len),
+        reader: Box::new(Paced {
+            data: bytes,
+            pos: 0,
+            mode: s.file_mode,
+            done: Arc::clone(&s.body_done),
+        }),
+    });
+    r.body(reader)
+}
+
+/// A body sent per `FileMode`.
+struct Paced {
+    data: Bytes,
+    pos: usize,
+    mode: FileMode,
+    done: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.data.len() {
+            self.done.lock().unwrap().push(std::time::Instant::now());
+            return Ok(0);
+        }
+        let left = &self.data[self.pos..];
+        let n = match self.mode {
+            FileMode::Normal | FileMode::Corrupt => left.len().min(buf.len()),
+            FileMode::Throttle { chunk, every } => {
+                std::thread::sleep(every);
+                left.len().min(buf.len()).min(chunk)
+            }
+            FileMode::CutAfter {
+                after,
+                chunk,
+                every,
+            } => {
+                if self.pos >= after {
+                    return Err(std::io::Error::other("cut by the fake upstream"));
+                }
+                std::thread::sleep(every);
+                left.len().min(buf.len()).min(chunk).min(after - self.pos)
+            }
+        };
+        buf[..n].copy_from_slice(&left[..n]);
+        if self.mode == FileMode::Corrupt && self.pos == 0 && n > 0 {
+            buf[0] ^= 0xff;
+        }
+        self.pos += n;
+        Ok(n)
     }
 }
 

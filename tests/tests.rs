@@ -2,6 +2,7 @@
 //! real binaries as child processes.
 
 mod fake_index;
+mod file_cache;
 mod http_server;
 mod index_api;
 mod installers;

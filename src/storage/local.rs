@@ -193,7 +193,7 @@ impl LocalStorage {
         };
         // The cap may have shrunk since the last run.
         let victims = storage.make_room(&mut storage.shared.lock(), 0);
-        remove_all(victims);
+        storage.unlink(victims);
         let u = storage.usage();
         log::info!(
             "file cache {}: {} files, {} bytes of {}",
@@ -206,18 +206,45 @@ impl LocalStorage {
     }
 
     /// Evicts least recently used files until `extra` more bytes fit;
-    /// returns the paths to unlink (after the lock is released).
-    fn make_room(&self, lru: &mut Lru, extra: u64) -> Vec<PathBuf> {
+    /// returns the paths to unlink after the lock is released. Their bytes
+    /// stay counted (as reserved) until `unlink` gives them back, so the cap
+    /// also holds while the unlinks are pending.
+    fn make_room(&self, lru: &mut Lru, extra: u64) -> Vec<(PathBuf, u64)> {
         let mut victims = Vec::new();
-        while lru.used + lru.reserved + extra > self.cap {
+        let mut freed = 0;
+        while lru.used + lru.reserved - freed + extra > self.cap {
             let Some((_, meta)) = lru.map.pop_lru() else {
                 break;
             };
             lru.used -= meta.len;
+            lru.reserved += meta.len;
+            freed += meta.len;
             self.shared.evictions.fetch_add(1, Ordering::Relaxed);
-            victims.push(meta.path);
+            victims.push((meta.path, meta.len));
         }
         victims
+    }
+
+    fn unlink(&self, victims: Vec<(PathBuf, u64)>) {
+        for (path, len) in victims {
+            remove_all(vec![path]);
+            self.shared.release(len);
+        }
+    }
+
+    /// A temp file that is streamed and never kept (no space reserved).
+    fn staged(&self, key: &CacheKey, len: u64) -> io::Result<TempFile> {
+        let path = self.staging.join(self.tmp_name(key));
+        let file = create_new(&path)?;
+        // Anonymous from now on: nothing to clean up, whatever happens.
+        fs::remove_file(&path)?;
+        Ok(TempFile {
+            file: Arc::new(file),
+            len,
+            key: key.clone(),
+            path: None,
+            space: None,
+        })
     }
 
     fn tmp_name(&self, key: &CacheKey) -> String {
@@ -288,25 +315,30 @@ impl Storage for LocalStorage {
 
     fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile> {
         if len > self.cap {
-            let path = self.staging.join(self.tmp_name(key));
-            let file = create_new(&path)?;
-            // Anonymous from now on: nothing to clean up, whatever happens.
-            fs::remove_file(&path)?;
-            return Ok(TempFile {
-                file: Arc::new(file),
-                len,
-                key: key.clone(),
-                path: None,
-                space: None,
-            });
+            return self.staged(key, len);
         }
-        let victims = {
+        let (victims, fits) = {
             let mut lru = self.shared.lock();
             let v = self.make_room(&mut lru, len);
-            lru.reserved += len;
-            v
+            // The victims' bytes are gone from disk before this file is
+            // created (same thread, below).
+            let pending: u64 = v.iter().map(|(_, l)| l).sum();
+            let fits = lru.used + lru.reserved - pending + len <= self.cap;
+            if fits {
+                lru.reserved += len;
+            }
+            (v, fits)
         };
-        remove_all(victims);
+        self.unlink(victims);
+        if !fits {
+            // Downloads in flight already hold the space: this one is
+            // streamed to its clients but not kept.
+            log::info!(
+                "no room for {} ({len} bytes) while other downloads run: not kept",
+                key.as_str()
+            );
+            return self.staged(key, len);
+        }
         let space: Arc<dyn Space> = self.shared.clone();
         let path = self.tmp.join(self.tmp_name(key));
         match create_new(&path) {

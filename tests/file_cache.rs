@@ -1,0 +1,703 @@
+//! The file cache through the real binary: coalesced downloads streamed to
+//! every requester, verification, the cap, LRU order, restarts and crashes,
+//! ranges and conditional requests, path safety, disk trouble.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::fake_index::{FakeFile, FakeIndex, FakeProject, FileMode};
+use crate::util::{request, start_roxpi, within, ChildServer, Client, Reply};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// Deterministic, incompressible-looking bytes.
+fn blob(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn wheel(i: usize) -> String {
+    format!("big-1.{i}-py3-none-any.whl")
+}
+
+/// A fake with project `big` holding one wheel per size.
+fn fake(sizes: &[usize]) -> FakeIndex {
+    let fake = FakeIndex::start(BTreeMap::new());
+    let files = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, len)| FakeFile::new(&wheel(i), blob(*len, i as u64 + 1)))
+        .collect();
+    fake.add_project(
+        "root",
+        "big",
+        FakeProject {
+            files,
+            versions: vec![],
+        },
+    );
+    fake.set_mode(crate::fake_index::Mode::Json);
+    fake
+}
+
+struct Roxpi {
+    server: ChildServer,
+    cache: PathBuf,
+    _home: tempfile::TempDir,
+}
+
+fn start(fake: &FakeIndex, cache: &Path, env: &[(&str, &str)]) -> Roxpi {
+    let root = fake.url("root");
+    let cache_s = cache.display().to_string();
+    let mut all = vec![
+        ("ROXPI_INDEX_URL", root.as_str()),
+        ("ROXPI_CACHE_DIR", cache_s.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let (server, home) = start_roxpi(&all);
+    Roxpi {
+        server,
+        cache: cache.to_owned(),
+        _home: home,
+    }
+}
+
+impl Roxpi {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.addr(), "GET", path, headers)
+    }
+
+    fn file(&self, i: usize) -> Reply {
+        self.get(&format!("/index/big/{}", wheel(i)), &[])
+    }
+
+    /// Bytes under files/ and tmp/ (what counts toward the cap).
+    fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.cache.join("files")) + dir_bytes(&self.cache.join("tmp"))
+    }
+
+    fn committed_files(&self) -> usize {
+        count_files(&self.cache.join("files"))
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn count_files(dir: &Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn upstream_gets(fake: &FakeIndex, i: usize) -> usize {
+    fake.count(&format!("/files/root/big/{}", wheel(i)))
+}
+
+/// 32 clients of one uncached file: one upstream GET, identical correct
+/// bodies, and every client's first bytes before the upstream finished.
+#[test]
+fn thirty_two_clients_one_upstream_get_streamed_to_all() {
+    within(LIMIT, || {
+        let f = fake(&[2 << 20]);
+        f.set_file_mode(FileMode::Throttle {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(25),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        assert_eq!(r.get("/index/big/", &[]).status, 200);
+        let expected = f.file("root", "big", &wheel(0)).bytes;
+        let addr = r.addr();
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = Client::new(addr);
+                    c.send(
+                        format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0))
+                            .as_bytes(),
+                    );
+                    let mut first = [0u8; 1];
+                    // The head, then the first body byte.
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        c.reader.read_exact(&mut first).unwrap();
+                        head.push(first[0]);
+                    }
+                    c.reader.read_exact(&mut first).unwrap();
+                    let first_at = Instant::now();
+                    let mut rest = Vec::new();
+                    c.reader.read_to_end(&mut rest).ok();
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap();
+                    let mut body = vec![first[0]];
+                    body.extend_from_slice(&rest[..rest.len().min(len - 1)]);
+                    (first_at, body)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(upstream_gets(&f, 0), 1, "one upstream GET for 32 clients");
+        let done = *f.bodies_done().first().expect("the upstream finished");
+        for (first_at, body) in &results {
+            assert!(body == &expected[..], "a body differs");
+            assert!(
+                *first_at < done,
+                "a client got its first byte only after the upstream finished"
+            );
+        }
+        // Committed: the next one is a hit.
+        let hit = r.file(0);
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(hit.body, expected);
+        assert_eq!(upstream_gets(&f, 0), 1);
+    });
+}
+
+#[test]
+fn a_client_that_disconnects_does_not_stop_the_download() {
+    within(LIMIT, || {
+        let f = fake(&[1 << 20]);
+        f.set_file_mode(FileMode::Throttle {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(20),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        {
+            let mut c = Client::new(r.addr());
+            c.send(format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0)).as_bytes());
+            let mut some = [0u8; 1000];
+            c.reader.read_exact(&mut some).unwrap();
+        } // gone
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while r.committed_files() == 0 {
+            assert!(Instant::now() < deadline, "the download never finished");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hit = r.file(0);
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(hit.body, f.file("root", "big", &wheel(0)).bytes);
+        assert_eq!(upstream_gets(&f, 0), 1);
+    });
+}
+
+/// A cut or corrupted upstream body: streaming clients see a cut (never a
+/// complete body), nothing is committed, and the next request fetches again.
+#[test]
+fn cut_or_corrupt_bodies_are_never_committed() {
+    within(LIMIT, || {
+        for (mode, cap) in [
+            (
+                FileMode::CutAfter {
+                    after: 300_000,
+                    chunk: 50_000,
+                    every: Duration::from_millis(10),
+                },
+                "5G",
+            ),
+            (FileMode::Corrupt, "5G"),
+            // The same for a file larger than the cap (staged, not kept).
+            (
+                FileMode::CutAfter {
+                    after: 300_000,
+                    chunk: 50_000,
+                    every: Duration::from_millis(10),
+                },
+                "100K",
+            ),
+            (FileMode::Corrupt, "100K"),
+        ] {
+            let f = fake(&[600_000]);
+            let dir = tempfile::tempdir().unwrap();
+            let r = start(&f, dir.path(), &[("ROXPI_CACHE_SIZE", cap)]);
+            assert_eq!(r.get("/index/big/", &[]).status, 200);
+            f.set_file_mode(mode);
+            let addr = r.addr();
+            let clients: Vec<_> = (0..4)
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        let mut c = Client::new(addr);
+                        c.send(
+                            format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0))
+                                .as_bytes(),
+                        );
+                        c.read_reply(false)
+                    })
+                })
+                .collect();
+            for c in clients {
+                let got = c.join().unwrap();
+                assert!(
+                    got.is_err(),
+                    "{mode:?}/{cap}: a client got a complete-looking body"
+                );
+            }
+            assert_eq!(r.committed_files(), 0, "{mode:?}/{cap}: committed");
+            assert_eq!(
+                count_files(&dir.path().join("tmp")),
+                0,
+                "{mode:?}/{cap}: temp file left"
+            );
+            let before = upstream_gets(&f, 0);
+            f.set_file_mode(FileMode::Normal);
+            let ok = r.file(0);
+            assert_eq!(ok.status, 200);
+            assert_eq!(ok.body, f.file("root", "big", &wheel(0)).bytes);
+            assert_eq!(upstream_gets(&f, 0), before + 1, "fetched again");
+        }
+    });
+}
+
+#[test]
+fn a_file_larger_than_the_cap_is_coalesced_but_not_kept() {
+    within(LIMIT, || {
+        let f = fake(&[1 << 20]);
+        f.set_file_mode(FileMode::Throttle {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(20),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[("ROXPI_CACHE_SIZE", "512K")]);
+        assert_eq!(r.get("/index/big/", &[]).status, 200);
+        let expected = f.file("root", "big", &wheel(0)).bytes;
+        let addr = r.addr();
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    request(addr, "GET", &format!("/index/big/{}", wheel(0)), &[]).body
+                })
+            })
+            .collect();
+        for c in clients {
+            assert!(c.join().unwrap() == expected);
+        }
+        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(r.committed_files(), 0);
+        assert_eq!(count_files(&dir.path().join("staging")), 0);
+        f.set_file_mode(FileMode::Normal);
+        assert_eq!(r.file(0).body, expected);
+        assert_eq!(upstream_gets(&f, 0), 2, "not kept");
+    });
+}
+
+#[test]
+fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
+    within(LIMIT, || {
+        let f = fake(&[300_000; 8]);
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 1_000_000u64;
+        let r = Arc::new(start(
+            &f,
+            dir.path(),
+            &[("ROXPI_CACHE_SIZE", &cap.to_string())],
+        ));
+        assert_eq!(r.get("/index/big/", &[]).status, 200);
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let (r, stop, peak) = (Arc::clone(&r), Arc::clone(&stop), Arc::clone(&peak));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(r.disk_bytes(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        f.set_file_mode(FileMode::Throttle {
+            chunk: 50_000,
+            every: Duration::from_millis(5),
+        });
+        // Concurrent downloads of 4 files (more than the cap together).
+        let addr = r.addr();
+        let ts: Vec<_> = (0..4)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    request(addr, "GET", &format!("/index/big/{}", wheel(i)), &[]).status
+                })
+            })
+            .collect();
+        for t in ts {
+            assert_eq!(t.join().unwrap(), 200);
+        }
+        f.set_file_mode(FileMode::Normal);
+        // LRU: fetch 5, 6, 7 (the cap holds 3); touch 5; fetch 4 again → 6
+        // (least recently used, not least recently inserted) goes first.
+        for i in [5, 6, 7] {
+            assert_eq!(r.file(i).status, 200);
+        }
+        assert_eq!(r.file(5).header("x-cache"), Some("HIT"));
+        assert_eq!(r.file(4).status, 200);
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+        let peak = peak.load(Ordering::Relaxed);
+        assert!(peak <= cap, "disk use peaked at {peak} > cap {cap}");
+        assert!(peak > 0);
+        let gets_before = (
+            upstream_gets(&f, 5),
+            upstream_gets(&f, 6),
+            upstream_gets(&f, 7),
+        );
+        assert_eq!(
+            r.file(5).header("x-cache"),
+            Some("HIT"),
+            "recently used 5 kept"
+        );
+        assert_eq!(r.file(7).header("x-cache"), Some("HIT"));
+        assert_eq!(r.file(6).header("x-cache"), Some("MISS"), "6 was evicted");
+        assert_eq!(
+            (upstream_gets(&f, 5), upstream_gets(&f, 7)),
+            (gets_before.0, gets_before.2)
+        );
+    });
+}
+
+#[test]
+fn restart_serves_cached_files_without_upstream_gets_and_cleans_leftovers() {
+    within(LIMIT, || {
+        let f = fake(&[100_000, 100_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        assert_eq!(r.file(0).status, 200);
+        assert_eq!(r.file(1).status, 200);
+        drop(r);
+        std::fs::write(dir.path().join("tmp").join("leftover.part"), b"partial").unwrap();
+        std::fs::write(dir.path().join("mine.txt"), b"not roxpi's").unwrap();
+        let r = start(&f, dir.path(), &[]);
+        for i in [0, 1] {
+            let hit = r.file(i);
+            assert_eq!(hit.header("x-cache"), Some("HIT"));
+            assert_eq!(hit.body, f.file("root", "big", &wheel(i)).bytes);
+            assert_eq!(upstream_gets(&f, i), 1, "no upstream GET after the restart");
+        }
+        assert!(!dir.path().join("tmp").join("leftover.part").exists());
+        assert!(dir.path().join("mine.txt").exists());
+        // A second process on the same dir refuses to start, naming it.
+        let root = f.url("root");
+        let out = std::process::Command::new(crate::util::roxpi_bin())
+            .env_clear()
+            .env("ROXPI_BIND", "127.0.0.1:0")
+            .env("ROXPI_INDEX_URL", &root)
+            .env("ROXPI_CACHE_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use by another roxpi"), "{err}");
+    });
+}
+
+/// SIGKILL mid-download, then restart: the file is served correctly and a
+/// partial file is never served.
+#[test]
+fn sigkill_mid_download_never_leaves_a_partial_file() {
+    within(LIMIT, || {
+        let f = fake(&[1 << 20]);
+        f.set_file_mode(FileMode::Throttle {
+            chunk: 32 * 1024,
+            every: Duration::from_millis(20),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = start(&f, dir.path(), &[]);
+        let mut c = Client::new(r.addr());
+        c.send(format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0)).as_bytes());
+        let mut some = [0u8; 100_000];
+        c.reader.read_exact(&mut some).unwrap();
+        r.server.child.kill().unwrap();
+        r.server.child.wait().unwrap();
+        let mut rest = Vec::new();
+        let _ = c.reader.read_to_end(&mut rest);
+        assert!(
+            rest.len() + 100_000 < (1 << 20),
+            "the killed server cannot have completed the body"
+        );
+        assert_eq!(r.committed_files(), 0, "nothing published mid-download");
+        f.set_file_mode(FileMode::Normal);
+        let r2 = start(&f, dir.path(), &[]);
+        let got = r2.file(0);
+        assert_eq!(got.status, 200);
+        assert!(
+            got.body == f.file("root", "big", &wheel(0)).bytes,
+            "served bytes differ"
+        );
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+        drop(r);
+    });
+}
+
+#[test]
+fn ranges_and_conditional_requests() {
+    within(LIMIT, || {
+        let f = fake(&[10_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        let path = format!("/index/big/{}", wheel(0));
+        let data = f.file("root", "big", &wheel(0)).bytes;
+        // Uncached: HEAD from the index size, no download.
+        let head = request(r.addr(), "HEAD", &path, &[]);
+        assert_eq!(head.header("content-length"), Some("10000"));
+        assert_eq!(upstream_gets(&f, 0), 0);
+        // Uncached suffix range (poetry): forwarded upstream as a range.
+        let tail = r.get(&path, &[("Range", "bytes=-100")]);
+        assert_eq!(tail.status, 206);
+        assert_eq!(tail.header("content-range"), Some("bytes 9900-9999/10000"));
+        assert_eq!(tail.body, &data[9900..]);
+        // The full download started in the background.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.committed_files() == 0 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let full = r.get(&path, &[("Accept-Encoding", "gzip")]);
+        assert_eq!(full.header("x-cache"), Some("HIT"));
+        assert_eq!(full.header("accept-ranges"), Some("bytes"));
+        assert_eq!(full.header("content-encoding"), None);
+        assert_eq!(
+            full.header("cache-control"),
+            Some("public, max-age=31536000, immutable")
+        );
+        assert!(full.header("last-modified").is_some());
+        let etag = full.header("etag").unwrap().to_owned();
+        assert_eq!(
+            etag,
+            format!("\"{}\"", f.file("root", "big", &wheel(0)).sha256())
+        );
+        let cases: Vec<(Vec<(&str, &str)>, u16, Option<&str>, std::ops::Range<usize>)> = vec![
+            (
+                vec![("Range", "bytes=0-99")],
+                206,
+                Some("bytes 0-99/10000"),
+                0..100,
+            ),
+            (
+                vec![("Range", "bytes=9000-")],
+                206,
+                Some("bytes 9000-9999/10000"),
+                9000..10000,
+            ),
+            (
+                vec![("Range", "bytes=-10")],
+                206,
+                Some("bytes 9990-9999/10000"),
+                9990..10000,
+            ),
+            (
+                vec![("Range", "bytes=10000-")],
+                416,
+                Some("bytes */10000"),
+                0..0,
+            ),
+            (
+                vec![("Range", "bytes=0-9"), ("If-Range", etag.as_str())],
+                206,
+                Some("bytes 0-9/10000"),
+                0..10,
+            ),
+            (
+                vec![("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
+                200,
+                None,
+                0..10000,
+            ),
+        ];
+        for (headers, status, content_range, slice) in cases {
+            let got = r.get(&path, &headers);
+            assert_eq!(got.status, status, "{headers:?}");
+            assert_eq!(got.header("content-range"), content_range, "{headers:?}");
+            assert_eq!(got.body, &data[slice], "{headers:?}");
+        }
+        let nm = r.get(&path, &[("If-None-Match", &etag)]);
+        assert_eq!(nm.status, 304);
+        assert_eq!(nm.header("etag"), Some(etag.as_str()));
+        let head = request(r.addr(), "HEAD", &path, &[]);
+        assert_eq!(
+            (head.header("content-length"), head.header("x-cache")),
+            (Some("10000"), Some("HIT"))
+        );
+        assert_eq!(
+            upstream_gets(&f, 0),
+            2,
+            "one ranged request and one full download"
+        );
+    });
+}
+
+#[test]
+fn tar_gz_content_type_never_encoded() {
+    within(LIMIT, || {
+        let f = FakeIndex::start(BTreeMap::new());
+        f.add_project(
+            "root",
+            "demo",
+            FakeProject {
+                files: vec![FakeFile::new("demo-1.0.tar.gz", blob(5000, 9))],
+                versions: vec![],
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        for expected_cache in ["MISS", "HIT"] {
+            let got = r.get(
+                "/index/demo/demo-1.0.tar.gz",
+                &[("Accept-Encoding", "gzip, deflate")],
+            );
+            assert_eq!(got.header("content-type"), Some("application/x-tar+gzip"));
+            assert_eq!(got.header("content-encoding"), None);
+            assert_eq!(got.header("x-cache"), Some(expected_cache));
+        }
+    });
+}
+
+#[test]
+fn path_tricks_never_touch_anything_outside_the_cache() {
+    within(LIMIT, || {
+        let f = fake(&[1000]);
+        let parent = tempfile::tempdir().unwrap();
+        let cache = parent.path().join("cache");
+        let r = start(&f, &cache, &[]);
+        let long = format!("/index/big/{}", "a".repeat(4000));
+        let paths = [
+            "/index/big/..",
+            "/index/big/%2e%2e",
+            "/index/big/..%2f..%2fetc%2fpasswd",
+            "/index/big/%2e%2e%2f%2e%2e%2f",
+            "/index/big/a%5c..%5c..%5cx",
+            "/index/big/x%00.whl",
+            "/index/big/not-on-the-page.whl",
+            "/index/big/../../etc/passwd",
+            long.as_str(),
+        ];
+        for p in paths {
+            let got = r.get(p, &[]);
+            assert!((400..500).contains(&got.status), "{p}: {}", got.status);
+        }
+        let entries: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            entries,
+            [std::ffi::OsString::from("cache")],
+            "only the cache dir"
+        );
+        let mut ours: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ours.sort();
+        assert_eq!(
+            ours,
+            ["CACHEDIR.TAG", "files", "roxpi.lock", "staging", "tmp"]
+        );
+        assert_eq!(r.committed_files(), 0);
+    });
+}
+
+#[test]
+fn cache_size_zero_streams_through() {
+    within(LIMIT, || {
+        let f = fake(&[50_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, &dir.path().join("c"), &[("ROXPI_CACHE_SIZE", "0")]);
+        for _ in 0..2 {
+            let got = r.file(0);
+            assert_eq!(got.body, f.file("root", "big", &wheel(0)).bytes);
+            assert_eq!(got.header("x-cache"), Some("MISS"));
+        }
+        assert_eq!(upstream_gets(&f, 0), 2);
+        assert!(!dir.path().join("c").exists(), "no cache dir is created");
+    });
+}
+
+/// Writes fail past 64 KiB (`ulimit -f`): the client still gets the file,
+/// the error is counted, nothing half-written is kept.
+#[test]
+fn disk_full_still_serves_the_client() {
+    within(LIMIT, || {
+        let f = fake(&[300_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let root = f.url("root");
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -f 128 && exec \"$0\"")
+            .arg(crate::util::roxpi_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("ROXPI_BIND", "127.0.0.1:0")
+            .env("ROXPI_INDEX_URL", &root)
+            .env("ROXPI_CACHE_DIR", dir.path());
+        let server = ChildServer::start(cmd);
+        let expected = f.file("root", "big", &wheel(0)).bytes;
+        // The first attempt may be cut mid-way (the disk filled under it);
+        // the client's retry (pip retries) gets the whole file.
+        let mut got = None;
+        for _ in 0..2 {
+            let mut c = Client::new(server.addr);
+            c.send(format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0)).as_bytes());
+            if let Ok(reply) = c.read_reply(false) {
+                got = Some(reply);
+                break;
+            }
+        }
+        let got = got.expect("the file was served");
+        assert_eq!(got.status, 200);
+        assert!(got.body == expected);
+        assert_eq!(
+            count_files(&dir.path().join("files")),
+            0,
+            "nothing half-written kept"
+        );
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+        let home = request(server.addr, "GET", "/", &[]).text();
+        assert!(
+            home.contains("write errors</td><td>1") || home.contains("write errors</td><td>2"),
+            "{home}"
+        );
+    });
+}
