@@ -506,7 +506,13 @@ fn ranges_and_conditional_requests() {
             etag,
             format!("\"{}\"", f.file("root", "big", &wheel(0)).sha256())
         );
-        let cases: Vec<(Vec<(&str, &str)>, u16, Option<&str>, std::ops::Range<usize>)> = vec![
+        type Case<'a> = (
+            Vec<(&'a str, &'a str)>,
+            u16,
+            Option<&'a str>,
+            std::ops::Range<usize>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 vec![("Range", "bytes=0-99")],
                 206,
