@@ -139,24 +139,35 @@ fn pip_installs_through_roxpi() {
                 ("ROXPI_INDEX_URL", &root),
                 ("ROXPI_EXTRA_INDEX_URLS", &extra),
             ]);
-            let target = tempfile::tempdir().unwrap();
-            run(Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                ])
-                .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
-                .arg("--target")
-                .arg(target.path())
-                .arg("roxpi-demo")
-                .env("PIP_CONFIG_FILE", "/dev/null"));
-            assert_installed(target.path());
-            assert!(fake.count("/root/roxpi-demo/") >= 1);
-            assert!(fake.count("/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl") >= 1);
+            // Cold, then warm: the warm run makes no upstream request.
+            for run_no in 0..2 {
+                let target = tempfile::tempdir().unwrap();
+                run(Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--no-cache-dir",
+                        "--disable-pip-version-check",
+                        "--no-input",
+                    ])
+                    .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
+                    .arg("--target")
+                    .arg(target.path())
+                    .arg("roxpi-demo")
+                    .env("PIP_CONFIG_FILE", "/dev/null"));
+                assert_installed(target.path());
+                if run_no == 0 {
+                    assert!(!fake.requests().is_empty());
+                    fake.clear_log();
+                } else {
+                    assert!(
+                        fake.requests().is_empty(),
+                        "warm pip run went upstream: {:?}",
+                        fake.requests()
+                    );
+                }
+            }
         }
     });
 }
@@ -175,19 +186,37 @@ fn uv_installs_through_roxpi() {
                 ("ROXPI_INDEX_URL", &root),
                 ("ROXPI_EXTRA_INDEX_URLS", &extra),
             ]);
-            let target = tempfile::tempdir().unwrap();
-            let cache = tempfile::tempdir().unwrap();
-            run(Command::new("uv")
-                .args(["pip", "install", "--python", "python3", "--no-config"])
-                .args(["--index-url", &format!("http://{}/simple/", roxpi.addr)])
-                .arg("--cache-dir")
-                .arg(cache.path())
-                .arg("--target")
-                .arg(target.path())
-                .arg("roxpi-demo"));
-            assert_installed(target.path());
-            // uv resolves from the advertised .metadata, then downloads.
-            assert!(fake.count("/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl") >= 1);
+            for run_no in 0..2 {
+                let target = tempfile::tempdir().unwrap();
+                let cache = tempfile::tempdir().unwrap();
+                run(Command::new("uv")
+                    .args(["pip", "install", "--python", "python3", "--no-config"])
+                    .args(["--index-url", &format!("http://{}/simple/", roxpi.addr)])
+                    .arg("--cache-dir")
+                    .arg(cache.path())
+                    .arg("--target")
+                    .arg(target.path())
+                    .arg("roxpi-demo"));
+                assert_installed(target.path());
+                if run_no == 0 {
+                    // uv resolved from the advertised .metadata, then downloaded.
+                    assert!(
+                        fake.count(
+                            "/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl.metadata"
+                        ) >= 1
+                    );
+                    assert!(
+                        fake.count("/files/root/roxpi-demo/roxpi_demo-1.0.0-py3-none-any.whl") >= 1
+                    );
+                    fake.clear_log();
+                } else {
+                    assert!(
+                        fake.requests().is_empty(),
+                        "warm uv run went upstream: {:?}",
+                        fake.requests()
+                    );
+                }
+            }
         }
     });
 }
