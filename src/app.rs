@@ -572,7 +572,9 @@ impl App {
                         .log_tag(tag)
                         .body(Body::Stream(Stream {
                             len: Some(reader.len()),
-                            reader: Box::new(reader),
+                            reader: Box::new(
+                                reader.with_fallback(Arc::clone(&self.upstream), source.clone()),
+                            ),
                         })),
                     Ok(None) if can_redirect => redirect_to(&source.url),
                     Ok(None) => upstream_failure(&UpstreamError::Timeout(index.display())),

@@ -135,6 +135,8 @@ impl InFlight {
                         file: Arc::clone(file),
                         total: *total,
                         pos: 0,
+                        fallback: None,
+                        relay: None,
                     }))
                 }
                 Phase::Failed(f) => return Err(f.clone()),
@@ -153,12 +155,22 @@ impl InFlight {
 }
 
 /// Reads a file while it is being downloaded; the last byte only after
-/// verification; an error (cut) if the download fails.
+/// verification; an error (cut) if the download fails — except after a
+/// local write error (disk full), when it continues from the upstream with
+/// a range request and verifies the whole file itself.
 pub struct GrowingReader {
     inflight: Arc<InFlight>,
     file: Arc<File>,
     total: u64,
     pos: u64,
+    fallback: Option<(Arc<Upstream>, Source)>,
+    relay: Option<Relay>,
+}
+
+/// The rest of a file straight from the upstream, hashed with the prefix.
+struct Relay {
+    body: Box<dyn Read + Send>,
+    sha256: sha2::Sha256,
 }
 
 impl GrowingReader {
@@ -169,12 +181,107 @@ impl GrowingReader {
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
+
+    /// Lets the reader finish from the upstream if the cache write fails.
+    pub fn with_fallback(mut self, upstream: Arc<Upstream>, source: Source) -> GrowingReader {
+        self.fallback = Some((upstream, source));
+        self
+    }
+
+    /// Switches to relaying from the upstream at `pos` (disk trouble).
+    fn start_relay(&mut self) -> io::Result<()> {
+        let Some((upstream, source)) = &self.fallback else {
+            return Err(io::Error::other("cache write failed"));
+        };
+        let mut sha256 = sha2::Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = 0;
+        while at < self.pos {
+            let want = usize::try_from(self.pos - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = self.file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(io::Error::other("cache file shorter than what was sent"));
+            }
+            sha256.update(&buf[..n]);
+            at += n as u64;
+        }
+        let range = format!("bytes={}-", self.pos);
+        let streamed = upstream
+            .open_file(
+                &source.index,
+                &source.url,
+                (self.pos > 0).then_some(range.as_str()),
+            )
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let expected_start = format!("bytes {}-", self.pos);
+        let ok = match streamed.status {
+            200 => self.pos == 0,
+            206 => streamed
+                .content_range
+                .as_deref()
+                .is_some_and(|c| c.starts_with(&expected_start)),
+            _ => false,
+        };
+        if !ok {
+            return Err(io::Error::other(format!(
+                "cannot resume from the upstream at byte {} (status {})",
+                self.pos, streamed.status
+            )));
+        }
+        log::info!(
+            "continuing a download from the upstream at byte {} after a cache write error",
+            self.pos
+        );
+        self.relay = Some(Relay {
+            body: streamed.body,
+            sha256,
+        });
+        Ok(())
+    }
+
+    fn read_relay(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let expected = self
+            .fallback
+            .as_ref()
+            .and_then(|(_, s)| s.hashes.get("sha256").cloned());
+        let Some(relay) = self.relay.as_mut() else {
+            return Err(io::Error::other("no relay"));
+        };
+        if self.pos >= self.total {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.total - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = relay.body.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream ended early",
+            ));
+        }
+        relay.sha256.update(&buf[..n]);
+        if self.pos + n as u64 == self.total {
+            // The final bytes leave only after the whole file is verified.
+            let got = hex::encode(std::mem::take(&mut relay.sha256).finalize());
+            if expected.is_some_and(|e| e != got) {
+                return Err(io::Error::other("sha256 mismatch"));
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 impl Read for GrowingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        if self.relay.is_some() {
+            return self.read_relay(buf);
         }
         let available = {
             let mut st = self.inflight.lock();
@@ -183,6 +290,11 @@ impl Read for GrowingReader {
                     Phase::Done { .. } => self.total,
                     Phase::Streaming { .. } | Phase::Starting => {
                         st.written.min(self.total.saturating_sub(1))
+                    }
+                    Phase::Failed(Failure::Local(_)) if self.fallback.is_some() => {
+                        drop(st);
+                        self.start_relay()?;
+                        return self.read_relay(buf);
                     }
                     Phase::Failed(f) => return Err(io::Error::other(f.to_string())),
                 };
