@@ -9,3 +9,4 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
 fi
 cargo bench --bench http_server "$@"
 cargo bench --bench index_path "$@"
+cargo bench --bench file_path "$@"

@@ -34,15 +34,49 @@ const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This 
 
 struct Meta {
     len: u64,
-    sha256: String,
+    sha256: Arc<str>,
     path: PathBuf,
     touched: Instant,
+    /// When the file was published (Last-Modified; stable across touches).
+    modified: SystemTime,
+    /// An open handle, kept for the most recently used files only.
+    handle: Option<Arc<File>>,
 }
+
+/// Open handles kept for hot files (a hit then costs no `open`/`fstat`).
+const OPEN_HANDLES: usize = 256;
 
 struct Lru {
     map: LruCache<CacheKey, Meta>,
     used: u64,
     reserved: u64,
+    /// Keys whose `Meta::handle` is set, least recently used first out.
+    handles: LruCache<CacheKey, ()>,
+}
+
+impl Lru {
+    /// Removes an entry and its handle; returns it.
+    fn remove(&mut self, key: &CacheKey) -> Option<Meta> {
+        self.handles.pop(key);
+        let m = self.map.pop(key)?;
+        self.used -= m.len;
+        Some(m)
+    }
+
+    /// Keeps `file` open for `key`, closing the least recently used handle
+    /// beyond the limit.
+    fn keep_handle(&mut self, key: &CacheKey, file: &Arc<File>) {
+        if let Some(meta) = self.map.peek_mut(key) {
+            meta.handle = Some(Arc::clone(file));
+            if let Some((old, ())) = self.handles.push(key.clone(), ()) {
+                if old != *key {
+                    if let Some(m) = self.map.peek_mut(&old) {
+                        m.handle = None;
+                    }
+                }
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -163,19 +197,22 @@ impl LocalStorage {
             map: LruCache::unbounded(),
             used: 0,
             reserved: 0,
+            handles: LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
         };
         let now = Instant::now();
-        for (_, key, len, sha256, path) in found {
+        for (modified, key, len, sha256, path) in found {
             lru.used += len;
-            if let Some(old) = lru.map.put(
-                key,
-                Meta {
-                    len,
-                    sha256,
-                    path,
-                    touched: now,
-                },
-            ) {
+            let meta = Meta {
+                len,
+                sha256: sha256.into(),
+                path,
+                touched: now,
+                modified,
+                handle: None,
+            };
+            if let Some(old) = lru.map.put(key, meta) {
                 lru.used -= old.len;
             }
         }
@@ -213,9 +250,10 @@ impl LocalStorage {
         let mut victims = Vec::new();
         let mut freed = 0;
         while lru.used + lru.reserved - freed + extra > self.cap {
-            let Some((_, meta)) = lru.map.pop_lru() else {
+            let Some((key, meta)) = lru.map.pop_lru() else {
                 break;
             };
+            lru.handles.pop(&key);
             lru.used -= meta.len;
             lru.reserved += meta.len;
             freed += meta.len;
@@ -273,7 +311,7 @@ fn create_new(path: &Path) -> io::Result<File> {
 
 impl Storage for LocalStorage {
     fn lookup(&self, key: &CacheKey) -> Lookup {
-        let (path, len, sha256, touch) = {
+        let (path, len, sha256, touch, modified, handle) = {
             let mut lru = self.shared.lock();
             let Some(meta) = lru.map.get_mut(key) else {
                 return Lookup::Miss;
@@ -282,33 +320,46 @@ impl Storage for LocalStorage {
             if touch {
                 meta.touched = Instant::now();
             }
-            (meta.path.clone(), meta.len, meta.sha256.clone(), touch)
-        };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                // Gone behind our back (or evicted just now): a miss.
-                log::warn!("cached file {} unreadable: {e}", path.display());
-                let mut lru = self.shared.lock();
-                if lru.map.peek(key).is_some_and(|m| m.path == path) {
-                    if let Some(m) = lru.map.pop(key) {
-                        lru.used -= m.len;
-                    }
-                }
-                return Lookup::Miss;
+            let found = (
+                meta.path.clone(),
+                meta.len,
+                Arc::clone(&meta.sha256),
+                touch,
+                meta.modified,
+                meta.handle.clone(),
+            );
+            if found.5.is_some() {
+                lru.handles.promote(key);
             }
+            found
+        };
+        let file = match handle {
+            Some(f) => f,
+            None => match File::open(&path) {
+                Ok(f) => {
+                    let f = Arc::new(f);
+                    self.shared.lock().keep_handle(key, &f);
+                    f
+                }
+                Err(e) => {
+                    // Gone behind our back (or evicted just now): a miss.
+                    log::warn!("cached file {} unreadable: {e}", path.display());
+                    let mut lru = self.shared.lock();
+                    if lru.map.peek(key).is_some_and(|m| m.path == path) {
+                        lru.remove(key);
+                    }
+                    return Lookup::Miss;
+                }
+            },
         };
         if touch {
+            // Keeps recency across restarts (atime is unreliable).
             let _ = file.set_modified(SystemTime::now());
         }
-        let modified = file
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
         Lookup::Hit(StoredFile {
-            file: Arc::new(file),
+            file,
             len,
-            sha256,
+            sha256: sha256.to_string(),
             modified,
         })
     }
@@ -377,19 +428,19 @@ impl Storage for LocalStorage {
             let mut lru = self.shared.lock();
             lru.reserved = lru.reserved.saturating_sub(reserved);
             lru.used += temp.len;
-            let old = lru.map.put(
+            let old = lru.remove(&key);
+            lru.map.put(
                 key,
                 Meta {
                     len: temp.len,
-                    sha256: sha256.to_owned(),
+                    sha256: sha256.into(),
                     path: final_path.clone(),
                     touched: Instant::now(),
+                    modified: SystemTime::now(),
+                    handle: None,
                 },
             );
-            old.map(|m| {
-                lru.used -= m.len;
-                m.path
-            })
+            old.map(|m| m.path)
         };
         if let Some(p) = replaced.filter(|p| *p != final_path) {
             remove_all(vec![p]);
@@ -408,13 +459,7 @@ impl Storage for LocalStorage {
     }
 
     fn delete(&self, key: &CacheKey) -> io::Result<()> {
-        let path = {
-            let mut lru = self.shared.lock();
-            lru.map.pop(key).map(|m| {
-                lru.used -= m.len;
-                m.path
-            })
-        };
+        let path = self.shared.lock().remove(key).map(|m| m.path);
         if let Some(p) = path {
             fs::remove_file(p)?;
         }
