@@ -43,8 +43,16 @@ struct Meta {
     handle: Option<Arc<File>>,
 }
 
-/// Open handles kept for hot files (a hit then costs no `open`/`fstat`).
-const OPEN_HANDLES: usize = 256;
+/// Open handles kept for hot files (a hit then costs no `open`/`fstat`):
+/// at most 64, and a sixteenth of the descriptor limit, so they never eat
+/// the reserve kept for upstream sockets and downloads.
+fn open_handles() -> std::num::NonZeroUsize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024);
+    let n = usize::try_from(nofile / 16).unwrap_or(64).clamp(2, 64);
+    std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN)
+}
 
 struct Lru {
     map: LruCache<CacheKey, Meta>,
@@ -197,9 +205,7 @@ impl LocalStorage {
             map: LruCache::unbounded(),
             used: 0,
             reserved: 0,
-            handles: LruCache::new(
-                std::num::NonZeroUsize::new(OPEN_HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
-            ),
+            handles: LruCache::new(open_handles()),
         };
         let now = Instant::now();
         for (modified, key, len, sha256, path) in found {
