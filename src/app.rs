@@ -19,6 +19,7 @@ use crate::files::range::{if_range_allows, parse_range, RangeRequest};
 use crate::files::{Downloads, Failure, Fetch, Source};
 use crate::http::{Body, FileRange, Method, Request, Response, Stream};
 use crate::index_cache::{Doc, Freshness, IndexCache, Key, Pending, Rendered, Snapshot};
+use crate::persist::PageStore;
 use crate::pypi::{
     negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
     FileEntry, Filename, ProjectName, ProjectPage, Strategy,
@@ -210,13 +211,6 @@ impl App {
             .enumerate()
             .map(|(i, c)| Index::new(i, c))
             .collect();
-        let cache = Arc::new(IndexCache::new(
-            Arc::clone(&upstream),
-            indexes,
-            settings.stale_after,
-            settings.offline,
-            settings.index_cache_size,
-        ));
         let storage: Option<Arc<dyn Storage>> = if settings.cache_size == 0 {
             log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
             None
@@ -226,6 +220,25 @@ impl App {
                 settings.cache_size,
             )?))
         };
+        // Pages are saved next to the files they list (the dir is locked).
+        let pages = match &storage {
+            Some(_) => match PageStore::open(&settings.cache_dir.join("pages")) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log::warn!("pages will not survive a restart: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let cache = Arc::new(IndexCache::new(
+            Arc::clone(&upstream),
+            indexes,
+            settings.stale_after,
+            settings.offline,
+            settings.index_cache_size,
+            pages,
+        ));
         let downloads = Downloads::start(storage, Arc::clone(&upstream))?;
         Ok(App {
             settings,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lru::LruCache;
 
+use crate::persist::PageStore;
 use crate::pypi::{Coding, PageFormat, ProjectName, ProjectPage};
 use crate::upstream::{Index, PageFetch, Upstream, UpstreamError};
 
@@ -135,6 +136,8 @@ struct Entry {
     flight: Option<Arc<Flight>>,
     last_forced: Option<Instant>,
     rest_until: Option<Instant>,
+    /// The saved copy on disk was looked for already.
+    disk_checked: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -179,6 +182,7 @@ pub struct IndexCache {
     indexes: Arc<[Index]>,
     stale_after: Duration,
     offline: bool,
+    pages: Option<PageStore>,
     shard_cap: u64,
     next_generation: AtomicU64,
     pub stats: CacheStats,
@@ -228,6 +232,7 @@ impl IndexCache {
         stale_after: Duration,
         offline: bool,
         max_bytes: u64,
+        pages: Option<PageStore>,
     ) -> IndexCache {
         let shards = (0..SHARDS)
             .map(|_| {
@@ -243,6 +248,7 @@ impl IndexCache {
             indexes: indexes.into(),
             stale_after,
             offline,
+            pages,
             shard_cap: (max_bytes / SHARDS as u64).max(64 * 1024),
             next_generation: AtomicU64::new(1),
             stats: CacheStats::default(),
@@ -265,6 +271,7 @@ impl IndexCache {
         let now = Instant::now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
+        self.load_saved(index, key, &slot_key, shard_i);
         let (pending, start) = {
             let mut shard = self.lock(shard_i);
             self.update(&mut shard, slot_key, |entry| {
@@ -323,6 +330,47 @@ impl IndexCache {
             }
         }
         pending
+    }
+
+    /// Installs the page saved on disk (once per entry, before the first
+    /// answer from the upstream), as an expired copy: it is served if the
+    /// upstream cannot be reached, and replaced by the next good fetch.
+    fn load_saved(&self, index: usize, key: &Key, slot_key: &SlotKey, shard_i: usize) {
+        let (Some(store), Key::Project(name)) = (&self.pages, key) else {
+            return;
+        };
+        let first_time = {
+            let mut shard = self.lock(shard_i);
+            self.update(&mut shard, slot_key.clone(), |e| {
+                let first = !e.disk_checked && e.snap.is_none();
+                e.disk_checked = true;
+                first
+            })
+        };
+        if !first_time {
+            return;
+        }
+        let Some(saved) = store.load(&self.indexes[index], name) else {
+            return;
+        };
+        let now = Instant::now();
+        let doc = Doc::Page(saved.page);
+        let bytes = estimate(&doc);
+        let snap = Arc::new(Snapshot {
+            doc,
+            fetched: now.checked_sub(saved.age).unwrap_or(now),
+            // Expired from the start: refreshed on first use.
+            ttl: Duration::ZERO,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            bytes,
+        });
+        let mut shard = self.lock(shard_i);
+        self.update(&mut shard, slot_key.clone(), |e| {
+            if e.snap.is_none() {
+                e.snap = Some(snap);
+            }
+        });
+        self.evict(&mut shard);
     }
 
     /// Waits for a lookup's answer.
@@ -402,8 +450,20 @@ impl IndexCache {
     fn fetch_doc(&self, idx: &Index, key: &Key) -> Result<Doc, UpstreamError> {
         match key {
             Key::Project(name) => Ok(match self.upstream.fetch_project(idx, name)? {
-                PageFetch::Found(page) => Doc::Page(page),
-                PageFetch::NotFound => Doc::Missing,
+                PageFetch::Found(page, raw) => {
+                    if let Some(store) = &self.pages {
+                        if let Err(e) = store.save(idx, name, &raw) {
+                            log::warn!("cannot save the page of {name}: {e}");
+                        }
+                    }
+                    Doc::Page(page)
+                }
+                PageFetch::NotFound => {
+                    if let Some(store) = &self.pages {
+                        store.remove(idx, name);
+                    }
+                    Doc::Missing
+                }
             }),
             Key::List => Ok(match self.upstream.fetch_list(idx)? {
                 Some(list) => {
@@ -598,6 +658,7 @@ mod tests {
             Duration::from_secs(1),
             true,
             max_bytes,
+            None,
         ))
     }
 

@@ -13,6 +13,7 @@ pub mod files;
 pub mod http;
 pub mod index_cache;
 pub mod logging;
+pub mod persist;
 pub mod pypi;
 pub mod storage;
 pub mod upstream;

@@ -114,8 +114,17 @@ impl UpstreamError {
 /// The answer for a project page.
 #[derive(Debug)]
 pub enum PageFetch {
-    Found(ProjectPage),
+    /// The parsed page and the raw answer it came from (for persistence).
+    Found(ProjectPage, Box<RawPage>),
     NotFound,
+}
+
+/// An upstream page as received (decoded), enough to parse it again.
+#[derive(Debug, Clone)]
+pub struct RawPage {
+    pub format: Format,
+    pub url: Url,
+    pub body: Vec<u8>,
 }
 
 /// A response whose body is streamed.
@@ -283,9 +292,16 @@ impl Upstream {
             s => return Err(UpstreamError::Status(redact(&final_url), s)),
         }
         let (format, body) = read_page(&final_url, resp)?;
-        parse_project_page(&body, format, &final_url)
-            .map(PageFetch::Found)
-            .map_err(|e| UpstreamError::Parse(redact(&final_url), e.to_string()))
+        let page = parse_project_page(&body, format, &final_url)
+            .map_err(|e| UpstreamError::Parse(redact(&final_url), e.to_string()))?;
+        Ok(PageFetch::Found(
+            page,
+            Box::new(RawPage {
+                format,
+                url: final_url,
+                body,
+            }),
+        ))
     }
 
     /// Fetches and parses the index's project list (`None` if 404).

@@ -643,7 +643,14 @@ fn path_tricks_never_touch_anything_outside_the_cache() {
         ours.sort();
         assert_eq!(
             ours,
-            ["CACHEDIR.TAG", "files", "roxpi.lock", "staging", "tmp"]
+            [
+                "CACHEDIR.TAG",
+                "files",
+                "pages",
+                "roxpi.lock",
+                "staging",
+                "tmp"
+            ]
         );
         assert_eq!(r.committed_files(), 0);
     });
@@ -702,5 +709,49 @@ fn disk_full_still_serves_the_client() {
             home.contains("write errors</td><td>1") || home.contains("write errors</td><td>2"),
             "{home}"
         );
+    });
+}
+
+/// An edge box that restarts while its uplink is down: every page and file
+/// it had is still served (stale pages, cached files), online or offline.
+#[test]
+fn restart_with_the_upstream_down_serves_what_it_had() {
+    within(LIMIT, || {
+        let mut f = fake(&[20_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[("ROXPI_STALE_AFTER", "0.5")]);
+        let page = r.get(
+            "/index/big/",
+            &[("Accept", "application/vnd.pypi.simple.v1+json")],
+        );
+        assert_eq!(page.status, 200);
+        let file = r.file(0);
+        assert_eq!(file.status, 200);
+        drop(r);
+        f.stop();
+        for env in [vec![], vec![("ROXPI_OFFLINE", "1")]] {
+            let r = start(&f, dir.path(), &env);
+            let again = r.get(
+                "/index/big/",
+                &[("Accept", "application/vnd.pypi.simple.v1+json")],
+            );
+            assert_eq!(again.status, 200, "{env:?}: {}", again.text());
+            assert_eq!(again.header("x-cache"), Some("STALE"));
+            assert_eq!(again.json()["files"], page.json()["files"]);
+            let hit = r.file(0);
+            assert_eq!(
+                (hit.status, hit.header("x-cache")),
+                (200, Some("HIT")),
+                "{env:?}"
+            );
+            assert_eq!(hit.body, file.body);
+            // Never seen: no copy, a clear error (not a 404, not a 500).
+            let unknown = r.get("/index/never-seen/", &[]);
+            assert!(
+                matches!(unknown.status, 502 | 504),
+                "{env:?}: {}",
+                unknown.status
+            );
+        }
     });
 }

@@ -9,6 +9,8 @@
 //! - `tmp/` — downloads in progress (count toward the cap); emptied at start.
 //! - `staging/` — files larger than the cap, streamed and not kept (their
 //!   names are unlinked at once); emptied at start.
+//! - `pages/` — the last good copy of each project page (owned by
+//!   `persist`, not by this backend).
 //!
 //! Rules: space is reserved before a download starts (in-flight bytes count,
 //! so the cap holds at every moment); commit = `fsync` file, atomic rename,
