@@ -55,6 +55,7 @@ impl Prefix {
 pub enum Route {
     Home,
     Health,
+    Metrics,
     List,
     Project(ProjectName),
     File(ProjectName, Filename),
@@ -91,6 +92,7 @@ pub fn route(path: &str, query: Option<&str>) -> Route {
     match path {
         "/" => return Route::Home,
         "/health" => return Route::Health,
+        "/metrics" => return Route::Metrics,
         "/index" => return Route::Redirect(with_query("/index/".into())),
         "/simple" => return Route::Redirect(with_query("/simple/".into())),
         "/cache/list" => return Route::InvalidateList,
@@ -266,6 +268,7 @@ impl App {
         match route {
             Route::Home => self.home(),
             Route::Health => json_success(),
+            Route::Metrics => self.metrics(),
             Route::Redirect(location) => {
                 Response::text(301, format!("moved to {location}\n")).header("Location", location)
             }
@@ -353,6 +356,159 @@ impl App {
                 .body(html),
             Err(e) => Response::text(500, format!("home page failed to render: {e}\n")),
         }
+    }
+
+    /// Prometheus text format: cache and upstream counters.
+    fn metrics(&self) -> Response {
+        use std::fmt::Write as _;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let c = &self.cache.stats;
+        let f = &self.downloads.stats;
+        let usage = self
+            .downloads
+            .storage()
+            .map(|s| s.usage())
+            .unwrap_or_default();
+        let (entries, bytes) = self.cache.usage();
+        let rows: [(&str, &str, &str, u64); 21] = [
+            (
+                "roxpi_index_hits_total",
+                "counter",
+                "index pages answered from the cache",
+                load(&c.hits),
+            ),
+            (
+                "roxpi_index_misses_total",
+                "counter",
+                "index pages fetched for a request",
+                load(&c.misses),
+            ),
+            (
+                "roxpi_index_stale_total",
+                "counter",
+                "stale index pages served",
+                load(&c.stale),
+            ),
+            (
+                "roxpi_index_coalesced_total",
+                "counter",
+                "requests that joined a page fetch in flight",
+                load(&c.coalesced),
+            ),
+            (
+                "roxpi_upstream_errors_total",
+                "counter",
+                "failed upstream page fetches",
+                load(&c.upstream_errors),
+            ),
+            (
+                "roxpi_index_evictions_total",
+                "counter",
+                "index cache evictions",
+                load(&c.evictions),
+            ),
+            (
+                "roxpi_index_cache_entries",
+                "gauge",
+                "entries in the index cache",
+                entries as u64,
+            ),
+            (
+                "roxpi_index_cache_bytes",
+                "gauge",
+                "bytes held by the index cache",
+                bytes,
+            ),
+            (
+                "roxpi_file_hits_total",
+                "counter",
+                "files served from the cache",
+                load(&f.hits),
+            ),
+            (
+                "roxpi_file_misses_total",
+                "counter",
+                "file downloads started",
+                load(&f.misses),
+            ),
+            (
+                "roxpi_file_coalesced_total",
+                "counter",
+                "requests that joined a download in flight",
+                load(&f.coalesced),
+            ),
+            (
+                "roxpi_file_bytes_served_total",
+                "counter",
+                "bytes served from cached files",
+                load(&f.bytes_served_from_cache),
+            ),
+            (
+                "roxpi_file_bytes_fetched_total",
+                "counter",
+                "bytes downloaded from upstreams",
+                load(&f.bytes_fetched),
+            ),
+            (
+                "roxpi_file_verify_failures_total",
+                "counter",
+                "downloads refused for a length or hash mismatch",
+                load(&f.verify_failures),
+            ),
+            (
+                "roxpi_file_write_errors_total",
+                "counter",
+                "cache write errors (disk full)",
+                load(&f.write_errors),
+            ),
+            (
+                "roxpi_file_upstream_failures_total",
+                "counter",
+                "failed file downloads",
+                load(&f.upstream_failures),
+            ),
+            (
+                "roxpi_file_evictions_total",
+                "counter",
+                "files evicted from the cache",
+                usage.evictions,
+            ),
+            (
+                "roxpi_file_cache_files",
+                "gauge",
+                "files in the cache",
+                usage.files as u64,
+            ),
+            (
+                "roxpi_file_cache_bytes",
+                "gauge",
+                "bytes of cached files",
+                usage.used,
+            ),
+            (
+                "roxpi_file_cache_reserved_bytes",
+                "gauge",
+                "bytes reserved for downloads in flight",
+                usage.reserved,
+            ),
+            (
+                "roxpi_file_cache_cap_bytes",
+                "gauge",
+                "the file cache cap",
+                usage.cap,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("Cache-Control", "no-store")
+            .body(out)
     }
 
     /// Asks the indexes for `key`, per the strategy. `no_wait` uses any
@@ -839,6 +995,7 @@ mod tests {
         let cases: Vec<(&str, Option<&str>, Route)> = vec![
             ("/", None, Route::Home),
             ("/health", None, Route::Health),
+            ("/metrics", None, Route::Metrics),
             ("/index/", None, Route::List),
             ("/simple/", None, Route::List),
             (

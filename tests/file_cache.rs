@@ -152,7 +152,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
                 std::thread::spawn(move || {
                     let mut c = Client::new(addr);
                     c.send(
-                        format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0))
+                        format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", wheel(0))
                             .as_bytes(),
                     );
                     let mut first = [0u8; 1];
@@ -195,6 +195,22 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
         assert_eq!(hit.header("x-cache"), Some("HIT"));
         assert_eq!(hit.body, expected);
         assert_eq!(upstream_gets(&f, 0), 1);
+        let metrics = r.get("/metrics", &[]).text();
+        let value = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+        };
+        assert_eq!(value("roxpi_file_misses_total"), 1);
+        assert_eq!(value("roxpi_file_coalesced_total"), 31);
+        assert_eq!(value("roxpi_file_hits_total"), 1);
+        assert_eq!(
+            value("roxpi_file_bytes_fetched_total"),
+            expected.len() as u64
+        );
+        assert_eq!(value("roxpi_file_cache_bytes"), expected.len() as u64);
     });
 }
 
