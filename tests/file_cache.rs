@@ -152,8 +152,11 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
                 std::thread::spawn(move || {
                     let mut c = Client::new(addr);
                     c.send(
-                        format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", wheel(0))
-                            .as_bytes(),
+                        format!(
+                            "GET /index/big/{} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                            wheel(0)
+                        )
+                        .as_bytes(),
                     );
                     let mut first = [0u8; 1];
                     // The head, then the first body byte.

@@ -150,9 +150,11 @@ fn serve(shared: &Arc<Shared>, mut conn: Conn) {
 
 /// Writes a short error answer and closes the connection.
 fn refuse(conn: Conn, status: u16, reason: &str) {
-    let response = Response::text(status, reason.to_owned()).header("Retry-After", "1");
-    let (out, _) = prepare(response, Version::Http11, false, false, 0);
-    let mut out = out;
+    let mut response = Response::text(status, reason.to_owned());
+    if status == 503 {
+        response = response.header("Retry-After", "1");
+    }
+    let (mut out, _) = prepare(response, Version::Http11, false, false, 0);
     let _ = out.pump(&conn.stream, Mode::NonBlocking);
     conn.close();
 }
