@@ -271,10 +271,20 @@ impl IndexCache {
         let now = Instant::now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
-        self.load_saved(index, key, &slot_key, shard_i);
+        let may_load = self.pages.is_some() && matches!(key, Key::Project(_));
         let (pending, start) = {
             let mut shard = self.lock(shard_i);
-            self.update(&mut shard, slot_key, |entry| {
+            let load_first = self.update(&mut shard, &slot_key, |entry| {
+                let first = may_load && !entry.disk_checked && entry.snap.is_none();
+                entry.disk_checked = true;
+                first
+            });
+            if load_first {
+                drop(shard);
+                self.load_saved(index, key, &slot_key, shard_i);
+                shard = self.lock(shard_i);
+            }
+            self.update(&mut shard, &slot_key, |entry| {
                 let forced = force
                     && entry
                         .last_forced
@@ -339,17 +349,6 @@ impl IndexCache {
         let (Some(store), Key::Project(name)) = (&self.pages, key) else {
             return;
         };
-        let first_time = {
-            let mut shard = self.lock(shard_i);
-            self.update(&mut shard, slot_key.clone(), |e| {
-                let first = !e.disk_checked && e.snap.is_none();
-                e.disk_checked = true;
-                first
-            })
-        };
-        if !first_time {
-            return;
-        }
         let Some(saved) = store.load(&self.indexes[index], name) else {
             return;
         };
@@ -365,7 +364,7 @@ impl IndexCache {
             bytes,
         });
         let mut shard = self.lock(shard_i);
-        self.update(&mut shard, slot_key.clone(), |e| {
+        self.update(&mut shard, slot_key, |e| {
             if e.snap.is_none() {
                 e.snap = Some(snap);
             }
@@ -487,7 +486,7 @@ impl IndexCache {
         let shard_i = shard_of(&slot_key);
         {
             let mut shard = self.lock(shard_i);
-            self.update(&mut shard, slot_key, |entry| {
+            self.update(&mut shard, &slot_key, |entry| {
                 if entry
                     .flight
                     .as_ref()
@@ -510,23 +509,27 @@ impl IndexCache {
 
     /// Runs `f` on the doc entry for `key` (created if absent), keeping the
     /// shard's byte count right.
-    fn update<R>(&self, shard: &mut Shard, key: SlotKey, f: impl FnOnce(&mut Entry) -> R) -> R {
-        let old = shard.map.peek(&key).map_or(0, Slot::bytes);
-        let slot = shard
-            .map
-            .get_or_insert_mut(key.clone(), || Slot::Doc(Entry::default()));
+    fn update<R>(&self, shard: &mut Shard, key: &SlotKey, f: impl FnOnce(&mut Entry) -> R) -> R {
+        // The key is cloned only when the entry is new (the warm path
+        // allocates nothing here).
+        if shard.map.get_mut(key).is_none() {
+            shard.map.put(key.clone(), Slot::Doc(Entry::default()));
+            shard.bytes += Slot::Doc(Entry::default()).bytes();
+        }
+        let Some(slot) = shard.map.peek_mut(key) else {
+            // Just inserted under the same lock.
+            return f(&mut Entry::default());
+        };
+        let old = slot.bytes();
+        if let Slot::View(_) = slot {
+            // Doc keys only ever hold doc slots; repair rather than panic.
+            *slot = Slot::Doc(Entry::default());
+        }
         let r = match slot {
             Slot::Doc(entry) => f(entry),
-            Slot::View(_) => {
-                // Doc keys only ever hold doc slots; repair rather than panic.
-                *slot = Slot::Doc(Entry::default());
-                match slot {
-                    Slot::Doc(entry) => f(entry),
-                    Slot::View(_) => unreachable!(),
-                }
-            }
+            Slot::View(_) => f(&mut Entry::default()),
         };
-        let new = shard.map.peek(&key).map_or(0, Slot::bytes);
+        let new = slot.bytes();
         shard.bytes = shard.bytes.saturating_sub(old) + new;
         r
     }

@@ -67,7 +67,7 @@ const RESERVED: &[&str] = &[
 /// What a handler returns.
 pub struct Response {
     status: u16,
-    headers: Vec<(Cow<'static, str>, String)>,
+    headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     body: Body,
     /// A header that failed validation; the server answers 500 instead.
     invalid: Option<String>,
@@ -79,7 +79,7 @@ impl Response {
     pub fn new(status: u16) -> Response {
         Response {
             status,
-            headers: Vec::new(),
+            headers: Vec::with_capacity(8),
             body: Body::Empty,
             invalid: None,
             log_tag: None,
@@ -101,7 +101,7 @@ impl Response {
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
-        value: impl Into<String>,
+        value: impl Into<Cow<'static, str>>,
     ) -> Response {
         let name = name.into();
         let value = value.into();
@@ -133,7 +133,7 @@ impl Response {
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
+        self.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     pub fn get_header(&self, name: &str) -> Option<&str> {
@@ -158,7 +158,7 @@ impl Response {
         }
     }
 
-    pub(crate) fn into_parts(self) -> (u16, Vec<(Cow<'static, str>, String)>, Body) {
+    pub(crate) fn into_parts(self) -> (u16, Vec<(Cow<'static, str>, Cow<'static, str>)>, Body) {
         (self.status, self.headers, self.body)
     }
 }
@@ -302,7 +302,7 @@ pub struct HeadParams<'a> {
 pub fn write_head(
     out: &mut Vec<u8>,
     status: u16,
-    headers: &[(Cow<'static, str>, String)],
+    headers: &[(Cow<'static, str>, Cow<'static, str>)],
     params: &HeadParams<'_>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -358,9 +358,9 @@ mod tests {
     use super::*;
 
     fn head(status: u16, headers: &[(&'static str, &str)], params: HeadParams<'_>) -> String {
-        let headers: Vec<(Cow<'static, str>, String)> = headers
+        let headers: Vec<(Cow<'static, str>, Cow<'static, str>)> = headers
             .iter()
-            .map(|(n, v)| (Cow::Borrowed(*n), v.to_string()))
+            .map(|(n, v)| (Cow::Borrowed(*n), Cow::Owned(v.to_string())))
             .collect();
         let mut out = Vec::new();
         write_head(&mut out, status, &headers, &params);

@@ -8,6 +8,12 @@
 //! thread, which finishes it with blocking writes, so that slow downloads
 //! never hold the small, hot request pool.
 //!
+//! Ready connections reach the workers through a crossbeam channel, whose
+//! receivers spin briefly before sleeping. Measured on the file-hit path: a
+//! Mutex + Condvar queue instead (every hand-off a futex wake-up and a
+//! context switch) served 40k req/s against the channel's 65k, although the
+//! channel spends ~17% of CPU in `sched_yield`.
+//!
 //! Transfer threads are started on demand up to a cap and leave after a
 //! minute idle. Bookkeeping rule: `idle` counts waiting threads that no job
 //! has claimed yet; `submit` claims one (or starts a thread) under the pool
