@@ -55,6 +55,9 @@ impl Body {
     }
 }
 
+/// A response header: name and value, borrowed when static.
+pub type Header = (Cow<'static, str>, Cow<'static, str>);
+
 /// Header names the server writes itself; a handler's values are ignored.
 const RESERVED: &[&str] = &[
     "content-length",
@@ -67,7 +70,7 @@ const RESERVED: &[&str] = &[
 /// What a handler returns.
 pub struct Response {
     status: u16,
-    headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    headers: Vec<Header>,
     body: Body,
     /// A header that failed validation; the server answers 500 instead.
     invalid: Option<String>,
@@ -158,7 +161,7 @@ impl Response {
         }
     }
 
-    pub(crate) fn into_parts(self) -> (u16, Vec<(Cow<'static, str>, Cow<'static, str>)>, Body) {
+    pub(crate) fn into_parts(self) -> (u16, Vec<Header>, Body) {
         (self.status, self.headers, self.body)
     }
 }
@@ -299,12 +302,7 @@ pub struct HeadParams<'a> {
 }
 
 /// Serialises a response head (pure). Handler headers are already validated.
-pub fn write_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(Cow<'static, str>, Cow<'static, str>)],
-    params: &HeadParams<'_>,
-) {
+pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[Header], params: &HeadParams<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa_u64(status as u64).as_bytes());
     out.push(b' ');
@@ -358,7 +356,7 @@ mod tests {
     use super::*;
 
     fn head(status: u16, headers: &[(&'static str, &str)], params: HeadParams<'_>) -> String {
-        let headers: Vec<(Cow<'static, str>, Cow<'static, str>)> = headers
+        let headers: Vec<Header> = headers
             .iter()
             .map(|(n, v)| (Cow::Borrowed(*n), Cow::Owned(v.to_string())))
             .collect();
