@@ -392,12 +392,6 @@ fn trickling_clients_are_dropped_and_do_not_block_others() {
                 "{text}"
             );
         }
-        let timeouts = f
-            .server()
-            .stats()
-            .head_timeouts
-            .load(std::sync::atomic::Ordering::Relaxed);
-        assert!(timeouts <= 4);
     });
 }
 
