@@ -73,6 +73,8 @@ pub struct FakeFile {
     /// Advertise a sha256 hash for the file.
     pub hashed: bool,
     pub upload_time: &'static str,
+    /// The size the index advertises, when it should lie.
+    pub advertised_size: Option<usize>,
 }
 
 impl FakeFile {
@@ -85,6 +87,7 @@ impl FakeFile {
             metadata: None,
             hashed: true,
             upload_time: "2024-01-02T03:04:05.000000Z",
+            advertised_size: None,
         }
     }
 
@@ -442,7 +445,7 @@ fn project_page(
                         "filename": f.filename,
                         "url": file_path(f),
                         "hashes": if f.hashed { serde_json::json!({"sha256": f.sha256()}) } else { serde_json::json!({}) },
-                        "size": f.bytes.len(),
+                        "size": f.advertised_size.unwrap_or(f.bytes.len()),
                         "upload-time": f.upload_time,
                     });
                     if let Some(rp) = &f.requires_python {

@@ -774,3 +774,33 @@ fn restart_with_the_upstream_down_serves_what_it_had() {
         }
     });
 }
+
+/// The index says one length, the upstream sends another: refused before a
+/// byte is served, never committed, and tried again next time.
+#[test]
+fn a_length_that_disagrees_with_the_index_is_refused() {
+    within(LIMIT, || {
+        let f = FakeIndex::start(BTreeMap::new());
+        let mut file = FakeFile::new(&wheel(0), blob(10_000, 5));
+        file.advertised_size = Some(9_999);
+        f.add_project(
+            "root",
+            "big",
+            FakeProject {
+                files: vec![file],
+                versions: vec![],
+            },
+        );
+        f.set_mode(crate::fake_index::Mode::Json);
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, dir.path(), &[]);
+        for attempt in 1..=2 {
+            let got = r.file(0);
+            assert_eq!(got.status, 502, "attempt {attempt}: {}", got.text());
+            assert!(got.text().contains("9999"), "{}", got.text());
+            assert_eq!(upstream_gets(&f, 0), attempt);
+        }
+        assert_eq!(r.committed_files(), 0);
+        assert_eq!(count_files(&dir.path().join("tmp")), 0);
+    });
+}
