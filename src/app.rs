@@ -187,6 +187,7 @@ pub fn file_content_type(name: &str, binary: bool) -> &'static str {
 }
 
 pub struct App {
+    requests: std::sync::atomic::AtomicU64,
     settings: Settings,
     cache: Arc<IndexCache>,
     upstream: Arc<Upstream>,
@@ -243,6 +244,7 @@ impl App {
         ));
         let downloads = Downloads::start(storage, Arc::clone(&upstream))?;
         Ok(App {
+            requests: std::sync::atomic::AtomicU64::new(0),
             settings,
             cache,
             upstream,
@@ -251,6 +253,8 @@ impl App {
     }
 
     pub fn handle(&self, req: &Request) -> Response {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let route = route(req.path(), req.query());
         let method = req.method();
         if *method == Method::Options {
@@ -370,7 +374,10 @@ impl App {
             .map(|s| s.usage())
             .unwrap_or_default();
         let (entries, bytes) = self.cache.usage();
-        let rows: [(&str, &str, &str, u64); 21] = [
+        let rows: [(&str, &str, &str, u64); 24] = [
+            ("roxpi_requests_total", "counter", "requests answered", load(&self.requests)),
+            ("roxpi_upstream_page_fetches_total", "counter", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
+            ("roxpi_upstream_page_fetch_microseconds_total", "counter", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),
             (
                 "roxpi_index_hits_total",
                 "counter",

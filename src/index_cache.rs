@@ -174,6 +174,9 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub evictions: AtomicU64,
+    /// Page fetches and their total time (microseconds), for an average.
+    pub fetches: AtomicU64,
+    pub fetch_micros: AtomicU64,
 }
 
 pub struct IndexCache {
@@ -415,6 +418,7 @@ impl IndexCache {
     /// The fetch thread: one upstream request, then the cache update.
     fn fetch(&self, index: usize, key: Key, flight: &Arc<Flight>) {
         let idx = &self.indexes[index];
+        let started = Instant::now();
         let result =
             catch_unwind(AssertUnwindSafe(|| self.fetch_doc(idx, &key))).unwrap_or_else(|_| {
                 Err(UpstreamError::Other(
@@ -422,6 +426,9 @@ impl IndexCache {
                     "internal error while fetching".into(),
                 ))
             });
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.fetch_micros.fetch_add(micros, Ordering::Relaxed);
         let result = match result {
             Ok(doc) => {
                 let ttl = match doc {
