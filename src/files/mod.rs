@@ -3,7 +3,7 @@
 //! committed.
 //!
 //! - The first request for an uncached file registers an `InFlight` and
-//!   queues ONE upstream GET on a bounded pool of download threads; the
+//!   queues ONE upstream GET on a bounded pool of 64 download threads; the
 //!   download continues when that client disconnects.
 //! - The downloader writes each chunk to a temp file, then advances the byte
 //!   counter (only after the write returned) and notifies the condvar. Every
@@ -42,8 +42,10 @@ use crate::pypi::Hashes;
 use crate::storage::{CacheKey, Lookup, Storage, StoredFile};
 use crate::upstream::{Index, Upstream, UpstreamError};
 
-/// Download threads (each holds one upstream connection).
-const DOWNLOAD_THREADS: usize = 16;
+/// Download threads (each holds one upstream connection). uv fetches 50
+/// files at once; fewer threads would queue its downloads behind each other
+/// and push them past `ROXPI_DOWNLOAD_TIMEOUT` into redirects.
+const DOWNLOAD_THREADS: usize = 64;
 const CHUNK: usize = 256 * 1024;
 const BYPASS_FOR: Duration = Duration::from_secs(60);
 
