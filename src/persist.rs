@@ -19,6 +19,10 @@ use crate::upstream::{Index, RawPage};
 
 const MAGIC: &str = "roxpi-page-v1";
 
+/// Saved pages not refreshed for this long are deleted at startup: the
+/// dir holds what is in use, not every project ever asked for.
+const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
 pub struct PageStore {
     dir: PathBuf,
 }
@@ -33,6 +37,7 @@ impl PageStore {
     /// `dir` is `<cache dir>/pages`.
     pub fn open(dir: &Path) -> io::Result<PageStore> {
         fs::create_dir_all(dir)?;
+        prune(dir, KEEP_FOR);
         Ok(PageStore {
             dir: dir.to_owned(),
         })
@@ -76,6 +81,31 @@ impl PageStore {
             log::warn!("ignoring damaged saved page {}", path.display());
         }
         parsed
+    }
+}
+
+/// Deletes saved pages (and leftover temp files) older than `keep`. Only
+/// the two levels of roxpi's own layout are looked at.
+fn prune(dir: &Path, keep: Duration) {
+    let now = SystemTime::now();
+    let Ok(indexes) = fs::read_dir(dir) else {
+        return;
+    };
+    for index in indexes.flatten() {
+        let Ok(pages) = fs::read_dir(index.path()) else {
+            continue;
+        };
+        for page in pages.flatten() {
+            let stale = page
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() > keep)
+                .unwrap_or(false);
+            let temp = page.file_name().to_string_lossy().ends_with(".tmp");
+            if stale || temp {
+                let _ = fs::remove_file(page.path());
+            }
+        }
     }
 }
 
@@ -146,5 +176,33 @@ mod tests {
         }
         store.remove(&index(), &name);
         assert!(store.load(&index(), &name).is_none());
+    }
+
+    #[test]
+    fn old_pages_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PageStore::open(dir.path()).unwrap();
+        let raw = RawPage {
+            format: Format::Html,
+            url: Url::parse("https://pypi.example/simple/a/").unwrap(),
+            body: b"<a href='a-1.tar.gz'>a-1.tar.gz</a>".to_vec(),
+        };
+        let (old, new) = (
+            ProjectName::parse("old").unwrap(),
+            ProjectName::parse("new").unwrap(),
+        );
+        store.save(&index(), &old, &raw).unwrap();
+        store.save(&index(), &new, &raw).unwrap();
+        let old_path = store.path(&index(), &old);
+        let long_ago = SystemTime::now() - Duration::from_secs(40 * 24 * 3600);
+        fs::File::options()
+            .write(true)
+            .open(&old_path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let store = PageStore::open(dir.path()).unwrap();
+        assert!(store.load(&index(), &old).is_none(), "pruned");
+        assert!(store.load(&index(), &new).is_some(), "kept");
     }
 }
