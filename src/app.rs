@@ -234,14 +234,15 @@ impl App {
             },
             None => None,
         };
-        let cache = Arc::new(IndexCache::new(
+        let cache = IndexCache::new(
             Arc::clone(&upstream),
             indexes,
             settings.stale_after,
             settings.offline,
             settings.index_cache_size,
             pages,
-        ));
+        )
+        .start()?;
         let downloads = Downloads::start(storage, Arc::clone(&upstream))?;
         Ok(App {
             requests: std::sync::atomic::AtomicU64::new(0),

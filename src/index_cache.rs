@@ -4,9 +4,9 @@
 //! bytes (`ROXPI_INDEX_CACHE_SIZE`) holds both.
 //!
 //! - Single-flight: concurrent misses for one (index, key) share one
-//!   upstream request (a `Flight` with a condvar); the fetch runs on its own
-//!   thread, so it finishes (and refreshes the cache) even when every waiter
-//!   has given up.
+//!   upstream request (a `Flight` with a condvar); the fetch runs on a pool
+//!   of fetch threads, so it finishes (and refreshes the cache) even when
+//!   every waiter has given up.
 //! - Stale: an expired entry whose refresh has not answered within
 //!   `stale_after`, or whose refresh failed, is served as it was; after a
 //!   failure the entry rests 5 s before the next upstream attempt.
@@ -24,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 use lru::LruCache;
 
 use crate::persist::PageStore;
@@ -31,6 +32,10 @@ use crate::pypi::{Coding, PageFormat, ProjectName, ProjectPage};
 use crate::upstream::{Index, PageFetch, Upstream, UpstreamError};
 
 const SHARDS: usize = 16;
+/// Threads fetching pages from upstreams. Misses beyond that many distinct
+/// pages at once queue (single-flight still joins them), so a flood of
+/// distinct names cannot start a thread each.
+const FETCH_THREADS: usize = 32;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const FORCE_INTERVAL: Duration = Duration::from_secs(10);
 const FAILURE_REST: Duration = Duration::from_secs(5);
@@ -188,7 +193,16 @@ pub struct IndexCache {
     pages: Option<PageStore>,
     shard_cap: u64,
     next_generation: AtomicU64,
+    jobs: Sender<FetchJob>,
+    queue: Receiver<FetchJob>,
     pub stats: CacheStats,
+}
+
+/// One page fetch for the fetch threads.
+struct FetchJob {
+    index: usize,
+    key: Key,
+    flight: Arc<Flight>,
 }
 
 /// A lookup in progress: the current copy and, if a refresh is running,
@@ -245,6 +259,7 @@ impl IndexCache {
                 })
             })
             .collect();
+        let (jobs, queue) = crossbeam_channel::unbounded();
         IndexCache {
             shards,
             upstream,
@@ -254,8 +269,28 @@ impl IndexCache {
             pages,
             shard_cap: (max_bytes / SHARDS as u64).max(64 * 1024),
             next_generation: AtomicU64::new(1),
+            jobs,
+            queue,
             stats: CacheStats::default(),
         }
+    }
+
+    /// Starts the fetch threads; they end when the cache is dropped.
+    pub fn start(self) -> std::io::Result<Arc<IndexCache>> {
+        let cache = Arc::new(self);
+        for i in 0..FETCH_THREADS {
+            let (weak, rx) = (Arc::downgrade(&cache), cache.queue.clone());
+            std::thread::Builder::new()
+                .name(format!("roxpi-fetch-{i}"))
+                .stack_size(1 << 20)
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let Some(cache) = weak.upgrade() else { return };
+                        cache.fetch(job.index, job.key, &job.flight);
+                    }
+                })?;
+        }
+        Ok(cache)
     }
 
     pub fn indexes(&self) -> &[Index] {
@@ -325,19 +360,15 @@ impl IndexCache {
             })
         };
         if let Some(flight) = start {
-            let cache = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name("roxpi-fetch".into())
-                .spawn({
-                    let flight = Arc::clone(&flight);
-                    let key = key.clone();
-                    move || cache.fetch(index, key, &flight)
-                });
-            if let Err(e) = spawned {
-                log::error!("cannot start an upstream fetch thread: {e}");
+            let job = FetchJob {
+                index,
+                key: key.clone(),
+                flight: Arc::clone(&flight),
+            };
+            if self.jobs.send(job).is_err() {
                 let err = Arc::new(UpstreamError::Other(
                     self.indexes[index].display(),
-                    "no thread for the fetch".into(),
+                    "no fetch threads".into(),
                 ));
                 self.finish(index, key.clone(), &flight, Err(err));
             }
@@ -662,14 +693,16 @@ mod tests {
         let settings = crate::config::Settings::from_cli(&cli).unwrap();
         let upstream = Arc::new(Upstream::new(&settings).unwrap());
         let indexes = vec![Index::new(0, &settings.indexes[0])];
-        Arc::new(IndexCache::new(
+        IndexCache::new(
             upstream,
             indexes,
             Duration::from_secs(1),
             true,
             max_bytes,
             None,
-        ))
+        )
+        .start()
+        .unwrap()
     }
 
     fn key(i: usize) -> Key {
