@@ -304,7 +304,7 @@ pub struct HeadParams<'a> {
 /// Serialises a response head (pure). Handler headers are already validated.
 pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[Header], params: &HeadParams<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa_u64(status as u64).as_bytes());
+    push_number(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
@@ -320,7 +320,7 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[Header], params: &H
         Framing::None | Framing::CloseDelimited => {}
         Framing::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(itoa_u64(n).as_bytes());
+            push_number(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -332,15 +332,18 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[Header], params: &H
                 out.extend_from_slice(b"Connection: keep-alive\r\n");
             }
             out.extend_from_slice(b"Keep-Alive: timeout=");
-            out.extend_from_slice(itoa_u64(timeout_secs).as_bytes());
+            push_number(out, timeout_secs);
             out.extend_from_slice(b"\r\n");
         }
     }
     out.extend_from_slice(b"\r\n");
 }
 
-fn itoa_u64(n: u64) -> String {
-    n.to_string()
+/// Appends a decimal number without an intermediate String (hot path).
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 /// The header of one chunk: the length in hex and CRLF.
