@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use roxpi::app::App;
 use roxpi::config::{Cli, Settings};
 use roxpi::http::{Body, Response, Server, ServerConfig, Stream};
 use sha2::{Digest, Sha256};
@@ -128,7 +127,7 @@ fn main() {
         "--download-timeout",
         "30",
     ]);
-    let app = App::new(Settings::from_cli(&cli).unwrap()).unwrap();
+    let app = roxpi::wire(Settings::from_cli(&cli).unwrap(), Default::default()).unwrap();
     let roxpi = Server::start(
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::default(),

@@ -13,7 +13,6 @@ mod support;
 use std::time::Duration;
 
 use clap::Parser;
-use roxpi::app::App;
 use roxpi::config::{Cli, Settings};
 use roxpi::http::{Response, Server, ServerConfig};
 use support::{header_row, require_tools, row, start_nginx, wrk};
@@ -63,7 +62,7 @@ fn main() {
         "off",
     ]);
     let settings = Settings::from_cli(&cli).expect("settings");
-    let app = App::new(settings).expect("app");
+    let app = roxpi::wire(settings, Default::default()).expect("app");
     let roxpi = Server::start(
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::default(),

@@ -11,6 +11,7 @@ use clap::Parser;
 use url::Url;
 
 use crate::pypi::Strategy;
+use crate::redact::SafeUrl;
 
 /// PyPI's simple index, the default upstream.
 pub const PYPI: &str = "https://pypi.org/simple/";
@@ -266,7 +267,7 @@ impl Settings {
             .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, "seconds, e.g. 1800"))?;
         let mut indexes = vec![IndexConfig {
             url: parse_index_url(&cli.index_url)
-                .map_err(|e| err("ROXPI_INDEX_URL", &redact_str(&cli.index_url), e))?,
+                .map_err(|e| err("ROXPI_INDEX_URL", &SafeUrl::text(&cli.index_url), e))?,
             ttl: root_ttl,
         }];
         let extra_urls: Vec<&str> = split_list(&cli.extra_index_urls);
@@ -279,8 +280,8 @@ impl Settings {
             ));
         }
         for (i, u) in extra_urls.iter().enumerate() {
-            let url =
-                parse_index_url(u).map_err(|e| err("ROXPI_EXTRA_INDEX_URLS", &redact_str(u), e))?;
+            let url = parse_index_url(u)
+                .map_err(|e| err("ROXPI_EXTRA_INDEX_URLS", &SafeUrl::text(u), e))?;
             let ttl = match extra_ttls.get(i) {
                 Some(t) => parse_seconds(t)
                     .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, "seconds, e.g. 180"))?,
@@ -472,28 +473,6 @@ pub fn translate_log_level(s: &str) -> String {
     }
 }
 
-/// A URL with its password (and user) replaced, for logs and pages.
-pub fn redact(url: &Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
-        return url.to_string();
-    }
-    let mut u = url.clone();
-    let _ = u.set_username("***");
-    let _ = u.set_password(None);
-    u.to_string()
-}
-
-/// Redacts a string that may or may not parse as a URL.
-pub fn redact_str(s: &str) -> String {
-    match Url::parse(s.trim()) {
-        Ok(u) => redact(&u),
-        Err(_) => match s.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => s.to_owned(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,9 +547,6 @@ mod tests {
         assert!(parse_index_url("https://h/simple/?x=1").is_err());
         let with_creds = parse_index_url("https://user:secret@h/simple/").unwrap();
         assert_eq!(with_creds.password(), Some("secret"));
-        assert!(!redact(&with_creds).contains("secret"));
-        assert!(!redact(&with_creds).contains("user"));
-        assert!(!redact_str("garbage user:secret@host").contains("secret"));
     }
 
     #[test]

@@ -1,19 +1,51 @@
 //! roxpi: a PyPI caching proxy.
 //!
-//! Modules, arrows pointing one way (`app` → the rest):
-//! - [`http`]: the HTTP/1.1 server (threads, limits, framing); knows nothing
-//!   of PyPI.
-//! - [`config`]: every setting once — flag, environment variable, default.
+//! Data flows one way: request → route → pages | files → index cache |
+//! downloads → storage | upstream. The modules, in that order:
+//! - [`http`]: the HTTP/1.1 server (threads, limits, framing, conditional
+//!   and range requests); knows nothing of PyPI.
+//! - [`app`]: the routes, the pages and file routes, home page and
+//!   `/metrics`, and the one failure → status mapping.
+//! - [`index_cache`]: parsed pages per index with TTLs, single-flight
+//!   fetches, stale serving, rendered variants; resolving a name across
+//!   the indexes.
+//! - [`files`]: everything about a file request: keys, hits, ranges, the
+//!   one coalesced and verified download per file, stream-through,
+//!   redirects.
+//! - [`storage`]: the `Storage` trait and its backends (local LRU disk,
+//!   staging for `ROXPI_CACHE_SIZE=0`).
+//! - [`persist`]: the last good copy of each page on disk.
+//! - [`origin`]: the `Origin` trait the caches fetch through, the
+//!   configured indexes and the typed upstream error.
+//! - [`upstream`]: the real `Origin`: one ureq agent.
+//! - [`pypi`]: domain types and pure protocol code (names, page model,
+//!   parsing, negotiation, rendering).
+//! - [`config`]: every setting once — flag, environment variable, aliases,
+//!   default, validation.
+//! - [`clock`]: time as the caches see it (movable in tests).
+//! - [`redact`]: URLs that cannot display credentials.
 //! - [`logging`]: flexi_logger set-up (asynchronous writer).
-//! - [`app`]: the routes, turning a request into a response.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod files;
 pub mod http;
 pub mod index_cache;
 pub mod logging;
+pub mod origin;
 pub mod persist;
 pub mod pypi;
+pub mod redact;
 pub mod storage;
 pub mod upstream;
+
+/// The composition root: the app wired to the real upstream (`Upstream`),
+/// with `server` as the HTTP server's stats block (shown on `/metrics`).
+pub fn wire(
+    settings: config::Settings,
+    server: std::sync::Arc<http::Stats>,
+) -> anyhow::Result<app::App> {
+    let upstream = std::sync::Arc::new(upstream::Upstream::new(&settings)?);
+    app::App::new(settings, upstream, server)
+}

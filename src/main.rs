@@ -44,7 +44,7 @@ fn run() -> anyhow::Result<()> {
         workers: config.workers.max(1),
         ..ServerConfig::default()
     };
-    let app = roxpi::app::App::new(config.clone())?;
+    let app = roxpi::wire(config.clone(), std::sync::Arc::clone(&server_config.stats))?;
     let server = Server::start(config.bind, server_config, move |req| app.handle(req))
         .with_context(|| format!("cannot listen on {} (ROXPI_BIND / --bind)", config.bind))?;
     let mut out = std::io::stdout().lock();
@@ -60,7 +60,7 @@ fn run() -> anyhow::Result<()> {
     for (i, index) in config.indexes.iter().enumerate() {
         log::info!(
             "index {i}: {} (ttl {}s)",
-            roxpi::config::redact(&index.url),
+            roxpi::redact::SafeUrl::new(&index.url),
             index.ttl.as_secs()
         );
     }

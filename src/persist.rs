@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use crate::origin::{Index, RawPage};
 use crate::pypi::{parse_project_page, Format, ProjectName, ProjectPage};
-use crate::upstream::{Index, RawPage};
 
 const MAGIC: &str = "roxpi-page-v1";
 
@@ -136,7 +136,7 @@ mod tests {
 
     fn index() -> Index {
         Index::new(
-            0,
+            crate::origin::IndexId::ROOT,
             &crate::config::IndexConfig {
                 url: Url::parse("https://u:p@pypi.example/simple/").unwrap(),
                 ttl: Duration::from_secs(60),

@@ -556,15 +556,15 @@ fn serve_file(
     };
     let total = bytes.len() as u64;
     let mut r = Response::new(200).header("Content-Type", "application/octet-stream");
-    match roxpi::files::range::parse_range(req.header("range"), total) {
-        roxpi::files::range::RangeRequest::Full => {}
-        roxpi::files::range::RangeRequest::Partial(range) => {
+    match roxpi::http::conditional::parse_range(req.header("range"), total) {
+        roxpi::http::conditional::RangeRequest::Full => {}
+        roxpi::http::conditional::RangeRequest::Partial(range) => {
             r = Response::new(206)
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", range.content_range(total));
             bytes = bytes.slice(range.start as usize..=range.end as usize);
         }
-        roxpi::files::range::RangeRequest::Unsatisfiable => {
+        roxpi::http::conditional::RangeRequest::Unsatisfiable => {
             return Response::new(416).header("Content-Range", format!("bytes */{total}"));
         }
     }

@@ -46,6 +46,7 @@
 //! in-flight responses finish (with `Connection: close`) within a bounded
 //! wait, and returns.
 
+pub mod conditional;
 mod conn;
 mod poller;
 mod request;
@@ -91,6 +92,8 @@ pub struct ServerConfig {
     /// Bodies longer than this go straight to a transfer thread.
     pub transfer_threshold: u64,
     pub limits: Limits,
+    /// The counters; pass your own to read them elsewhere (`/metrics`).
+    pub stats: Arc<Stats>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             max_connections: None,
             transfer_threshold: 256 * 1024,
             limits: Limits::default(),
+            stats: Arc::new(Stats::default()),
         }
     }
 }
@@ -139,7 +143,7 @@ pub(crate) struct Shared {
     transfers: TransferPool,
     stop: AtomicBool,
     open: Arc<AtomicUsize>,
-    stats: Stats,
+    stats: Arc<Stats>,
 }
 
 impl Shared {
@@ -170,6 +174,7 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| connection_cap(nofile));
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::clone(&config.stats);
         let shared = Arc::new(Shared {
             transfers: TransferPool::new(config.max_transfers),
             poller: Poller::new()?,
@@ -178,7 +183,7 @@ impl Server {
             ready_tx,
             stop: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
-            stats: Stats::default(),
+            stats,
         });
         let mut threads = Vec::new();
         for i in 0..shared.config.workers.max(1) {

@@ -159,9 +159,14 @@ impl FileEntry {
     }
 }
 
-/// sha256 first, then sha512, sha384, sha224, then the first by name.
+/// The hash algorithms roxpi can check, in order of preference: the one
+/// list both the page links (HTML fragments) and download verification use.
+pub const HASH_PREFERENCE: [&str; 4] = ["sha256", "sha512", "sha384", "sha224"];
+
+/// sha256 first, then sha512, sha384, sha224, then the first by name
+/// (an unknown algorithm is kept, never dropped).
 pub fn preferred(hashes: &Hashes) -> Option<(&str, &str)> {
-    for name in ["sha256", "sha512", "sha384", "sha224"] {
+    for name in HASH_PREFERENCE {
         if let Some(v) = hashes.get(name) {
             return Some((name, v.as_str()));
         }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 
-use super::{CacheKey, Lookup, Space, Storage, StoredFile, TempFile, Usage};
+use super::{CacheKey, Lookup, Space, Storage, Stored, StoredBody, TempFile, Usage};
 
 const TOUCH_EVERY: Duration = Duration::from_secs(3600);
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by roxpi.\n# For information about cache directory tags see https://bford.info/cachedir/\n";
@@ -284,13 +284,7 @@ impl LocalStorage {
         let file = create_new(&path)?;
         // Anonymous from now on: nothing to clean up, whatever happens.
         fs::remove_file(&path)?;
-        Ok(TempFile {
-            file: Arc::new(file),
-            len,
-            key: key.clone(),
-            path: None,
-            space: None,
-        })
+        Ok(TempFile::staged(Arc::new(file), key.clone(), len))
     }
 
     fn tmp_name(&self, key: &CacheKey) -> String {
@@ -364,8 +358,8 @@ impl Storage for LocalStorage {
             // Keeps recency across restarts (atime is unreliable).
             let _ = file.set_modified(SystemTime::now());
         }
-        Lookup::Hit(StoredFile {
-            file,
+        Lookup::Hit(Stored {
+            body: StoredBody::Local(file),
             len,
             sha256: sha256.to_string(),
             modified,
@@ -415,7 +409,7 @@ impl Storage for LocalStorage {
         }
     }
 
-    fn commit(&self, mut temp: TempFile, sha256: &str) -> io::Result<StoredFile> {
+    fn commit(&self, mut temp: TempFile, sha256: &str) -> io::Result<Stored> {
         let Some(tmp_path) = temp.path.clone() else {
             return Err(io::Error::other("a staged file is never committed"));
         };
@@ -458,30 +452,12 @@ impl Storage for LocalStorage {
             .metadata()
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        Ok(StoredFile {
-            file: Arc::clone(&temp.file),
+        Ok(Stored {
+            body: StoredBody::Local(Arc::clone(&temp.file)),
             len: temp.len,
             sha256: sha256.to_owned(),
             modified,
         })
-    }
-
-    fn delete(&self, key: &CacheKey) -> io::Result<()> {
-        let path = self.shared.lock().remove(key).map(|m| m.path);
-        if let Some(p) = path {
-            fs::remove_file(p)?;
-        }
-        Ok(())
-    }
-
-    fn list(&self) -> Vec<(CacheKey, u64)> {
-        let lru = self.shared.lock();
-        // Least recently used first.
-        lru.map
-            .iter()
-            .rev()
-            .map(|(k, m)| (k.clone(), m.len))
-            .collect()
     }
 
     fn usage(&self) -> Usage {
@@ -505,7 +481,7 @@ mod tests {
         CacheKey::parse(&format!("{i:02x}").repeat(32)).unwrap()
     }
 
-    fn put(s: &LocalStorage, k: &CacheKey, len: usize) -> StoredFile {
+    fn put(s: &LocalStorage, k: &CacheKey, len: usize) -> Stored {
         let t = s.create(k, len as u64).unwrap();
         (&*t.file).write_all(&vec![7u8; len]).unwrap();
         s.commit(t, &"ab".repeat(32)).unwrap()
@@ -645,7 +621,10 @@ mod tests {
         put(&s, &key(2), 100);
         assert!(!hit(&s, &key(1)));
         let mut buf = [0u8; 100];
-        f.file.read_exact_at(&mut buf, 0).unwrap();
+        let StoredBody::Local(file) = &f.body else {
+            panic!("local storage gives local files")
+        };
+        file.read_exact_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
     }
 }

@@ -1,6 +1,7 @@
 //! Where cached files live. A small synchronous `Storage` trait (a miss is
-//! a value, not an error) with the local disk backend in `local`; S3 and
-//! tiered backends fit behind the same trait.
+//! a value, not an error) with the local disk backend in `local`. A hit
+//! is a `Stored`: a local file (sent with sendfile) or a `RangeSource`, so
+//! a remote backend (S3, tiered) fits behind the same trait.
 //!
 //! Cache keys are derived, never taken from a URL path: the sha256 of the
 //! file when the index advertises one (content-addressed, so the same file
@@ -11,6 +12,7 @@ pub mod local;
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -52,18 +54,33 @@ impl CacheKey {
     }
 }
 
-/// A committed file, open for reading.
-#[derive(Clone, Debug)]
-pub struct StoredFile {
-    pub file: Arc<File>,
+/// A committed file: its length, its sha256 (the ETag), when it was
+/// stored, and how to read it.
+#[derive(Clone)]
+pub struct Stored {
     pub len: u64,
-    /// sha256 of the content (the ETag).
     pub sha256: String,
     pub modified: SystemTime,
+    pub body: StoredBody,
+}
+
+/// Where a stored file's bytes come from.
+#[derive(Clone)]
+pub enum StoredBody {
+    /// A local file, open: sent with `sendfile`.
+    Local(Arc<File>),
+    /// A remote object (S3): read by ranges.
+    Remote(Arc<dyn RangeSource>),
+}
+
+/// A stored object that can be read by ranges (a remote backend).
+pub trait RangeSource: Send + Sync {
+    /// `len` bytes from `offset`.
+    fn open(&self, offset: u64, len: u64) -> io::Result<Box<dyn io::Read + Send>>;
 }
 
 pub enum Lookup {
-    Hit(StoredFile),
+    Hit(Stored),
     Miss,
 }
 
@@ -85,6 +102,17 @@ pub struct TempFile {
 }
 
 impl TempFile {
+    /// An anonymous file that is streamed and never kept (no space reserved).
+    pub fn staged(file: Arc<File>, key: CacheKey, len: u64) -> TempFile {
+        TempFile {
+            file,
+            len,
+            key,
+            path: None,
+            space: None,
+        }
+    }
+
     /// Whether this file will be kept (committed) when complete.
     pub fn is_kept(&self) -> bool {
         self.path.is_some()
@@ -119,10 +147,18 @@ pub trait Storage: Send + Sync {
     /// larger than the cap).
     fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile>;
     /// Publishes a complete, verified temp file under its key.
-    fn commit(&self, temp: TempFile, sha256: &str) -> io::Result<StoredFile>;
-    fn delete(&self, key: &CacheKey) -> io::Result<()>;
-    fn list(&self) -> Vec<(CacheKey, u64)>;
+    fn commit(&self, temp: TempFile, sha256: &str) -> io::Result<Stored>;
     fn usage(&self) -> Usage;
+}
+
+/// The backend for the settings: the local LRU in `dir` capped at `cap`
+/// bytes, or none at all (cap 0: files are streamed through, verified).
+pub fn open(dir: &Path, cap: u64) -> Result<Option<Arc<dyn Storage>>, local::OpenError> {
+    if cap == 0 {
+        log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(local::LocalStorage::open(dir, cap)?)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! Single byte ranges (RFC 9110 §14) and `If-Range`, as pure functions.
-//! Multiple ranges and malformed headers are ignored (the whole file is
-//! sent), which the RFC allows.
+//! Conditional and range requests (RFC 9110 §13, §14) as pure functions:
+//! single byte ranges, `If-Range`, `If-None-Match`, and the complete 304.
+//! Multiple ranges and malformed `Range` headers are ignored (the whole
+//! file is sent), which the RFC allows.
+
+use super::Response;
 
 /// An inclusive byte range within a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,23 @@ pub fn if_range_allows(if_range: Option<&str>, etag: &str, last_modified: &str) 
     }
 }
 
+/// `If-None-Match` against a strong ETag (weak comparison, as RFC 9110
+/// requires for this header).
+pub fn etag_matches(header: Option<&str>, etag: &str) -> bool {
+    let Some(h) = header else { return false };
+    let bare = etag.trim_start_matches("W/");
+    h.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == bare)
+}
+
+/// A 304 with every header of the 200 it stands for, and no body.
+pub fn not_modified(full: Response) -> Response {
+    full.headers().fold(Response::new(304), |r, (k, v)| {
+        r.header(k.to_owned(), v.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +172,30 @@ mod tests {
             etag,
             lm
         ));
+    }
+
+    #[test]
+    fn etags() {
+        assert!(etag_matches(Some("\"abc\""), "\"abc\""));
+        assert!(etag_matches(Some("\"x\", \"abc\""), "\"abc\""));
+        assert!(etag_matches(Some("W/\"abc\""), "\"abc\""));
+        assert!(etag_matches(Some("*"), "\"abc\""));
+        assert!(!etag_matches(Some("\"abd\""), "\"abc\""));
+        assert!(!etag_matches(None, "\"abc\""));
+    }
+
+    #[test]
+    fn not_modified_keeps_every_header_and_drops_the_body() {
+        let full = Response::new(200)
+            .header("ETag", "\"e\"")
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Accept")
+            .body("hello");
+        let r = not_modified(full);
+        assert_eq!(r.status(), 304);
+        assert_eq!(r.get_header("etag"), Some("\"e\""));
+        assert_eq!(r.get_header("cache-control"), Some("max-age=60"));
+        assert_eq!(r.get_header("vary"), Some("Accept"));
+        assert!(matches!(r.body_ref(), super::super::Body::Empty));
     }
 }

@@ -27,9 +27,13 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use lru::LruCache;
 
+use crate::clock::Clock;
+use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch};
 use crate::persist::PageStore;
 use crate::pypi::{Coding, PageFormat, ProjectName, ProjectPage};
-use crate::upstream::{Index, PageFetch, Upstream, UpstreamError};
+
+mod resolve;
+pub use resolve::Resolved;
 
 const SHARDS: usize = 16;
 /// Threads fetching pages from upstreams. Misses beyond that many distinct
@@ -94,7 +98,7 @@ pub struct Rendered {
     pub etag: String,
 }
 
-type FlightResult = Result<Arc<Snapshot>, Arc<UpstreamError>>;
+type FlightResult = Result<Arc<Snapshot>, Arc<OriginError>>;
 
 struct Flight {
     result: Mutex<Option<FlightResult>>,
@@ -186,7 +190,8 @@ pub struct CacheStats {
 
 pub struct IndexCache {
     shards: Box<[Mutex<Shard>]>,
-    upstream: Arc<Upstream>,
+    origin: Arc<dyn Origin>,
+    clock: Arc<dyn Clock>,
     indexes: Arc<[Index]>,
     stale_after: Duration,
     offline: bool,
@@ -208,6 +213,7 @@ struct FetchJob {
 /// A lookup in progress: the current copy and, if a refresh is running,
 /// the flight to wait for.
 pub struct Pending {
+    index: IndexId,
     snap: Option<Arc<Snapshot>>,
     flight: Option<Arc<Flight>>,
     /// Resting after a failure: serve the copy without waiting.
@@ -232,7 +238,7 @@ pub enum Freshness {
     Stale,
 }
 
-pub type Outcome = Result<(Arc<Snapshot>, Freshness), Arc<UpstreamError>>;
+pub type Outcome = Result<(Arc<Snapshot>, Freshness), Arc<OriginError>>;
 
 fn shard_of(key: &SlotKey) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -244,7 +250,8 @@ fn shard_of(key: &SlotKey) -> usize {
 
 impl IndexCache {
     pub fn new(
-        upstream: Arc<Upstream>,
+        origin: Arc<dyn Origin>,
+        clock: Arc<dyn Clock>,
         indexes: Vec<Index>,
         stale_after: Duration,
         offline: bool,
@@ -262,7 +269,8 @@ impl IndexCache {
         let (jobs, queue) = crossbeam_channel::unbounded();
         IndexCache {
             shards,
-            upstream,
+            origin,
+            clock,
             indexes: indexes.into(),
             stale_after,
             offline,
@@ -305,8 +313,9 @@ impl IndexCache {
 
     /// Starts a lookup: returns at once, starting an upstream fetch when the
     /// entry is missing, expired, or `force`d (at most once per 10 s).
-    pub fn begin(self: &Arc<Self>, index: usize, key: &Key, force: bool) -> Pending {
-        let now = Instant::now();
+    pub fn begin(self: &Arc<Self>, id: IndexId, key: &Key, force: bool) -> Pending {
+        let index = id.get();
+        let now = self.clock.now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
         let may_load = self.pages.is_some() && matches!(key, Key::Project(_));
@@ -334,6 +343,7 @@ impl IndexCache {
                 let resting = entry.rest_until.is_some_and(|t| now < t) && entry.snap.is_some();
                 if self.offline || !(expired || forced) || (resting && !forced) {
                     let p = Pending {
+                        index: id,
                         snap: entry.snap.clone(),
                         flight: None,
                         resting,
@@ -342,6 +352,7 @@ impl IndexCache {
                 } else if let Some(f) = &entry.flight {
                     self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                     let p = Pending {
+                        index: id,
                         snap: entry.snap.clone(),
                         flight: Some(Arc::clone(f)),
                         resting: false,
@@ -351,6 +362,7 @@ impl IndexCache {
                     let f = Arc::new(Flight::new());
                     entry.flight = Some(Arc::clone(&f));
                     let p = Pending {
+                        index: id,
                         snap: entry.snap.clone(),
                         flight: Some(Arc::clone(&f)),
                         resting: false,
@@ -366,9 +378,9 @@ impl IndexCache {
                 flight: Arc::clone(&flight),
             };
             if self.jobs.send(job).is_err() {
-                let err = Arc::new(UpstreamError::Other(
-                    self.indexes[index].display(),
-                    "no fetch threads".into(),
+                let err = Arc::new(OriginError::connect(
+                    &self.indexes[index].url,
+                    "no fetch threads",
                 ));
                 self.finish(index, key.clone(), &flight, Err(err));
             }
@@ -386,7 +398,7 @@ impl IndexCache {
         let Some(saved) = store.load(&self.indexes[index], name) else {
             return;
         };
-        let now = Instant::now();
+        let now = self.clock.now();
         let doc = Doc::Page(saved.page);
         let bytes = estimate(&doc);
         let snap = Arc::new(Snapshot {
@@ -409,11 +421,13 @@ impl IndexCache {
     /// Waits for a lookup's answer.
     pub fn wait(&self, pending: Pending) -> Outcome {
         let Pending {
+            index,
             snap,
             flight,
             resting,
         } = pending;
-        let now = Instant::now();
+        let url = &self.indexes[index.get()].url;
+        let now = self.clock.now();
         let Some(flight) = flight else {
             return match snap {
                 Some(s) if s.is_fresh(now) && !resting => {
@@ -424,7 +438,7 @@ impl IndexCache {
                     self.stats.stale.fetch_add(1, Ordering::Relaxed);
                     Ok((s, Freshness::Stale))
                 }
-                None => Err(Arc::new(UpstreamError::Offline("this page".into()))),
+                None => Err(Arc::new(OriginError::offline(url))),
             };
         };
         let limit = if snap.is_some() {
@@ -442,7 +456,7 @@ impl IndexCache {
                 Ok((old, Freshness::Stale))
             }
             (Some(Err(e)), None) => Err(e),
-            (None, None) => Err(Arc::new(UpstreamError::Timeout("the index".into()))),
+            (None, None) => Err(Arc::new(OriginError::timeout(url))),
         }
     }
 
@@ -452,9 +466,9 @@ impl IndexCache {
         let started = Instant::now();
         let result =
             catch_unwind(AssertUnwindSafe(|| self.fetch_doc(idx, &key))).unwrap_or_else(|_| {
-                Err(UpstreamError::Other(
-                    idx.display(),
-                    "internal error while fetching".into(),
+                Err(OriginError::garbage(
+                    &idx.url,
+                    "internal error while fetching",
                 ))
             });
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
@@ -469,7 +483,7 @@ impl IndexCache {
                 let bytes = estimate(&doc);
                 Ok(Arc::new(Snapshot {
                     doc,
-                    fetched: Instant::now(),
+                    fetched: self.clock.now(),
                     ttl,
                     generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                     bytes,
@@ -484,9 +498,9 @@ impl IndexCache {
         self.finish(index, key, flight, result);
     }
 
-    fn fetch_doc(&self, idx: &Index, key: &Key) -> Result<Doc, UpstreamError> {
+    fn fetch_doc(&self, idx: &Index, key: &Key) -> Result<Doc, OriginError> {
         match key {
-            Key::Project(name) => Ok(match self.upstream.fetch_project(idx, name)? {
+            Key::Project(name) => Ok(match self.origin.fetch_project(idx, name)? {
                 PageFetch::Found(page, raw) => {
                     if let Some(store) = &self.pages {
                         if let Err(e) = store.save(idx, name, &raw) {
@@ -502,7 +516,7 @@ impl IndexCache {
                     Doc::Missing
                 }
             }),
-            Key::List => Ok(match self.upstream.fetch_list(idx)? {
+            Key::List => Ok(match self.origin.fetch_list(idx)? {
                 Some(list) => {
                     let mut names: Vec<ProjectName> = list
                         .names
@@ -537,7 +551,7 @@ impl IndexCache {
                         entry.snap = Some(Arc::clone(snap));
                         entry.rest_until = None;
                     }
-                    Err(_) => entry.rest_until = Some(Instant::now() + FAILURE_REST),
+                    Err(_) => entry.rest_until = Some(self.clock.now() + FAILURE_REST),
                 }
             });
             self.evict(&mut shard);
@@ -683,100 +697,4 @@ fn estimate(doc: &Doc) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn cache(max_bytes: u64) -> Arc<IndexCache> {
-        let cli =
-            crate::config::Cli::parse_from(["roxpi", "--index-url", "http://127.0.0.1:9/simple/"]);
-        let settings = crate::config::Settings::from_cli(&cli).unwrap();
-        let upstream = Arc::new(Upstream::new(&settings).unwrap());
-        let indexes = vec![Index::new(0, &settings.indexes[0])];
-        IndexCache::new(
-            upstream,
-            indexes,
-            Duration::from_secs(1),
-            true,
-            max_bytes,
-            None,
-        )
-        .start()
-        .unwrap()
-    }
-
-    fn key(i: usize) -> Key {
-        Key::Project(ProjectName::parse(&format!("p{i}")).unwrap())
-    }
-
-    fn view(len: usize) -> Arc<Rendered> {
-        Arc::new(Rendered {
-            sig: vec![1],
-            body: Bytes::from(vec![0u8; len]),
-            etag: "\"e\"".into(),
-        })
-    }
-
-    #[test]
-    fn the_byte_bound_holds_and_least_recently_used_go_first() {
-        // 16 shards × 64 KiB minimum = 1 MiB in all.
-        let c = cache(0);
-        for i in 0..400 {
-            c.store_view(&key(i), PageFormat::Json, Coding::Gzip, view(10_000));
-            // Keep p0 in use: it must survive.
-            assert!(
-                c.view(&key(0), PageFormat::Json, Coding::Gzip, &[1])
-                    .is_some(),
-                "p0 evicted at {i}"
-            );
-            let (_, bytes) = c.usage();
-            assert!(
-                bytes <= 16 * 64 * 1024,
-                "{bytes} bytes held after {i} inserts"
-            );
-        }
-        assert!(c.stats.evictions.load(Ordering::Relaxed) > 0);
-        // Recent ones are there, early untouched ones are gone.
-        assert!(c
-            .view(&key(399), PageFormat::Json, Coding::Gzip, &[1])
-            .is_some());
-        let gone = (1..50)
-            .filter(|i| {
-                c.view(&key(*i), PageFormat::Json, Coding::Gzip, &[1])
-                    .is_none()
-            })
-            .count();
-        assert!(gone > 40, "only {gone} of the oldest 49 were evicted");
-    }
-
-    #[test]
-    fn views_are_tied_to_their_snapshots() {
-        let c = cache(64 << 20);
-        c.store_view(&key(1), PageFormat::Html, Coding::Identity, view(10));
-        assert!(c
-            .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
-            .is_some());
-        assert!(
-            c.view(&key(1), PageFormat::Html, Coding::Identity, &[2])
-                .is_none(),
-            "another generation"
-        );
-        assert!(
-            c.view(&key(1), PageFormat::Json, Coding::Identity, &[1])
-                .is_none(),
-            "another variant"
-        );
-        c.invalidate(&key(1));
-        assert!(c
-            .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
-            .is_none());
-    }
-
-    #[test]
-    fn offline_without_a_copy_is_an_error_not_a_fetch() {
-        let c = cache(64 << 20);
-        let p = c.begin(0, &key(1), false);
-        assert!(p.current().is_none());
-        assert!(matches!(c.wait(p), Err(e) if matches!(*e, UpstreamError::Offline(_))));
-    }
-}
+mod tests;

@@ -1,0 +1,87 @@
+//! The ONE mapping from a failure to an HTTP answer: status, body and
+//! `Retry-After`, for the page path and the file path alike. Exhaustive
+//! matches, so a new error variant cannot go unmapped.
+//!
+//! | failure | status | Retry-After |
+//! |---|---|---|
+//! | upstream timeout | 504 | 30 |
+//! | upstream refused / unreachable | 502 | 30 |
+//! | upstream 5xx or other bad status | 502 | 30 |
+//! | a listed file the upstream does not have (404/410) | 502 | 60 |
+//! | garbled page, broken file body | 502 | 30 |
+//! | offline and not cached | 502 | 60 |
+//! | hash or length mismatch | 502 | 10 |
+//! | local write error with no way around it | 503 | 10 |
+//! | every download/open slot busy | 503 | 5 |
+//!
+//! Never a 500 for an upstream problem. (A project in no index is not a
+//! failure: it is a 404, answered by the page route.)
+
+use crate::files::FileError;
+use crate::http::Response;
+use crate::origin::OriginError;
+
+/// What went wrong, on which path.
+#[derive(Debug, Clone, Copy)]
+pub enum Failure<'a> {
+    Page(&'a OriginError),
+    File(&'a FileError),
+}
+
+/// Status and `Retry-After` seconds of an upstream error.
+fn origin(e: &OriginError) -> (u16, u64) {
+    match e {
+        OriginError::Timeout { .. } => (504, 30),
+        OriginError::Connect { .. } => (502, 30),
+        OriginError::Status {
+            status: 404 | 410, ..
+        } => (502, 60),
+        OriginError::Status { .. } => (502, 30),
+        OriginError::Garbage { .. } | OriginError::Body { .. } => (502, 30),
+        OriginError::Offline { .. } => (502, 60),
+    }
+}
+
+/// Status and `Retry-After` seconds of a failure.
+pub fn classify(f: &Failure<'_>) -> (u16, u64) {
+    match f {
+        Failure::Page(e) => origin(e),
+        Failure::File(e) => match e {
+            FileError::Origin(e) => origin(e),
+            FileError::Verify(_) => (502, 10),
+            FileError::Local(_) => (503, 10),
+            FileError::NoLength => (502, 30),
+            FileError::Busy => (503, 5),
+        },
+    }
+}
+
+fn message(f: &Failure<'_>) -> String {
+    match f {
+        Failure::File(FileError::Origin(e))
+            if matches!(
+                **e,
+                OriginError::Status {
+                    status: 404 | 410,
+                    ..
+                }
+            ) =>
+        {
+            format!("the file is listed but the upstream does not have it: {e}")
+        }
+        Failure::Page(e) => e.to_string(),
+        Failure::File(e) => e.to_string(),
+    }
+}
+
+/// The answer for a failure.
+pub fn respond(f: &Failure<'_>) -> Response {
+    let (status, retry_after) = classify(f);
+    Response::text(status, format!("{}\n", message(f)))
+        .header("Retry-After", retry_after.to_string())
+        .header("Cache-Control", "no-store")
+        .log_tag("ERROR")
+}
+
+#[cfg(test)]
+mod tests;

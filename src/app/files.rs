@@ -1,0 +1,67 @@
+//! The file route, thin: find the file on the project pages (the cached
+//! pages, even expired: a hit never waits on a page refresh), then hand it
+//! to `files::Files`, which owns everything else.
+
+use std::sync::Arc;
+
+use super::error::{self, Failure};
+use super::App;
+use crate::files::Wanted;
+use crate::http::{Request, Response};
+use crate::index_cache::{Doc, Freshness, Key, Resolved, Snapshot};
+use crate::origin::IndexId;
+use crate::pypi::{CoreMetadata, FileEntry, Filename, ProjectName};
+
+impl App {
+    /// A distribution file or its `.metadata`.
+    pub(super) fn file(&self, req: &Request, name: ProjectName, file: Filename) -> Response {
+        let key = Key::Project(name);
+        let found = match self
+            .pages
+            .resolve(&key, self.settings.strategy, false, true)
+        {
+            Resolved::Found(found) => found,
+            Resolved::NotFound => return Response::text(404, "project not found in any index\n"),
+            Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
+        };
+        let Some((id, entry, metadata)) = find_file(&found, &file) else {
+            return Response::text(404, format!("{file} is not listed on the project page\n"));
+        };
+        let index = &self.pages.indexes()[id.get()];
+        let wanted = Wanted {
+            index,
+            entry,
+            metadata,
+            filename: &file,
+        };
+        match self.files.serve(req, wanted) {
+            Ok(r) => r,
+            Err(e) => error::respond(&Failure::File(&e)),
+        }
+    }
+}
+
+/// Finds a file (or the distribution of a `.metadata` file) on the pages,
+/// first index first. Metadata is found only where advertised.
+fn find_file<'a>(
+    found: &'a [(IndexId, Arc<Snapshot>, Freshness)],
+    file: &Filename,
+) -> Option<(IndexId, &'a FileEntry, bool)> {
+    let pages = found.iter().filter_map(|(i, s, _)| match &s.doc {
+        Doc::Page(p) => Some((*i, p)),
+        _ => None,
+    });
+    for (i, page) in pages {
+        if let Some(e) = page.files.iter().find(|e| e.filename == *file) {
+            return Some((i, e, false));
+        }
+        if let Some(dist) = file.as_str().strip_suffix(".metadata") {
+            if let Some(e) = page.files.iter().find(|e| {
+                e.filename.as_str() == dist && matches!(e.core_metadata, CoreMetadata::Available(_))
+            }) {
+                return Some((i, e, true));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,236 @@
+//! Project pages and the project list: negotiation (PEP 691 format and
+//! content coding), the answer of the indexes (`IndexCache::resolve`), the
+//! merged page rendered and compressed once per cache generation, and the
+//! caching headers (`ETag`, `Cache-Control`, `X-Cache`, `Age`, 304).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::error::{self, Failure};
+use super::App;
+use crate::http::conditional::{etag_matches, not_modified};
+use crate::http::{Request, Response};
+use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
+use crate::pypi::{
+    negotiate_coding, negotiate_format, render_list, render_project, Coding, ProjectName,
+    ProjectPage,
+};
+
+/// The most a client may cache an index page (PyPI's value).
+const MAX_PAGE_AGE: u64 = 600;
+
+impl App {
+    /// A project page or the project list.
+    pub(super) fn page(&self, req: &Request, key: Key) -> Response {
+        let format_param = query_param(req.query(), "format");
+        let Some(format) = negotiate_format(format_param.as_deref(), req.header("accept")) else {
+            return Response::text(406, "no acceptable representation: this index serves text/html, application/vnd.pypi.simple.v1+html and application/vnd.pypi.simple.v1+json\n")
+                .header("Vary", "Accept, Accept-Encoding");
+        };
+        let Some(coding) = negotiate_coding(req.header("accept-encoding")) else {
+            return Response::text(406, "no acceptable content coding (identity refused)\n")
+                .header("Vary", "Accept, Accept-Encoding");
+        };
+        let found =
+            match self
+                .pages
+                .resolve(&key, self.settings.strategy, wants_revalidation(req), false)
+            {
+                Resolved::Found(found) => found,
+                Resolved::NotFound => {
+                    return Response::text(404, "not found in any index\n")
+                        .header("Cache-Control", "max-age=60")
+                        .log_tag("MISS")
+                }
+                Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
+            };
+        let now = Instant::now();
+        let sig: Vec<u64> = found.iter().map(|(_, s, _)| s.generation).collect();
+        let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
+        let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
+        let view = match self.pages.view(&key, format, coding, &sig) {
+            Some(v) => v,
+            None => {
+                let body = match &key {
+                    Key::Project(name) => {
+                        let pages: Vec<&ProjectPage> = found
+                            .iter()
+                            .filter_map(|(_, s, _)| match &s.doc {
+                                Doc::Page(p) => Some(p),
+                                _ => None,
+                            })
+                            .collect();
+                        let merged = crate::pypi::merge(pages, self.settings.strategy);
+                        render_project(name, &merged, format)
+                    }
+                    Key::List => {
+                        let mut names: Vec<ProjectName> = found
+                            .iter()
+                            .flat_map(|(_, s, _)| match &s.doc {
+                                Doc::List(l) => l.clone(),
+                                _ => Vec::new(),
+                            })
+                            .collect();
+                        names.sort();
+                        names.dedup();
+                        render_list(&names, format)
+                    }
+                };
+                let body = compress(body, coding);
+                let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+                let v = Arc::new(Rendered {
+                    sig,
+                    body: Bytes::from(body),
+                    etag,
+                });
+                self.pages.store_view(&key, format, coding, Arc::clone(&v));
+                v
+            }
+        };
+        let max_age = if stale {
+            0
+        } else {
+            found
+                .iter()
+                .map(|(_, s, _)| s.remaining(now).as_secs())
+                .min()
+                .unwrap_or(0)
+                .min(MAX_PAGE_AGE)
+        };
+        let tag = if stale {
+            "STALE"
+        } else if missed {
+            "MISS"
+        } else {
+            "HIT"
+        };
+        let mut r = Response::new(200)
+            .header("Content-Type", format.content_type())
+            .header("Vary", "Accept, Accept-Encoding")
+            .header("ETag", view.etag.clone())
+            .header("Cache-Control", format!("max-age={max_age}"))
+            .header("X-Cache", tag)
+            .log_tag(tag);
+        if stale {
+            let age = found
+                .iter()
+                .map(|(_, s, _)| s.age(now).as_secs())
+                .max()
+                .unwrap_or(0);
+            r = r.header("Age", age.to_string());
+        }
+        if let Some(enc) = coding.header_value() {
+            r = r.header("Content-Encoding", enc);
+        }
+        if etag_matches(req.header("if-none-match"), &view.etag) {
+            return not_modified(r);
+        }
+        r.body(view.body.clone())
+    }
+}
+
+/// Whether the client asks for revalidation (`no-cache`, `max-age=0`).
+fn wants_revalidation(req: &Request) -> bool {
+    req.header_values("cache-control")
+        .chain(req.header_values("pragma"))
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .any(|d| d == "no-cache" || d == "max-age=0")
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| {
+            // A literal `+` stays a plus: media types hold no spaces.
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
+    let level = flate2::Compression::new(6);
+    let out = match coding {
+        Coding::Identity => return body,
+        Coding::Gzip => {
+            // mtime 0 and no file name: the same page gives the same bytes.
+            let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), level);
+            enc.write_all(&body).and_then(|()| enc.finish())
+        }
+        Coding::Deflate => {
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            enc.write_all(&body).and_then(|()| enc.finish())
+        }
+    };
+    // Writing into a Vec cannot fail.
+    out.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revalidation_requests() {
+        let cases = [
+            (vec![], false),
+            (vec![("Cache-Control", "no-cache")], true),
+            (vec![("Cache-Control", "max-age=0")], true),
+            (vec![("Cache-Control", "public, max-age=0")], true),
+            (vec![("Cache-Control", "max-age=600")], false),
+            (vec![("Pragma", "no-cache")], true),
+        ];
+        for (headers, want) in cases {
+            let mut r = Request::new("GET", "/index/x/");
+            for (k, v) in &headers {
+                r = r.with_header(k, v);
+            }
+            assert_eq!(wants_revalidation(&r), want, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn compression_is_deterministic_and_decodes() {
+        use std::io::Read;
+        let body = b"<html>hello hello hello</html>".to_vec();
+        let a = compress(body.clone(), Coding::Gzip);
+        let b = compress(body.clone(), Coding::Gzip);
+        assert_eq!(a, b);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&a[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
+        let d = compress(body.clone(), Coding::Deflate);
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(&d[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
+        assert_eq!(compress(body.clone(), Coding::Identity), body);
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(
+                Some("format=application%2Fvnd.pypi.simple.v1%2Bjson"),
+                "format"
+            )
+            .as_deref(),
+            Some("application/vnd.pypi.simple.v1+json")
+        );
+        assert_eq!(
+            query_param(Some("a=1&format=text/html"), "format").as_deref(),
+            Some("text/html")
+        );
+        assert_eq!(query_param(Some("a=1"), "format"), None);
+        assert_eq!(query_param(None, "format"), None);
+    }
+}

@@ -1,0 +1,186 @@
+//! The home page and `/metrics`, both built from one `Snapshot` of every
+//! counter: the index cache, the file cache and the HTTP server. Each
+//! metric is declared once, with its Prometheus name, type, help text and
+//! the label the home page shows.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use askama::Template;
+
+use super::App;
+use crate::http::Response;
+use crate::pypi::Strategy;
+
+/// Which table of the home page a metric belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Index,
+    File,
+    Server,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One value of the snapshot.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// What the home page calls it.
+    pub label: &'static str,
+    pub section: Section,
+    pub value: u64,
+}
+
+/// Every counter and gauge, read once.
+pub struct Snapshot {
+    pub metrics: Vec<Metric>,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Snapshot {
+    pub fn take(app: &App) -> Snapshot {
+        use Kind::{Counter, Gauge};
+        use Section::{File, Index, Server};
+        let c = &app.pages.stats;
+        let f = &app.files.stats;
+        let s = &app.server;
+        let usage = app.files.usage();
+        let (entries, bytes) = app.pages.usage();
+        let m = |name, kind, section, label, help, value| Metric {
+            name,
+            kind,
+            help,
+            label,
+            section,
+            value,
+        };
+        #[rustfmt::skip]
+        let metrics = vec![
+            m("roxpi_requests_total", Counter, Server, "requests", "requests answered", load(&app.requests)),
+            m("roxpi_http_connections_accepted_total", Counter, Server, "connections accepted", "connections accepted", load(&s.accepted)),
+            m("roxpi_http_accept_errors_total", Counter, Server, "accept errors", "accept errors (EMFILE and others)", load(&s.accept_errors)),
+            m("roxpi_http_shed_total", Counter, Server, "shed at the connection cap", "connections refused with 503 at the connection cap", load(&s.shed)),
+            m("roxpi_http_queue_timeouts_total", Counter, Server, "queue timeouts", "ready connections that waited too long for a worker (503)", load(&s.queue_timeouts)),
+            m("roxpi_http_bad_requests_total", Counter, Server, "bad requests", "malformed or over-limit requests", load(&s.bad_requests)),
+            m("roxpi_http_head_timeouts_total", Counter, Server, "head timeouts", "request heads that did not arrive in time", load(&s.head_timeouts)),
+            m("roxpi_http_handler_panics_total", Counter, Server, "handler panics", "handler panics answered with 500", load(&s.handler_panics)),
+            m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
+            m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
+            m("roxpi_upstream_page_fetch_microseconds_total", Counter, Index, "upstream page fetch time (µs)", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),
+            m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", load(&c.hits)),
+            m("roxpi_index_misses_total", Counter, Index, "misses", "index pages fetched for a request", load(&c.misses)),
+            m("roxpi_index_stale_total", Counter, Index, "stale serves", "stale index pages served", load(&c.stale)),
+            m("roxpi_index_coalesced_total", Counter, Index, "coalesced waiters", "requests that joined a page fetch in flight", load(&c.coalesced)),
+            m("roxpi_upstream_errors_total", Counter, Index, "upstream errors", "failed upstream page fetches", load(&c.upstream_errors)),
+            m("roxpi_index_evictions_total", Counter, Index, "evictions", "index cache evictions", load(&c.evictions)),
+            m("roxpi_index_cache_entries", Gauge, Index, "entries", "entries in the index cache", entries as u64),
+            m("roxpi_index_cache_bytes", Gauge, Index, "bytes", "bytes held by the index cache", bytes),
+            m("roxpi_file_hits_total", Counter, File, "hits", "files served from the cache", load(&f.hits)),
+            m("roxpi_file_misses_total", Counter, File, "misses", "file downloads started", load(&f.misses)),
+            m("roxpi_file_coalesced_total", Counter, File, "coalesced waiters", "requests that joined a download in flight", load(&f.coalesced)),
+            m("roxpi_file_bytes_served_total", Counter, File, "bytes served from cache", "bytes served from cached files", load(&f.bytes_served_from_cache)),
+            m("roxpi_file_bytes_fetched_total", Counter, File, "bytes fetched", "bytes downloaded from upstreams", load(&f.bytes_fetched)),
+            m("roxpi_file_verify_failures_total", Counter, File, "hash/length mismatches", "downloads refused for a length or hash mismatch", load(&f.verify_failures)),
+            m("roxpi_file_write_errors_total", Counter, File, "write errors", "cache write errors (disk full)", load(&f.write_errors)),
+            m("roxpi_file_upstream_failures_total", Counter, File, "upstream failures", "failed file downloads", load(&f.upstream_failures)),
+            m("roxpi_file_open_busy_total", Counter, File, "opens refused (pool full)", "upstream opens refused because the open pool was full", load(&f.busy)),
+            m("roxpi_file_evictions_total", Counter, File, "evictions", "files evicted from the cache", usage.evictions),
+            m("roxpi_file_cache_files", Gauge, File, "files", "files in the cache", usage.files as u64),
+            m("roxpi_file_cache_bytes", Gauge, File, "bytes cached", "bytes of cached files", usage.used),
+            m("roxpi_file_cache_reserved_bytes", Gauge, File, "bytes reserved for downloads", "bytes reserved for downloads in flight", usage.reserved),
+            m("roxpi_file_cache_cap_bytes", Gauge, File, "cap", "the file cache cap", usage.cap),
+        ];
+        Snapshot { metrics }
+    }
+
+    fn rows(&self, section: Section) -> Vec<(&'static str, String)> {
+        self.metrics
+            .iter()
+            .filter(|m| m.section == section)
+            .map(|m| (m.label, m.value.to_string()))
+            .collect()
+    }
+
+    /// Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for m in &self.metrics {
+            let kind = match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {0} {1}\n# TYPE {0} {kind}\n{0} {2}",
+                m.name, m.help, m.value
+            );
+        }
+        out
+    }
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomeHtml<'a> {
+    version: &'a str,
+    indexes: Vec<(String, String, u64)>,
+    strategy: &'a str,
+    offline: bool,
+    stats: Vec<(&'static str, String)>,
+    file_stats: Vec<(&'static str, String)>,
+    server_stats: Vec<(&'static str, String)>,
+}
+
+pub fn home(app: &App) -> Response {
+    let snapshot = Snapshot::take(app);
+    let mut file_stats = vec![(
+        "cache dir",
+        if app.settings.cache_size == 0 {
+            "disabled (ROXPI_CACHE_SIZE=0)".to_owned()
+        } else {
+            app.settings.cache_dir.display().to_string()
+        },
+    )];
+    file_stats.extend(snapshot.rows(Section::File));
+    let page = HomeHtml {
+        version: env!("CARGO_PKG_VERSION"),
+        indexes: app
+            .pages
+            .indexes()
+            .iter()
+            .map(|i| (i.id.to_string(), i.display().to_string(), i.ttl.as_secs()))
+            .collect(),
+        strategy: match app.settings.strategy {
+            Strategy::Merge => "merge",
+            Strategy::FirstIndex => "first-index",
+        },
+        offline: app.settings.offline,
+        stats: snapshot.rows(Section::Index),
+        file_stats,
+        server_stats: snapshot.rows(Section::Server),
+    };
+    match page.render() {
+        Ok(html) => Response::new(200)
+            .header("Content-Type", "text/html; charset=utf-8")
+            .header("Cache-Control", "no-cache")
+            .body(html),
+        Err(e) => Response::text(500, format!("home page failed to render: {e}\n")),
+    }
+}
+
+pub fn metrics(app: &App) -> Response {
+    Response::new(200)
+        .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        .header("Cache-Control", "no-store")
+        .body(Snapshot::take(app).prometheus())
+}

@@ -1,0 +1,164 @@
+//! The responses of the file path: a stored file with its conditional and
+//! range answers, a fresh download, a relayed upstream answer, a redirect
+//! to the upstream. Content types by extension (never a Content-Encoding).
+
+use std::sync::atomic::Ordering;
+
+use url::Url;
+
+use super::error::{FileError, Mismatch};
+use super::verify::VerifiedRead;
+use super::{FileStats, Source};
+use crate::http::conditional::{etag_matches, if_range_allows, parse_range, RangeRequest};
+use crate::http::{Body, FileRange, Method, Request, Response, Stream};
+use crate::origin::{OriginError, Streamed};
+use crate::storage::{Stored, StoredBody};
+
+/// Content-Type of a distribution file (never a Content-Encoding).
+pub fn file_content_type(name: &str, binary: bool) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    if binary || lower.ends_with(".whl") || lower.ends_with(".metadata") {
+        "application/octet-stream"
+    } else if lower.ends_with(".zip") {
+        "application/zip"
+    } else if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
+        "application/x-tar+gzip"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// A 302 to the upstream file (a stalled upstream; proxpi's behaviour).
+pub fn redirect(url: &Url) -> Response {
+    Response::text(302, "the upstream is slow; fetch the file there\n")
+        .header("Location", url.as_str().to_owned())
+        .header("Cache-Control", "no-store")
+        .log_tag("REDIRECT")
+}
+
+/// The head of a file answered from a download (tag: MISS or COALESCED).
+pub fn fresh(content_type: &'static str, tag: &'static str) -> Response {
+    Response::new(200)
+        .header("Content-Type", content_type)
+        .header("X-Cache", tag)
+        .log_tag(tag)
+}
+
+/// A committed file: conditional requests, single ranges, sendfile.
+pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &FileStats) -> Response {
+    let etag = format!("\"{}\"", f.sha256);
+    let last_modified = httpdate::fmt_http_date(f.modified);
+    let headers = |status: u16| {
+        Response::new(status)
+            .header("Content-Type", content_type)
+            .header("ETag", etag.clone())
+            .header("Last-Modified", last_modified.clone())
+            .header("Cache-Control", "public, max-age=31536000, immutable")
+            .header("Accept-Ranges", "bytes")
+            .header("X-Cache", "HIT")
+            .log_tag("HIT")
+    };
+    if etag_matches(req.header("if-none-match"), &etag) {
+        return headers(304);
+    }
+    let range = if if_range_allows(req.header("if-range"), &etag, &last_modified) {
+        parse_range(req.header("range"), f.len)
+    } else {
+        RangeRequest::Full
+    };
+    let (status, offset, len, content_range) = match range {
+        RangeRequest::Full => (200, 0, f.len, None),
+        RangeRequest::Partial(r) => (206, r.start, r.len(), Some(r.content_range(f.len))),
+        RangeRequest::Unsatisfiable => {
+            return headers(416).header("Content-Range", format!("bytes */{}", f.len));
+        }
+    };
+    if *req.method() == Method::Get {
+        stats
+            .bytes_served_from_cache
+            .fetch_add(len, Ordering::Relaxed);
+    }
+    let mut r = headers(status);
+    if let Some(cr) = content_range {
+        r = r.header("Content-Range", cr);
+    }
+    match f.body {
+        StoredBody::Local(file) => r.body(FileRange { file, offset, len }),
+        StoredBody::Remote(source) => match source.open(offset, len) {
+            Ok(reader) => r.body(Body::Stream(Stream {
+                len: Some(len),
+                reader,
+            })),
+            Err(e) => Response::text(502, format!("stored file unreadable: {e}\n"))
+                .header("Retry-After", "10")
+                .log_tag("ERROR"),
+        },
+    }
+}
+
+/// An upstream answer relayed as it is (stream-through, forwarded ranges).
+pub fn relayed(
+    req: &Request,
+    streamed: Streamed,
+    source: &Source,
+    content_type: &'static str,
+) -> Result<Response, FileError> {
+    let mut r = match streamed.status {
+        200 => Response::new(200),
+        206 | 416 => {
+            let mut r = Response::new(streamed.status);
+            if let Some(cr) = &streamed.content_range {
+                r = r.header("Content-Range", cr.clone());
+            }
+            r
+        }
+        s => return Err(OriginError::status(&streamed.final_url, s).into()),
+    };
+    r = r
+        .header("Content-Type", content_type)
+        .header("X-Cache", "MISS")
+        .log_tag("MISS");
+    let len = streamed.content_length;
+    if *req.method() == Method::Head || streamed.status == 416 {
+        return Ok(r.body(Body::Stream(Stream {
+            len: if streamed.status == 416 { Some(0) } else { len },
+            reader: Box::new(std::io::empty()),
+        })));
+    }
+    if streamed.status == 206 {
+        // A part cannot be checked against the whole file's hash.
+        return Ok(r.body(Body::Stream(Stream {
+            len,
+            reader: streamed.body,
+        })));
+    }
+    // A whole file: checked against the index before its last bytes leave.
+    let expected = match (len, source.size) {
+        (Some(got), Some(want)) if got != want => return Err(Mismatch::Length { got, want }.into()),
+        (got, want) => got.or(want),
+    };
+    Ok(r.body(Body::Stream(Stream {
+        len: expected,
+        reader: Box::new(VerifiedRead::new(streamed.body, expected, &source.hashes)),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_types() {
+        let cases = [
+            ("a-1.0-py3-none-any.whl", false, "application/octet-stream"),
+            ("a-1.0.tar.gz", false, "application/x-tar+gzip"),
+            ("a-1.0.zip", false, "application/zip"),
+            ("a-1.0.whl.metadata", false, "application/octet-stream"),
+            ("a-1.0.tar.gz", true, "application/octet-stream"),
+            ("a-1.0.tar.bz2", false, "application/octet-stream"),
+        ];
+        for (f, binary, want) in cases {
+            assert_eq!(file_content_type(f, binary), want, "{f}");
+        }
+    }
+}

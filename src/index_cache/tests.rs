@@ -1,0 +1,307 @@
+//! Unit tests of the index cache against a fake origin and a manual clock.
+use super::*;
+use crate::clock::ManualClock;
+use crate::config::IndexConfig;
+use crate::origin::fake::{Fail, FakeOrigin, PageAnswer};
+use crate::pypi::{FileEntry, Filename, Strategy};
+
+const TTL: Duration = Duration::from_secs(60);
+
+struct Rig {
+    cache: Arc<IndexCache>,
+    origin: Arc<FakeOrigin>,
+    clock: Arc<ManualClock>,
+}
+
+fn rig_with(max_bytes: u64, offline: bool, stale_after: Duration, indexes: usize) -> Rig {
+    let origin = Arc::new(FakeOrigin::default());
+    let clock = Arc::new(ManualClock::default());
+    let indexes = (0..indexes)
+        .map(|i| {
+            Index::new(
+                IndexId(i),
+                &IndexConfig {
+                    url: url::Url::parse(&format!("http://index{i}.invalid/simple/")).unwrap(),
+                    ttl: TTL,
+                },
+            )
+        })
+        .collect();
+    let cache = IndexCache::new(
+        origin.clone(),
+        clock.clone(),
+        indexes,
+        stale_after,
+        offline,
+        max_bytes,
+        None,
+    )
+    .start()
+    .unwrap();
+    Rig {
+        cache,
+        origin,
+        clock,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(64 << 20, false, Duration::from_secs(3), 1)
+}
+
+fn cache(max_bytes: u64) -> Arc<IndexCache> {
+    rig_with(max_bytes, true, Duration::from_secs(1), 1).cache
+}
+
+fn page(files: &[&str]) -> PageAnswer {
+    PageAnswer::Page(ProjectPage {
+        files: files
+            .iter()
+            .map(|f| {
+                FileEntry::new(
+                    Filename::parse(f).unwrap(),
+                    url::Url::parse(&format!("http://files.invalid/{f}")).unwrap(),
+                )
+            })
+            .collect(),
+        ..ProjectPage::default()
+    })
+}
+
+fn files_of(snap: &Snapshot) -> Vec<String> {
+    match &snap.doc {
+        Doc::Page(p) => p.files.iter().map(|f| f.filename.to_string()).collect(),
+        other => panic!("not a page: {other:?}"),
+    }
+}
+
+/// One lookup, waited for.
+fn get(r: &Rig, k: &Key) -> Outcome {
+    r.cache.wait(r.cache.begin(IndexId::ROOT, k, false))
+}
+
+fn key(i: usize) -> Key {
+    Key::Project(ProjectName::parse(&format!("p{i}")).unwrap())
+}
+
+fn view(len: usize) -> Arc<Rendered> {
+    Arc::new(Rendered {
+        sig: vec![1],
+        body: Bytes::from(vec![0u8; len]),
+        etag: "\"e\"".into(),
+    })
+}
+
+#[test]
+fn the_byte_bound_holds_and_least_recently_used_go_first() {
+    // 16 shards × 64 KiB minimum = 1 MiB in all.
+    let c = cache(0);
+    for i in 0..400 {
+        c.store_view(&key(i), PageFormat::Json, Coding::Gzip, view(10_000));
+        // Keep p0 in use: it must survive.
+        assert!(
+            c.view(&key(0), PageFormat::Json, Coding::Gzip, &[1])
+                .is_some(),
+            "p0 evicted at {i}"
+        );
+        let (_, bytes) = c.usage();
+        assert!(
+            bytes <= 16 * 64 * 1024,
+            "{bytes} bytes held after {i} inserts"
+        );
+    }
+    assert!(c.stats.evictions.load(Ordering::Relaxed) > 0);
+    // Recent ones are there, early untouched ones are gone.
+    assert!(c
+        .view(&key(399), PageFormat::Json, Coding::Gzip, &[1])
+        .is_some());
+    let gone = (1..50)
+        .filter(|i| {
+            c.view(&key(*i), PageFormat::Json, Coding::Gzip, &[1])
+                .is_none()
+        })
+        .count();
+    assert!(gone > 40, "only {gone} of the oldest 49 were evicted");
+}
+
+#[test]
+fn views_are_tied_to_their_snapshots() {
+    let c = cache(64 << 20);
+    c.store_view(&key(1), PageFormat::Html, Coding::Identity, view(10));
+    assert!(c
+        .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
+        .is_some());
+    assert!(
+        c.view(&key(1), PageFormat::Html, Coding::Identity, &[2])
+            .is_none(),
+        "another generation"
+    );
+    assert!(
+        c.view(&key(1), PageFormat::Json, Coding::Identity, &[1])
+            .is_none(),
+        "another variant"
+    );
+    c.invalidate(&key(1));
+    assert!(c
+        .view(&key(1), PageFormat::Html, Coding::Identity, &[1])
+        .is_none());
+}
+
+#[test]
+fn offline_without_a_copy_is_an_error_not_a_fetch() {
+    let c = cache(64 << 20);
+    let p = c.begin(IndexId::ROOT, &key(1), false);
+    assert!(p.current().is_none());
+    assert!(matches!(c.wait(p), Err(e) if matches!(*e, OriginError::Offline { .. })));
+}
+
+#[test]
+fn concurrent_misses_make_one_upstream_request() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    r.origin.hold();
+    let pendings: Vec<Pending> = (0..10)
+        .map(|_| r.cache.begin(IndexId::ROOT, &key(1), false))
+        .collect();
+    r.origin.release();
+    for p in pendings {
+        let (snap, fresh) = r.cache.wait(p).unwrap();
+        assert_eq!(fresh, Freshness::Miss);
+        assert_eq!(files_of(&snap), ["a-1.0.tar.gz"]);
+    }
+    assert_eq!(r.origin.count("page p1"), 1);
+    assert_eq!(r.cache.stats.coalesced.load(Ordering::Relaxed), 9);
+}
+
+#[test]
+fn ttl_expiry_refetches_without_sleeping() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    assert_eq!(get(&r, &key(1)).unwrap().1, Freshness::Miss);
+    r.clock.advance(TTL - Duration::from_secs(1));
+    assert_eq!(get(&r, &key(1)).unwrap().1, Freshness::Hit);
+    assert_eq!(r.origin.count("page p1"), 1, "fresh: no upstream request");
+    r.origin.set_page("p1", page(&["a-2.0.tar.gz"]));
+    r.clock.advance(Duration::from_secs(2));
+    let (snap, fresh) = get(&r, &key(1)).unwrap();
+    assert_eq!(fresh, Freshness::Miss);
+    assert_eq!(files_of(&snap), ["a-2.0.tar.gz"]);
+    assert_eq!(r.origin.count("page p1"), 2);
+}
+
+#[test]
+fn a_failed_refresh_serves_the_stale_copy_then_rests() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    get(&r, &key(1)).unwrap();
+    r.clock.advance(TTL + Duration::from_secs(1));
+    for fail in [
+        Fail::Timeout,
+        Fail::Refused,
+        Fail::Status(503),
+        Fail::Garbage,
+    ] {
+        r.origin.set_page("p1", PageAnswer::Fail(fail));
+        let before = r.origin.count("page p1");
+        let (snap, fresh) = get(&r, &key(1)).unwrap();
+        assert_eq!(fresh, Freshness::Stale, "{fail:?}");
+        assert_eq!(files_of(&snap), ["a-1.0.tar.gz"]);
+        assert_eq!(r.origin.count("page p1"), before + 1, "{fail:?}");
+        // Resting: the next request is stale at once, no upstream request.
+        assert_eq!(get(&r, &key(1)).unwrap().1, Freshness::Stale);
+        assert_eq!(r.origin.count("page p1"), before + 1, "{fail:?} rests");
+        r.clock.advance(FAILURE_REST + Duration::from_secs(1));
+    }
+    r.origin.set_page("p1", page(&["a-3.0.tar.gz"]));
+    let (snap, fresh) = get(&r, &key(1)).unwrap();
+    assert_eq!(fresh, Freshness::Miss);
+    assert_eq!(files_of(&snap), ["a-3.0.tar.gz"]);
+}
+
+#[test]
+fn a_slow_origin_gets_the_stale_copy_served_while_it_refreshes() {
+    let r = rig_with(64 << 20, false, Duration::ZERO, 1);
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    get(&r, &key(1)).unwrap();
+    r.clock.advance(TTL * 2);
+    r.origin.set_page("p1", page(&["a-2.0.tar.gz"]));
+    r.origin.hold();
+    let p = r.cache.begin(IndexId::ROOT, &key(1), false);
+    let flight = p.flight.clone().expect("a refresh started");
+    let (snap, fresh) = r.cache.wait(p).unwrap();
+    assert_eq!(fresh, Freshness::Stale, "served without waiting");
+    assert_eq!(files_of(&snap), ["a-1.0.tar.gz"]);
+    r.origin.release();
+    // The refresh finishes on its own; the next request sees it.
+    assert!(flight.wait(Duration::from_secs(10)).is_some());
+    let (snap, fresh) = get(&r, &key(1)).unwrap();
+    assert_eq!(fresh, Freshness::Hit);
+    assert_eq!(files_of(&snap), ["a-2.0.tar.gz"]);
+    assert_eq!(r.origin.count("page p1"), 2);
+}
+
+#[test]
+fn a_first_fetch_that_fails_is_the_typed_error() {
+    let r = rig();
+    for (fail, timeout) in [(Fail::Timeout, true), (Fail::Refused, false)] {
+        r.origin.set_page("p9", PageAnswer::Fail(fail));
+        let e = get(&r, &key(9)).unwrap_err();
+        assert_eq!(matches!(*e, OriginError::Timeout { .. }), timeout, "{e}");
+        r.clock.advance(FAILURE_REST + Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn not_found_is_kept_briefly() {
+    let r = rig();
+    r.origin.set_page("p2", PageAnswer::NotFound);
+    assert!(matches!(get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
+    assert!(matches!(get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
+    assert_eq!(r.origin.count("page p2"), 1);
+    r.origin.set_page("p2", page(&["p2-1.0.tar.gz"]));
+    r.clock
+        .advance(NEGATIVE_TTL.min(TTL) + Duration::from_secs(1));
+    assert_eq!(files_of(&get(&r, &key(2)).unwrap().0), ["p2-1.0.tar.gz"]);
+}
+
+#[test]
+fn forced_refresh_at_most_once_per_interval() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    get(&r, &key(1)).unwrap();
+    let forced = |r: &Rig| r.cache.wait(r.cache.begin(IndexId::ROOT, &key(1), true));
+    assert_eq!(forced(&r).unwrap().1, Freshness::Miss);
+    assert_eq!(forced(&r).unwrap().1, Freshness::Hit, "within the interval");
+    assert_eq!(r.origin.count("page p1"), 2);
+    r.clock.advance(FORCE_INTERVAL);
+    assert_eq!(forced(&r).unwrap().1, Freshness::Miss);
+    assert_eq!(r.origin.count("page p1"), 3);
+}
+
+#[test]
+fn resolve_merges_or_takes_the_first_index() {
+    let r = rig_with(64 << 20, false, Duration::from_secs(3), 2);
+    // The fake answers every index alike; the strategies differ in how
+    // many they ask and keep.
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    let k = key(1);
+    match r.cache.resolve(&k, Strategy::Merge, false, false) {
+        Resolved::Found(f) => assert_eq!(f.len(), 2),
+        _ => panic!("merge finds both"),
+    }
+    r.clock.advance(TTL * 2);
+    match r.cache.resolve(&k, Strategy::FirstIndex, false, false) {
+        Resolved::Found(f) => assert_eq!(f.iter().map(|x| x.0).collect::<Vec<_>>(), [IndexId(0)]),
+        _ => panic!("first-index finds the root"),
+    }
+    r.origin.set_page("p3", PageAnswer::Fail(Fail::Status(500)));
+    assert!(matches!(
+        r.cache.resolve(&key(3), Strategy::FirstIndex, false, false),
+        Resolved::Failed(_)
+    ));
+    r.origin.set_page("p4", PageAnswer::NotFound);
+    assert!(matches!(
+        r.cache.resolve(&key(4), Strategy::Merge, false, false),
+        Resolved::NotFound
+    ));
+}
