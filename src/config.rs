@@ -114,8 +114,11 @@ pub struct Cli {
     pub log_format: String,
 }
 
-/// `ROXPI_*` variables and their aliases, in order of precedence.
-pub const ALIASES: &[(&str, &[&str])] = &[
+/// Every `ROXPI_*` variable with its aliases (proxpi's `PROXPI_*`, then
+/// groxpi's `GROXPI_*`), in order of precedence: the one table that alias
+/// resolution, the empty-means-unset rule and `--help` are derived from.
+pub const SETTINGS: &[(&str, &[&str])] = &[
+    ("ROXPI_BIND", &[]),
     ("ROXPI_INDEX_URL", &["PROXPI_INDEX_URL", "GROXPI_INDEX_URL"]),
     ("ROXPI_INDEX_TTL", &["PROXPI_INDEX_TTL", "GROXPI_INDEX_TTL"]),
     (
@@ -130,6 +133,9 @@ pub const ALIASES: &[(&str, &[&str])] = &[
             "GROXPI_EXTRA_INDEX_TTLS",
         ],
     ),
+    ("ROXPI_INDEX_STRATEGY", &[]),
+    ("ROXPI_STALE_AFTER", &[]),
+    ("ROXPI_INDEX_CACHE_SIZE", &[]),
     (
         "ROXPI_CONNECT_TIMEOUT",
         &["PROXPI_CONNECT_TIMEOUT", "GROXPI_CONNECT_TIMEOUT"],
@@ -143,12 +149,18 @@ pub const ALIASES: &[(&str, &[&str])] = &[
         &["PROXPI_DOWNLOAD_TIMEOUT", "GROXPI_DOWNLOAD_TIMEOUT"],
     ),
     (
+        "ROXPI_CACHE_SIZE",
+        &["PROXPI_CACHE_SIZE", "GROXPI_CACHE_SIZE"],
+    ),
+    ("ROXPI_CACHE_DIR", &["PROXPI_CACHE_DIR", "GROXPI_CACHE_DIR"]),
+    (
         "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
         &[
             "PROXPI_DISABLE_INDEX_SSL_VERIFICATION",
             "GROXPI_DISABLE_INDEX_SSL_VERIFICATION",
         ],
     ),
+    ("ROXPI_CA_FILE", &[]),
     (
         "ROXPI_BINARY_FILE_MIME_TYPE",
         &[
@@ -156,16 +168,13 @@ pub const ALIASES: &[(&str, &[&str])] = &[
             "GROXPI_BINARY_FILE_MIME_TYPE",
         ],
     ),
+    ("ROXPI_OFFLINE", &[]),
+    ("ROXPI_WORKERS", &[]),
     (
         "ROXPI_LOG",
         &["PROXPI_LOGGING_LEVEL", "GROXPI_LOGGING_LEVEL"],
     ),
     ("ROXPI_LOG_FORMAT", &["GROXPI_LOG_FORMAT"]),
-    (
-        "ROXPI_CACHE_SIZE",
-        &["PROXPI_CACHE_SIZE", "GROXPI_CACHE_SIZE"],
-    ),
-    ("ROXPI_CACHE_DIR", &["PROXPI_CACHE_DIR", "GROXPI_CACHE_DIR"]),
 ];
 
 /// Which value each `ROXPI_*` variable should take from the environment
@@ -175,24 +184,34 @@ pub fn resolve_aliases(
     get: impl Fn(&str) -> Option<String>,
 ) -> Vec<(&'static str, Option<String>)> {
     let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-    let mut out = Vec::new();
-    for (name, aliases) in ALIASES {
-        let value = nonempty(name).or_else(|| aliases.iter().find_map(|a| nonempty(a)));
-        out.push((*name, value));
-    }
-    // Variables without aliases: only the empty = unset rule.
-    for name in [
-        "ROXPI_BIND",
-        "ROXPI_INDEX_STRATEGY",
-        "ROXPI_STALE_AFTER",
-        "ROXPI_INDEX_CACHE_SIZE",
-        "ROXPI_CA_FILE",
-        "ROXPI_OFFLINE",
-        "ROXPI_WORKERS",
-    ] {
-        out.push((name, nonempty(name)));
+    SETTINGS
+        .iter()
+        .map(|(name, aliases)| {
+            let value = nonempty(name).or_else(|| aliases.iter().find_map(|a| nonempty(a)));
+            (*name, value)
+        })
+        .collect()
+}
+
+/// The alias list for `--help`, from `SETTINGS`.
+pub fn alias_help() -> String {
+    let mut out = String::from(
+        "Aliases: proxpi's PROXPI_* and groxpi's GROXPI_* variable names are \
+         accepted (the ROXPI_* name wins; empty variables count as unset):\n",
+    );
+    for (name, aliases) in SETTINGS.iter().filter(|(_, a)| !a.is_empty()) {
+        out.push_str(&format!("  {name}: {}\n", aliases.join(", ")));
     }
     out
+}
+
+impl Cli {
+    /// Parses the command line, with the alias list in `--help`.
+    pub fn parse_args() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().after_help(alias_help()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// Applies `resolve_aliases` to the process environment. Call before any
@@ -631,6 +650,59 @@ mod tests {
         assert_eq!(s.index_cache_size, 64 << 20);
         assert_eq!(s.download_timeout, Duration::from_millis(900));
         assert!(!s.offline);
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_setting_has_its_variable_and_documented_aliases() {
+        let envs: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let table: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+        for e in &envs {
+            assert!(e.starts_with("ROXPI_"), "{e}");
+            assert!(table.contains(&e.as_str()), "{e} missing from SETTINGS");
+        }
+        for n in &table {
+            assert!(envs.iter().any(|e| e == n), "{n} has no flag");
+        }
+        // proxpi's settings (its README) and groxpi's shared ones.
+        let proxpi = [
+            "PROXPI_INDEX_URL",
+            "PROXPI_INDEX_TTL",
+            "PROXPI_EXTRA_INDEX_URLS",
+            "PROXPI_EXTRA_INDEX_TTLS",
+            "PROXPI_EXTRA_INDEX_TTL",
+            "PROXPI_CACHE_SIZE",
+            "PROXPI_CACHE_DIR",
+            "PROXPI_DOWNLOAD_TIMEOUT",
+            "PROXPI_CONNECT_TIMEOUT",
+            "PROXPI_READ_TIMEOUT",
+            "PROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+            "PROXPI_BINARY_FILE_MIME_TYPE",
+            "PROXPI_LOGGING_LEVEL",
+        ];
+        let all: Vec<&str> = SETTINGS
+            .iter()
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        for p in proxpi {
+            assert!(all.contains(&p), "{p} is not accepted");
+            let g = p.replacen("PROXPI_", "GROXPI_", 1);
+            if p != "PROXPI_EXTRA_INDEX_TTL" {
+                assert!(all.contains(&g.as_str()), "{g} is not accepted");
+            }
+        }
+        let help = alias_help();
+        for a in all {
+            assert!(help.contains(a), "{a} not in --help");
+        }
     }
 }
 

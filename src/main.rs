@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use roxpi::config::{Cli, Settings};
@@ -27,7 +26,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     roxpi::config::apply_env_aliases();
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let config = Settings::from_cli(&cli)?;
     let _log = roxpi::logging::start(&config.log_spec, config.log_json)
         .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", cli.log))?;

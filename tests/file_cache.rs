@@ -810,3 +810,75 @@ fn a_length_that_disagrees_with_the_index_is_refused() {
         assert_eq!(count_files(&dir.path().join("tmp")), 0);
     });
 }
+
+/// Threads of a process, from /proc.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The bound stated in the README: 1 accept + 1 poller + 32 workers + 32
+/// page fetchers + 64 downloaders + 16 openers + logging and signal
+/// threads. Transfer threads start only for bodies above 256 KiB.
+const THREAD_BOUND: usize = 160;
+
+#[test]
+fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
+    within(LIMIT, || {
+        let f = fake(&[2000; 500]);
+        // A stalled upstream: every open outlives the 0.9 s the client
+        // waits before its redirect (a thread per request would pile up).
+        f.set_file_delay(Duration::from_secs(2));
+        let dir = tempfile::tempdir().unwrap();
+        let r = start(&f, &dir.path().join("c"), &[("ROXPI_CACHE_SIZE", "0")]);
+        assert_eq!(r.get("/index/big/", &[]).status, 200);
+        let pid = r.server.pid();
+        let done = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let (done, max) = (done.clone(), max.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    max.fetch_max(thread_count(pid) as u64, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let addr = r.addr();
+        let clients: Vec<_> = (0..500)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let got = request(addr, "GET", &format!("/index/big/{}", wheel(i)), &[]);
+                    (i, got)
+                })
+            })
+            .collect();
+        let (mut ok, mut redirected) = (0, 0);
+        for c in clients {
+            let (i, got) = c.join().unwrap();
+            match got.status {
+                200 => {
+                    assert_eq!(got.body, f.file("root", "big", &wheel(i)).bytes, "{i}");
+                    ok += 1;
+                }
+                // A full open pool sends the client to the upstream; a
+                // full worker queue sheds with a 503 (never a hang).
+                302 => {
+                    assert!(got.header("location").is_some());
+                    redirected += 1;
+                }
+                503 => assert!(got.header("retry-after").is_some()),
+                s => panic!("file {i}: {s} {}", String::from_utf8_lossy(&got.body)),
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        sampler.join().unwrap();
+        let max = max.load(Ordering::Relaxed) as usize;
+        eprintln!(
+            "500 distinct misses: {ok} streamed, {redirected} redirected, peak {max} threads"
+        );
+        assert!(redirected > 0, "the stalled upstream sends clients there");
+        assert!(max > 0 && max <= THREAD_BOUND, "peak {max} threads");
+    });
+}

@@ -44,6 +44,10 @@ fn help_lists_the_settings() {
             "--workers",
             "ROXPI_WORKERS",
             "ROXPI_LOG",
+            // A proxpi user reading --help sees that their names work.
+            "PROXPI_INDEX_URL",
+            "PROXPI_CACHE_SIZE",
+            "GROXPI_LOG_FORMAT",
         ] {
             assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
         }

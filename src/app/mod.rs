@@ -54,25 +54,30 @@ impl App {
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<App> {
+        let files = Files::open(
+            files_config(&settings),
+            &settings.cache_dir,
+            settings.cache_size,
+            Arc::clone(&origin),
+            Arc::clone(&clock),
+        )?;
+        App::assemble(settings, files, origin, server, clock)
+    }
+
+    /// The app around a ready `Files` (tests give it their own storage).
+    pub(crate) fn assemble(
+        settings: Settings,
+        files: Files,
+        origin: Arc<dyn Origin>,
+        server: Arc<crate::http::Stats>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<App> {
         let indexes: Vec<Index> = settings
             .indexes
             .iter()
             .enumerate()
             .map(|(i, c)| Index::new(IndexId(i), c))
             .collect();
-        let files = Files::open(
-            FilesConfig {
-                download_timeout: settings.download_timeout,
-                offline: settings.offline,
-                binary_file_mime_type: settings.binary_file_mime_type,
-                download_threads: crate::files::download::DOWNLOAD_THREADS,
-                open_threads: OPEN_THREADS,
-            },
-            &settings.cache_dir,
-            settings.cache_size,
-            Arc::clone(&origin),
-            Arc::clone(&clock),
-        )?;
         // Pages are saved next to the files they list (the dir is locked).
         let saved = if settings.cache_size == 0 {
             None
@@ -141,6 +146,17 @@ impl App {
             Route::NotFound => Response::text(404, "not found\n"),
             Route::BadRequest(reason) => Response::text(400, format!("{reason}\n")),
         }
+    }
+}
+
+/// How files are served, from the settings.
+pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
+    FilesConfig {
+        download_timeout: settings.download_timeout,
+        offline: settings.offline,
+        binary_file_mime_type: settings.binary_file_mime_type,
+        download_threads: crate::files::download::DOWNLOAD_THREADS,
+        open_threads: OPEN_THREADS,
     }
 }
 

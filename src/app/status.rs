@@ -184,3 +184,70 @@ pub fn metrics(app: &App) -> Response {
         .header("Cache-Control", "no-store")
         .body(Snapshot::take(app).prometheus())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use clap::Parser;
+
+    use crate::app::App;
+    use crate::config::{Cli, Settings};
+    use crate::http::{Body, Request};
+    use crate::origin::fake::FakeOrigin;
+
+    fn text(r: crate::http::Response) -> String {
+        match r.into_body() {
+            Body::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+            _ => panic!("a bytes body"),
+        }
+    }
+
+    #[test]
+    fn home_and_metrics_show_the_same_counters_server_ones_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = Cli::parse_from([
+            "roxpi",
+            "--index-url",
+            "http://index.invalid/simple/",
+            "--cache-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        let server = Arc::new(crate::http::Stats::default());
+        let app = App::new(
+            Settings::from_cli(&cli).unwrap(),
+            Arc::new(FakeOrigin::default()),
+            Arc::clone(&server),
+        )
+        .unwrap();
+        server.shed.store(3, Ordering::Relaxed);
+        server.queue_timeouts.store(4, Ordering::Relaxed);
+        server.handler_panics.store(5, Ordering::Relaxed);
+        server.aborted.store(6, Ordering::Relaxed);
+        let metrics = text(app.handle(&Request::new("GET", "/metrics")));
+        let home = text(app.handle(&Request::new("GET", "/")));
+        for (name, label, v) in [
+            ("roxpi_http_shed_total", "shed at the connection cap", 3),
+            ("roxpi_http_queue_timeouts_total", "queue timeouts", 4),
+            ("roxpi_http_handler_panics_total", "handler panics", 5),
+            ("roxpi_http_aborted_total", "aborted responses", 6),
+        ] {
+            assert!(
+                metrics.contains(&format!("\n{name} {v}\n")),
+                "{name}:\n{metrics}"
+            );
+            assert!(home.contains(&format!("{label}</td><td>{v}<")), "{label}");
+        }
+        // Every metric is on both, under its name and its label.
+        let snap = super::Snapshot::take(&app);
+        for m in &snap.metrics {
+            assert!(
+                metrics.contains(&format!("# TYPE {} ", m.name)),
+                "{}",
+                m.name
+            );
+            assert!(home.contains(m.label), "{}", m.label);
+        }
+    }
+}

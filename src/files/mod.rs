@@ -120,7 +120,7 @@ impl Files {
             )?),
             None => None,
         };
-        let opener = Opener::start(Arc::clone(&origin), config.open_threads)?;
+        let opener = Opener::start(config.open_threads)?;
         Ok(Files {
             config,
             origin,
@@ -281,21 +281,88 @@ impl Files {
             FIRST_BYTE_WAIT
         };
         let range = req.header("range").map(str::to_owned);
-        let streamed = match self.opener.open(&source.index, &source.url, range, wait) {
-            Opened::Ready(r) => r?,
-            Opened::Late if can_redirect => return Ok(serve::redirect(&source.url)),
-            Opened::Late => return Err(crate::origin::OriginError::timeout(&source.url).into()),
-            Opened::Busy => {
-                self.stats.busy.fetch_add(1, Ordering::Relaxed);
-                if can_redirect {
-                    return Ok(serve::redirect(&source.url));
-                }
-                return Err(FileError::Busy);
-            }
+        let small = source.size.is_some_and(|s| s <= SMALL_FILE);
+        if small && range.is_none() && *req.method() == Method::Get {
+            // Fetched whole and verified on the pool: a clean 502 on a
+            // mismatch, and no thread holds the client afterwards.
+            let (origin, source2) = (Arc::clone(&self.origin), source.clone());
+            let fetched = self
+                .opener
+                .run(wait, move || fetch_whole(&*origin, &source2));
+            return match self.settled(fetched, can_redirect, &source.url) {
+                Ok(bytes) => Ok(serve::fresh(content_type, "MISS").body(bytes?)),
+                Err(Settle::Answer(r)) => Ok(r),
+                Err(Settle::Fail(e)) => Err(e),
+            };
+        }
+        let (origin, source2) = (Arc::clone(&self.origin), source.clone());
+        let opened = self.opener.run(wait, move || {
+            origin.open_file(&source2.index, &source2.url, range.as_deref())
+        });
+        let streamed = match self.settled(opened, can_redirect, &source.url) {
+            Ok(streamed) => streamed?,
+            Err(Settle::Answer(r)) => return Ok(r),
+            Err(Settle::Fail(e)) => return Err(e),
         };
         serve::relayed(req, streamed, source, content_type)
     }
+
+    /// The result of pool work, or what to answer when it is late or the
+    /// pool is full (`Err(Ok(response))` = answer this instead).
+    fn settled<T>(&self, opened: Opened<T>, can_redirect: bool, url: &Url) -> Result<T, Settle> {
+        match opened {
+            Opened::Ready(r) => Ok(r),
+            Opened::Late if can_redirect => Err(Settle::Answer(serve::redirect(url))),
+            Opened::Late => Err(Settle::Fail(
+                crate::origin::OriginError::timeout(url).into(),
+            )),
+            Opened::Busy => {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                if can_redirect {
+                    Err(Settle::Answer(serve::redirect(url)))
+                } else {
+                    Err(Settle::Fail(FileError::Busy))
+                }
+            }
+        }
+    }
+}
+
+/// Pool work that did not settle: answer with this instead.
+enum Settle {
+    Answer(Response),
+    Fail(FileError),
+}
+
+/// Downloads a small file whole into memory, verified.
+fn fetch_whole(origin: &dyn Origin, source: &Source) -> Result<bytes::Bytes, FileError> {
+    use std::io::Read;
+    let streamed = origin.open_file(&source.index, &source.url, None)?;
+    if streamed.status != 200 {
+        return Err(
+            crate::origin::OriginError::status(&streamed.final_url, streamed.status).into(),
+        );
+    }
+    let expected = match (streamed.content_length, source.size) {
+        (Some(got), Some(want)) if got != want => return Err(Mismatch::Length { got, want }.into()),
+        (got, want) => got.or(want),
+    };
+    let mut body = Vec::new();
+    let limit = SMALL_FILE + 1;
+    verify::VerifiedRead::new(streamed.body.take(limit), expected, &source.hashes)
+        .read_to_end(&mut body)
+        .map_err(|e| {
+            let url = &streamed.final_url;
+            if let Some(m) = e.get_ref().and_then(|i| i.downcast_ref::<Mismatch>()) {
+                return FileError::Verify(m.clone());
+            }
+            match e.kind() {
+                std::io::ErrorKind::TimedOut => crate::origin::OriginError::timeout(url).into(),
+                _ => crate::origin::OriginError::body(url, e.to_string()).into(),
+            }
+        })?;
+    Ok(body.into())
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -149,6 +149,10 @@ impl Response {
         &self.body
     }
 
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
     pub(crate) fn take_log_tag(&self) -> Option<&'static str> {
         self.log_tag
     }
