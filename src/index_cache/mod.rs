@@ -17,7 +17,7 @@
 //! an upstream request, a render, or a thread spawn. A flight's mutex is
 //! taken only after the shard lock is released.
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,10 +30,12 @@ use lru::LruCache;
 use crate::clock::Clock;
 use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch};
 use crate::persist::PageStore;
-use crate::pypi::{Coding, PageFormat, ProjectName, ProjectPage};
+use crate::pypi::{ProjectName, ProjectPage};
 
 mod resolve;
+mod store;
 pub use resolve::Resolved;
+use store::{estimate, shard_of, Shard, SlotKey};
 
 const SHARDS: usize = 16;
 /// Threads fetching pages from upstreams. Misses beyond that many distinct
@@ -149,31 +151,6 @@ struct Entry {
     disk_checked: bool,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum SlotKey {
-    Doc(usize, Key),
-    View(Key, PageFormat, Coding),
-}
-
-enum Slot {
-    Doc(Entry),
-    View(Arc<Rendered>),
-}
-
-impl Slot {
-    fn bytes(&self) -> u64 {
-        match self {
-            Slot::Doc(e) => e.snap.as_ref().map_or(0, |s| s.bytes) + 128,
-            Slot::View(v) => v.body.len() as u64 + v.etag.len() as u64 + 128,
-        }
-    }
-}
-
-struct Shard {
-    map: LruCache<SlotKey, Slot>,
-    bytes: u64,
-}
-
 /// Counters for the home page and metrics.
 #[derive(Default, Debug)]
 pub struct CacheStats {
@@ -239,14 +216,6 @@ pub enum Freshness {
 }
 
 pub type Outcome = Result<(Arc<Snapshot>, Freshness), Arc<OriginError>>;
-
-fn shard_of(key: &SlotKey) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match key {
-        SlotKey::Doc(_, k) | SlotKey::View(k, _, _) => k.hash(&mut h),
-    }
-    (h.finish() as usize) % SHARDS
-}
 
 impl IndexCache {
     pub fn new(
@@ -557,142 +526,6 @@ impl IndexCache {
             self.evict(&mut shard);
         }
         flight.complete(result);
-    }
-
-    /// Runs `f` on the doc entry for `key` (created if absent), keeping the
-    /// shard's byte count right.
-    fn update<R>(&self, shard: &mut Shard, key: &SlotKey, f: impl FnOnce(&mut Entry) -> R) -> R {
-        // The key is cloned only when the entry is new (the warm path
-        // allocates nothing here).
-        if shard.map.get_mut(key).is_none() {
-            shard.map.put(key.clone(), Slot::Doc(Entry::default()));
-            shard.bytes += Slot::Doc(Entry::default()).bytes();
-        }
-        let Some(slot) = shard.map.peek_mut(key) else {
-            // Just inserted under the same lock.
-            return f(&mut Entry::default());
-        };
-        let old = slot.bytes();
-        if let Slot::View(_) = slot {
-            // Doc keys only ever hold doc slots; repair rather than panic.
-            *slot = Slot::Doc(Entry::default());
-        }
-        let r = match slot {
-            Slot::Doc(entry) => f(entry),
-            Slot::View(_) => f(&mut Entry::default()),
-        };
-        let new = slot.bytes();
-        shard.bytes = shard.bytes.saturating_sub(old) + new;
-        r
-    }
-
-    /// Evicts least recently used slots beyond the shard's cap, skipping
-    /// entries with a fetch in flight (their waiters need them).
-    fn evict(&self, shard: &mut Shard) {
-        let mut busy = Vec::new();
-        while shard.bytes > self.shard_cap {
-            let Some((k, slot)) = shard.map.pop_lru() else {
-                break;
-            };
-            if matches!(&slot, Slot::Doc(e) if e.flight.is_some()) {
-                busy.push((k, slot));
-                continue;
-            }
-            shard.bytes = shard.bytes.saturating_sub(slot.bytes());
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-        }
-        for (k, slot) in busy {
-            shard.map.put(k, slot);
-        }
-    }
-
-    /// A cached rendered variant built from exactly `sig`'s snapshots.
-    pub fn view(
-        &self,
-        key: &Key,
-        format: PageFormat,
-        coding: Coding,
-        sig: &[u64],
-    ) -> Option<Arc<Rendered>> {
-        let slot_key = SlotKey::View(key.clone(), format, coding);
-        let mut shard = self.lock(shard_of(&slot_key));
-        match shard.map.get(&slot_key) {
-            Some(Slot::View(v)) if v.sig == sig => Some(Arc::clone(v)),
-            _ => None,
-        }
-    }
-
-    pub fn store_view(&self, key: &Key, format: PageFormat, coding: Coding, view: Arc<Rendered>) {
-        let slot_key = SlotKey::View(key.clone(), format, coding);
-        let mut shard = self.lock(shard_of(&slot_key));
-        let slot = Slot::View(view);
-        let new = slot.bytes();
-        let old = shard.map.put(slot_key, slot).map_or(0, |s| s.bytes());
-        shard.bytes = shard.bytes.saturating_sub(old) + new;
-        self.evict(&mut shard);
-    }
-
-    /// Drops every cached answer (and view) for `key` in every index.
-    pub fn invalidate(&self, key: &Key) {
-        let probe = SlotKey::View(key.clone(), PageFormat::Html, Coding::Identity);
-        let mut shard = self.lock(shard_of(&probe));
-        let doomed: Vec<SlotKey> = shard
-            .map
-            .iter()
-            .filter(|(k, _)| match k {
-                SlotKey::Doc(_, k2) | SlotKey::View(k2, _, _) => k2 == key,
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in doomed {
-            // A running fetch keeps its entry so that waiters stay joined;
-            // only its cached copy goes.
-            let old = shard.map.peek(&k).map_or(0, Slot::bytes);
-            match shard.map.peek_mut(&k) {
-                Some(Slot::Doc(e)) if e.flight.is_some() => {
-                    e.snap = None;
-                    e.rest_until = None;
-                    let new = shard.map.peek(&k).map_or(0, Slot::bytes);
-                    shard.bytes = shard.bytes.saturating_sub(old) + new;
-                }
-                _ => {
-                    if let Some(slot) = shard.map.pop(&k) {
-                        shard.bytes = shard.bytes.saturating_sub(slot.bytes());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Entries and bytes held (for the home page).
-    pub fn usage(&self) -> (usize, u64) {
-        (0..SHARDS).fold((0, 0), |(n, b), i| {
-            let s = self.lock(i);
-            (n + s.map.len(), b + s.bytes)
-        })
-    }
-}
-
-/// A rough size of a cached answer.
-fn estimate(doc: &Doc) -> u64 {
-    match doc {
-        Doc::Missing => 0,
-        Doc::List(names) => names.iter().map(|n| n.as_str().len() as u64 + 32).sum(),
-        Doc::Page(p) => {
-            p.files
-                .iter()
-                .map(|f| {
-                    (f.filename.as_str().len() + f.url.as_str().len() + 200) as u64
-                        + f.hashes
-                            .iter()
-                            .map(|(k, v)| (k.len() + v.len() + 48) as u64)
-                            .sum::<u64>()
-                })
-                .sum::<u64>()
-                + p.versions
-                    .as_ref()
-                    .map_or(0, |v| v.iter().map(|s| s.len() as u64 + 32).sum())
-        }
     }
 }
 

@@ -3,7 +3,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::config::IndexConfig;
 use crate::origin::fake::{Fail, FakeOrigin, PageAnswer};
-use crate::pypi::{FileEntry, Filename, Strategy};
+use crate::pypi::{Coding, FileEntry, Filename, PageFormat, Strategy};
 
 const TTL: Duration = Duration::from_secs(60);
 

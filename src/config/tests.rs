@@ -1,0 +1,243 @@
+//! Tests of the settings: sizes, durations, aliases, errors that name the setting.
+#[cfg(test)]
+mod settings {
+    use super::super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("0", Some(0)),
+            ("5368709120", Some(5 << 30)),
+            ("5G", Some(5 << 30)),
+            ("500M", Some(500 << 20)),
+            ("64MiB", Some(64 << 20)),
+            ("1k", Some(1024)),
+            ("1.5G", Some(3 << 29)),
+            (" 2 G ", Some(2 << 30)),
+            ("5X", None),
+            ("", None),
+            ("-1", None),
+            ("G", None),
+            ("99999999999999999999G", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_size(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn seconds_and_bools() {
+        assert_eq!(parse_seconds("0.9"), Some(Duration::from_millis(900)));
+        assert_eq!(parse_seconds("1800"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("abc"), None);
+        assert_eq!(parse_seconds("inf"), None);
+        for t in ["1", "true", "TRUE", "Yes", "on"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["0", "false", "False", "no", "OFF", ""] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn log_levels() {
+        let cases = [
+            ("WARNING", "warn"),
+            ("CRITICAL", "error"),
+            ("20", "info"),
+            ("10", "info,roxpi=debug"),
+            ("debug", "info,roxpi=debug"),
+            ("info", "info"),
+            ("info,roxpi::access=warn", "info,roxpi::access=warn"),
+        ];
+        for (s, want) in cases {
+            assert_eq!(translate_log_level(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn index_urls() {
+        assert_eq!(
+            parse_index_url("https://pypi.org/simple").unwrap().as_str(),
+            "https://pypi.org/simple/"
+        );
+        assert_eq!(
+            parse_index_url("http://h:8080/").unwrap().as_str(),
+            "http://h:8080/"
+        );
+        assert!(parse_index_url("ftp://h/simple/").is_err());
+        assert!(parse_index_url("not a url").is_err());
+        assert!(parse_index_url("https://h/simple/?x=1").is_err());
+        let with_creds = parse_index_url("https://user:secret@h/simple/").unwrap();
+        assert_eq!(with_creds.password(), Some("secret"));
+    }
+
+    #[test]
+    fn aliases_and_empty_values() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("PROXPI_INDEX_URL", "http://proxpi/simple/"),
+            ("ROXPI_INDEX_TTL", ""),
+            ("PROXPI_INDEX_TTL", "60"),
+            ("ROXPI_CACHE_SIZE", "1G"),
+            ("PROXPI_CACHE_SIZE", "2G"),
+            ("PROXPI_EXTRA_INDEX_TTL", "30"),
+            ("GROXPI_LOGGING_LEVEL", "DEBUG"),
+            ("ROXPI_BIND", ""),
+        ]);
+        let resolved: HashMap<&str, Option<String>> =
+            resolve_aliases(|n| env.get(n).map(|v| v.to_string()))
+                .into_iter()
+                .collect();
+        assert_eq!(
+            resolved["ROXPI_INDEX_URL"].as_deref(),
+            Some("http://proxpi/simple/")
+        );
+        assert_eq!(resolved["ROXPI_INDEX_TTL"].as_deref(), Some("60"));
+        assert_eq!(
+            resolved["ROXPI_CACHE_SIZE"].as_deref(),
+            Some("1G"),
+            "ROXPI_ wins"
+        );
+        assert_eq!(resolved["ROXPI_EXTRA_INDEX_TTLS"].as_deref(), Some("30"));
+        assert_eq!(resolved["ROXPI_LOG"].as_deref(), Some("DEBUG"));
+        assert_eq!(resolved["ROXPI_BIND"], None);
+        assert_eq!(resolved["ROXPI_OFFLINE"], None);
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["roxpi"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v)
+    }
+
+    #[test]
+    fn settings_errors_name_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bind", "nope"], "ROXPI_BIND"),
+            (&["--index-ttl", "x"], "ROXPI_INDEX_TTL"),
+            (&["--index-url", "ftp://x/"], "ROXPI_INDEX_URL"),
+            (
+                &[
+                    "--extra-index-urls",
+                    "http://a/,http://b/",
+                    "--extra-index-ttls",
+                    "1",
+                ],
+                "ROXPI_EXTRA_INDEX_TTLS",
+            ),
+            (&["--index-strategy", "random"], "ROXPI_INDEX_STRATEGY"),
+            (&["--index-cache-size", "lots"], "ROXPI_INDEX_CACHE_SIZE"),
+            (&["--offline", "perhaps"], "ROXPI_OFFLINE"),
+            (&["--workers", "0"], "ROXPI_WORKERS"),
+            (&["--log-format", "xml"], "ROXPI_LOG_FORMAT"),
+            (&["--ca-file", "/nonexistent/ca.pem"], "ROXPI_CA_FILE"),
+        ];
+        for (args, setting) in cases {
+            let e = Settings::from_cli(&cli(args)).unwrap_err();
+            assert!(e.to_string().contains(setting), "{args:?}: {e}");
+        }
+        let e = Settings::from_cli(&cli(&["--index-url", "ftp://u:secret@x/"])).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn settings_defaults_and_extras() {
+        let s = Settings::from_cli(&cli(&["--offline"])).unwrap();
+        assert!(s.offline, "a bare boolean flag means on");
+        let s = Settings::from_cli(&cli(&["--extra-index-urls", "http://a/x, http://b/"])).unwrap();
+        assert_eq!(s.indexes.len(), 3);
+        assert_eq!(s.indexes[0].url.as_str(), PYPI);
+        assert_eq!(s.indexes[0].ttl, Duration::from_secs(1800));
+        assert_eq!(s.indexes[1].url.as_str(), "http://a/x/");
+        assert_eq!(s.indexes[2].ttl, Duration::from_secs(180));
+        assert_eq!(s.strategy, Strategy::Merge);
+        assert_eq!(s.index_cache_size, 64 << 20);
+        assert_eq!(s.download_timeout, Duration::from_millis(900));
+        assert!(!s.offline);
+    }
+}
+
+#[cfg(test)]
+mod alias_tests {
+    use super::super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_setting_has_its_variable_and_documented_aliases() {
+        let envs: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let table: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+        for e in &envs {
+            assert!(e.starts_with("ROXPI_"), "{e}");
+            assert!(table.contains(&e.as_str()), "{e} missing from SETTINGS");
+        }
+        for n in &table {
+            assert!(envs.iter().any(|e| e == n), "{n} has no flag");
+        }
+        // proxpi's settings (its README) and groxpi's shared ones.
+        let proxpi = [
+            "PROXPI_INDEX_URL",
+            "PROXPI_INDEX_TTL",
+            "PROXPI_EXTRA_INDEX_URLS",
+            "PROXPI_EXTRA_INDEX_TTLS",
+            "PROXPI_EXTRA_INDEX_TTL",
+            "PROXPI_CACHE_SIZE",
+            "PROXPI_CACHE_DIR",
+            "PROXPI_DOWNLOAD_TIMEOUT",
+            "PROXPI_CONNECT_TIMEOUT",
+            "PROXPI_READ_TIMEOUT",
+            "PROXPI_DISABLE_INDEX_SSL_VERIFICATION",
+            "PROXPI_BINARY_FILE_MIME_TYPE",
+            "PROXPI_LOGGING_LEVEL",
+        ];
+        let all: Vec<&str> = SETTINGS
+            .iter()
+            .flat_map(|(_, a)| a.iter().copied())
+            .collect();
+        for p in proxpi {
+            assert!(all.contains(&p), "{p} is not accepted");
+            let g = p.replacen("PROXPI_", "GROXPI_", 1);
+            if p != "PROXPI_EXTRA_INDEX_TTL" {
+                assert!(all.contains(&g.as_str()), "{g} is not accepted");
+            }
+        }
+        let help = alias_help();
+        for a in all {
+            assert!(help.contains(a), "{a} not in --help");
+        }
+    }
+}
+
+#[cfg(test)]
+mod cache_dir_tests {
+    use super::super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn cache_dir_defaults() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(cache_dir("/c", env(&[])).unwrap(), PathBuf::from("/c"));
+        assert_eq!(
+            cache_dir("", env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/x/roxpi")
+        );
+        assert_eq!(
+            cache_dir("", env(&[("XDG_CACHE_HOME", ""), ("HOME", "/h")])).unwrap(),
+            PathBuf::from("/h/.cache/roxpi")
+        );
+        let e = cache_dir("", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("ROXPI_CACHE_DIR"));
+    }
+}
