@@ -16,8 +16,7 @@ use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
 use crate::pypi::{
-    negotiate_coding, negotiate_format, render_list, render_project, Coding, ProjectName,
-    ProjectPage,
+    negotiate_coding, negotiate_format, render_list, render_project, Coding, ProjectPage,
 };
 
 /// The most a client may cache an index page (PyPI's value).
@@ -68,15 +67,13 @@ impl App {
                         render_project(name, &merged, format)
                     }
                     Key::List => {
-                        let mut names: Vec<ProjectName> = found
-                            .iter()
-                            .flat_map(|(_, s, _)| match &s.doc {
-                                Doc::List(l) => l.clone(),
-                                _ => Vec::new(),
-                            })
-                            .collect();
-                        names.sort();
-                        names.dedup();
+                        let names =
+                            crate::pypi::name::sorted_unique(found.iter().flat_map(|(_, s, _)| {
+                                match &s.doc {
+                                    Doc::List(l) => l.clone(),
+                                    _ => Vec::new(),
+                                }
+                            }));
                         render_list(&names, format)
                     }
                 };

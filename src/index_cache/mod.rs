@@ -486,16 +486,11 @@ impl IndexCache {
                 }
             }),
             Key::List => Ok(match self.origin.fetch_list(idx)? {
-                Some(list) => {
-                    let mut names: Vec<ProjectName> = list
-                        .names
+                Some(list) => Doc::List(crate::pypi::name::sorted_unique(
+                    list.names
                         .iter()
-                        .filter_map(|n| ProjectName::from_upstream(n))
-                        .collect();
-                    names.sort();
-                    names.dedup();
-                    Doc::List(names)
-                }
+                        .filter_map(|n| ProjectName::from_upstream(n)),
+                )),
                 None => Doc::Missing,
             }),
         }

@@ -7,6 +7,7 @@ pub mod name;
 pub mod negotiate;
 pub mod parse;
 pub mod render;
+pub mod wire;
 
 pub use model::{CoreMetadata, FileEntry, Filename, Hashes, ProjectList, ProjectPage, Yanked};
 pub use name::ProjectName;

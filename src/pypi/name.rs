@@ -78,6 +78,15 @@ impl fmt::Display for ProjectName {
     }
 }
 
+/// Names sorted and without duplicates: the order of every project list
+/// roxpi keeps or serves.
+pub fn sorted_unique(names: impl IntoIterator<Item = ProjectName>) -> Vec<ProjectName> {
+    let mut v: Vec<ProjectName> = names.into_iter().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

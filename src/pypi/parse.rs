@@ -3,16 +3,17 @@
 //! with the html5gum tokenizer (`<base>`, relative links, entities,
 //! value-less attributes). Pure functions of (body, content type, URL).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use html5gum::{Token, Tokenizer};
-use serde::Deserialize;
 use url::Url;
 
 use super::model::{
     clean_hashes, clean_provenance, parse_hash_pair, CoreMetadata, FileEntry, Filename, Hashes,
     ProjectList, ProjectPage, ProjectStatus, Yanked,
 };
+use super::wire;
 
 /// The serialisation of an upstream page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,79 +48,7 @@ pub enum ParseError {
     NotHtml,
 }
 
-#[derive(Deserialize)]
-struct JsonMeta {
-    #[serde(rename = "api-version")]
-    api_version: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct JsonPage {
-    meta: Option<JsonMeta>,
-    #[serde(default)]
-    files: Vec<JsonFile>,
-    versions: Option<Vec<String>>,
-    #[serde(rename = "project-status")]
-    project_status: Option<JsonStatus>,
-}
-
-#[derive(Deserialize)]
-struct JsonStatus {
-    status: Option<String>,
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum JsonYanked {
-    Bool(bool),
-    Reason(String),
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum JsonMetadata {
-    Bool(bool),
-    Hashes(BTreeMap<String, String>),
-}
-
-#[derive(Deserialize)]
-struct JsonFile {
-    filename: String,
-    url: String,
-    #[serde(default)]
-    hashes: BTreeMap<String, String>,
-    #[serde(rename = "requires-python")]
-    requires_python: Option<String>,
-    yanked: Option<JsonYanked>,
-    #[serde(rename = "core-metadata")]
-    core_metadata: Option<JsonMetadata>,
-    // Legacy spellings (PEP 714); PyPI still sends the second one.
-    #[serde(rename = "dist-info-metadata")]
-    dist_info_metadata: Option<JsonMetadata>,
-    #[serde(rename = "data-dist-info-metadata")]
-    data_dist_info_metadata: Option<JsonMetadata>,
-    #[serde(rename = "gpg-sig")]
-    gpg_sig: Option<bool>,
-    size: Option<u64>,
-    #[serde(rename = "upload-time")]
-    upload_time: Option<String>,
-    provenance: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct JsonList {
-    meta: Option<JsonMeta>,
-    #[serde(default)]
-    projects: Vec<JsonListEntry>,
-}
-
-#[derive(Deserialize)]
-struct JsonListEntry {
-    name: String,
-}
-
-fn check_version(meta: Option<&JsonMeta>) -> Result<(), ParseError> {
+fn check_version(meta: Option<&wire::Meta<'_>>) -> Result<(), ParseError> {
     let Some(v) = meta.and_then(|m| m.api_version.as_deref()) else {
         return Ok(());
     };
@@ -145,11 +74,15 @@ pub fn parse_project_page(
 pub fn parse_project_list(body: &[u8], format: Format) -> Result<ProjectList, ParseError> {
     match format {
         Format::Json => {
-            let list: JsonList =
+            let list: wire::List =
                 serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
             check_version(list.meta.as_ref())?;
             Ok(ProjectList {
-                names: list.projects.into_iter().map(|p| p.name).collect(),
+                names: list
+                    .projects
+                    .into_iter()
+                    .map(|p| p.name.into_owned())
+                    .collect(),
             })
         }
         Format::Html => {
@@ -185,16 +118,16 @@ pub fn parse_project_list(body: &[u8], format: Format) -> Result<ProjectList, Pa
     }
 }
 
-fn metadata_from_json(m: Option<JsonMetadata>) -> CoreMetadata {
+fn metadata_from_json(m: Option<wire::Metadata<'_>>) -> CoreMetadata {
     match m {
-        None | Some(JsonMetadata::Bool(false)) => CoreMetadata::Absent,
-        Some(JsonMetadata::Bool(true)) => CoreMetadata::Available(Hashes::new()),
-        Some(JsonMetadata::Hashes(h)) => CoreMetadata::Available(clean_hashes(h)),
+        None | Some(wire::Metadata::Bool(false)) => CoreMetadata::Absent,
+        Some(wire::Metadata::Bool(true)) => CoreMetadata::Available(Hashes::new()),
+        Some(wire::Metadata::Hashes(h)) => CoreMetadata::Available(clean_hashes(h.into_owned())),
     }
 }
 
 fn parse_json_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseError> {
-    let page: JsonPage =
+    let page: wire::Page =
         serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
     check_version(page.meta.as_ref())?;
     let mut files = Vec::with_capacity(page.files.len());
@@ -208,13 +141,16 @@ fn parse_json_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
             continue;
         };
         let mut entry = FileEntry::new(filename, url);
-        entry.hashes = clean_hashes(f.hashes);
-        entry.requires_python = f.requires_python.filter(|s| !s.trim().is_empty());
+        entry.hashes = clean_hashes(f.hashes.into_owned());
+        entry.requires_python = f
+            .requires_python
+            .map(Cow::into_owned)
+            .filter(|s| !s.trim().is_empty());
         entry.yanked = match f.yanked {
-            None | Some(JsonYanked::Bool(false)) => Yanked::No,
-            Some(JsonYanked::Bool(true)) => Yanked::Yes,
-            Some(JsonYanked::Reason(r)) if r.is_empty() => Yanked::Yes,
-            Some(JsonYanked::Reason(r)) => Yanked::Reason(r),
+            None | Some(wire::Yanked::Bool(false)) => Yanked::No,
+            Some(wire::Yanked::Bool(true)) => Yanked::Yes,
+            Some(wire::Yanked::Reason(r)) if r.is_empty() => Yanked::Yes,
+            Some(wire::Yanked::Reason(r)) => Yanked::Reason(r.into_owned()),
         };
         entry.core_metadata = metadata_from_json(
             f.core_metadata
@@ -223,19 +159,19 @@ fn parse_json_page(body: &[u8], page_url: &Url) -> Result<ProjectPage, ParseErro
         );
         entry.gpg_sig = f.gpg_sig;
         entry.size = f.size;
-        entry.upload_time = f.upload_time;
-        entry.provenance = clean_provenance(f.provenance);
+        entry.upload_time = f.upload_time.map(Cow::into_owned);
+        entry.provenance = clean_provenance(f.provenance.map(Cow::into_owned));
         files.push(entry);
     }
     Ok(ProjectPage {
         files,
         versions: page
             .versions
-            .map(|v| v.into_iter().collect::<BTreeSet<_>>()),
+            .map(|v| v.into_iter().map(Cow::into_owned).collect::<BTreeSet<_>>()),
         project_status: page.project_status.and_then(|s| {
             Some(ProjectStatus {
-                status: s.status?,
-                reason: s.reason,
+                status: s.status?.into_owned(),
+                reason: s.reason.map(Cow::into_owned),
             })
         }),
     })

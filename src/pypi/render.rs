@@ -2,6 +2,7 @@
 //! order, sorted versions and hashes), HTML through askama templates and
 //! JSON through serde; and merging the pages of several indexes.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use askama::Template;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use super::model::{CoreMetadata, Filename, Hashes, ProjectPage, ProjectStatus, Yanked};
 use super::name::ProjectName;
 use super::negotiate::PageFormat;
+use super::wire;
 
 /// Characters percent-encoded in a filename inside a link: everything that
 /// could end or change a URL path segment, plus `+` (PyTorch-style names).
@@ -82,76 +84,6 @@ fn hash_attr(hashes: &Hashes) -> Option<String> {
     super::model::preferred(hashes).map(|(k, v)| format!("{k}={v}"))
 }
 
-#[derive(Serialize)]
-struct JsonMeta<'a> {
-    #[serde(rename = "api-version")]
-    api_version: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum JsonYanked<'a> {
-    Bool(bool),
-    Reason(&'a str),
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum JsonMetadata<'a> {
-    Bool(bool),
-    Hashes(&'a Hashes),
-}
-
-#[derive(Serialize)]
-struct JsonFile<'a> {
-    filename: &'a str,
-    url: String,
-    hashes: &'a Hashes,
-    #[serde(rename = "requires-python", skip_serializing_if = "Option::is_none")]
-    requires_python: Option<&'a str>,
-    #[serde(rename = "core-metadata", skip_serializing_if = "Option::is_none")]
-    core_metadata: Option<JsonMetadata<'a>>,
-    #[serde(rename = "gpg-sig", skip_serializing_if = "Option::is_none")]
-    gpg_sig: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    yanked: Option<JsonYanked<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<u64>,
-    #[serde(rename = "upload-time", skip_serializing_if = "Option::is_none")]
-    upload_time: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    provenance: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct JsonStatus<'a> {
-    status: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct JsonPage<'a> {
-    meta: JsonMeta<'a>,
-    name: &'a str,
-    files: Vec<JsonFile<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    versions: Option<&'a BTreeSet<String>>,
-    #[serde(rename = "project-status", skip_serializing_if = "Option::is_none")]
-    project_status: Option<JsonStatus<'a>>,
-}
-
-#[derive(Serialize)]
-struct JsonListEntry<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct JsonList<'a> {
-    meta: JsonMeta<'a>,
-    projects: Vec<JsonListEntry<'a>>,
-}
-
 /// Renders a project page.
 pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat) -> Vec<u8> {
     let api_version = api_version(page, format);
@@ -201,37 +133,46 @@ pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat
             let files = page
                 .files
                 .iter()
-                .map(|f| JsonFile {
-                    filename: f.filename.as_str(),
-                    url: file_url(&f.filename),
-                    hashes: &f.hashes,
-                    requires_python: f.requires_python.as_deref(),
+                .map(|f| wire::File {
+                    filename: Cow::Borrowed(f.filename.as_str()),
+                    url: Cow::Owned(file_url(&f.filename)),
+                    hashes: Cow::Borrowed(&f.hashes),
+                    requires_python: f.requires_python.as_deref().map(Cow::Borrowed),
                     core_metadata: match &f.core_metadata {
                         CoreMetadata::Absent => None,
                         CoreMetadata::Available(h) if h.is_empty() => {
-                            Some(JsonMetadata::Bool(true))
+                            Some(wire::Metadata::Bool(true))
                         }
-                        CoreMetadata::Available(h) => Some(JsonMetadata::Hashes(h)),
+                        CoreMetadata::Available(h) => {
+                            Some(wire::Metadata::Hashes(Cow::Borrowed(h)))
+                        }
                     },
+                    dist_info_metadata: None,
+                    data_dist_info_metadata: None,
                     gpg_sig: f.gpg_sig,
                     yanked: match &f.yanked {
                         Yanked::No => None,
-                        Yanked::Yes => Some(JsonYanked::Bool(true)),
-                        Yanked::Reason(r) => Some(JsonYanked::Reason(r)),
+                        Yanked::Yes => Some(wire::Yanked::Bool(true)),
+                        Yanked::Reason(r) => Some(wire::Yanked::Reason(Cow::Borrowed(r))),
                     },
                     size: f.size,
-                    upload_time: f.upload_time.as_deref(),
-                    provenance: f.provenance.as_deref(),
+                    upload_time: f.upload_time.as_deref().map(Cow::Borrowed),
+                    provenance: f.provenance.as_deref().map(Cow::Borrowed),
                 })
                 .collect();
-            let doc = JsonPage {
-                meta: JsonMeta { api_version },
-                name: name.as_str(),
+            let doc = wire::Page {
+                meta: Some(wire::Meta {
+                    api_version: Some(Cow::Borrowed(api_version)),
+                }),
+                name: Some(Cow::Borrowed(name.as_str())),
                 files,
-                versions: page.versions.as_ref(),
-                project_status: page.project_status.as_ref().map(|s| JsonStatus {
-                    status: &s.status,
-                    reason: s.reason.as_deref(),
+                versions: page
+                    .versions
+                    .as_ref()
+                    .map(|v| v.iter().map(|s| Cow::Borrowed(s.as_str())).collect()),
+                project_status: page.project_status.as_ref().map(|s| wire::Status {
+                    status: Some(Cow::Borrowed(&s.status)),
+                    reason: s.reason.as_deref().map(Cow::Borrowed),
                 }),
             };
             to_json(&doc)
@@ -246,11 +187,15 @@ pub fn render_list(names: &[ProjectName], format: PageFormat) -> Vec<u8> {
             .render()
             .unwrap_or_else(|e| format!("<!-- render error: {e} -->"))
             .into_bytes(),
-        PageFormat::Json => to_json(&JsonList {
-            meta: JsonMeta { api_version: "1.0" },
+        PageFormat::Json => to_json(&wire::List {
+            meta: Some(wire::Meta {
+                api_version: Some(Cow::Borrowed("1.0")),
+            }),
             projects: names
                 .iter()
-                .map(|n| JsonListEntry { name: n.as_str() })
+                .map(|n| wire::ListEntry {
+                    name: Cow::Borrowed(n.as_str()),
+                })
                 .collect(),
         }),
     }
