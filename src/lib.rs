@@ -45,7 +45,9 @@ pub mod upstream;
 pub fn wire(
     settings: config::Settings,
     server: std::sync::Arc<http::Stats>,
-) -> anyhow::Result<app::App> {
+) -> anyhow::Result<std::sync::Arc<app::App>> {
     let upstream = std::sync::Arc::new(upstream::Upstream::new(&settings)?);
-    app::App::new(settings, upstream, server)
+    Ok(std::sync::Arc::new(app::App::new(
+        settings, upstream, server,
+    )?))
 }

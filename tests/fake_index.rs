@@ -347,6 +347,9 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
         }
     }
     let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+    if parts.iter().any(|p| p.starts_with("hang-")) {
+        return hang();
+    }
     match parts.as_slice() {
         // /files/<index>/<project>/<filename>[.metadata]
         ["files", index, project, filename] => serve_file(state, req, index, project, filename),
@@ -368,6 +371,17 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
         }
         _ => Response::text(404, "no such page\n"),
     }
+}
+
+/// An upstream that never answers (within a minute): pages and files of
+/// projects named `hang-*`. Parked in the fake's server, so any number of
+/// them hold no thread there.
+fn hang() -> Response {
+    Response::later(roxpi::http::Later {
+        deadline: std::time::Instant::now() + Duration::from_secs(60),
+        subscribe: Box::new(|_waker| {}),
+        resume: Box::new(|_req| Response::text(504, "hung for a minute\n")),
+    })
 }
 
 fn inject(fault: Fault) -> Option<Response> {

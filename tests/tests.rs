@@ -6,5 +6,6 @@ mod file_cache;
 mod http_server;
 mod index_api;
 mod installers;
+mod parking;
 mod process;
 mod util;

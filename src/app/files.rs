@@ -34,10 +34,7 @@ impl App {
             metadata,
             filename: &file,
         };
-        match self.files.serve(req, wanted) {
-            Ok(r) => r,
-            Err(e) => error::respond(&Failure::File(&e)),
-        }
+        self.files.serve(req, wanted)
     }
 }
 

@@ -11,7 +11,7 @@ mod route;
 mod status;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use error::{classify, Failure};
 pub use route::{route, Prefix, Route};
@@ -19,8 +19,8 @@ pub use route::{route, Prefix, Route};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::files::{Files, FilesConfig};
-use crate::http::{Method, Request, Response};
-use crate::index_cache::{IndexCache, Key};
+use crate::http::{Later, Method, Request, Response, Waker};
+use crate::index_cache::{IndexCache, Key, Resolution, Resolved};
 use crate::origin::{Index, IndexId, Origin};
 use crate::persist::PageStore;
 
@@ -32,7 +32,7 @@ pub struct App {
     requests: AtomicU64,
     settings: Settings,
     pages: Arc<IndexCache>,
-    files: Files,
+    files: Arc<Files>,
     /// The HTTP server's counters, shown on `/` and `/metrics`.
     server: Arc<crate::http::Stats>,
 }
@@ -104,12 +104,12 @@ impl App {
             requests: AtomicU64::new(0),
             settings,
             pages,
-            files,
+            files: Arc::new(files),
             server,
         })
     }
 
-    pub fn handle(&self, req: &Request) -> Response {
+    pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let route = route(req.path(), req.query());
         let method = req.method();
@@ -157,7 +157,54 @@ pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
         binary_file_mime_type: settings.binary_file_mime_type,
         download_threads: crate::files::download::DOWNLOAD_THREADS,
         open_threads: OPEN_THREADS,
+        on_error: file_error,
     }
+}
+
+/// The file path's failures, through the one mapping.
+fn file_error(e: &crate::files::FileError) -> Response {
+    error::respond(&Failure::File(e))
+}
+
+impl App {
+    /// Continues with `then` once the indexes have answered: at once if they
+    /// have, else the request is parked (no thread waits) until a refresh
+    /// completes or the resolution's deadline passes.
+    fn after_resolution<F>(
+        self: &Arc<Self>,
+        req: &Request,
+        mut res: Resolution,
+        then: F,
+    ) -> Response
+    where
+        F: FnOnce(&Arc<App>, &Request, Resolved) -> Response + Send + 'static,
+    {
+        if let Some(done) = self.pages.poll_resolution(&mut res) {
+            return then(self, req, done);
+        }
+        let deadline = res.deadline();
+        let slot = Arc::new(Mutex::new(Some(res)));
+        let subscribed = Arc::clone(&slot);
+        let app = Arc::clone(self);
+        Response::later(Later {
+            deadline,
+            subscribe: Box::new(move |waker: Waker| {
+                if let Some(r) = lock(&subscribed).as_ref() {
+                    r.on_ready(move || waker.wake());
+                }
+            }),
+            resume: Box::new(move |req: &Request| match lock(&slot).take() {
+                Some(res) => app.after_resolution(req, res, then),
+                None => Response::text(500, "resumed twice\n"),
+            }),
+        })
+    }
+}
+
+/// A slot shared by a parked request's subscribe and resume functions.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Take-once data: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn json_success() -> Response {

@@ -16,7 +16,8 @@ use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
 use crate::pypi::{
-    negotiate_coding, negotiate_format, render_list, render_project, Coding, ProjectPage,
+    negotiate_coding, negotiate_format, render_list, render_project, Coding, PageFormat,
+    ProjectPage,
 };
 
 /// The most a client may cache an index page (PyPI's value).
@@ -24,7 +25,7 @@ const MAX_PAGE_AGE: u64 = 600;
 
 impl App {
     /// A project page or the project list.
-    pub(super) fn page(&self, req: &Request, key: Key) -> Response {
+    pub(super) fn page(self: &Arc<Self>, req: &Request, key: Key) -> Response {
         let format_param = query_param(req.query(), "format");
         let Some(format) = negotiate_format(format_param.as_deref(), req.header("accept")) else {
             return Response::text(406, "no acceptable representation: this index serves text/html, application/vnd.pypi.simple.v1+html and application/vnd.pypi.simple.v1+json\n")
@@ -34,19 +35,36 @@ impl App {
             return Response::text(406, "no acceptable content coding (identity refused)\n")
                 .header("Vary", "Accept, Accept-Encoding");
         };
-        let found =
-            match self
-                .pages
-                .resolve(&key, self.settings.strategy, wants_revalidation(req), false)
-            {
-                Resolved::Found(found) => found,
-                Resolved::NotFound => {
-                    return Response::text(404, "not found in any index\n")
-                        .header("Cache-Control", "max-age=60")
-                        .log_tag("MISS")
-                }
-                Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
-            };
+        let resolution = self.pages.start_resolution(
+            &key,
+            self.settings.strategy,
+            wants_revalidation(req),
+            false,
+        );
+        self.after_resolution(req, resolution, move |app, req, resolved| {
+            app.render_page(req, key, format, coding, resolved)
+        })
+    }
+
+    /// The page from the indexes' answer: rendered and compressed once per
+    /// generation, with its caching headers.
+    fn render_page(
+        &self,
+        req: &Request,
+        key: Key,
+        format: PageFormat,
+        coding: Coding,
+        resolved: Resolved,
+    ) -> Response {
+        let found = match resolved {
+            Resolved::Found(found) => found,
+            Resolved::NotFound => {
+                return Response::text(404, "not found in any index\n")
+                    .header("Cache-Control", "max-age=60")
+                    .log_tag("MISS")
+            }
+            Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
+        };
         let now = Instant::now();
         let sig: Vec<u64> = found.iter().map(|(_, s, _)| s.generation).collect();
         let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);

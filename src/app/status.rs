@@ -74,6 +74,7 @@ impl Snapshot {
             m("roxpi_http_bad_requests_total", Counter, Server, "bad requests", "malformed or over-limit requests", load(&s.bad_requests)),
             m("roxpi_http_head_timeouts_total", Counter, Server, "head timeouts", "request heads that did not arrive in time", load(&s.head_timeouts)),
             m("roxpi_http_handler_panics_total", Counter, Server, "handler panics", "handler panics answered with 500", load(&s.handler_panics)),
+            m("roxpi_http_waiting_requests", Gauge, Server, "requests parked on the upstream", "requests parked until their upstream answer is ready (no thread held)", load(&s.waiting)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
             m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
             m("roxpi_upstream_page_fetch_microseconds_total", Counter, Index, "upstream page fetch time (µs)", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),
@@ -215,12 +216,14 @@ mod tests {
             dir.path().to_str().unwrap(),
         ]);
         let server = Arc::new(crate::http::Stats::default());
-        let app = App::new(
-            Settings::from_cli(&cli).unwrap(),
-            Arc::new(FakeOrigin::default()),
-            Arc::clone(&server),
-        )
-        .unwrap();
+        let app = Arc::new(
+            App::new(
+                Settings::from_cli(&cli).unwrap(),
+                Arc::new(FakeOrigin::default()),
+                Arc::clone(&server),
+            )
+            .unwrap(),
+        );
         server.shed.store(3, Ordering::Relaxed);
         server.queue_timeouts.store(4, Ordering::Relaxed);
         server.handler_panics.store(5, Ordering::Relaxed);

@@ -45,6 +45,10 @@ pub(super) struct State {
     pub(super) phase: Phase,
     /// Bytes written to the file (and returned by `write`).
     pub(super) written: u64,
+    /// Counts changes, so a watcher can tell whether it missed one.
+    version: u64,
+    /// Called once at the next change (parked requests' wakers).
+    watchers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// One download in progress.
@@ -59,6 +63,8 @@ impl InFlight {
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 written: 0,
+                version: 0,
+                watchers: Vec::new(),
             }),
             cv: Condvar::new(),
         }
@@ -70,8 +76,32 @@ impl InFlight {
     }
 
     pub(super) fn set(&self, f: impl FnOnce(&mut State)) {
-        f(&mut self.lock());
+        let watchers = {
+            let mut st = self.lock();
+            f(&mut st);
+            st.version += 1;
+            std::mem::take(&mut st.watchers)
+        };
         self.cv.notify_all();
+        for w in watchers {
+            w();
+        }
+    }
+
+    /// The change counter, to pass to `on_change`.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Calls `f` at the next change after `seen` (at once if there was one).
+    pub fn on_change(&self, seen: u64, f: Box<dyn FnOnce() + Send>) {
+        let mut st = self.lock();
+        if st.version != seen {
+            drop(st);
+            f();
+        } else {
+            st.watchers.push(f);
+        }
     }
 
     /// Waits until the upstream answered (`Ok(Some)`: a reader of the

@@ -25,7 +25,7 @@ pub mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -34,11 +34,12 @@ pub use error::{FileError, Mismatch};
 pub use serve::file_content_type;
 
 use crate::clock::Clock;
-use crate::http::{Body, FileRange, Method, Request, Response, Stream};
+use crate::http::{Body, FileRange, Later, Method, Request, Response, Stream, Waker};
 use crate::origin::{Index, Origin};
 use crate::pypi::{CoreMetadata, FileEntry, Filename, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Usage};
-use opener::{Opened, Opener};
+use inflight::InFlight;
+use opener::{Opener, Ticket};
 
 /// Files up to this size are answered only once complete and verified.
 pub const SMALL_FILE: u64 = 256 * 1024;
@@ -81,6 +82,8 @@ pub struct FilesConfig {
     pub binary_file_mime_type: bool,
     pub download_threads: usize,
     pub open_threads: usize,
+    /// How a failure is answered (the app's one status mapping).
+    pub on_error: fn(&FileError) -> Response,
 }
 
 /// A file a project page lists, as the app found it.
@@ -151,8 +154,9 @@ impl Files {
     }
 
     /// The file (or its `.metadata`): from the cache, from the download in
-    /// progress, or streamed through from the upstream.
-    pub fn serve(&self, req: &Request, wanted: Wanted<'_>) -> Result<Response, FileError> {
+    /// progress, or streamed through from the upstream. Waiting for the
+    /// upstream parks the request (`Response::later`): no thread waits.
+    pub fn serve(self: &Arc<Self>, req: &Request, wanted: Wanted<'_>) -> Response {
         let Wanted {
             index,
             entry,
@@ -182,17 +186,17 @@ impl Files {
             // HEAD never starts a download.
             if let Some(Lookup::Hit(f)) = self.downloads.as_ref().map(|d| d.storage().lookup(&key))
             {
-                return Ok(serve::stored(req, f, content_type, &self.stats));
+                return serve::stored(req, f, content_type, &self.stats);
             }
             if let Some(size) = size {
-                return Ok(Response::new(200)
+                return Response::new(200)
                     .header("Content-Type", content_type)
                     .body(Body::Stream(Stream {
                         len: Some(size),
                         reader: Box::new(std::io::empty()),
-                    })));
+                    }));
             }
-            return self.stream_through(req, &source, content_type);
+            return self.stream_through(req, source, content_type);
         }
         let can_redirect = self.can_redirect(index);
         let fetched = match &self.downloads {
@@ -200,61 +204,93 @@ impl Files {
             None => Fetch::StreamThrough,
         };
         match fetched {
-            Fetch::Hit(f) => Ok(serve::stored(req, f, content_type, &self.stats)),
-            Fetch::StreamThrough => self.stream_through(req, &source, content_type),
+            Fetch::Hit(f) => serve::stored(req, f, content_type, &self.stats),
+            Fetch::StreamThrough => self.stream_through(req, source, content_type),
             Fetch::Download { inflight, joined } => {
                 if req.header("range").is_some() {
                     // The whole file keeps downloading in the background.
-                    return self.stream_through(req, &source, content_type);
+                    return self.stream_through(req, source, content_type);
                 }
                 if can_redirect && self.config.download_timeout.is_zero() {
-                    return Ok(serve::redirect(&source.url));
+                    return serve::redirect(&source.url);
                 }
                 let limit = if can_redirect {
                     self.config.download_timeout
                 } else {
                     FIRST_BYTE_WAIT
                 };
-                let tag = if joined { "COALESCED" } else { "MISS" };
-                let late = || {
-                    if can_redirect {
-                        Ok(serve::redirect(&source.url))
-                    } else {
-                        Err(crate::origin::OriginError::timeout(&source.url).into())
-                    }
+                let wait = Wait {
+                    deadline: Instant::now() + limit,
+                    can_redirect,
+                    content_type,
+                    tag: if joined { "COALESCED" } else { "MISS" },
                 };
-                if size.is_some_and(|s| s <= SMALL_FILE) {
-                    return match inflight.wait_done(limit) {
-                        Ok(Some((file, len))) => {
-                            Ok(serve::fresh(content_type, tag).body(FileRange {
-                                file,
-                                offset: 0,
-                                len,
-                            }))
-                        }
-                        Ok(None) => late(),
-                        Err(FileError::Local(_) | FileError::NoLength) => {
-                            self.stream_through(req, &source, content_type)
-                        }
-                        Err(e) => Err(e),
-                    };
-                }
-                match inflight.wait_started(limit) {
-                    Ok(Some(reader)) => {
-                        Ok(serve::fresh(content_type, tag).body(Body::Stream(Stream {
-                            len: Some(reader.len()),
-                            reader: Box::new(
-                                reader.with_fallback(Arc::clone(&self.origin), source.clone()),
-                            ),
-                        })))
-                    }
-                    Ok(None) => late(),
-                    Err(FileError::Local(_) | FileError::NoLength) => {
-                        self.stream_through(req, &source, content_type)
-                    }
-                    Err(e) => Err(e),
-                }
+                self.await_download(req, inflight, source, wait)
             }
+        }
+    }
+
+    /// Answers from a download once it has started (or, for a small file,
+    /// finished and been verified); parks the request until then.
+    fn await_download(
+        self: &Arc<Self>,
+        req: &Request,
+        inflight: Arc<InFlight>,
+        source: Source,
+        wait: Wait,
+    ) -> Response {
+        let seen = inflight.version();
+        let small = source.size.is_some_and(|s| s <= SMALL_FILE);
+        let state = if small {
+            inflight
+                .wait_done(Duration::ZERO)
+                .map(|r| r.map(|(file, len)| Started::Whole(file, len)))
+        } else {
+            inflight
+                .wait_started(Duration::ZERO)
+                .map(|r| r.map(|g| Started::Growing(Box::new(g))))
+        };
+        match state {
+            Ok(Some(Started::Whole(file, len))) => {
+                serve::fresh(wait.content_type, wait.tag).body(FileRange {
+                    file,
+                    offset: 0,
+                    len,
+                })
+            }
+            Ok(Some(Started::Growing(reader))) => {
+                serve::fresh(wait.content_type, wait.tag).body(Body::Stream(Stream {
+                    len: Some(reader.len()),
+                    reader: Box::new(reader.with_fallback(Arc::clone(&self.origin), source)),
+                }))
+            }
+            Ok(None) if Instant::now() >= wait.deadline => self.late(&wait, &source.url),
+            Ok(None) => {
+                let files = Arc::clone(self);
+                let watched = Arc::clone(&inflight);
+                Response::later(Later {
+                    deadline: wait.deadline,
+                    subscribe: Box::new(move |waker: Waker| {
+                        watched.on_change(seen, Box::new(move || waker.wake()));
+                    }),
+                    resume: Box::new(move |req: &Request| {
+                        files.await_download(req, inflight, source, wait)
+                    }),
+                })
+            }
+            Err(FileError::Local(_) | FileError::NoLength) => {
+                self.stream_through(req, source, wait.content_type)
+            }
+            Err(e) => (self.config.on_error)(&e),
+        }
+    }
+
+    /// The upstream did not answer in time: send the client there, or 504.
+    fn late(&self, wait: &Wait, url: &Url) -> Response {
+        if wait.can_redirect {
+            serve::redirect(url)
+        } else {
+            (self.config.on_error)(&crate::origin::OriginError::timeout(url).into())
         }
     }
 
@@ -264,74 +300,106 @@ impl Files {
     }
 
     /// Streams a file (or the requested range of it) straight from the
-    /// upstream, without caching.
+    /// upstream, without caching; small whole files are fetched and
+    /// verified first.
     fn stream_through(
-        &self,
+        self: &Arc<Self>,
         req: &Request,
-        source: &Source,
+        source: Source,
         content_type: &'static str,
-    ) -> Result<Response, FileError> {
+    ) -> Response {
         let can_redirect = self.can_redirect(&source.index);
         if can_redirect && self.config.download_timeout.is_zero() {
-            return Ok(serve::redirect(&source.url));
+            return serve::redirect(&source.url);
         }
-        let wait = if can_redirect {
+        let limit = if can_redirect {
             self.config.download_timeout
         } else {
             FIRST_BYTE_WAIT
         };
+        let wait = Wait {
+            deadline: Instant::now() + limit,
+            can_redirect,
+            content_type,
+            tag: "MISS",
+        };
         let range = req.header("range").map(str::to_owned);
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
+        let origin = Arc::clone(&self.origin);
         if small && range.is_none() && *req.method() == Method::Get {
-            // Fetched whole and verified on the pool: a clean 502 on a
-            // mismatch, and no thread holds the client afterwards.
-            let (origin, source2) = (Arc::clone(&self.origin), source.clone());
-            let fetched = self
-                .opener
-                .run(wait, move || fetch_whole(&*origin, &source2));
-            return match self.settled(fetched, can_redirect, &source.url) {
-                Ok(bytes) => Ok(serve::fresh(content_type, "MISS").body(bytes?)),
-                Err(Settle::Answer(r)) => Ok(r),
-                Err(Settle::Fail(e)) => Err(e),
-            };
+            // Fetched whole and verified in the pool: a clean 502 on a
+            // mismatch, and nothing holds the client afterwards.
+            let job = source.clone();
+            let ticket = self.opener.submit(move || fetch_whole(&*origin, &job));
+            return self.await_ticket(req, ticket, source, wait, |bytes, _req, _source, wait| {
+                Ok(serve::fresh(wait.content_type, wait.tag).body(bytes?))
+            });
         }
-        let (origin, source2) = (Arc::clone(&self.origin), source.clone());
-        let opened = self.opener.run(wait, move || {
-            origin.open_file(&source2.index, &source2.url, range.as_deref())
-        });
-        let streamed = match self.settled(opened, can_redirect, &source.url) {
-            Ok(streamed) => streamed?,
-            Err(Settle::Answer(r)) => return Ok(r),
-            Err(Settle::Fail(e)) => return Err(e),
-        };
-        serve::relayed(req, streamed, source, content_type)
+        let job = source.clone();
+        let ticket = self
+            .opener
+            .submit(move || origin.open_file(&job.index, &job.url, range.as_deref()));
+        self.await_ticket(req, ticket, source, wait, |opened, req, source, wait| {
+            serve::relayed(req, opened?, &source, wait.content_type)
+        })
     }
 
-    /// The result of pool work, or what to answer when it is late or the
-    /// pool is full (`Err(Ok(response))` = answer this instead).
-    fn settled<T>(&self, opened: Opened<T>, can_redirect: bool, url: &Url) -> Result<T, Settle> {
-        match opened {
-            Opened::Ready(r) => Ok(r),
-            Opened::Late if can_redirect => Err(Settle::Answer(serve::redirect(url))),
-            Opened::Late => Err(Settle::Fail(
-                crate::origin::OriginError::timeout(url).into(),
-            )),
-            Opened::Busy => {
-                self.stats.busy.fetch_add(1, Ordering::Relaxed);
-                if can_redirect {
-                    Err(Settle::Answer(serve::redirect(url)))
-                } else {
-                    Err(Settle::Fail(FileError::Busy))
-                }
+    /// Answers with `finish` once the pool job is done; parks until then.
+    fn await_ticket<T, F>(
+        self: &Arc<Self>,
+        req: &Request,
+        ticket: Option<Ticket<T>>,
+        source: Source,
+        wait: Wait,
+        finish: F,
+    ) -> Response
+    where
+        T: Send + 'static,
+        F: FnOnce(T, &Request, Source, &Wait) -> Result<Response, FileError> + Send + 'static,
+    {
+        let Some(ticket) = ticket else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            if wait.can_redirect {
+                return serve::redirect(&source.url);
             }
+            return (self.config.on_error)(&FileError::Busy);
+        };
+        if let Some(done) = ticket.take() {
+            return match finish(done, req, source, &wait) {
+                Ok(r) => r,
+                Err(e) => (self.config.on_error)(&e),
+            };
         }
+        if Instant::now() >= wait.deadline {
+            return self.late(&wait, &source.url);
+        }
+        let files = Arc::clone(self);
+        let watched = ticket.clone();
+        Response::later(Later {
+            deadline: wait.deadline,
+            subscribe: Box::new(move |waker: Waker| {
+                watched.on_done(Box::new(move || waker.wake()));
+            }),
+            resume: Box::new(move |req: &Request| {
+                files.await_ticket(req, Some(Ticket::clone(&ticket)), source, wait, finish)
+            }),
+        })
     }
 }
 
-/// Pool work that did not settle: answer with this instead.
-enum Settle {
-    Answer(Response),
-    Fail(FileError),
+/// What a parked file request needs to finish.
+struct Wait {
+    deadline: Instant,
+    can_redirect: bool,
+    content_type: &'static str,
+    tag: &'static str,
+}
+
+/// A download that can be answered from.
+enum Started {
+    /// Complete and verified (small files).
+    Whole(Arc<std::fs::File>, u64),
+    Growing(Box<inflight::GrowingReader>),
 }
 
 /// Downloads a small file whole into memory, verified.

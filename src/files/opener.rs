@@ -1,12 +1,13 @@
-//! Upstream work a request waits for with a deadline (opening a body for a
-//! range or a stream-through, fetching a small file whole), on a bounded
-//! pool: the request waits at most its deadline (then it is redirected, or
-//! gets a 504) and the work goes on in the pool, never on a thread of its
-//! own. A full queue is answered at once (`Busy`).
+//! Upstream work a request waits for (opening a body for a range or a
+//! stream-through, fetching a small file whole), on a bounded pool. The
+//! request does not wait in a thread: it gets a `Ticket` and is parked
+//! until the work is done (the ticket calls its watchers) or its deadline
+//! passes; the work goes on in the pool either way. A full queue is
+//! answered at once (`None` from `submit`).
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 /// Jobs waiting for a thread beyond the running ones.
 const QUEUE: usize = 256;
@@ -17,13 +18,45 @@ pub struct Opener {
     jobs: Sender<Job>,
 }
 
-/// The outcome of `run`.
-pub enum Opened<T> {
-    Ready(T),
-    /// The deadline passed first (the job goes on; its result is dropped).
-    Late,
-    /// The pool and its queue are full.
-    Busy,
+struct Slot<T> {
+    result: Option<T>,
+    watchers: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// The result of a job, when it is done. Clones share it.
+pub struct Ticket<T> {
+    slot: Arc<Mutex<Slot<T>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Set-once data: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T> Clone for Ticket<T> {
+    fn clone(&self) -> Ticket<T> {
+        Ticket {
+            slot: Arc::clone(&self.slot),
+        }
+    }
+}
+
+impl<T> Ticket<T> {
+    /// The result, if the job is done (taken: a second call gets `None`).
+    pub fn take(&self) -> Option<T> {
+        lock(&self.slot).result.take()
+    }
+
+    /// Calls `f` when the job is done (at once if it is).
+    pub fn on_done(&self, f: Box<dyn FnOnce() + Send>) {
+        let mut slot = lock(&self.slot);
+        if slot.result.is_some() {
+            drop(slot);
+            f();
+        } else {
+            slot.watchers.push(f);
+        }
+    }
 }
 
 impl Opener {
@@ -43,55 +76,59 @@ impl Opener {
         Ok(Opener { jobs })
     }
 
-    /// Runs `f` on the pool and waits for its result at most `wait`.
-    pub fn run<T: Send + 'static>(
+    /// Queues `f`; `None` when the pool and its queue are full.
+    pub fn submit<T: Send + 'static>(
         &self,
-        wait: Duration,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Opened<T> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    ) -> Option<Ticket<T>> {
+        let slot = Arc::new(Mutex::new(Slot {
+            result: None,
+            watchers: Vec::new(),
+        }));
+        let done = Arc::clone(&slot);
         let job: Job = Box::new(move || {
-            // The requester may have given up: that is fine.
-            let _ = reply.send(f());
+            let r = f();
+            let watchers = {
+                let mut s = lock(&done);
+                s.result = Some(r);
+                std::mem::take(&mut s.watchers)
+            };
+            for w in watchers {
+                w();
+            }
         });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return Opened::Busy,
-        }
-        match answer.recv_timeout(wait.max(Duration::from_millis(1))) {
-            Ok(r) => Opened::Ready(r),
-            Err(_) => Opened::Late,
-        }
+        self.jobs.try_send(job).ok()?;
+        Some(Ticket { slot })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn late_and_busy_answer_at_once() {
+    fn results_arrive_and_a_full_queue_says_so_at_once() {
         let o = Opener::start(1).unwrap();
-        assert!(matches!(
-            o.run(Duration::from_secs(5), || 7),
-            Opened::Ready(7)
-        ));
-        let (release, held) = crossbeam_channel::bounded::<()>(0);
+        let t = o.submit(|| 7).unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        t.on_done(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(t.take(), Some(7));
+        assert_eq!(t.take(), None, "taken once");
         // Occupy the one thread, then fill the queue.
-        let held2 = held.clone();
-        assert!(matches!(
-            o.run(Duration::from_millis(1), move || held2.recv().is_ok()),
-            Opened::Late
-        ));
-        let mut busy = false;
-        for _ in 0..QUEUE + 1 {
+        let (release, held) = crossbeam_channel::bounded::<()>(0);
+        let mut full = false;
+        for _ in 0..QUEUE + 2 {
             let h = held.clone();
-            if let Opened::Busy = o.run(Duration::from_millis(1), move || h.recv().is_ok()) {
-                busy = true;
+            if o.submit(move || h.recv().is_ok()).is_none() {
+                full = true;
                 break;
             }
         }
-        assert!(busy, "a full queue answers Busy");
+        assert!(full, "a full queue answers at once");
         drop(release);
     }
 }

@@ -48,11 +48,13 @@
 
 pub mod conditional;
 mod conn;
+mod later;
 mod poller;
 mod request;
 mod response;
 mod worker;
 
+pub use later::{settle, Later, Resume, Waker};
 pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
 pub use response::{Body, FileRange, Response, Stream};
 
@@ -68,8 +70,9 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
 use conn::Conn;
+use later::WaitingTable;
 use poller::Poller;
-use worker::{Ready, TransferPool};
+use worker::{Ready, TransferPool, Work};
 
 /// Server settings. `Default` gives production values.
 #[derive(Clone, Debug)]
@@ -131,6 +134,8 @@ pub struct Stats {
     pub handler_panics: AtomicU64,
     /// Responses cut mid-body (client gone, write timeout, failed stream).
     pub aborted: AtomicU64,
+    /// Requests parked now until their answer is ready (a gauge).
+    pub waiting: AtomicU64,
 }
 
 type Handler = Box<dyn Fn(&Request) -> Response + Send + Sync>;
@@ -139,7 +144,9 @@ pub(crate) struct Shared {
     config: ServerConfig,
     handler: Handler,
     poller: Poller,
-    ready_tx: Sender<Ready>,
+    ready_tx: Sender<Work>,
+    /// Requests parked until their answer is ready.
+    waiting: WaitingTable,
     transfers: TransferPool,
     stop: AtomicBool,
     open: Arc<AtomicUsize>,
@@ -149,6 +156,13 @@ pub(crate) struct Shared {
 impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Hands work to the request workers.
+    fn send_work(&self, work: Work) {
+        if let Err(e) = self.ready_tx.send(work) {
+            drop(e.into_inner());
+        }
     }
 }
 
@@ -181,6 +195,7 @@ impl Server {
             config,
             handler: Box::new(handler),
             ready_tx,
+            waiting: WaitingTable::default(),
             stop: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
             stats,
@@ -193,9 +208,7 @@ impl Server {
             })?);
         }
         let s = Arc::clone(&shared);
-        threads.push(spawn("roxpi-poller", move || {
-            s.poller.run(&s.ready_tx, &s.stop)
-        })?);
+        threads.push(spawn("roxpi-poller", move || s.poller.run(&s))?);
         let s = Arc::clone(&shared);
         threads.push(spawn("roxpi-accept", move || {
             accept_loop(&s, &listener, max_connections)
@@ -228,6 +241,11 @@ impl Server {
     /// Open client connections (parked, queued and being served).
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Requests parked until their answer is ready (no thread held).
+    pub fn waiting_requests(&self) -> usize {
+        self.shared.waiting.len()
     }
 
     /// Idle connections waiting in the poller.
@@ -356,10 +374,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
                         continue;
                     }
                     let _ = rustix::net::sockopt::set_tcp_nodelay(&conn.stream, true);
-                    let _ = shared.ready_tx.send(Ready {
+                    shared.send_work(Work::Conn(Ready {
                         conn,
                         queued: Instant::now(),
-                    });
+                    }));
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => continue,

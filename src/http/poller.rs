@@ -15,16 +15,21 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
 
 use super::conn::Conn;
-use super::worker::Ready;
+use super::worker::{Ready, Work};
+use super::Shared;
+
+/// How long the poller sleeps with nothing to do.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+/// How long it sleeps at most while requests wait on a deadline.
+const WAITING_TICK: Duration = Duration::from_millis(20);
 
 struct Parked {
     conn: Conn,
@@ -84,18 +89,29 @@ impl Poller {
         self.lock().len()
     }
 
-    /// The poller thread: hands ready connections to the workers and closes
-    /// expired ones, until `stop` is set (then it closes every parked one).
-    pub fn run(&self, ready: &Sender<Ready>, stop: &AtomicBool) {
+    /// The poller thread: hands ready connections to the workers, closes
+    /// expired ones, and resumes parked requests past their deadline, until
+    /// the server stops (then it closes every parked one).
+    pub fn run(&self, shared: &Arc<Shared>) {
+        let (ready, stop) = (&shared.ready_tx, &shared.stop);
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
-        let tick = Timespec {
-            tv_sec: 0,
-            tv_nsec: 250_000_000,
-        };
         let mut next_sweep = Instant::now();
+        let mut next_deadline: Option<Instant> = None;
         let mut handoff = Vec::new();
         loop {
             events.clear();
+            // Requests waiting on a deadline shorten the sleep (a new one
+            // may arrive while asleep: at most WAITING_TICK late).
+            let sleep = match next_deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(WAITING_TICK),
+                None => IDLE_TICK,
+            };
+            let tick = Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(sleep.subsec_nanos()),
+            };
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
@@ -110,8 +126,10 @@ impl Poller {
             if stop.load(Ordering::Acquire) {
                 let all: Vec<Parked> = self.lock().drain().map(|(_, p)| p).collect();
                 drop(all);
+                shared.waiting.clear();
                 return;
             }
+            next_deadline = shared.waiting.expire(shared, Instant::now());
             {
                 let mut parked = self.lock();
                 for ev in &events {
@@ -127,7 +145,7 @@ impl Poller {
             for (conn, dead) in handoff.drain(..) {
                 if dead {
                     drop(conn);
-                } else if let Err(e) = ready.send(Ready { conn, queued: now }) {
+                } else if let Err(e) = ready.send(Work::Conn(Ready { conn, queued: now })) {
                     drop(e.into_inner());
                 }
             }

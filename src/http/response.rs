@@ -76,6 +76,8 @@ pub struct Response {
     invalid: Option<String>,
     /// A short word for the access log (e.g. HIT, MISS).
     log_tag: Option<&'static str>,
+    /// The answer is not ready: park the request (see `later`).
+    later: Option<Box<super::later::Later>>,
 }
 
 impl Response {
@@ -86,6 +88,7 @@ impl Response {
             body: Body::Empty,
             invalid: None,
             log_tag: None,
+            later: None,
         }
     }
 
@@ -151,6 +154,23 @@ impl Response {
 
     pub fn into_body(self) -> Body {
         self.body
+    }
+
+    /// An answer to come: the connection waits without a thread until the
+    /// later's waker is called or its deadline passes.
+    pub fn later(later: super::later::Later) -> Response {
+        let mut r = Response::new(200);
+        r.later = Some(Box::new(later));
+        r
+    }
+
+    /// Whether this is an answer to come (`Response::later`).
+    pub fn is_later(&self) -> bool {
+        self.later.is_some()
+    }
+
+    pub(crate) fn take_later(&mut self) -> Option<super::later::Later> {
+        self.later.take().map(|b| *b)
     }
 
     pub(crate) fn take_log_tag(&self) -> Option<&'static str> {

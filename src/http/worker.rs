@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::conn::{Conn, Mode, Outgoing, Pump, ReadOutcome};
+use super::later::{Later, Waiting};
 use super::request::{parse_request, Method, Parsed, Request, Version};
 use super::response::{framing, write_head, Framing, HeadParams, Persistence, Response};
 use super::Shared;
@@ -36,6 +37,14 @@ use super::Shared;
 pub(crate) struct Ready {
     pub conn: Conn,
     pub queued: Instant,
+}
+
+/// What a worker is handed.
+pub(crate) enum Work {
+    /// A connection with bytes to read.
+    Conn(Ready),
+    /// A parked request whose answer is ready (or whose deadline passed).
+    Resume(Box<Waiting>),
 }
 
 /// What the access log needs once a response is finished. Borrowed from the
@@ -68,10 +77,15 @@ pub(crate) struct Transfer {
     access: Access<'static>,
 }
 
-pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Ready>) {
+pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Work>) {
     loop {
         match ready.recv_timeout(Duration::from_millis(250)) {
-            Ok(Ready { conn, queued }) => {
+            Ok(Work::Resume(waiting)) => {
+                if catch_unwind(AssertUnwindSafe(|| resume(shared, *waiting))).is_err() {
+                    log::error!("request worker recovered from a panic");
+                }
+            }
+            Ok(Work::Conn(Ready { conn, queued })) => {
                 if queued.elapsed() > shared.config.queue_timeout {
                     shared.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                     refuse(conn, 503, "server busy, retry shortly\n");
@@ -165,14 +179,15 @@ fn refuse(conn: Conn, status: u16, reason: &str) {
     conn.close();
 }
 
-/// Runs the handler for one request and writes its response. Returns the
-/// connection when it stays open and the response is fully written.
-fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option<Conn> {
-    let started = Instant::now();
-    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-    request.set_peer(conn.peer);
-    let (response, panicked) = match catch_unwind(AssertUnwindSafe(|| (shared.handler)(&request))) {
-        Ok(r) => (r.checked(), false),
+/// Runs `f` (the handler, or a resume function) for `request`; a panic
+/// becomes a 500.
+fn run_handler(
+    shared: &Shared,
+    request: &Request,
+    f: impl FnOnce(&Request) -> Response,
+) -> (Response, bool) {
+    match catch_unwind(AssertUnwindSafe(|| f(request))) {
+        Ok(r) => (r, false),
         Err(_) => {
             shared.stats.handler_panics.fetch_add(1, Ordering::Relaxed);
             log::error!(
@@ -182,7 +197,77 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
             );
             (Response::text(500, "internal server error\n"), true)
         }
-    };
+    }
+}
+
+/// Runs the handler for one request and writes its response. Returns the
+/// connection when it stays open and the response is fully written.
+fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option<Conn> {
+    let started = Instant::now();
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    request.set_peer(conn.peer);
+    let (response, panicked) = run_handler(shared, &request, |r| (shared.handler)(r));
+    conn.served += 1;
+    finish(shared, conn, request, response, panicked, started)
+}
+
+/// A parked request is back: its answer is ready (or its deadline passed).
+fn resume(shared: &Arc<Shared>, waiting: Waiting) {
+    let Waiting {
+        conn,
+        request,
+        resume,
+        started,
+    } = waiting;
+    let (response, panicked) = run_handler(shared, &request, resume);
+    if let Some(conn) = finish(shared, conn, request, response, panicked, started) {
+        // Pipelined requests behind it, or back to the poller.
+        serve(shared, conn);
+    }
+}
+
+/// Writes `response` (or parks the request if it is a `Later`).
+fn finish(
+    shared: &Arc<Shared>,
+    conn: Conn,
+    request: Request,
+    mut response: Response,
+    panicked: bool,
+    started: Instant,
+) -> Option<Conn> {
+    if let Some(later) = response.take_later() {
+        let Later {
+            deadline,
+            subscribe,
+            resume,
+        } = later;
+        let waiting = Waiting {
+            conn,
+            request,
+            resume,
+            started,
+        };
+        shared.waiting.park(shared, waiting, deadline, subscribe);
+        return None;
+    }
+    write_response(
+        shared,
+        conn,
+        &request,
+        response.checked(),
+        panicked,
+        started,
+    )
+}
+
+fn write_response(
+    shared: &Arc<Shared>,
+    conn: Conn,
+    request: &Request,
+    response: Response,
+    panicked: bool,
+    started: Instant,
+) -> Option<Conn> {
     let keep = request.wants_keep_alive() && !panicked && !shared.stopping();
     let is_head = *request.method() == Method::Head;
     let status = response.status();
@@ -194,7 +279,6 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
         keep,
         shared.config.keep_alive_timeout.as_secs(),
     );
-    conn.served += 1;
     let access = Access {
         method: Cow::Borrowed(request.method()),
         target: Cow::Borrowed(request.target()),
@@ -423,10 +507,10 @@ fn run_transfer(shared: &Arc<Shared>, job: Transfer) {
                 let deadline = Instant::now() + shared.config.keep_alive_timeout;
                 shared.poller.park(conn, deadline);
             } else {
-                let _ = shared.ready_tx.send(Ready {
+                shared.send_work(Work::Conn(Ready {
                     conn,
                     queued: Instant::now(),
-                });
+                }));
             }
         }
         Err(e) => {

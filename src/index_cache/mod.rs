@@ -34,7 +34,7 @@ use crate::pypi::{ProjectName, ProjectPage};
 
 mod resolve;
 mod store;
-pub use resolve::Resolved;
+pub use resolve::{Resolution, Resolved};
 use store::{estimate, shard_of, Shard, SlotKey};
 
 const SHARDS: usize = 16;
@@ -102,30 +102,71 @@ pub struct Rendered {
 
 type FlightResult = Result<Arc<Snapshot>, Arc<OriginError>>;
 
+/// Called when a flight completes (a parked request's waker).
+pub type OnReady = Box<dyn FnOnce() + Send>;
+
+struct FlightState {
+    result: Option<FlightResult>,
+    /// Called once the result is in.
+    waiters: Vec<OnReady>,
+}
+
 struct Flight {
-    result: Mutex<Option<FlightResult>>,
+    state: Mutex<FlightState>,
     done: Condvar,
 }
 
 impl Flight {
     fn new() -> Flight {
         Flight {
-            result: Mutex::new(None),
+            state: Mutex::new(FlightState {
+                result: None,
+                waiters: Vec::new(),
+            }),
             done: Condvar::new(),
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, FlightState> {
+        // One assignment per update: a poisoned lock is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn complete(&self, r: FlightResult) {
-        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        let waiters = {
+            let mut st = self.lock();
+            st.result = Some(r);
+            std::mem::take(&mut st.waiters)
+        };
         self.done.notify_all();
+        // Outside the lock: a waiter may look at this flight again.
+        for w in waiters {
+            w();
+        }
+    }
+
+    /// The result, if it is in.
+    fn result(&self) -> Option<FlightResult> {
+        self.lock().result.clone()
+    }
+
+    /// Calls `f` once the result is in (at once if it is).
+    fn on_complete(&self, f: OnReady) {
+        let mut st = self.lock();
+        if st.result.is_some() {
+            drop(st);
+            f();
+        } else {
+            st.waiters.push(f);
+        }
     }
 
     /// Waits up to `limit`; `None` on timeout.
     fn wait(&self, limit: Duration) -> Option<FlightResult> {
         let deadline = Instant::now() + limit;
-        let mut guard = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock();
         loop {
-            if let Some(r) = guard.as_ref() {
+            if let Some(r) = guard.result.as_ref() {
                 return Some(r.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -195,12 +236,29 @@ pub struct Pending {
     flight: Option<Arc<Flight>>,
     /// Resting after a failure: serve the copy without waiting.
     resting: bool,
+    /// The latest moment to answer (real time): `stale_after` after the
+    /// lookup with a copy at hand, `FIRST_FETCH_WAIT` without.
+    deadline: Instant,
 }
 
 impl Pending {
     /// The copy at hand, fresh or not, without waiting.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.snap.clone()
+    }
+
+    /// When this lookup must be answered at the latest.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Calls `f` when the refresh this lookup waits for completes (at once
+    /// if there is none or it is done).
+    pub fn on_ready(&self, f: OnReady) {
+        match &self.flight {
+            Some(flight) => flight.on_complete(f),
+            None => f(),
+        }
     }
 }
 
@@ -316,6 +374,7 @@ impl IndexCache {
                         snap: entry.snap.clone(),
                         flight: None,
                         resting,
+                        deadline: Instant::now(),
                     };
                     (p, None)
                 } else if let Some(f) = &entry.flight {
@@ -325,6 +384,7 @@ impl IndexCache {
                         snap: entry.snap.clone(),
                         flight: Some(Arc::clone(f)),
                         resting: false,
+                        deadline: self.wait_deadline(entry.snap.is_some()),
                     };
                     (p, None)
                 } else {
@@ -335,6 +395,7 @@ impl IndexCache {
                         snap: entry.snap.clone(),
                         flight: Some(Arc::clone(&f)),
                         resting: false,
+                        deadline: self.wait_deadline(entry.snap.is_some()),
                     };
                     (p, Some(f))
                 }
@@ -387,45 +448,65 @@ impl IndexCache {
         self.evict(&mut shard);
     }
 
-    /// Waits for a lookup's answer.
-    pub fn wait(&self, pending: Pending) -> Outcome {
-        let Pending {
-            index,
-            snap,
-            flight,
-            resting,
-        } = pending;
-        let url = &self.indexes[index.get()].url;
+    /// The latest moment to answer a lookup that waits for a refresh.
+    fn wait_deadline(&self, has_copy: bool) -> Instant {
+        Instant::now()
+            + if has_copy {
+                self.stale_after
+            } else {
+                FIRST_FETCH_WAIT
+            }
+    }
+
+    /// A lookup's answer if it is settled: no refresh to wait for, the
+    /// refresh done, or the deadline passed (then the stale copy, or a
+    /// timeout). `None`: not yet — wait with `Pending::on_ready`.
+    pub fn poll(&self, pending: &Pending) -> Option<Outcome> {
+        let url = &self.indexes[pending.index.get()].url;
         let now = self.clock.now();
-        let Some(flight) = flight else {
-            return match snap {
-                Some(s) if s.is_fresh(now) && !resting => {
+        let Some(flight) = &pending.flight else {
+            return Some(match &pending.snap {
+                Some(s) if s.is_fresh(now) && !pending.resting => {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    Ok((s, Freshness::Hit))
+                    Ok((Arc::clone(s), Freshness::Hit))
                 }
                 Some(s) => {
                     self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                    Ok((s, Freshness::Stale))
+                    Ok((Arc::clone(s), Freshness::Stale))
                 }
                 None => Err(Arc::new(OriginError::offline(url))),
-            };
+            });
         };
-        let limit = if snap.is_some() {
-            self.stale_after
-        } else {
-            FIRST_FETCH_WAIT
-        };
-        match (flight.wait(limit), snap) {
+        let result = flight.result();
+        if result.is_none() && Instant::now() < pending.deadline {
+            return None;
+        }
+        Some(match (result, &pending.snap) {
             (Some(Ok(fresh)), _) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 Ok((fresh, Freshness::Miss))
             }
             (Some(Err(_)) | None, Some(old)) => {
                 self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                Ok((old, Freshness::Stale))
+                Ok((Arc::clone(old), Freshness::Stale))
             }
             (Some(Err(e)), None) => Err(e),
             (None, None) => Err(Arc::new(OriginError::timeout(url))),
+        })
+    }
+
+    /// Waits for a lookup's answer (blocking; tests and tools).
+    pub fn wait(&self, pending: Pending) -> Outcome {
+        if let Some(flight) = &pending.flight {
+            let left = pending.deadline.saturating_duration_since(Instant::now());
+            flight.wait(left);
+        }
+        loop {
+            if let Some(outcome) = self.poll(&pending) {
+                return outcome;
+            }
+            // Only reachable at the very deadline: poll again.
+            std::thread::yield_now();
         }
     }
 

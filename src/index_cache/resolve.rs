@@ -2,10 +2,16 @@
 //! of them at once (an erroring extra index is skipped when another has the
 //! project), `first-index` asks them in order and stops at the first that
 //! has it (an index that errors never lets a later one win).
+//!
+//! A `Resolution` never blocks: `IndexCache::poll_resolution` answers or
+//! says "not yet", and `Resolution::on_ready` registers a callback for the
+//! moment it may be answerable (the server parks the request meanwhile).
+//! `IndexCache::resolve` is the blocking form.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::{Doc, Freshness, IndexCache, Key, Pending, Snapshot};
+use super::{Doc, Freshness, IndexCache, Key, OnReady, Outcome, Pending, Snapshot};
 use crate::origin::{IndexId, OriginError};
 use crate::pypi::Strategy;
 
@@ -17,12 +23,126 @@ pub enum Resolved {
     Failed(Arc<OriginError>),
 }
 
-type Answer = Result<Option<(Arc<Snapshot>, Freshness)>, Arc<OriginError>>;
+/// A lookup across the indexes in progress.
+pub struct Resolution {
+    key: Key,
+    sequential: bool,
+    force: bool,
+    /// Use any copy at hand without waiting (file requests).
+    no_wait: bool,
+    ids: Vec<IndexId>,
+    /// Lookups started and not yet settled, in index order.
+    pending: Vec<(IndexId, Pending)>,
+    /// Settled answers, in index order.
+    settled: Vec<(IndexId, Outcome)>,
+    /// First-index: the next index to ask.
+    next: usize,
+}
+
+impl Resolution {
+    /// When the lookups waited for must be answered at the latest.
+    pub fn deadline(&self) -> Instant {
+        self.pending
+            .iter()
+            .map(|(_, p)| p.deadline())
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Calls `f` (possibly several times) when a lookup waited for settles.
+    pub fn on_ready(&self, f: impl Fn() + Clone + Send + 'static) {
+        for (_, p) in &self.pending {
+            let f = f.clone();
+            let once: OnReady = Box::new(f);
+            p.on_ready(once);
+        }
+    }
+}
+
+fn found_in(outcome: &Outcome) -> Result<Option<(Arc<Snapshot>, Freshness)>, Arc<OriginError>> {
+    match outcome {
+        Ok((snap, _)) if matches!(snap.doc, Doc::Missing) => Ok(None),
+        Ok((snap, fresh)) => Ok(Some((Arc::clone(snap), *fresh))),
+        Err(e) => Err(Arc::clone(e)),
+    }
+}
 
 impl IndexCache {
-    /// Asks the indexes for `key`. `force`: the client asked for a refresh.
-    /// `no_wait` uses any copy at hand without waiting for a refresh (file
-    /// requests: a cache hit never waits on a page).
+    /// Starts asking the indexes for `key`. `force`: the client asked for a
+    /// refresh. `no_wait`: any copy at hand will do.
+    pub fn start_resolution(
+        self: &Arc<Self>,
+        key: &Key,
+        strategy: Strategy,
+        force: bool,
+        no_wait: bool,
+    ) -> Resolution {
+        let ids: Vec<IndexId> = self.indexes().iter().map(|i| i.id).collect();
+        let sequential = strategy == Strategy::FirstIndex && matches!(key, Key::Project(_));
+        let mut r = Resolution {
+            key: key.clone(),
+            sequential,
+            force,
+            no_wait,
+            ids,
+            pending: Vec::new(),
+            settled: Vec::new(),
+            next: 0,
+        };
+        if sequential {
+            self.begin_next(&mut r);
+        } else {
+            // Start every fetch before waiting for any.
+            r.pending = r
+                .ids
+                .iter()
+                .map(|id| (*id, self.begin(*id, key, force)))
+                .collect();
+            r.next = r.ids.len();
+        }
+        r
+    }
+
+    fn begin_next(self: &Arc<Self>, r: &mut Resolution) {
+        if let Some(id) = r.ids.get(r.next).copied() {
+            r.pending.push((id, self.begin(id, &r.key, r.force)));
+            r.next += 1;
+        }
+    }
+
+    /// The answer, or `None` while a lookup still waits for its refresh.
+    pub fn poll_resolution(self: &Arc<Self>, r: &mut Resolution) -> Option<Resolved> {
+        loop {
+            // Settle what can be settled, in order.
+            while let Some((id, p)) = r.pending.first() {
+                let outcome = match p.current().filter(|_| r.no_wait) {
+                    Some(snap) => Ok((snap, Freshness::Hit)),
+                    None => self.poll(p)?,
+                };
+                let id = *id;
+                r.pending.remove(0);
+                r.settled.push((id, outcome));
+            }
+            if !r.sequential {
+                return Some(merge_answers(&r.settled));
+            }
+            // First-index: the last settled answer decides or moves on.
+            match r.settled.last().map(|(id, o)| (*id, found_in(o))) {
+                Some((id, Ok(Some((snap, fresh))))) => {
+                    return Some(Resolved::Found(vec![(id, snap, fresh)]))
+                }
+                Some((_, Err(e))) => return Some(Resolved::Failed(e)),
+                Some((_, Ok(None))) | None => {
+                    if r.next >= r.ids.len() {
+                        return Some(Resolved::NotFound);
+                    }
+                    self.begin_next(r);
+                }
+            }
+        }
+    }
+
+    /// Asks the indexes for `key`, waiting as needed (blocking form).
     pub fn resolve(
         self: &Arc<Self>,
         key: &Key,
@@ -30,51 +150,40 @@ impl IndexCache {
         force: bool,
         no_wait: bool,
     ) -> Resolved {
-        let ids: Vec<IndexId> = self.indexes().iter().map(|i| i.id).collect();
-        let answer = |pending: Pending| -> Answer {
-            let outcome = match pending.current().filter(|_| no_wait) {
-                Some(snap) => Ok((snap, Freshness::Hit)),
-                None => self.wait(pending),
-            };
-            match outcome {
-                Ok((snap, _)) if matches!(snap.doc, Doc::Missing) => Ok(None),
-                Ok(found) => Ok(Some(found)),
-                Err(e) => Err(e),
+        let mut r = self.start_resolution(key, strategy, force, no_wait);
+        loop {
+            if let Some(done) = self.poll_resolution(&mut r) {
+                return done;
             }
-        };
-        if strategy == Strategy::FirstIndex && matches!(key, Key::Project(_)) {
-            for id in ids {
-                match answer(self.begin(id, key, force)) {
-                    Ok(Some((snap, fresh))) => return Resolved::Found(vec![(id, snap, fresh)]),
-                    Ok(None) => continue,
-                    Err(e) => return Resolved::Failed(e),
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            r.on_ready(move || {
+                let _ = tx.try_send(());
+            });
+            let left = r.deadline().saturating_duration_since(Instant::now());
+            let _ = rx.recv_timeout(left);
+        }
+    }
+}
+
+/// Merge: every index that has it, else the first failure, else not found.
+fn merge_answers(settled: &[(IndexId, Outcome)]) -> Resolved {
+    let mut found = Vec::new();
+    let mut failure: Option<Arc<OriginError>> = None;
+    for (id, outcome) in settled {
+        match found_in(outcome) {
+            Ok(Some((snap, fresh))) => found.push((*id, snap, fresh)),
+            Ok(None) => {}
+            Err(e) => {
+                if *id != IndexId::ROOT {
+                    log::info!("skipping index {id} for this request: {e}");
                 }
-            }
-            return Resolved::NotFound;
-        }
-        // Start every fetch before waiting for any.
-        let pendings: Vec<(IndexId, Pending)> = ids
-            .into_iter()
-            .map(|id| (id, self.begin(id, key, force)))
-            .collect();
-        let mut found = Vec::new();
-        let mut failure: Option<Arc<OriginError>> = None;
-        for (id, pending) in pendings {
-            match answer(pending) {
-                Ok(Some((snap, fresh))) => found.push((id, snap, fresh)),
-                Ok(None) => {}
-                Err(e) => {
-                    if id != IndexId::ROOT {
-                        log::info!("skipping index {id} for this request: {e}");
-                    }
-                    failure.get_or_insert(e);
-                }
+                failure.get_or_insert(e);
             }
         }
-        match (found.is_empty(), failure) {
-            (false, _) => Resolved::Found(found),
-            (true, Some(e)) => Resolved::Failed(e),
-            (true, None) => Resolved::NotFound,
-        }
+    }
+    match (found.is_empty(), failure) {
+        (false, _) => Resolved::Found(found),
+        (true, Some(e)) => Resolved::Failed(e),
+        (true, None) => Resolved::NotFound,
     }
 }

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config::{Cli, Settings};
 use crate::files::Files;
-use crate::http::{Body, Request, Response};
+use crate::http::{settle, Body, Request, Response};
 use crate::origin::fake::{Fail, FakeOrigin, FileAnswer, PageAnswer};
 use crate::pypi::{FileEntry, Filename, Hashes, ProjectPage};
 
@@ -71,7 +71,7 @@ struct Row {
     want_file: (u16, Option<u64>),
 }
 
-fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> App {
+fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> Arc<App> {
     let cli = Cli::parse_from([
         "roxpi",
         "--index-url",
@@ -99,7 +99,13 @@ fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> App 
         )
         .unwrap()
     };
-    App::assemble(settings, files, origin.clone(), Default::default(), clock).unwrap()
+    Arc::new(App::assemble(settings, files, origin.clone(), Default::default(), clock).unwrap())
+}
+
+/// What a client gets once the answer is ready.
+fn get(a: &Arc<App>, path: &str) -> Response {
+    let req = Request::new("GET", path);
+    settle(&req, a.handle(&req))
 }
 
 #[test]
@@ -184,7 +190,7 @@ fn every_failure_kind_maps_to_one_status_on_both_paths() {
         let origin = Arc::new(FakeOrigin::default());
         origin.set_page("demo", row.page.clone());
         let a = app(&origin, dir.path(), row.full_disk);
-        let got = outcome(a.handle(&Request::new("GET", "/simple/demo/")));
+        let got = outcome(get(&a, "/simple/demo/"));
         assert_eq!(got, row.want_page, "page path, {}", row.kind);
 
         // File path: the page is good, the file answers as the row says.
@@ -193,7 +199,7 @@ fn every_failure_kind_maps_to_one_status_on_both_paths() {
         origin.set_page("demo", good_page());
         origin.set_file(FILE_URL, row.file.clone());
         let a = app(&origin, dir.path(), row.full_disk);
-        let r = a.handle(&Request::new("GET", "/simple/demo/demo-1.0.tar.gz"));
+        let r = get(&a, "/simple/demo/demo-1.0.tar.gz");
         let status = r.status();
         let retry = r.get_header("retry-after").and_then(|v| v.parse().ok());
         assert_eq!((status, retry), row.want_file, "file path, {}", row.kind);

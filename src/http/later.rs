@@ -1,0 +1,180 @@
+//! Answers that are not ready yet, waited for without a thread.
+//!
+//! A handler that would wait (on an upstream fetch, a download, an open)
+//! returns `Response::later(Later)` instead. The server then keeps the
+//! connection and the request in its waiting table — no worker, no thread —
+//! and lets `subscribe` hand a `Waker` to whatever is being waited on. When
+//! that calls `wake`, or when the deadline passes, the request goes back to
+//! a worker, which calls `resume` for the answer (which may be another
+//! `Later`). A waker outliving its request (woken twice, or after the
+//! deadline) does nothing.
+//!
+//! Lock rule: the waiting table's lock is held only to insert or remove an
+//! entry, never while a waker or a resume function runs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use super::conn::Conn;
+use super::request::Request;
+use super::response::Response;
+use super::Shared;
+
+/// Computes an answer once woken or at the deadline.
+pub type Resume = Box<dyn FnOnce(&Request) -> Response + Send>;
+
+/// An answer to come.
+pub struct Later {
+    /// `resume` is called at the latest then, woken or not.
+    pub deadline: Instant,
+    /// Called once, right after the request is parked, with its waker.
+    pub subscribe: Box<dyn FnOnce(Waker) + Send>,
+    pub resume: Resume,
+}
+
+/// Wakes one waiting request. Cheap to clone; waking twice is harmless.
+#[derive(Clone)]
+pub struct Waker(WakeTarget);
+
+#[derive(Clone)]
+enum WakeTarget {
+    /// A request parked in a server.
+    Server { token: u64, shared: Weak<Shared> },
+    /// Anything else (`settle`, tests).
+    Callback(Arc<dyn Fn() + Send + Sync>),
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        match &self.0 {
+            WakeTarget::Server { token, shared } => {
+                if let Some(shared) = shared.upgrade() {
+                    shared.waiting.resume(&shared, *token);
+                }
+            }
+            WakeTarget::Callback(f) => f(),
+        }
+    }
+
+    /// A waker that calls `f`.
+    pub fn from_fn(f: impl Fn() + Send + Sync + 'static) -> Waker {
+        Waker(WakeTarget::Callback(Arc::new(f)))
+    }
+}
+
+/// Drives a response to its final form on the calling thread, waiting for
+/// each `Later` until it is woken or its deadline passes: what the server
+/// does without a thread, done with one (tests, tools).
+pub fn settle(request: &Request, mut response: Response) -> Response {
+    while let Some(later) = response.take_later() {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        (later.subscribe)(Waker::from_fn(move || {
+            let _ = tx.try_send(());
+        }));
+        let left = later.deadline.saturating_duration_since(Instant::now());
+        let _ = rx.recv_timeout(left);
+        response = (later.resume)(request);
+    }
+    response
+}
+
+/// A request parked until its answer is ready.
+pub(crate) struct Waiting {
+    pub conn: Conn,
+    pub request: Request,
+    pub resume: Resume,
+    pub started: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, (Waiting, Instant)>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+#[derive(Default)]
+pub(crate) struct WaitingTable {
+    table: Mutex<Table>,
+    next: AtomicU64,
+}
+
+impl WaitingTable {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Inserts and removes only: a poisoned lock is consistent.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks `waiting` until `deadline` and subscribes its waker.
+    pub fn park(
+        &self,
+        shared: &Arc<Shared>,
+        waiting: Waiting,
+        deadline: Instant,
+        subscribe: Box<dyn FnOnce(Waker) + Send>,
+    ) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut t = self.lock();
+            t.deadlines.insert((deadline, token));
+            t.entries.insert(token, (waiting, deadline));
+            shared
+                .stats
+                .waiting
+                .store(t.entries.len() as u64, Ordering::Relaxed);
+        }
+        subscribe(Waker(WakeTarget::Server {
+            token,
+            shared: Arc::downgrade(shared),
+        }));
+    }
+
+    fn take(&self, shared: &Shared, token: u64) -> Option<Waiting> {
+        let mut t = self.lock();
+        let (w, deadline) = t.entries.remove(&token)?;
+        t.deadlines.remove(&(deadline, token));
+        shared
+            .stats
+            .waiting
+            .store(t.entries.len() as u64, Ordering::Relaxed);
+        Some(w)
+    }
+
+    /// Sends a woken request back to the workers.
+    fn resume(&self, shared: &Arc<Shared>, token: u64) {
+        if let Some(w) = self.take(shared, token) {
+            shared.send_work(super::worker::Work::Resume(Box::new(w)));
+        }
+    }
+
+    /// Resumes every request past its deadline; returns the next deadline.
+    pub fn expire(&self, shared: &Arc<Shared>, now: Instant) -> Option<Instant> {
+        let due: Vec<u64> = {
+            let t = self.lock();
+            t.deadlines
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .map(|(_, k)| *k)
+                .collect()
+        };
+        for token in due {
+            self.resume(shared, token);
+        }
+        self.lock().deadlines.iter().next().map(|(d, _)| *d)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Drops every waiting request (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<(Waiting, Instant)> = {
+            let mut t = self.lock();
+            t.deadlines.clear();
+            t.entries.drain().map(|(_, v)| v).collect()
+        };
+        drop(all);
+    }
+}

@@ -1,0 +1,110 @@
+//! Nothing waits in a worker: requests whose upstream hangs are parked, so
+//! `/health` and cache hits answer at once even with 4 workers and 64 such
+//! requests in flight.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
+use crate::util::{get, start_roxpi, within};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hanging_upstream_requests_hold_no_worker() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        fake.add_project(
+            "root",
+            "warm",
+            FakeProject {
+                files: vec![FakeFile::new("warm-1.0-py3-none-any.whl", big.clone())],
+                versions: vec![],
+            },
+        );
+        // Files whose downloads hang (their URLs hold `hang-`).
+        let hanging: Vec<FakeFile> = (0..32)
+            .map(|i| FakeFile::new(&format!("hang-{i}-1.0-py3-none-any.whl"), vec![1u8; 1000]))
+            .collect();
+        fake.add_project(
+            "root",
+            "slowfiles",
+            FakeProject {
+                files: hanging,
+                versions: vec![],
+            },
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let root = fake.url("root");
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_WORKERS", "4"),
+            // Waiting file requests stay in flight instead of redirecting.
+            ("ROXPI_DOWNLOAD_TIMEOUT", "60"),
+            ("ROXPI_READ_TIMEOUT", "60"),
+        ]);
+        let addr = roxpi.addr;
+        let warm_file = "/index/warm/warm-1.0-py3-none-any.whl";
+        assert_eq!(get(addr, "/index/warm/").status, 200);
+        assert_eq!(get(addr, warm_file).body, big);
+        assert_eq!(get(addr, "/index/slowfiles/").status, 200);
+
+        // 64 requests whose upstream hangs: 32 pages, 32 files.
+        let mut hung: Vec<TcpStream> = (0..64)
+            .map(|i| {
+                let path = if i < 32 {
+                    format!("/index/hang-{i}/")
+                } else {
+                    format!("/index/slowfiles/hang-{}-1.0-py3-none-any.whl", i - 32)
+                };
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect();
+        // Until all 64 are parked (no worker holds any of them).
+        let started = Instant::now();
+        while metric(addr, "roxpi_http_waiting_requests") < 64 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "64 never parked"
+            );
+            std::thread::yield_now();
+        }
+
+        let mut worst = Duration::ZERO;
+        for round in 0..20 {
+            for path in ["/health", "/index/warm/", warm_file] {
+                let t = Instant::now();
+                let r = get(addr, path);
+                let took = t.elapsed();
+                assert_eq!(r.status, 200, "{path} round {round}");
+                if path == warm_file {
+                    assert_eq!(r.body.len(), big.len());
+                }
+                assert!(took < Duration::from_secs(1), "{path} took {took:?}");
+                worst = worst.max(took);
+            }
+        }
+        eprintln!("with 4 workers and 64 hung upstream requests: slowest of 60 probes {worst:?}");
+        assert!(
+            metric(addr, "roxpi_http_waiting_requests") >= 64,
+            "still parked"
+        );
+        hung.clear();
+    });
+}
