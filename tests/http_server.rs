@@ -67,6 +67,10 @@ fn handler(big: Bytes, file: Arc<std::fs::File>, file_len: u64) -> impl Fn(&Requ
             len: None,
             reader: Box::new(Failing { ok: 30_000 }),
         })),
+        "/stream-fail-first" => Response::new(200).body(Body::Stream(Stream {
+            len: Some(5000),
+            reader: Box::new(Failing { ok: 0 }),
+        })),
         "/split" => Response::new(200).header("X-Evil", "a\r\nSet-Cookie: x=1"),
         _ => Response::text(404, "not found\n"),
     }
@@ -201,7 +205,7 @@ fn limits_answer_with_4xx_and_close() {
                 501,
             ),
             (
-                b"POST /ok HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
+                b"POST /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
                 413,
             ),
             (b"garbage\r\n\r\n".to_vec(), 400),
@@ -239,7 +243,7 @@ fn http10_and_connection_close_are_honoured() {
         let f = start(small_config(2));
         for raw in [
             &b"GET /ok HTTP/1.0\r\n\r\n"[..],
-            &b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            &b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
         ] {
             let mut s = connect(f.addr);
             s.write_all(raw).unwrap();
@@ -307,6 +311,62 @@ fn failing_or_short_bodies_cut_the_connection() {
             );
         }
         assert_eq!(get(f.addr, "/ok").status, 200);
+    });
+}
+
+#[test]
+fn a_stream_failing_before_its_first_byte_is_a_502_with_a_reason() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        let r = get(f.addr, "/stream-fail-first");
+        assert_eq!(r.status, 502);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("upstream went away"), "{body}");
+        assert_eq!(get(f.addr, "/ok").status, 200);
+    });
+}
+
+#[test]
+fn host_is_required_once_and_expect_100_continue_is_answered() {
+    within(LIMIT, || {
+        let f = start(small_config(2));
+        for (raw, want) in [
+            (&b"GET /ok HTTP/1.1\r\n\r\n"[..], "HTTP/1.1 400 "),
+            (
+                &b"GET /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+                "HTTP/1.1 400 ",
+            ),
+            (
+                &b"GET /ok HTTP/1.1\r\nHost: a\r\nExpect: tea\r\n\r\n"[..],
+                "HTTP/1.1 417 ",
+            ),
+            (&b"GET /ok HTTP/1.0\r\n\r\n"[..], "HTTP/1.1 200 "),
+        ] {
+            let mut s = connect(f.addr);
+            s.write_all(raw).unwrap();
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all);
+            let text = String::from_utf8_lossy(&all);
+            assert!(
+                text.starts_with(want),
+                "{:?}: {text}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // 100 Continue first; the body follows; then the final answer.
+        let mut c = Client::new(f.addr);
+        c.send(
+            b"PUT /method HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+        line.clear();
+        std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap();
+        assert_eq!(line, "\r\n");
+        c.send(b"hello");
+        let r = c.read_reply(false).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"PUT 5"[..]));
     });
 }
 

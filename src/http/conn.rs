@@ -32,6 +32,8 @@ pub(crate) struct Conn {
     pub served: u64,
     /// Whether the socket is registered with the poller's epoll set.
     pub registered: bool,
+    /// `100 Continue` was sent for the request at the head of `buf`.
+    pub continued: bool,
     _open: OpenGuard,
 }
 
@@ -62,6 +64,7 @@ impl Conn {
             head_started: None,
             served: 0,
             registered: false,
+            continued: false,
             _open: OpenGuard(open),
         }
     }
@@ -88,6 +91,7 @@ impl Conn {
     /// Drops consumed bytes; frees the buffer when nothing is left so that
     /// an idle connection holds no memory.
     pub fn consume(&mut self, n: usize) {
+        self.continued = false;
         if n >= self.buf.len() {
             self.buf = Vec::new();
         } else {
@@ -222,6 +226,12 @@ impl Outgoing {
             body,
             body_sent: 0,
         }
+    }
+
+    /// Whether no byte of the response has been written yet (a failure
+    /// can still be answered with a proper status).
+    pub fn nothing_sent(&self) -> bool {
+        self.head_pos == 0
     }
 
     /// Whether this response should go to a transfer thread right away:

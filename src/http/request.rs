@@ -220,6 +220,9 @@ pub enum Parsed {
     Complete { request: Request, consumed: usize },
     /// More bytes are needed.
     Partial,
+    /// The head asks `Expect: 100-continue` and its body has not arrived:
+    /// answer `100 Continue` (once), then read on.
+    ExpectsContinue,
 }
 
 /// A request the server must refuse: the status to answer with and why.
@@ -270,8 +273,23 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
         _ => Version::Http11,
     };
     let mut content_length: Option<u64> = None;
+    let mut hosts = 0;
+    let mut expects_continue = false;
     let mut header_list = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+        if h.name.eq_ignore_ascii_case("expect") {
+            // RFC 9110 §10.1.1: 100-continue is the only expectation.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Err(HeadError::new(
+                    417,
+                    "the only expectation served is 100-continue",
+                ));
+            }
+            expects_continue = true;
+        }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HeadError::new(
                 501,
@@ -292,6 +310,13 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
         }
         header_list.push((h.name.to_ascii_lowercase(), h.value.to_vec()));
     }
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
+    if hosts > 1 || (hosts == 0 && version == Version::Http11) {
+        return Err(HeadError::new(
+            400,
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
     let body_len = content_length.unwrap_or(0);
     if body_len > limits.max_body as u64 {
         return Err(HeadError::new(
@@ -302,6 +327,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
     // Fits in usize: bounded by max_body just above.
     let end = head_len + body_len as usize;
     if buf.len() < end {
+        if expects_continue && buf.len() == head_len {
+            return Ok(Parsed::ExpectsContinue);
+        }
         return Ok(Parsed::Partial);
     }
     let request = Request {
@@ -356,6 +384,7 @@ mod tests {
         match parse(s) {
             Ok(Parsed::Complete { .. }) => 200,
             Ok(Parsed::Partial) => 0,
+            Ok(Parsed::ExpectsContinue) => 100,
             Err(e) => e.status,
         }
     }
@@ -368,21 +397,53 @@ mod tests {
         let big_partial = format!("GET / HTTP/1.1\r\nx: {}", "b".repeat(17000));
         let many: String = (0..65).map(|i| format!("h{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        let just_enough: String = (0..64).map(|i| format!("h{i}: v\r\n")).collect();
-        let just_enough = format!("GET / HTTP/1.1\r\n{just_enough}\r\n");
+        let just_enough: String = (0..63).map(|i| format!("h{i}: v\r\n")).collect();
+        let just_enough = format!("GET / HTTP/1.1\r\nHost: x\r\n{just_enough}\r\n");
         let cases: &[(&str, u16)] = &[
             ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200),
             ("GET / HTTP/1.0\r\n\r\n", 200),
+            ("GET / HTTP/1.0\r\nHost: x\r\n\r\n", 200),
+            // Host: exactly one in HTTP/1.1, at most one in 1.0.
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", 400),
+            // Expect: 100-continue, or 417.
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+                100,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\nab",
+                200,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\na",
+                0,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+                200,
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n", 417),
             ("GET / HTTP/1.1\r\nHost: x\r\n", 0),
             ("GET / HT", 0),
             ("", 0),
             (
-                "DELETE /cache/list HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                "DELETE /cache/list HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
                 200,
             ),
-            ("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 0),
-            ("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 200),
-            ("POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", 413),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab",
+                0,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",
+                200,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",
+                413,
+            ),
             ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
             (
@@ -394,7 +455,7 @@ mod tests {
                 400,
             ),
             (
-                "POST / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
                 200,
             ),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
@@ -436,7 +497,7 @@ mod tests {
 
     #[test]
     fn small_body_is_kept_and_consumed() {
-        let raw = "PUT /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET";
+        let raw = "PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET";
         let Ok(Parsed::Complete { request, consumed }) = parse(raw) else {
             panic!("expected a complete request");
         };
@@ -446,7 +507,8 @@ mod tests {
 
     #[test]
     fn unknown_method_is_kept() {
-        let Ok(Parsed::Complete { request, .. }) = parse("BREW /pot HTTP/1.1\r\n\r\n") else {
+        let Ok(Parsed::Complete { request, .. }) = parse("BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
             panic!("expected a complete request");
         };
         assert_eq!(request.method().as_str(), "BREW");

@@ -130,7 +130,18 @@ fn serve(shared: &Arc<Shared>, mut conn: Conn) {
                     None => return,
                 }
             }
-            Ok(Parsed::Partial) => match conn.fill(limits.max_buffered()) {
+            Ok(Parsed::ExpectsContinue) if !conn.continued => {
+                conn.continued = true;
+                // A short non-blocking write to an idle socket; if it does
+                // not go out the client sends its body after its own wait.
+                let _ = rustix::net::send(
+                    &conn.stream,
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    rustix::net::SendFlags::NOSIGNAL,
+                );
+            }
+            Ok(Parsed::Partial | Parsed::ExpectsContinue) => match conn.fill(limits.max_buffered())
+            {
                 Ok(ReadOutcome::Data) => {
                     conn.head_started.get_or_insert_with(Instant::now);
                 }
@@ -165,6 +176,22 @@ fn serve(shared: &Arc<Shared>, mut conn: Conn) {
                 return;
             }
         }
+    }
+}
+
+/// A response that failed while being sent: a 502 with the reason if no
+/// byte has left yet, else a cut connection (never a complete-looking
+/// wrong body).
+fn fail(shared: &Shared, conn: Conn, out: &Outgoing, e: &std::io::Error) {
+    shared.stats.aborted.fetch_add(1, Ordering::Relaxed);
+    if out.nothing_sent() {
+        refuse(
+            conn,
+            502,
+            &format!("the response failed before its first byte: {e}\n"),
+        );
+    } else {
+        conn.abort();
     }
 }
 
@@ -316,7 +343,7 @@ fn write_response(
         }
         Err(e) => {
             log_access(&conn, &access, out.body_sent, Some(&e));
-            conn.abort();
+            fail(shared, conn, &out, &e);
             None
         }
     }
@@ -514,9 +541,8 @@ fn run_transfer(shared: &Arc<Shared>, job: Transfer) {
             }
         }
         Err(e) => {
-            shared.stats.aborted.fetch_add(1, Ordering::Relaxed);
             log_access(&conn, &access, out.body_sent, Some(&e));
-            conn.abort();
+            fail(shared, conn, &out, &e);
         }
     }
 }
