@@ -12,7 +12,7 @@
 //! | offline and not cached | 502 | 60 |
 //! | hash or length mismatch | 502 | 10 |
 //! | local write error with no way around it | 503 | 10 |
-//! | every download/open slot busy | 503 | 5 |
+//! | every fetch, download or open slot busy | 503 | 5 |
 //!
 //! Never a 500 for an upstream problem. (A project in no index is not a
 //! failure: it is a 404, answered by the page route.)
@@ -39,6 +39,7 @@ fn origin(e: &OriginError) -> (u16, u64) {
         OriginError::Status { .. } => (502, 30),
         OriginError::Garbage { .. } | OriginError::Body { .. } => (502, 30),
         OriginError::Offline { .. } => (502, 60),
+        OriginError::Busy { .. } => (503, 5),
     }
 }
 

@@ -40,6 +40,9 @@ use crate::storage::{CacheKey, Lookup, Storage, Stored};
 /// files at once; fewer threads would queue its downloads behind each other
 /// and push them past `ROXPI_DOWNLOAD_TIMEOUT` into redirects.
 pub const DOWNLOAD_THREADS: usize = 64;
+/// Downloads that may wait for a download thread; beyond, the request is
+/// redirected to the upstream, or refused (503) when it cannot be.
+const DOWNLOAD_QUEUE: usize = 256;
 const CHUNK: usize = 256 * 1024;
 const BYPASS_FOR: Duration = Duration::from_secs(60);
 
@@ -81,7 +84,7 @@ impl Downloads {
         stats: Arc<FileStats>,
         threads: usize,
     ) -> io::Result<Arc<Downloads>> {
-        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(DOWNLOAD_QUEUE);
         let d = Arc::new(Downloads {
             storage,
             origin,
@@ -161,7 +164,8 @@ impl Downloads {
             source: source.clone(),
             inflight: Arc::clone(&inflight),
         };
-        if self.jobs.send(job).is_err() {
+        // A full queue is answered at once, never by waiting.
+        if self.jobs.try_send(job).is_err() {
             inflight.set(|s| s.phase = Phase::Failed(FileError::Busy));
             self.map().remove(key);
         }

@@ -281,6 +281,7 @@ impl Files {
             Err(FileError::Local(_) | FileError::NoLength) => {
                 self.stream_through(req, source, wait.content_type)
             }
+            Err(FileError::Busy) if wait.can_redirect => serve::redirect(&source.url),
             Err(e) => (self.config.on_error)(&e),
         }
     }

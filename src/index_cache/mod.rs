@@ -42,6 +42,9 @@ const SHARDS: usize = 16;
 /// pages at once queue (single-flight still joins them), so a flood of
 /// distinct names cannot start a thread each.
 const FETCH_THREADS: usize = 32;
+/// Distinct page fetches that may wait for a fetch thread; beyond, a miss
+/// is refused at once (503) instead of queueing without bound.
+const FETCH_QUEUE: usize = 256;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const FORCE_INTERVAL: Duration = Duration::from_secs(10);
 const FAILURE_REST: Duration = Duration::from_secs(5);
@@ -203,6 +206,8 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
     /// Page fetches and their total time (microseconds), for an average.
     pub fetches: AtomicU64,
+    /// Misses refused because every fetch thread and queue slot was taken.
+    pub busy: AtomicU64,
     pub fetch_micros: AtomicU64,
 }
 
@@ -293,7 +298,7 @@ impl IndexCache {
                 })
             })
             .collect();
-        let (jobs, queue) = crossbeam_channel::unbounded();
+        let (jobs, queue) = crossbeam_channel::bounded(FETCH_QUEUE);
         IndexCache {
             shards,
             origin,
@@ -407,11 +412,10 @@ impl IndexCache {
                 key: key.clone(),
                 flight: Arc::clone(&flight),
             };
-            if self.jobs.send(job).is_err() {
-                let err = Arc::new(OriginError::connect(
-                    &self.indexes[index].url,
-                    "no fetch threads",
-                ));
+            // A full queue is answered at once, never by waiting.
+            if self.jobs.try_send(job).is_err() {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                let err = Arc::new(OriginError::busy(&self.indexes[index].url));
                 self.finish(index, key.clone(), &flight, Err(err));
             }
         }

@@ -305,3 +305,32 @@ fn resolve_merges_or_takes_the_first_index() {
         Resolved::NotFound
     ));
 }
+
+#[test]
+fn a_full_fetch_queue_refuses_at_once_instead_of_queueing() {
+    let r = rig();
+    r.origin.hold();
+    let pendings: Vec<Pending> = (0..FETCH_THREADS + FETCH_QUEUE + 40)
+        .map(|i| r.cache.begin(IndexId::ROOT, &key(1000 + i), false))
+        .collect();
+    let refused = pendings
+        .iter()
+        .filter(
+            |p| matches!(r.cache.poll(p), Some(Err(e)) if matches!(*e, OriginError::Busy { .. })),
+        )
+        .count();
+    // Every thread holds one (held) fetch and the queue is full: at least
+    // the 40 beyond both are refused, each without waiting.
+    assert!(refused >= 40, "{refused} refused");
+    assert!(refused <= FETCH_THREADS + 40, "{refused} refused");
+    assert_eq!(r.cache.stats.busy.load(Ordering::Relaxed) as usize, refused);
+    r.origin.release();
+    // The accepted ones are answered by the upstream once it goes on.
+    let answered = pendings
+        .into_iter()
+        .filter(|p| !matches!(r.cache.poll(p), Some(Err(_))))
+        .map(|p| r.cache.wait(p))
+        .filter(|o| o.is_ok())
+        .count();
+    assert!(answered >= FETCH_QUEUE, "{answered} answered");
+}

@@ -141,6 +141,9 @@ pub enum OriginError {
     },
     #[error("offline mode: {url} is not contacted")]
     Offline { url: SafeUrl },
+    /// roxpi's own bound on concurrent upstream requests is reached.
+    #[error("too many upstream requests at once; {url} not contacted")]
+    Busy { url: SafeUrl },
 }
 
 impl OriginError {
@@ -174,6 +177,10 @@ impl OriginError {
             url: url.into(),
             source: Cause::new(cause),
         }
+    }
+
+    pub fn busy(url: &Url) -> OriginError {
+        OriginError::Busy { url: url.into() }
     }
 
     pub fn offline(url: &Url) -> OriginError {

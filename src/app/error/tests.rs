@@ -208,3 +208,15 @@ fn every_failure_kind_maps_to_one_status_on_both_paths() {
         }
     }
 }
+
+#[test]
+fn a_full_pool_is_a_503_on_both_paths() {
+    use crate::app::{classify, Failure};
+    use crate::files::FileError;
+    use crate::origin::OriginError;
+    let url = url::Url::parse("http://index.invalid/simple/demo/").unwrap();
+    let busy = OriginError::busy(&url);
+    assert_eq!(classify(&Failure::Page(&busy)), (503, 5));
+    assert_eq!(classify(&Failure::File(&FileError::from(busy))), (503, 5));
+    assert_eq!(classify(&Failure::File(&FileError::Busy)), (503, 5));
+}
