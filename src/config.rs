@@ -99,6 +99,12 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_OFFLINE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
     pub offline: String,
 
+    /// Address classes upstream connections may reach besides public ones
+    /// and the configured indexes' own: comma-separated loopback, private,
+    /// link-local, shared, unspecified, special — or `any`.
+    #[arg(long, env = "ROXPI_UPSTREAM_ALLOW", default_value = "")]
+    pub upstream_allow: String,
+
     /// Request worker threads (idle connections hold none; long bodies go to
     /// separate transfer threads).
     #[arg(long, env = "ROXPI_WORKERS", default_value_t = crate::http::DEFAULT_WORKERS.to_string())]
@@ -169,6 +175,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("ROXPI_OFFLINE", &[]),
+    ("ROXPI_UPSTREAM_ALLOW", &[]),
     ("ROXPI_WORKERS", &[]),
     (
         "ROXPI_LOG",
@@ -252,6 +259,10 @@ pub struct Settings {
     pub cache_size: u64,
     pub cache_dir: PathBuf,
     pub workers: usize,
+    /// Extra address classes upstream connections may reach.
+    pub upstream_allow: Vec<crate::address_policy::AddrClass>,
+    /// `ROXPI_UPSTREAM_ALLOW=any`: no address policy.
+    pub upstream_allow_any: bool,
     pub log_spec: String,
     pub log_json: bool,
 }
@@ -349,6 +360,21 @@ impl Settings {
                 ));
             }
         }
+        let allow = split_list(&cli.upstream_allow);
+        let upstream_allow_any = allow.iter().any(|a| a.eq_ignore_ascii_case("any"));
+        let upstream_allow = allow
+            .iter()
+            .filter(|a| !a.eq_ignore_ascii_case("any"))
+            .map(|a| {
+                crate::address_policy::AddrClass::parse(a).ok_or_else(|| {
+                    err(
+                        "ROXPI_UPSTREAM_ALLOW",
+                        a,
+                        "any, or a list of loopback, private, link-local, shared, unspecified, special",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             bind,
             indexes,
@@ -383,6 +409,8 @@ impl Settings {
             cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             workers,
+            upstream_allow,
+            upstream_allow_any,
             log_spec: translate_log_level(&cli.log),
             log_json,
         })

@@ -18,6 +18,7 @@
 //! - [`origin`]: the `Origin` trait the caches fetch through, the
 //!   configured indexes and the typed upstream error.
 //! - [`upstream`]: the real `Origin`: one ureq agent.
+//! - [`address_policy`]: which addresses upstream connections may reach.
 //! - [`pypi`]: domain types and pure protocol code (names, page model,
 //!   parsing, negotiation, rendering).
 //! - [`config`]: every setting once — flag, environment variable, aliases,
@@ -26,6 +27,7 @@
 //! - [`redact`]: URLs that cannot display credentials.
 //! - [`logging`]: flexi_logger set-up (asynchronous writer).
 
+pub mod address_policy;
 pub mod app;
 pub mod clock;
 pub mod config;

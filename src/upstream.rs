@@ -6,10 +6,16 @@
 //! and so that relative links resolve against the final URL. Every URL that
 //! reaches a log line or an error is a `SafeUrl`.
 
+use std::collections::BTreeSet;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use url::Url;
 
+use crate::address_policy::{classify, AddrClass, AddressPolicy};
 use crate::config::Settings;
 use crate::origin::{Index, Origin, OriginError, PageFetch, RawPage, Streamed};
 use crate::pypi::{parse_project_list, parse_project_page, Format, ProjectList, ProjectName};
@@ -30,6 +36,9 @@ fn to_error(url: &Url, e: ureq::Error) -> OriginError {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
             OriginError::timeout(url)
         }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            OriginError::forbidden(url)
+        }
         ureq::Error::Io(io) => OriginError::connect(url, io.kind().to_string()),
         other => OriginError::garbage(url, other.to_string()),
     }
@@ -38,6 +47,66 @@ fn to_error(url: &Url, e: ureq::Error) -> OriginError {
 pub struct Upstream {
     agent: ureq::Agent,
     offline: bool,
+    /// Connections refused by the address policy.
+    refused: Arc<AtomicU64>,
+}
+
+/// Resolves names, then keeps only the addresses the policy allows: a
+/// configured index's own host is trusted whatever it resolves to; any
+/// other host (a file link, a redirect) must resolve to allowed classes.
+struct PolicyResolver {
+    inner: DefaultResolver,
+    policy: AddressPolicy,
+    /// Hosts of the configured indexes (lower case).
+    trusted: BTreeSet<String>,
+    refused: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PolicyResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyResolver")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let all = self.inner.resolve(uri, config, timeout)?;
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase();
+        if self.trusted.contains(&host) {
+            return Ok(all);
+        }
+        let mut kept = self.empty();
+        for a in &all {
+            if self.policy.allows(a.ip()) {
+                kept.push(*a);
+            }
+        }
+        if kept.is_empty() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let addrs: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
+            log::warn!(
+                "refused to connect to {host} ({}): outside the upstream address policy ({}; ROXPI_UPSTREAM_ALLOW)",
+                addrs.join(", "),
+                self.policy.describe()
+            );
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "address outside the upstream address policy",
+            )));
+        }
+        Ok(kept)
+    }
 }
 
 impl Upstream {
@@ -78,9 +147,39 @@ impl Upstream {
             .accept_encoding("")
             .tls_config(tls)
             .build();
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut classes: Vec<AddrClass> = settings.upstream_allow.clone();
+        let mut trusted = BTreeSet::new();
+        for index in &settings.indexes {
+            match index.url.host() {
+                Some(url::Host::Ipv4(ip)) => classes.push(classify(ip.into())),
+                Some(url::Host::Ipv6(ip)) => classes.push(classify(ip.into())),
+                Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+                    classes.push(AddrClass::Loopback)
+                }
+                _ => {}
+            }
+            if let Some(h) = index.url.host_str() {
+                trusted.insert(h.trim_matches(['[', ']']).to_ascii_lowercase());
+            }
+        }
+        let policy = if settings.upstream_allow_any {
+            AddressPolicy::any()
+        } else {
+            AddressPolicy::new(classes)
+        };
+        log::info!("upstream connections may reach {}", policy.describe());
+        let resolver = PolicyResolver {
+            inner: DefaultResolver::default(),
+            policy,
+            trusted,
+            refused: Arc::clone(&refused),
+        };
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
         Ok(Upstream {
-            agent: config.into(),
+            agent,
             offline: settings.offline,
+            refused,
         })
     }
 
@@ -134,6 +233,10 @@ impl Upstream {
 }
 
 impl Origin for Upstream {
+    fn refused_addresses(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     fn fetch_project(&self, index: &Index, name: &ProjectName) -> Result<PageFetch, OriginError> {
         let url = index.project_url(name);
         let started = std::time::Instant::now();

@@ -75,6 +75,8 @@ pub struct FakeFile {
     pub upload_time: &'static str,
     /// The size the index advertises, when it should lie.
     pub advertised_size: Option<usize>,
+    /// An absolute URL for the link instead of the fake's own.
+    pub url: Option<String>,
 }
 
 impl FakeFile {
@@ -88,6 +90,7 @@ impl FakeFile {
             hashed: true,
             upload_time: "2024-01-02T03:04:05.000000Z",
             advertised_size: None,
+            url: None,
         }
     }
 
@@ -353,6 +356,10 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
     match parts.as_slice() {
         // /files/<index>/<project>/<filename>[.metadata]
         ["files", index, project, filename] => serve_file(state, req, index, project, filename),
+        // A redirect to the cloud metadata address.
+        [_, "evil-redirect", ""] => {
+            Response::new(302).header("Location", "http://169.254.169.254/latest/meta-data/")
+        }
         // Redirect check: /moved/<...> → /root/<...>
         ["moved", rest @ ..] => {
             Response::new(301).header("Location", format!("/root/{}", rest.join("/")))
@@ -443,11 +450,12 @@ fn project_page(
     let Some(p) = s.indexes.get(index).and_then(|i| i.get(project)) else {
         return Response::text(404, "no such project\n");
     };
-    let file_path = |f: &FakeFile| {
-        format!(
+    let file_path = |f: &FakeFile| match &f.url {
+        Some(u) => u.clone(),
+        None => format!(
             "../../files/{index}/{project}/{}",
             f.filename.replace('+', "%2B")
-        )
+        ),
     };
     let body = match mode {
         Mode::Json | Mode::JsonYanked => {

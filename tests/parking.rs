@@ -108,3 +108,47 @@ fn hanging_upstream_requests_hold_no_worker() {
         hung.clear();
     });
 }
+
+#[test]
+fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let mut metadata = FakeFile::new("evil-1.0-py3-none-any.whl", vec![1u8; 100]);
+        metadata.url = Some("http://169.254.169.254/latest/evil-1.0-py3-none-any.whl".into());
+        let mut intranet = FakeFile::new("evil-2.0-py3-none-any.whl", vec![2u8; 100]);
+        intranet.url = Some("http://10.1.2.3/evil-2.0-py3-none-any.whl".into());
+        fake.add_project(
+            "root",
+            "evil",
+            FakeProject {
+                files: vec![metadata, intranet],
+                versions: vec![],
+            },
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let root = fake.url("root");
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+        ]);
+        let addr = roxpi.addr;
+        // The index itself is on loopback: allowed.
+        assert_eq!(get(addr, "/index/evil/").status, 200);
+        for file in ["evil-1.0-py3-none-any.whl", "evil-2.0-py3-none-any.whl"] {
+            let r = get(addr, &format!("/index/evil/{file}"));
+            assert_eq!(
+                r.status,
+                502,
+                "{file}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("address policy"), "{body}");
+        }
+        // A page redirecting to the metadata address.
+        let r = get(addr, "/index/evil-redirect/");
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert!(metric(addr, "roxpi_upstream_refused_addresses_total") >= 3);
+    });
+}

@@ -35,6 +35,8 @@ pub struct App {
     files: Arc<Files>,
     /// The HTTP server's counters, shown on `/` and `/metrics`.
     server: Arc<crate::http::Stats>,
+    /// For its counters (refused addresses).
+    origin: Arc<dyn Origin>,
 }
 
 impl App {
@@ -91,7 +93,7 @@ impl App {
             }
         };
         let pages = IndexCache::new(
-            origin,
+            Arc::clone(&origin),
             clock,
             indexes,
             settings.stale_after,
@@ -106,6 +108,7 @@ impl App {
             pages,
             files: Arc::new(files),
             server,
+            origin,
         })
     }
 

@@ -78,6 +78,7 @@ impl Snapshot {
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
             m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
             m("roxpi_upstream_page_fetch_microseconds_total", Counter, Index, "upstream page fetch time (µs)", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),
+            m("roxpi_upstream_refused_addresses_total", Counter, Index, "upstream addresses refused (policy)", "upstream connections refused by the address policy (private, link-local… links and redirects)", app.origin.refused_addresses()),
             m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", load(&c.busy)),
             m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", load(&c.hits)),
             m("roxpi_index_misses_total", Counter, Index, "misses", "index pages fetched for a request", load(&c.misses)),

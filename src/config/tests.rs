@@ -134,6 +134,10 @@ mod settings {
             (&["--workers", "0"], "ROXPI_WORKERS"),
             (&["--log-format", "xml"], "ROXPI_LOG_FORMAT"),
             (&["--ca-file", "/nonexistent/ca.pem"], "ROXPI_CA_FILE"),
+            (
+                &["--upstream-allow", "loopback,intranet"],
+                "ROXPI_UPSTREAM_ALLOW",
+            ),
         ];
         for (args, setting) in cases {
             let e = Settings::from_cli(&cli(args)).unwrap_err();

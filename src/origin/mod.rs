@@ -141,6 +141,9 @@ pub enum OriginError {
     },
     #[error("offline mode: {url} is not contacted")]
     Offline { url: SafeUrl },
+    /// The host resolves only to addresses the policy refuses.
+    #[error("upstream {url} is outside the upstream address policy (ROXPI_UPSTREAM_ALLOW)")]
+    Forbidden { url: SafeUrl },
     /// roxpi's own bound on concurrent upstream requests is reached.
     #[error("too many upstream requests at once; {url} not contacted")]
     Busy { url: SafeUrl },
@@ -177,6 +180,10 @@ impl OriginError {
             url: url.into(),
             source: Cause::new(cause),
         }
+    }
+
+    pub fn forbidden(url: &Url) -> OriginError {
+        OriginError::Forbidden { url: url.into() }
     }
 
     pub fn busy(url: &Url) -> OriginError {
@@ -226,6 +233,10 @@ pub trait Origin: Send + Sync {
         url: &Url,
         range: Option<&str>,
     ) -> Result<Streamed, OriginError>;
+    /// Connections refused by the upstream address policy so far.
+    fn refused_addresses(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]
