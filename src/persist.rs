@@ -4,11 +4,17 @@
 //! cached file) it had. Each file holds the upstream's answer as received
 //! (decoded), behind a one-line header, and is parsed again on load: the
 //! parser stays the single source of truth. Files are replaced by atomic
-//! rename; a damaged one is ignored and replaced by the next fetch.
+//! rename; a damaged one is ignored and replaced by the next fetch. The
+//! saved pages are bounded in bytes (a quarter of the file cache cap, at
+//! least 1 MiB), least recently used out first; a page larger than the
+//! bound is not saved.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use lru::LruCache;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -25,6 +31,24 @@ const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct PageStore {
     dir: PathBuf,
+    /// Saved pages by recency, with their sizes; the bound holds at every
+    /// moment (checked on each save). Lock rule: held for map updates only,
+    /// never across a file write (unlinks of evicted pages happen after).
+    lru: Mutex<Recency>,
+    cap: u64,
+}
+
+struct Recency {
+    map: LruCache<PathBuf, u64>,
+    bytes: u64,
+}
+
+impl Recency {
+    fn remove(&mut self, path: &Path) {
+        if let Some(len) = self.map.pop(path) {
+            self.bytes -= len;
+        }
+    }
 }
 
 /// A page read back from disk and how old it is.
@@ -34,13 +58,54 @@ pub struct Persisted {
 }
 
 impl PageStore {
-    /// `dir` is `<cache dir>/pages`.
-    pub fn open(dir: &Path) -> io::Result<PageStore> {
+    /// `dir` is `<cache dir>/pages`; the saved pages hold at most `cap`
+    /// bytes, least recently used out first.
+    pub fn open(dir: &Path, cap: u64) -> io::Result<PageStore> {
         fs::create_dir_all(dir)?;
         prune(dir, KEEP_FOR);
-        Ok(PageStore {
+        let mut found = saved_files(dir);
+        found.sort_by_key(|(_, _, mtime)| *mtime);
+        let mut recency = Recency {
+            map: LruCache::unbounded(),
+            bytes: 0,
+        };
+        for (path, len, _) in found {
+            recency.bytes += len;
+            recency.map.put(path, len);
+        }
+        let store = PageStore {
             dir: dir.to_owned(),
-        })
+            lru: Mutex::new(recency),
+            cap,
+        };
+        let victims = store.make_room(0);
+        remove_files(victims);
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Recency> {
+        // A map and a sum updated together: a poisoned lock is consistent.
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes least recently used pages out of the books until `extra` more
+    /// bytes fit; returns them to unlink.
+    fn make_room(&self, extra: u64) -> Vec<PathBuf> {
+        let mut r = self.lock();
+        let mut victims = Vec::new();
+        while r.bytes + extra > self.cap {
+            let Some((path, len)) = r.map.pop_lru() else {
+                break;
+            };
+            r.bytes -= len;
+            victims.push(path);
+        }
+        victims
+    }
+
+    /// Bytes held by saved pages.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// One directory per index URL (without credentials), so a changed
@@ -52,6 +117,19 @@ impl PageStore {
 
     pub fn save(&self, index: &Index, name: &ProjectName, raw: &RawPage) -> io::Result<()> {
         let path = self.path(index, name);
+        let len = raw.body.len() as u64 + 256;
+        if len > self.cap {
+            // Never kept: larger than the whole bound.
+            self.remove(index, name);
+            return Err(io::Error::other(format!(
+                "page of {} bytes is larger than the saved-page bound of {} bytes",
+                raw.body.len(),
+                self.cap
+            )));
+        }
+        self.lock().remove(&path);
+        let victims = self.make_room(len);
+        remove_files(victims);
         let dir = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(dir)?;
         let secs = SystemTime::now()
@@ -65,22 +143,65 @@ impl PageStore {
         let mut data = format!("{MAGIC} {format} {secs} {}\n", raw.url).into_bytes();
         data.extend_from_slice(&raw.body);
         let tmp = dir.join(format!(".{}.{}.tmp", name.as_str(), std::process::id()));
-        fs::write(&tmp, &data)?;
-        fs::rename(&tmp, &path)
+        let written = fs::write(&tmp, &data).and_then(|()| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        } else {
+            let mut r = self.lock();
+            r.bytes += data.len() as u64;
+            r.map.put(path, data.len() as u64);
+        }
+        written
     }
 
     pub fn remove(&self, index: &Index, name: &ProjectName) {
-        let _ = fs::remove_file(self.path(index, name));
+        let path = self.path(index, name);
+        self.lock().remove(&path);
+        let _ = fs::remove_file(path);
     }
 
     pub fn load(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
         let path = self.path(index, name);
+        // Recently used: kept longest.
+        self.lock().map.promote(&path);
         let data = fs::read(&path).ok()?;
         let parsed = parse_saved(&data);
         if parsed.is_none() {
             log::warn!("ignoring damaged saved page {}", path.display());
         }
         parsed
+    }
+}
+
+/// Every saved page file: path, size, modification time.
+fn saved_files(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out = Vec::new();
+    let Ok(indexes) = fs::read_dir(dir) else {
+        return out;
+    };
+    for index in indexes.flatten() {
+        let Ok(pages) = fs::read_dir(index.path()) else {
+            continue;
+        };
+        for page in pages.flatten() {
+            if let Ok(m) = page.metadata() {
+                if m.is_file() {
+                    let t = m.modified().unwrap_or(UNIX_EPOCH);
+                    out.push((page.path(), m.len(), t));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn remove_files(paths: Vec<PathBuf>) {
+    for p in paths {
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove saved page {}: {e}", p.display());
+            }
+        }
     }
 }
 
@@ -147,7 +268,7 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PageStore::open(dir.path()).unwrap();
+        let store = PageStore::open(dir.path(), 1 << 30).unwrap();
         let name = ProjectName::parse("Demo.Pkg").unwrap();
         let raw = RawPage {
             format: Format::Html,
@@ -181,7 +302,7 @@ mod tests {
     #[test]
     fn old_pages_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PageStore::open(dir.path()).unwrap();
+        let store = PageStore::open(dir.path(), 1 << 30).unwrap();
         let raw = RawPage {
             format: Format::Html,
             url: Url::parse("https://pypi.example/simple/a/").unwrap(),
@@ -201,8 +322,42 @@ mod tests {
             .unwrap()
             .set_modified(long_ago)
             .unwrap();
-        let store = PageStore::open(dir.path()).unwrap();
+        let store = PageStore::open(dir.path(), 1 << 30).unwrap();
         assert!(store.load(&index(), &old).is_none(), "pruned");
         assert!(store.load(&index(), &new).is_some(), "kept");
+    }
+
+    #[test]
+    fn the_byte_bound_holds_and_recently_used_pages_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 64 * 1024;
+        let store = PageStore::open(dir.path(), cap).unwrap();
+        let raw = |n: usize| RawPage {
+            format: Format::Json,
+            url: Url::parse("https://pypi.example/simple/p/").unwrap(),
+            body: format!("{{\"files\":[],\"pad\":\"{}\"}}", "x".repeat(n)).into_bytes(),
+        };
+        let name = |i: usize| ProjectName::parse(&format!("p{i}")).unwrap();
+        for i in 0..40 {
+            store.save(&index(), &name(i), &raw(10_000)).unwrap();
+            // p0 is in use all along: it must stay.
+            assert!(store.load(&index(), &name(0)).is_some(), "p0 gone at {i}");
+            let on_disk: u64 = saved_files(dir.path()).iter().map(|(_, l, _)| l).sum();
+            assert!(on_disk <= cap, "{on_disk} bytes on disk after {i}");
+            assert_eq!(store.bytes(), on_disk, "the books match the disk");
+        }
+        assert!(
+            store.load(&index(), &name(1)).is_none(),
+            "old unused pages go"
+        );
+        assert!(store.load(&index(), &name(39)).is_some());
+        // Larger than the whole bound: not saved, an error to log.
+        assert!(store.save(&index(), &name(99), &raw(100_000)).is_err());
+        assert!(store.load(&index(), &name(99)).is_none());
+        // A restart with a smaller bound trims to it.
+        drop(store);
+        let store = PageStore::open(dir.path(), 20_000).unwrap();
+        let on_disk: u64 = saved_files(dir.path()).iter().map(|(_, l, _)| l).sum();
+        assert!(on_disk <= 20_000 && store.bytes() == on_disk, "{on_disk}");
     }
 }

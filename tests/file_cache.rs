@@ -882,3 +882,44 @@ fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
         assert!(max > 0 && max <= THREAD_BOUND, "peak {max} threads");
     });
 }
+
+#[test]
+fn saved_pages_stay_within_their_bound_under_many_distinct_big_pages() {
+    within(LIMIT, || {
+        let f = FakeIndex::start(BTreeMap::new());
+        f.set_mode(crate::fake_index::Mode::Json);
+        // Eight projects whose pages are ~400 KB each.
+        for p in 0..8 {
+            let files = (0..2000)
+                .map(|i| FakeFile::new(&format!("big{p}-1.{i}-py3-none-any.whl"), vec![0u8; 10]))
+                .collect();
+            f.add_project(
+                "root",
+                &format!("big{p}"),
+                FakeProject {
+                    files,
+                    versions: vec![],
+                },
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Pages get a quarter of the cap, at least 1 MiB.
+        let r = start(&f, &dir.path().join("c"), &[("ROXPI_CACHE_SIZE", "1M")]);
+        for p in 0..8 {
+            let got = r.get(
+                &format!("/index/big{p}/"),
+                &[("Accept", "application/vnd.pypi.simple.v1+json")],
+            );
+            assert_eq!(got.status, 200);
+            let on_disk = dir_bytes(&dir.path().join("c").join("pages"));
+            assert!(
+                on_disk <= 1 << 20,
+                "{on_disk} bytes of saved pages after {p}"
+            );
+        }
+        assert!(
+            dir_bytes(&dir.path().join("c").join("pages")) > 0,
+            "pages are saved"
+        );
+    });
+}

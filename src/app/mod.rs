@@ -84,7 +84,9 @@ impl App {
         let saved = if settings.cache_size == 0 {
             None
         } else {
-            match PageStore::open(&settings.cache_dir.join("pages")) {
+            // A quarter of the file cache cap, at least 1 MiB.
+            let cap = (settings.cache_size / 4).max(1 << 20);
+            match PageStore::open(&settings.cache_dir.join("pages"), cap) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log::warn!("pages will not survive a restart: {e}");
