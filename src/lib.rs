@@ -19,6 +19,7 @@
 //!   configured indexes and the typed upstream error.
 //! - [`upstream`]: the real `Origin`: one ureq agent.
 //! - [`address_policy`]: which addresses upstream connections may reach.
+//! - [`page_budget`]: the memory bound for upstream pages being read.
 //! - [`pypi`]: domain types and pure protocol code (names, page model,
 //!   parsing, negotiation, rendering).
 //! - [`config`]: every setting once — flag, environment variable, aliases,
@@ -36,6 +37,7 @@ pub mod http;
 pub mod index_cache;
 pub mod logging;
 pub mod origin;
+pub mod page_budget;
 pub mod persist;
 pub mod pypi;
 pub mod redact;

@@ -10,7 +10,7 @@
 //! bound is not saved.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -140,16 +140,22 @@ impl PageStore {
             Format::Json => "json",
             Format::Html => "html",
         };
-        let mut data = format!("{MAGIC} {format} {secs} {}\n", raw.url).into_bytes();
-        data.extend_from_slice(&raw.body);
+        let head = format!("{MAGIC} {format} {secs} {}\n", raw.url);
         let tmp = dir.join(format!(".{}.{}.tmp", name.as_str(), std::process::id()));
-        let written = fs::write(&tmp, &data).and_then(|()| fs::rename(&tmp, &path));
+        // Head and body written apart: a big page is never copied.
+        let written = fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(head.as_bytes())?;
+                f.write_all(&raw.body)
+            })
+            .and_then(|()| fs::rename(&tmp, &path));
+        let len = (head.len() + raw.body.len()) as u64;
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         } else {
             let mut r = self.lock();
-            r.bytes += data.len() as u64;
-            r.map.put(path, data.len() as u64);
+            r.bytes += len;
+            r.map.put(path, len);
         }
         written
     }
@@ -273,7 +279,9 @@ mod tests {
         let raw = RawPage {
             format: Format::Html,
             url: Url::parse("https://pypi.example/simple/demo-pkg/").unwrap(),
-            body: b"<a href='../../f/demo-1.0.tar.gz#sha256=aa'>demo-1.0.tar.gz</a>".to_vec(),
+            body: b"<a href='../../f/demo-1.0.tar.gz#sha256=aa'>demo-1.0.tar.gz</a>"
+                .to_vec()
+                .into(),
         };
         store.save(&index(), &name, &raw).unwrap();
         let got = store.load(&index(), &name).expect("saved page");
@@ -306,7 +314,7 @@ mod tests {
         let raw = RawPage {
             format: Format::Html,
             url: Url::parse("https://pypi.example/simple/a/").unwrap(),
-            body: b"<a href='a-1.tar.gz'>a-1.tar.gz</a>".to_vec(),
+            body: b"<a href='a-1.tar.gz'>a-1.tar.gz</a>".to_vec().into(),
         };
         let (old, new) = (
             ProjectName::parse("old").unwrap(),
@@ -335,7 +343,9 @@ mod tests {
         let raw = |n: usize| RawPage {
             format: Format::Json,
             url: Url::parse("https://pypi.example/simple/p/").unwrap(),
-            body: format!("{{\"files\":[],\"pad\":\"{}\"}}", "x".repeat(n)).into_bytes(),
+            body: format!("{{\"files\":[],\"pad\":\"{}\"}}", "x".repeat(n))
+                .into_bytes()
+                .into(),
         };
         let name = |i: usize| ProjectName::parse(&format!("p{i}")).unwrap();
         for i in 0..40 {

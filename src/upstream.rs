@@ -16,16 +16,17 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use url::Url;
 
 use crate::address_policy::{classify, AddrClass, AddressPolicy};
+use bytes::Bytes;
+
 use crate::config::Settings;
 use crate::origin::{Index, Origin, OriginError, PageFetch, RawPage, Streamed};
+use crate::page_budget::{BigSlot, PageBudget, PageBuf, SMALL_PAGE};
 use crate::pypi::{parse_project_list, parse_project_page, Format, ProjectList, ProjectName};
 use crate::redact::SafeUrl;
 
 /// What roxpi asks an index for: JSON first (PEP 700 fields exist only there).
 pub const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
 
-/// Largest decoded index page accepted (PyPI's full project list is ~30 MB).
-const MAX_PAGE: u64 = 256 << 20;
 const MAX_REDIRECTS: usize = 10;
 
 fn to_error(url: &Url, e: ureq::Error) -> OriginError {
@@ -47,6 +48,8 @@ fn to_error(url: &Url, e: ureq::Error) -> OriginError {
 pub struct Upstream {
     agent: ureq::Agent,
     offline: bool,
+    /// The memory bound for pages being read and parsed.
+    pages: PageBudget,
     /// Connections refused by the address policy.
     refused: Arc<AtomicU64>,
 }
@@ -176,9 +179,15 @@ impl Upstream {
             refused: Arc::clone(&refused),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
+        let pages = PageBudget::for_cache(settings.index_cache_size);
+        log::info!(
+            "upstream pages: at most {} bytes decoded each (a quarter of ROXPI_INDEX_CACHE_SIZE)",
+            pages.max_page
+        );
         Ok(Upstream {
             agent,
             offline: settings.offline,
+            pages,
             refused,
         })
     }
@@ -259,7 +268,7 @@ impl Origin for Upstream {
             404 | 410 => return Ok(PageFetch::NotFound),
             s => return Err(OriginError::status(&final_url, s)),
         }
-        let (format, body) = read_page(&final_url, resp)?;
+        let (format, body, _slot) = read_page(&final_url, resp, &self.pages)?;
         let page = parse_project_page(&body, format, &final_url)
             .map_err(|e| OriginError::garbage(&final_url, e.to_string()))?;
         Ok(PageFetch::Found(
@@ -286,7 +295,7 @@ impl Origin for Upstream {
             404 | 410 => return Ok(None),
             s => return Err(OriginError::status(&final_url, s)),
         }
-        let (format, body) = read_page(&final_url, resp)?;
+        let (format, body, _slot) = read_page(&final_url, resp, &self.pages)?;
         parse_project_list(&body, format)
             .map(Some)
             .map_err(|e| OriginError::garbage(&final_url, e.to_string()))
@@ -323,11 +332,14 @@ impl Origin for Upstream {
     }
 }
 
-/// Reads an index page body, decoding gzip/deflate, bounded in size.
-fn read_page(
+/// Reads an index page body, decoding gzip/deflate, within the page
+/// budget: past `SMALL_PAGE` it holds a big-page slot (returned, to keep
+/// until the page is parsed), past `max_page` it is refused.
+fn read_page<'b>(
     url: &Url,
     resp: ureq::http::Response<ureq::Body>,
-) -> Result<(Format, Vec<u8>), OriginError> {
+    budget: &'b PageBudget,
+) -> Result<(Format, Bytes, Option<BigSlot<'b>>), OriginError> {
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -348,23 +360,51 @@ fn read_page(
             ));
         }
     };
-    let mut body = Vec::new();
-    let n = (&mut reader)
-        .take(MAX_PAGE + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                OriginError::timeout(url)
+    let mut body = PageBuf::default();
+    let mut slot = None;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(OriginError::timeout(url))
             }
-            _ => OriginError::garbage(url, format!("reading the page failed: {e}")),
-        })?;
-    if n as u64 > MAX_PAGE {
-        return Err(OriginError::garbage(
-            url,
-            format!("page larger than {MAX_PAGE} bytes"),
-        ));
+            Err(e) => {
+                return Err(OriginError::garbage(
+                    url,
+                    format!("reading the page failed: {e}"),
+                ))
+            }
+        };
+        let len = (body.len() + n) as u64;
+        if len > budget.max_page {
+            log::warn!(
+                "page {} is larger than {} bytes decoded (a quarter of ROXPI_INDEX_CACHE_SIZE): refused",
+                SafeUrl::new(url),
+                budget.max_page
+            );
+            return Err(OriginError::garbage(
+                url,
+                format!(
+                    "page larger than {} bytes decoded (raise ROXPI_INDEX_CACHE_SIZE to allow more)",
+                    budget.max_page
+                ),
+            ));
+        }
+        if len > SMALL_PAGE && slot.is_none() {
+            slot = Some(budget.big_slot().ok_or_else(|| OriginError::busy(url))?);
+        }
+        body.extend(&chunk[..n], budget.max_page)
+            .map_err(|e| OriginError::garbage(url, format!("cannot hold the page: {e}")))?;
     }
-    Ok((format, body))
+    Ok((format, body.into_bytes(), slot))
 }
 
 /// Whether the machine has a system CA bundle the platform verifier can use.

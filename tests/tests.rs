@@ -6,6 +6,7 @@ mod file_cache;
 mod http_server;
 mod index_api;
 mod installers;
+mod memory;
 mod parking;
 mod process;
 mod util;

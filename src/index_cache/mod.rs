@@ -45,6 +45,8 @@ const FETCH_THREADS: usize = 32;
 /// Distinct page fetches that may wait for a fetch thread; beyond, a miss
 /// is refused at once (503) instead of queueing without bound.
 const FETCH_QUEUE: usize = 256;
+/// The smallest index cache bound (whatever `ROXPI_INDEX_CACHE_SIZE` says).
+const MIN_CAP: u64 = 1 << 20;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const FORCE_INTERVAL: Duration = Duration::from_secs(10);
 const FAILURE_REST: Duration = Duration::from_secs(5);
@@ -219,7 +221,9 @@ pub struct IndexCache {
     stale_after: Duration,
     offline: bool,
     pages: Option<PageStore>,
-    shard_cap: u64,
+    /// Bytes held across all shards, and the bound on them.
+    total: AtomicU64,
+    cap: u64,
     next_generation: AtomicU64,
     jobs: Sender<FetchJob>,
     queue: Receiver<FetchJob>,
@@ -307,7 +311,8 @@ impl IndexCache {
             stale_after,
             offline,
             pages,
-            shard_cap: (max_bytes / SHARDS as u64).max(64 * 1024),
+            total: AtomicU64::new(0),
+            cap: max_bytes.max(MIN_CAP),
             next_generation: AtomicU64::new(1),
             jobs,
             queue,
@@ -450,6 +455,8 @@ impl IndexCache {
             }
         });
         self.evict(&mut shard);
+        drop(shard);
+        self.trim();
     }
 
     /// The latest moment to answer a lookup that waits for a refresh.
@@ -528,6 +535,22 @@ impl IndexCache {
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.fetch_micros.fetch_add(micros, Ordering::Relaxed);
+        // A page that could never stay in the cache is refused with a clear
+        // error; every page below that is kept (the bound is global).
+        let result = result.and_then(|doc| {
+            let bytes = estimate(&doc);
+            if bytes > self.cap / 2 {
+                Err(OriginError::garbage(
+                    &idx.url,
+                    format!(
+                        "the page of {key:?} needs about {bytes} bytes, more than half of ROXPI_INDEX_CACHE_SIZE ({})",
+                        self.cap
+                    ),
+                ))
+            } else {
+                Ok(doc)
+            }
+        });
         let result = match result {
             Ok(doc) => {
                 let ttl = match doc {
@@ -605,6 +628,7 @@ impl IndexCache {
             });
             self.evict(&mut shard);
         }
+        self.trim();
         flight.complete(result);
     }
 }

@@ -57,7 +57,7 @@ impl IndexCache {
         // allocates nothing here).
         if shard.map.get_mut(key).is_none() {
             shard.map.put(key.clone(), Slot::Doc(Entry::default()));
-            shard.bytes += Slot::Doc(Entry::default()).bytes();
+            self.resize(shard, 0, Slot::Doc(Entry::default()).bytes());
         }
         let Some(slot) = shard.map.peek_mut(key) else {
             // Just inserted under the same lock.
@@ -73,15 +73,43 @@ impl IndexCache {
             Slot::View(_) => f(&mut Entry::default()),
         };
         let new = slot.bytes();
-        shard.bytes = shard.bytes.saturating_sub(old) + new;
+        self.resize(shard, old, new);
         r
     }
 
-    /// Evicts least recently used slots beyond the shard's cap, skipping
-    /// entries with a fetch in flight (their waiters need them).
+    /// Keeps the shard's and the cache's byte counts right.
+    pub(super) fn resize(&self, shard: &mut Shard, old: u64, new: u64) {
+        shard.bytes = shard.bytes.saturating_sub(old) + new;
+        if new >= old {
+            self.total.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.total.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+
+    fn over(&self) -> bool {
+        self.total.load(Ordering::Relaxed) > self.cap
+    }
+
+    /// Evicts across all shards (one lock at a time) until the cache is
+    /// within its bound: a big page in one shard pushes out the least
+    /// recently used entries of the others.
+    pub(super) fn trim(&self) {
+        for i in 0..SHARDS {
+            if !self.over() {
+                return;
+            }
+            let mut shard = self.lock(i);
+            self.evict(&mut shard);
+        }
+    }
+
+    /// Evicts this shard's least recently used slots while the cache is
+    /// over its bound, skipping entries with a fetch in flight (their
+    /// waiters need them).
     pub(super) fn evict(&self, shard: &mut Shard) {
         let mut busy = Vec::new();
-        while shard.bytes > self.shard_cap {
+        while self.over() {
             let Some((k, slot)) = shard.map.pop_lru() else {
                 break;
             };
@@ -89,7 +117,7 @@ impl IndexCache {
                 busy.push((k, slot));
                 continue;
             }
-            shard.bytes = shard.bytes.saturating_sub(slot.bytes());
+            self.resize(shard, slot.bytes(), 0);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         for (k, slot) in busy {
@@ -115,12 +143,15 @@ impl IndexCache {
 
     pub fn store_view(&self, key: &Key, format: PageFormat, coding: Coding, view: Arc<Rendered>) {
         let slot_key = SlotKey::View(key.clone(), format, coding);
-        let mut shard = self.lock(shard_of(&slot_key));
-        let slot = Slot::View(view);
-        let new = slot.bytes();
-        let old = shard.map.put(slot_key, slot).map_or(0, |s| s.bytes());
-        shard.bytes = shard.bytes.saturating_sub(old) + new;
-        self.evict(&mut shard);
+        {
+            let mut shard = self.lock(shard_of(&slot_key));
+            let slot = Slot::View(view);
+            let new = slot.bytes();
+            let old = shard.map.put(slot_key, slot).map_or(0, |s| s.bytes());
+            self.resize(&mut shard, old, new);
+            self.evict(&mut shard);
+        }
+        self.trim();
     }
 
     /// Drops every cached answer (and view) for `key` in every index.
@@ -144,11 +175,11 @@ impl IndexCache {
                     e.snap = None;
                     e.rest_until = None;
                     let new = shard.map.peek(&k).map_or(0, Slot::bytes);
-                    shard.bytes = shard.bytes.saturating_sub(old) + new;
+                    self.resize(&mut shard, old, new);
                 }
                 _ => {
                     if let Some(slot) = shard.map.pop(&k) {
-                        shard.bytes = shard.bytes.saturating_sub(slot.bytes());
+                        self.resize(&mut shard, slot.bytes(), 0);
                     }
                 }
             }

@@ -134,7 +134,7 @@ impl Origin for FakeOrigin {
                 Box::new(RawPage {
                     format: Format::Json,
                     url,
-                    body: Vec::new(),
+                    body: bytes::Bytes::new(),
                 }),
             )),
             Some(PageAnswer::NotFound) | None => Ok(PageFetch::NotFound),

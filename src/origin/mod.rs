@@ -208,7 +208,7 @@ pub enum PageFetch {
 pub struct RawPage {
     pub format: Format,
     pub url: Url,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
 }
 
 /// A response whose body is streamed.
