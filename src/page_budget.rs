@@ -5,7 +5,7 @@
 //! - Every page may use `small` bytes (1 MiB) without asking: the common
 //!   case, bounded by the fetch threads.
 //! - A page that grows past that must hold one of a few big-page slots
-//!   until it is parsed; waiting for one is bounded (then the fetch is
+//!   until it is parsed; waiting for one is bounded (30 s, then the fetch is
 //!   refused as busy). A slot holder never waits again, so big pages cannot
 //!   deadlock each other.
 //! - No page may exceed `max_page` decoded bytes; past it the fetch fails
@@ -71,7 +71,7 @@ impl PageBudget {
     pub fn for_cache(cache_bytes: u64) -> PageBudget {
         let max_page = (cache_bytes / 4).clamp(SMALL_PAGE, LARGEST_PAGE);
         let slots = usize::try_from((cache_bytes / 2) / max_page).unwrap_or(1);
-        PageBudget::new(max_page, slots, Duration::from_secs(10))
+        PageBudget::new(max_page, slots, Duration::from_secs(30))
     }
 
     fn lock(&self) -> MutexGuard<'_, usize> {

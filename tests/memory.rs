@@ -26,6 +26,17 @@ fn status_kib(server: &ChildServer, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A GET that may take long: the 16 pages share two big-page slots, and
+/// the whole suite runs at once (this test is about memory, not latency).
+fn slow_get(addr: std::net::SocketAddr, path: &str) -> crate::util::Reply {
+    let mut c = crate::util::Client::new(addr);
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    c.get(path)
+}
+
 struct Hostile {
     bomb: Bytes,
     json: Bytes,
@@ -125,7 +136,7 @@ fn hostile_pages_cost_bounded_memory_and_a_large_fitting_page_is_cached() {
                 .map(|i| {
                     let kind = ["bomb", "json", "html"][i % 3];
                     let path = format!("/index/{kind}-{round}-{i}/");
-                    std::thread::spawn(move || (path.clone(), get(addr, &path)))
+                    std::thread::spawn(move || (path.clone(), slow_get(addr, &path)))
                 })
                 .collect();
             for c in clients {

@@ -152,3 +152,76 @@ fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
         assert!(metric(addr, "roxpi_upstream_refused_addresses_total") >= 3);
     });
 }
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The stated bound: 1 accept + 1 poller + 32 workers + 32 page fetchers +
+/// 64 downloaders + 16 openers + logging and signal threads; slow readers
+/// of files add none.
+const THREAD_BOUND: usize = 160;
+
+#[test]
+fn a_thousand_clients_that_never_read_hold_no_thread() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let huge: Vec<u8> = (0..16u32 << 20).map(|i| (i % 249) as u8).collect();
+        let one: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
+        fake.add_project(
+            "root",
+            "files",
+            FakeProject {
+                files: vec![
+                    FakeFile::new("huge-1.0-py3-none-any.whl", huge.clone()),
+                    FakeFile::new("one-1.0-py3-none-any.whl", one.clone()),
+                ],
+                versions: vec![],
+            },
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let root = fake.url("root");
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+        ]);
+        let addr = roxpi.addr;
+        let huge_path = "/index/files/huge-1.0-py3-none-any.whl";
+        let one_path = "/index/files/one-1.0-py3-none-any.whl";
+        assert_eq!(get(addr, huge_path).body.len(), huge.len());
+        assert_eq!(get(addr, one_path).body, one);
+        let idle_threads = thread_count(roxpi.pid());
+
+        let mut stalled = Vec::new();
+        for _ in 0..1000 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // A small receive window: the kernel holds little per client.
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&s, 4096);
+            s.write_all(format!("GET {huge_path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .unwrap();
+            stalled.push(s);
+        }
+        let mut worst = Duration::ZERO;
+        let mut peak_threads = 0;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let r = get(addr, one_path);
+            let took = t.elapsed();
+            assert_eq!(r.body, one);
+            assert!(
+                took < Duration::from_secs(1),
+                "a warm 1 MB file took {took:?}"
+            );
+            worst = worst.max(took);
+            peak_threads = peak_threads.max(thread_count(roxpi.pid()));
+        }
+        eprintln!(
+            "1000 stalled readers of a 16 MB file: warm 1 MB file in at most {worst:?}; threads {idle_threads} idle, {peak_threads} at most"
+        );
+        assert!(peak_threads <= THREAD_BOUND, "{peak_threads} threads");
+        drop(stalled);
+    });
+}

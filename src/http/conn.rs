@@ -162,6 +162,8 @@ pub(crate) enum Mode {
 pub(crate) enum Pump {
     Done,
     WouldBlock,
+    /// Stopped after its byte budget; more to write.
+    Yield,
 }
 
 /// A response being written.
@@ -234,20 +236,27 @@ impl Outgoing {
         self.head_pos == 0
     }
 
-    /// Whether this response should go to a transfer thread right away:
-    /// streams (their reads may block) and large files.
-    pub fn is_long(&self, threshold: u64) -> bool {
-        match &self.body {
-            BodyState::Stream { .. } => true,
-            BodyState::File { range, .. } => range.len > threshold,
-            BodyState::Bytes { bytes, .. } => bytes.len() as u64 > threshold,
-            BodyState::Done => false,
-        }
+    /// Whether this response must go to a transfer thread: a stream, whose
+    /// reads may block. Files and bytes are written without blocking, the
+    /// poller waiting for writability in between.
+    pub fn needs_thread(&self) -> bool {
+        matches!(self.body, BodyState::Stream { .. })
     }
 
     /// Writes as much as the mode allows.
     pub fn pump(&mut self, sock: &TcpStream, mode: Mode) -> io::Result<Pump> {
+        self.pump_up_to(sock, mode, u64::MAX)
+    }
+
+    /// Writes as much as the mode allows, but returns `Yield` after about
+    /// `budget` body bytes, so that one fast client cannot hold a worker
+    /// for a whole large file.
+    pub fn pump_up_to(&mut self, sock: &TcpStream, mode: Mode, budget: u64) -> io::Result<Pump> {
+        let start = self.body_sent;
         loop {
+            if self.body_sent - start >= budget {
+                return Ok(Pump::Yield);
+            }
             match self.step(sock) {
                 Ok(Step::Done) => return Ok(Pump::Done),
                 Ok(Step::Progress) => {}

@@ -92,8 +92,6 @@ pub struct ServerConfig {
     pub queue_timeout: Duration,
     /// Connection cap; `None` derives it from the descriptor limit.
     pub max_connections: Option<usize>,
-    /// Bodies longer than this go straight to a transfer thread.
-    pub transfer_threshold: u64,
     pub limits: Limits,
     /// The counters; pass your own to read them elsewhere (`/metrics`).
     pub stats: Arc<Stats>,
@@ -109,7 +107,6 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             queue_timeout: Duration::from_secs(5),
             max_connections: None,
-            transfer_threshold: 256 * 1024,
             limits: Limits::default(),
             stats: Arc::new(Stats::default()),
         }
@@ -246,6 +243,11 @@ impl Server {
     /// Requests parked until their answer is ready (no thread held).
     pub fn waiting_requests(&self) -> usize {
         self.shared.waiting.len()
+    }
+
+    /// Responses waiting in the poller for their client to read more.
+    pub fn parked_writes(&self) -> usize {
+        self.shared.poller.writes()
     }
 
     /// Idle connections waiting in the poller.

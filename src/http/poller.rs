@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
 
 use super::conn::Conn;
-use super::worker::{Ready, Work};
+use super::worker::{write_timed_out, Ready, Transfer, Work};
 use super::Shared;
 
 /// How long the poller sleeps with nothing to do.
@@ -32,19 +32,40 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 const WAITING_TICK: Duration = Duration::from_millis(20);
 
 struct Parked {
-    conn: Conn,
+    what: Waits,
     deadline: Instant,
+}
+
+/// What a parked connection waits for.
+enum Waits {
+    /// Its next request (readable).
+    Read(Conn),
+    /// Room for the rest of its response (writable).
+    Write(Box<Transfer>),
+}
+
+impl Waits {
+    fn conn(&self) -> &Conn {
+        match self {
+            Waits::Read(c) => c,
+            Waits::Write(t) => &t.conn,
+        }
+    }
 }
 
 pub(crate) struct Poller {
     epoll: OwnedFd,
     parked: Mutex<HashMap<u64, Parked>>,
     next_token: AtomicU64,
+    /// Responses parked for writability (they outlive a shutdown request
+    /// until done or timed out).
+    writes: AtomicUsize,
 }
 
 const INTEREST: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ONESHOT);
+const WRITE_INTEREST: EventFlags = EventFlags::OUT.union(EventFlags::ONESHOT);
 
 impl Poller {
     pub fn new() -> std::io::Result<Poller> {
@@ -52,6 +73,7 @@ impl Poller {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             parked: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            writes: AtomicUsize::new(0),
         })
     }
 
@@ -63,24 +85,52 @@ impl Poller {
 
     /// Parks `conn` until its next bytes arrive or `deadline` passes.
     pub fn park(&self, mut conn: Conn, deadline: Instant) {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let first = !conn.registered;
         conn.registered = true;
+        self.arm(Waits::Read(conn), deadline, first, INTEREST);
+    }
+
+    /// Parks a response until its socket can take more bytes, or closes it
+    /// at `deadline` (a client that stopped reading).
+    pub fn park_write(&self, mut t: Transfer, deadline: Instant) {
+        let first = !t.conn.registered;
+        t.conn.registered = true;
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        self.arm(Waits::Write(Box::new(t)), deadline, first, WRITE_INTEREST);
+    }
+
+    /// Responses parked for writability now.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    fn arm(&self, what: Waits, deadline: Instant, first: bool, interest: EventFlags) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // The entry goes in before the socket is armed, so that an immediate
         // event finds it; epoll_ctl is a short syscall, not I/O.
         let mut parked = self.lock();
-        let entry = parked.entry(token).or_insert(Parked { conn, deadline });
+        let entry = parked.entry(token).or_insert(Parked { what, deadline });
         let data = EventData::new_u64(token);
+        let sock = &entry.what.conn().stream;
         let armed = if first {
-            epoll::add(&self.epoll, &entry.conn.stream, data, INTEREST)
+            epoll::add(&self.epoll, sock, data, interest)
         } else {
-            epoll::modify(&self.epoll, &entry.conn.stream, data, INTEREST)
+            epoll::modify(&self.epoll, sock, data, interest)
         };
         if let Err(e) = armed {
             log::warn!("cannot arm connection for polling: {e}");
             let gone = parked.remove(&token);
             drop(parked);
-            drop(gone);
+            if let Some(p) = gone {
+                self.forget(p.what);
+            }
+        }
+    }
+
+    /// Drops a parked entry (its connection closes).
+    fn forget(&self, what: Waits) {
+        if let Waits::Write(_) = what {
+            self.writes.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -124,10 +174,22 @@ impl Poller {
                 }
             }
             if stop.load(Ordering::Acquire) {
-                let all: Vec<Parked> = self.lock().drain().map(|(_, p)| p).collect();
-                drop(all);
+                // Idle connections close now; responses being written go on
+                // until done or timed out.
+                let idle: Vec<Parked> = {
+                    let mut parked = self.lock();
+                    let keys: Vec<u64> = parked
+                        .iter()
+                        .filter(|(_, p)| matches!(p.what, Waits::Read(_)))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    keys.iter().filter_map(|k| parked.remove(k)).collect()
+                };
+                drop(idle);
                 shared.waiting.clear();
-                return;
+                if self.writes() == 0 {
+                    return;
+                }
             }
             next_deadline = shared.waiting.expire(shared, Instant::now());
             {
@@ -136,16 +198,22 @@ impl Poller {
                     let (flags, data) = (ev.flags, ev.data);
                     if let Some(p) = parked.remove(&data.u64()) {
                         let dead = flags.intersects(EventFlags::ERR | EventFlags::HUP)
-                            && !flags.contains(EventFlags::IN);
-                        handoff.push((p.conn, dead));
+                            && !flags.intersects(EventFlags::IN | EventFlags::OUT);
+                        handoff.push((p.what, dead));
                     }
                 }
             }
             let now = Instant::now();
-            for (conn, dead) in handoff.drain(..) {
-                if dead {
-                    drop(conn);
-                } else if let Err(e) = ready.send(Work::Conn(Ready { conn, queued: now })) {
+            for (what, dead) in handoff.drain(..) {
+                if let Waits::Write(_) = what {
+                    self.writes.fetch_sub(1, Ordering::AcqRel);
+                }
+                let work = match what {
+                    Waits::Read(_) | Waits::Write(_) if dead => continue,
+                    Waits::Read(conn) => Work::Conn(Ready { conn, queued: now }),
+                    Waits::Write(t) => Work::Write(t),
+                };
+                if let Err(e) = ready.send(work) {
                     drop(e.into_inner());
                 }
             }
@@ -161,7 +229,13 @@ impl Poller {
                     keys.iter().filter_map(|k| parked.remove(k)).collect()
                 };
                 for p in expired {
-                    p.conn.close();
+                    match p.what {
+                        Waits::Read(conn) => conn.close(),
+                        Waits::Write(t) => {
+                            self.writes.fetch_sub(1, Ordering::AcqRel);
+                            write_timed_out(shared, *t)
+                        }
+                    }
                 }
             }
         }

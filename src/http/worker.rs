@@ -45,6 +45,8 @@ pub(crate) enum Work {
     Conn(Ready),
     /// A parked request whose answer is ready (or whose deadline passed).
     Resume(Box<Waiting>),
+    /// A response waiting for its socket to take more bytes.
+    Write(Box<Transfer>),
 }
 
 /// What the access log needs once a response is finished. Borrowed from the
@@ -69,9 +71,10 @@ impl Access<'_> {
     }
 }
 
-/// A response finished by a transfer thread.
+/// A response being finished: by a transfer thread (streams), or by
+/// workers whenever the poller finds its socket writable.
 pub(crate) struct Transfer {
-    conn: Conn,
+    pub(crate) conn: Conn,
     out: Outgoing,
     keep_alive: bool,
     access: Access<'static>,
@@ -82,6 +85,11 @@ pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Work>) {
         match ready.recv_timeout(Duration::from_millis(250)) {
             Ok(Work::Resume(waiting)) => {
                 if catch_unwind(AssertUnwindSafe(|| resume(shared, *waiting))).is_err() {
+                    log::error!("request worker recovered from a panic");
+                }
+            }
+            Ok(Work::Write(t)) => {
+                if catch_unwind(AssertUnwindSafe(|| write_more(shared, *t))).is_err() {
                     log::error!("request worker recovered from a panic");
                 }
             }
@@ -98,7 +106,7 @@ pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Work>) {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                if shared.stopping() && ready.is_empty() {
+                if shared.stopping() && ready.is_empty() && shared.poller.writes() == 0 {
                     return;
                 }
             }
@@ -313,7 +321,7 @@ fn write_response(
         tag,
         started,
     };
-    if out.is_long(shared.config.transfer_threshold) {
+    if out.needs_thread() {
         shared.submit_transfer(Transfer {
             conn,
             out,
@@ -322,7 +330,7 @@ fn write_response(
         });
         return None;
     }
-    match out.pump(&conn.stream, Mode::NonBlocking) {
+    match out.pump_up_to(&conn.stream, Mode::NonBlocking, WRITE_TURN) {
         Ok(Pump::Done) => {
             log_access(&conn, &access, out.body_sent, None);
             if keep {
@@ -332,13 +340,17 @@ fn write_response(
                 None
             }
         }
-        Ok(Pump::WouldBlock) => {
-            shared.submit_transfer(Transfer {
+        Ok(Pump::WouldBlock | Pump::Yield) => {
+            // The poller waits for the socket; no thread does.
+            let t = Transfer {
                 conn,
                 out,
                 keep_alive: keep,
                 access: access.into_owned(),
-            });
+            };
+            shared
+                .poller
+                .park_write(t, Instant::now() + shared.config.write_timeout);
             None
         }
         Err(e) => {
@@ -347,6 +359,54 @@ fn write_response(
             None
         }
     }
+}
+
+/// Body bytes one worker turn writes before the connection goes back to
+/// the poller (a fast client of a large file must not hold a worker).
+const WRITE_TURN: u64 = 4 << 20;
+
+/// A parked response whose socket can take more bytes.
+fn write_more(shared: &Arc<Shared>, t: Transfer) {
+    let Transfer {
+        conn,
+        mut out,
+        keep_alive,
+        access,
+    } = t;
+    match out.pump_up_to(&conn.stream, Mode::NonBlocking, WRITE_TURN) {
+        Ok(Pump::Done) => {
+            log_access(&conn, &access, out.body_sent, None);
+            if !keep_alive || shared.stopping() {
+                conn.close();
+            } else {
+                // Pipelined requests behind it, or back to the poller.
+                serve(shared, conn);
+            }
+        }
+        Ok(Pump::WouldBlock | Pump::Yield) => {
+            let t = Transfer {
+                conn,
+                out,
+                keep_alive,
+                access,
+            };
+            shared
+                .poller
+                .park_write(t, Instant::now() + shared.config.write_timeout);
+        }
+        Err(e) => {
+            log_access(&conn, &access, out.body_sent, Some(&e));
+            fail(shared, conn, &out, &e);
+        }
+    }
+}
+
+/// A response whose socket stayed full past the write timeout.
+pub(crate) fn write_timed_out(shared: &Shared, t: Transfer) {
+    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading");
+    log_access(&t.conn, &t.access, t.out.body_sent, Some(&e));
+    shared.stats.aborted.fetch_add(1, Ordering::Relaxed);
+    t.conn.abort();
 }
 
 /// Turns a response into the bytes to send and whether the connection can
