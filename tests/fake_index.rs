@@ -50,6 +50,17 @@ pub enum FileMode {
     },
     /// The right length, one wrong byte (hash mismatch).
     Corrupt,
+    /// No Content-Length (chunked), and a body that is right, has one wrong
+    /// byte, is 10 bytes short or 10 bytes long.
+    Unsized(Unsized),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsized {
+    Right,
+    Wrong,
+    Short,
+    Long,
 }
 
 /// A fault injected into page requests.
@@ -590,9 +601,23 @@ fn serve_file(
             return Response::new(416).header("Content-Range", format!("bytes */{total}"));
         }
     }
-    let len = bytes.len() as u64;
+    let mut len = Some(bytes.len() as u64);
+    if let FileMode::Unsized(how) = s.file_mode {
+        len = None;
+        let mut v = bytes.to_vec();
+        match how {
+            Unsized::Right => {}
+            Unsized::Wrong => {
+                let last = v.len() - 1;
+                v[last] ^= 0xff;
+            }
+            Unsized::Short => v.truncate(v.len().saturating_sub(10)),
+            Unsized::Long => v.extend_from_slice(&[0u8; 10]),
+        }
+        bytes = Bytes::from(v);
+    }
     let reader = Body::Stream(Stream {
-        len: Some(len),
+        len,
         reader: Box::new(Paced {
             data: bytes,
             pos: 0,
@@ -619,7 +644,9 @@ impl Read for Paced {
         }
         let left = &self.data[self.pos..];
         let n = match self.mode {
-            FileMode::Normal | FileMode::Corrupt => left.len().min(buf.len()),
+            FileMode::Normal | FileMode::Corrupt | FileMode::Unsized(_) => {
+                left.len().min(buf.len())
+            }
             FileMode::Throttle { chunk, every } => {
                 std::thread::sleep(every);
                 left.len().min(buf.len()).min(chunk)

@@ -6,6 +6,9 @@
 //! - The first request for an uncached file registers an `InFlight` and
 //!   queues ONE upstream GET; the download continues when that client
 //!   disconnects.
+//! - An upstream without `Content-Length` is downloaded against the
+//!   index's `size` (and cached once verified); with no size either, the
+//!   file is streamed through, verified by `VerifiedRead`.
 //! - On an upstream failure, a length or hash mismatch, or a local write
 //!   error, the state becomes `Failed`: every reader's connection is cut,
 //!   nothing is committed, and the next request starts again. After a local
@@ -141,7 +144,7 @@ impl Downloads {
                 joined: true,
             }
         };
-        if let Some(f) = self.map().get(key) {
+        if let Some(f) = self.map().get(key).filter(|f| !f.is_failed()) {
             return joined(f);
         }
         // The download may have committed between the lookup and now.
@@ -151,7 +154,9 @@ impl Downloads {
         }
         let inflight = {
             let mut map = self.map();
-            if let Some(f) = map.get(key) {
+            // A failed download left behind (its thread panicked) is
+            // replaced, never joined.
+            if let Some(f) = map.get(key).filter(|f| !f.is_failed()) {
                 return joined(f);
             }
             let f = Arc::new(InFlight::new());
@@ -201,11 +206,23 @@ impl Downloads {
                     .insert(source.url.as_str().to_owned(), self.clock.now());
             }
             log::warn!("download of {} failed: {f}", SafeUrl::new(&source.url));
+            // Out of the map first: a request that comes once the readers
+            // saw the failure starts a new download instead of joining
+            // this failed one.
+            self.forget(&key, &inflight);
             inflight.set(|s| s.phase = Phase::Failed(f.clone()));
         }
         guard.armed = false;
-        // After the commit (or failure) is visible.
-        self.map().remove(&key);
+        // After the commit is visible.
+        self.forget(&key, &inflight);
+    }
+
+    /// Removes `inflight` from the map (if it is still the entry for `key`).
+    fn forget(&self, key: &CacheKey, inflight: &Arc<InFlight>) {
+        let mut map = self.map();
+        if map.get(key).is_some_and(|f| Arc::ptr_eq(f, inflight)) {
+            map.remove(key);
+        }
     }
 
     fn download(
@@ -223,7 +240,10 @@ impl Downloads {
                 return Err(Mismatch::Length { got, want }.into())
             }
             (Some(a), _) => a,
-            (None, _) => return Err(FileError::NoLength),
+            // Chunked or close-delimited: the index's size is the length,
+            // checked like any other (short, long and wrong bodies fail).
+            (None, Some(want)) => want,
+            (None, None) => return Err(FileError::NoLength),
         };
         let temp = self.storage.create(key, total).map_err(FileError::local)?;
         inflight.set(|s| {

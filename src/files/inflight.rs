@@ -88,6 +88,11 @@ impl InFlight {
         }
     }
 
+    /// Whether the download failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.lock().phase, Phase::Failed(_))
+    }
+
     /// The change counter, to pass to `on_change`.
     pub fn version(&self) -> u64 {
         self.lock().version
