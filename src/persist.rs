@@ -12,9 +12,8 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-
-use lru::LruCache;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -31,24 +30,14 @@ const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct PageStore {
     dir: PathBuf,
-    /// Saved pages by recency, with their sizes; the bound holds at every
-    /// moment (checked on each save). Lock rule: held for map updates only,
-    /// never across a file write (unlinks of evicted pages happen after).
-    lru: Mutex<Recency>,
+    /// Bytes of saved pages on disk (exact after every eviction pass).
+    bytes: AtomicU64,
     cap: u64,
-}
-
-struct Recency {
-    map: LruCache<PathBuf, u64>,
-    bytes: u64,
-}
-
-impl Recency {
-    fn remove(&mut self, path: &Path) {
-        if let Some(len) = self.map.pop(path) {
-            self.bytes -= len;
-        }
-    }
+    /// One eviction pass at a time. Recency lives in the files' mtimes
+    /// (touched on load), so memory does not grow with the number of
+    /// pages: an in-memory LRU of every saved page grew ~10 KB/s under a
+    /// soak of distinct names.
+    evicting: Mutex<()>,
 }
 
 /// A page read back from disk and how old it is.
@@ -63,49 +52,43 @@ impl PageStore {
     pub fn open(dir: &Path, cap: u64) -> io::Result<PageStore> {
         fs::create_dir_all(dir)?;
         prune(dir, KEEP_FOR);
-        let mut found = saved_files(dir);
-        found.sort_by_key(|(_, _, mtime)| *mtime);
-        let mut recency = Recency {
-            map: LruCache::unbounded(),
-            bytes: 0,
-        };
-        for (path, len, _) in found {
-            recency.bytes += len;
-            recency.map.put(path, len);
-        }
         let store = PageStore {
             dir: dir.to_owned(),
-            lru: Mutex::new(recency),
+            bytes: AtomicU64::new(0),
             cap,
+            evicting: Mutex::new(()),
         };
-        let victims = store.make_room(0);
-        remove_files(victims);
+        store.evict(0);
         Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Recency> {
-        // A map and a sum updated together: a poisoned lock is consistent.
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes least recently used pages out of the books until `extra` more
-    /// bytes fit; returns them to unlink.
-    fn make_room(&self, extra: u64) -> Vec<PathBuf> {
-        let mut r = self.lock();
-        let mut victims = Vec::new();
-        while r.bytes + extra > self.cap {
-            let Some((path, len)) = r.map.pop_lru() else {
-                break;
-            };
-            r.bytes -= len;
-            victims.push(path);
+    /// Deletes the least recently used pages (oldest mtime) until `extra`
+    /// more bytes fit under 80 % of the bound (so passes are rare), and sets
+    /// the byte count from what is on disk.
+    fn evict(&self, extra: u64) {
+        let _one = self.evicting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found = saved_files(&self.dir);
+        let mut total: u64 = found.iter().map(|(_, len, _)| len).sum();
+        if total + extra > self.cap {
+            let target = (self.cap / 10 * 8).saturating_sub(extra);
+            found.sort_by_key(|(_, _, mtime)| *mtime);
+            for (path, len, _) in found {
+                if total <= target {
+                    break;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => total -= len,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => total -= len,
+                    Err(e) => log::warn!("cannot remove saved page {}: {e}", path.display()),
+                }
+            }
         }
-        victims
+        self.bytes.store(total, Ordering::Relaxed);
     }
 
     /// Bytes held by saved pages.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// One directory per index URL (without credentials), so a changed
@@ -127,9 +110,10 @@ impl PageStore {
                 self.cap
             )));
         }
-        self.lock().remove(&path);
-        let victims = self.make_room(len);
-        remove_files(victims);
+        let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if self.bytes().saturating_sub(old) + len > self.cap {
+            self.evict(len);
+        }
         let dir = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(dir)?;
         let secs = SystemTime::now()
@@ -153,24 +137,36 @@ impl PageStore {
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         } else {
-            let mut r = self.lock();
-            r.bytes += len;
-            r.map.put(path, len);
+            // The replaced copy (if any) is gone, the new one counts.
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(old) + len)
+                });
         }
         written
     }
 
     pub fn remove(&self, index: &Index, name: &ProjectName) {
         let path = self.path(index, name);
-        self.lock().remove(&path);
-        let _ = fs::remove_file(path);
+        if let Ok(m) = fs::metadata(&path) {
+            if fs::remove_file(&path).is_ok() {
+                let _ = self
+                    .bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(m.len()))
+                    });
+            }
+        }
     }
 
     pub fn load(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
         let path = self.path(index, name);
-        // Recently used: kept longest.
-        self.lock().map.promote(&path);
         let data = fs::read(&path).ok()?;
+        // Recently used: kept longest (recency is the mtime).
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
         let parsed = parse_saved(&data);
         if parsed.is_none() {
             log::warn!("ignoring damaged saved page {}", path.display());
@@ -199,16 +195,6 @@ fn saved_files(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
         }
     }
     out
-}
-
-fn remove_files(paths: Vec<PathBuf>) {
-    for p in paths {
-        if let Err(e) = fs::remove_file(&p) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove saved page {}: {e}", p.display());
-            }
-        }
-    }
 }
 
 /// Deletes saved pages (and leftover temp files) older than `keep`. Only
