@@ -23,16 +23,18 @@ pub enum Resolved {
     Failed(Arc<OriginError>),
 }
 
-/// A lookup across the indexes in progress.
+/// A lookup across the indexes in progress. Kept small: the warm page
+/// path builds one per request.
 pub struct Resolution {
-    key: Key,
-    sequential: bool,
+    /// First-index only: the key, to ask the next index.
+    sequential: Option<Key>,
     force: bool,
     /// Use any copy at hand without waiting (file requests).
     no_wait: bool,
-    ids: Vec<IndexId>,
-    /// Lookups started and not yet settled, in index order.
+    indexes: usize,
+    /// Lookups started, in index order; those before `cursor` are settled.
     pending: Vec<(IndexId, Pending)>,
+    cursor: usize,
     /// Settled answers, in index order.
     settled: Vec<(IndexId, Outcome)>,
     /// First-index: the next index to ask.
@@ -42,7 +44,7 @@ pub struct Resolution {
 impl Resolution {
     /// When the lookups waited for must be answered at the latest.
     pub fn deadline(&self) -> Instant {
-        self.pending
+        self.pending[self.cursor..]
             .iter()
             .map(|(_, p)| p.deadline())
             .min()
@@ -51,7 +53,7 @@ impl Resolution {
 
     /// Calls `f` (possibly several times) when a lookup waited for settles.
     pub fn on_ready(&self, f: impl Fn() + Clone + Send + 'static) {
-        for (_, p) in &self.pending {
+        for (_, p) in &self.pending[self.cursor..] {
             let f = f.clone();
             let once: OnReady = Box::new(f);
             p.on_ready(once);
@@ -77,35 +79,35 @@ impl IndexCache {
         force: bool,
         no_wait: bool,
     ) -> Resolution {
-        let ids: Vec<IndexId> = self.indexes().iter().map(|i| i.id).collect();
+        let indexes = self.indexes().len();
         let sequential = strategy == Strategy::FirstIndex && matches!(key, Key::Project(_));
         let mut r = Resolution {
-            key: key.clone(),
-            sequential,
+            sequential: sequential.then(|| key.clone()),
             force,
             no_wait,
-            ids,
-            pending: Vec::new(),
-            settled: Vec::new(),
+            indexes,
+            pending: Vec::with_capacity(indexes),
+            cursor: 0,
+            settled: Vec::with_capacity(indexes),
             next: 0,
         };
         if sequential {
-            self.begin_next(&mut r);
+            self.begin_next(&mut r, key);
         } else {
             // Start every fetch before waiting for any.
-            r.pending = r
-                .ids
-                .iter()
-                .map(|id| (*id, self.begin(*id, key, force)))
-                .collect();
-            r.next = r.ids.len();
+            for i in 0..indexes {
+                r.pending
+                    .push((IndexId(i), self.begin(IndexId(i), key, force)));
+            }
+            r.next = indexes;
         }
         r
     }
 
-    fn begin_next(self: &Arc<Self>, r: &mut Resolution) {
-        if let Some(id) = r.ids.get(r.next).copied() {
-            r.pending.push((id, self.begin(id, &r.key, r.force)));
+    fn begin_next(self: &Arc<Self>, r: &mut Resolution, key: &Key) {
+        if r.next < r.indexes {
+            let id = IndexId(r.next);
+            r.pending.push((id, self.begin(id, key, r.force)));
             r.next += 1;
         }
     }
@@ -114,18 +116,17 @@ impl IndexCache {
     pub fn poll_resolution(self: &Arc<Self>, r: &mut Resolution) -> Option<Resolved> {
         loop {
             // Settle what can be settled, in order.
-            while let Some((id, p)) = r.pending.first() {
+            while let Some((id, p)) = r.pending.get(r.cursor) {
                 let outcome = match p.current().filter(|_| r.no_wait) {
                     Some(snap) => Ok((snap, Freshness::Hit)),
                     None => self.poll(p)?,
                 };
-                let id = *id;
-                r.pending.remove(0);
-                r.settled.push((id, outcome));
+                r.settled.push((*id, outcome));
+                r.cursor += 1;
             }
-            if !r.sequential {
+            let Some(key) = r.sequential.clone() else {
                 return Some(merge_answers(&r.settled));
-            }
+            };
             // First-index: the last settled answer decides or moves on.
             match r.settled.last().map(|(id, o)| (*id, found_in(o))) {
                 Some((id, Ok(Some((snap, fresh))))) => {
@@ -133,10 +134,10 @@ impl IndexCache {
                 }
                 Some((_, Err(e))) => return Some(Resolved::Failed(e)),
                 Some((_, Ok(None))) | None => {
-                    if r.next >= r.ids.len() {
+                    if r.next >= r.indexes {
                         return Some(Resolved::NotFound);
                     }
-                    self.begin_next(r);
+                    self.begin_next(r, &key);
                 }
             }
         }
