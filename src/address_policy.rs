@@ -29,6 +29,16 @@ pub enum AddrClass {
 }
 
 impl AddrClass {
+    /// Every class but `Public` (always allowed).
+    pub const NON_PUBLIC: [AddrClass; 6] = [
+        AddrClass::Loopback,
+        AddrClass::Private,
+        AddrClass::LinkLocal,
+        AddrClass::Shared,
+        AddrClass::Unspecified,
+        AddrClass::Special,
+    ];
+
     /// The setting's name for it.
     pub fn name(self) -> &'static str {
         match self {
@@ -43,16 +53,9 @@ impl AddrClass {
     }
 
     pub fn parse(s: &str) -> Option<AddrClass> {
-        [
-            AddrClass::Loopback,
-            AddrClass::Private,
-            AddrClass::LinkLocal,
-            AddrClass::Shared,
-            AddrClass::Unspecified,
-            AddrClass::Special,
-        ]
-        .into_iter()
-        .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
+        AddrClass::NON_PUBLIC
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
     }
 }
 
@@ -120,19 +123,7 @@ impl AddressPolicy {
 
     /// Every address (`ROXPI_UPSTREAM_ALLOW=any`).
     pub fn any() -> AddressPolicy {
-        AddressPolicy {
-            allowed: [
-                AddrClass::Public,
-                AddrClass::Loopback,
-                AddrClass::Private,
-                AddrClass::LinkLocal,
-                AddrClass::Shared,
-                AddrClass::Unspecified,
-                AddrClass::Special,
-            ]
-            .into_iter()
-            .collect(),
-        }
+        AddressPolicy::new(AddrClass::NON_PUBLIC)
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {

@@ -198,7 +198,6 @@ impl Files {
             }
             return self.stream_through(req, source, content_type);
         }
-        let can_redirect = self.can_redirect(index);
         let fetched = match &self.downloads {
             Some(d) => d.fetch(&key, &source),
             None => Fetch::StreamThrough,
@@ -211,21 +210,11 @@ impl Files {
                     // The whole file keeps downloading in the background.
                     return self.stream_through(req, source, content_type);
                 }
-                if can_redirect && self.config.download_timeout.is_zero() {
-                    return serve::redirect(&source.url);
+                let tag = if joined { "COALESCED" } else { "MISS" };
+                match self.wait_for(&source, content_type, tag) {
+                    Ok(wait) => self.await_download(req, inflight, source, wait),
+                    Err(redirect) => redirect,
                 }
-                let limit = if can_redirect {
-                    self.config.download_timeout
-                } else {
-                    FIRST_BYTE_WAIT
-                };
-                let wait = Wait {
-                    deadline: Instant::now() + limit,
-                    can_redirect,
-                    content_type,
-                    tag: if joined { "COALESCED" } else { "MISS" },
-                };
-                self.await_download(req, inflight, source, wait)
             }
         }
     }
@@ -295,6 +284,32 @@ impl Files {
         }
     }
 
+    /// How long a request for `source` may wait for the upstream: until a
+    /// redirect (`ROXPI_DOWNLOAD_TIMEOUT`; `Err` = redirect at once, proxpi's
+    /// 0) or, when the client could not follow one, `FIRST_BYTE_WAIT`.
+    fn wait_for(
+        &self,
+        source: &Source,
+        content_type: &'static str,
+        tag: &'static str,
+    ) -> Result<Wait, Response> {
+        let can_redirect = self.can_redirect(&source.index);
+        if can_redirect && self.config.download_timeout.is_zero() {
+            return Err(serve::redirect(&source.url));
+        }
+        let limit = if can_redirect {
+            self.config.download_timeout
+        } else {
+            FIRST_BYTE_WAIT
+        };
+        Ok(Wait {
+            deadline: Instant::now() + limit,
+            can_redirect,
+            content_type,
+            tag,
+        })
+    }
+
     /// Clients may be sent to the upstream only when they could follow.
     fn can_redirect(&self, index: &Index) -> bool {
         !index.has_credentials() && !self.config.offline
@@ -309,20 +324,9 @@ impl Files {
         source: Source,
         content_type: &'static str,
     ) -> Response {
-        let can_redirect = self.can_redirect(&source.index);
-        if can_redirect && self.config.download_timeout.is_zero() {
-            return serve::redirect(&source.url);
-        }
-        let limit = if can_redirect {
-            self.config.download_timeout
-        } else {
-            FIRST_BYTE_WAIT
-        };
-        let wait = Wait {
-            deadline: Instant::now() + limit,
-            can_redirect,
-            content_type,
-            tag: "MISS",
+        let wait = match self.wait_for(&source, content_type, "MISS") {
+            Ok(wait) => wait,
+            Err(redirect) => return redirect,
         };
         let range = req.header("range").map(str::to_owned);
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
