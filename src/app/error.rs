@@ -9,8 +9,8 @@
 //! | upstream 5xx or other bad status | 502 | 30 |
 //! | a listed file the upstream does not have (404/410) | 502 | 60 |
 //! | garbled page, broken file body | 502 | 30 |
-//! | offline and not cached | 502 | 60 |
-//! | link or redirect to a refused address (private, link-local…) | 502 | 60 |
+//! | offline and not cached | 502 | — |
+//! | link or redirect to a refused address (private, link-local…) | 502 | — |
 //! | hash or length mismatch | 502 | 10 |
 //! | local write error with no way around it | 503 | 10 |
 //! | every fetch, download or open slot busy | 503 | 5 |
@@ -29,7 +29,11 @@ pub enum Failure<'a> {
     File(&'a FileError),
 }
 
-/// Status and `Retry-After` seconds of an upstream error.
+/// Status and `Retry-After` seconds of an upstream error. `0`: no
+/// `Retry-After` — pip (urllib3) sleeps for it before each of its retries,
+/// so it is sent only where waiting can help, never for a refusal that
+/// will not change (measured: pip 24.0 spent 5 minutes retrying a refused
+/// address with `Retry-After: 60`).
 fn origin(e: &OriginError) -> (u16, u64) {
     match e {
         OriginError::Timeout { .. } => (504, 30),
@@ -39,8 +43,8 @@ fn origin(e: &OriginError) -> (u16, u64) {
         } => (502, 60),
         OriginError::Status { .. } => (502, 30),
         OriginError::Garbage { .. } | OriginError::Body { .. } => (502, 30),
-        OriginError::Offline { .. } => (502, 60),
-        OriginError::Forbidden { .. } => (502, 60),
+        OriginError::Offline { .. } => (502, 0),
+        OriginError::Forbidden { .. } => (502, 0),
         OriginError::Busy { .. } => (503, 5),
     }
 }
@@ -80,10 +84,14 @@ fn message(f: &Failure<'_>) -> String {
 /// The answer for a failure.
 pub fn respond(f: &Failure<'_>) -> Response {
     let (status, retry_after) = classify(f);
-    Response::text(status, format!("{}\n", message(f)))
-        .header("Retry-After", retry_after.to_string())
+    let r = Response::text(status, format!("{}\n", message(f)))
         .header("Cache-Control", "no-store")
-        .log_tag("ERROR")
+        .log_tag("ERROR");
+    if retry_after == 0 {
+        r
+    } else {
+        r.header("Retry-After", retry_after.to_string())
+    }
 }
 
 #[cfg(test)]
