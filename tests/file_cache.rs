@@ -813,13 +813,6 @@ fn a_length_that_disagrees_with_the_index_is_refused() {
     });
 }
 
-/// Threads of a process, from /proc.
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The bound stated in the README: 1 accept + 1 poller + 32 workers + 32
 /// page fetchers + 64 downloaders + 16 openers + logging and signal
 /// threads. Transfer threads start only for bodies above 256 KiB.
@@ -842,7 +835,7 @@ fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
             let (done, max) = (done.clone(), max.clone());
             std::thread::spawn(move || {
                 while !done.load(Ordering::Relaxed) {
-                    max.fetch_max(thread_count(pid) as u64, Ordering::Relaxed);
+                    max.fetch_max(crate::util::threads_of(pid) as u64, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })

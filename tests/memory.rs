@@ -11,20 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use roxpi::http::{Response, Server, ServerConfig};
 
-use crate::util::{get, start_roxpi, within, ChildServer};
+use crate::util::{get, start_roxpi, within};
 
 const LIMIT: Duration = Duration::from_secs(170);
 /// Peak RSS allowed with default settings (ROXPI_INDEX_CACHE_SIZE=64M).
 const PEAK_BOUND_KIB: u64 = 256 * 1024;
-
-fn status_kib(server: &ChildServer, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// A GET that may take long: the 16 pages share two big-page slots, and
 /// the whole suite runs at once (this test is about memory, not latency).
@@ -145,9 +136,9 @@ fn hostile_pages_cost_bounded_memory_and_a_large_fitting_page_is_cached() {
                 assert_eq!(r.status, 502, "{path}: {body}");
                 assert!(body.contains("larger than"), "{path}: {body}");
             }
-            after_round.push(status_kib(&roxpi, "VmRSS:"));
+            after_round.push(roxpi.status_kib("VmRSS:"));
         }
-        let peak = status_kib(&roxpi, "VmHWM:");
+        let peak = roxpi.status_kib("VmHWM:");
         eprintln!(
             "16 hostile pages x 5 rounds: peak RSS {} MiB, RSS after each round {:?} MiB",
             peak / 1024,

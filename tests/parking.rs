@@ -153,12 +153,6 @@ fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
     });
 }
 
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The stated bound: 1 accept + 1 poller + 32 workers + 32 page fetchers +
 /// 64 downloaders + 16 openers + logging and signal threads; slow readers
 /// of files add none.
@@ -193,7 +187,7 @@ fn a_thousand_clients_that_never_read_hold_no_thread() {
         let one_path = "/index/files/one-1.0-py3-none-any.whl";
         assert_eq!(get(addr, huge_path).body.len(), huge.len());
         assert_eq!(get(addr, one_path).body, one);
-        let idle_threads = thread_count(roxpi.pid());
+        let idle_threads = roxpi.threads();
 
         let mut stalled = Vec::new();
         for _ in 0..1000 {
@@ -216,7 +210,7 @@ fn a_thousand_clients_that_never_read_hold_no_thread() {
                 "a warm 1 MB file took {took:?}"
             );
             worst = worst.max(took);
-            peak_threads = peak_threads.max(thread_count(roxpi.pid()));
+            peak_threads = peak_threads.max(roxpi.threads());
         }
         eprintln!(
             "1000 stalled readers of a 16 MB file: warm 1 MB file in at most {worst:?}; threads {idle_threads} idle, {peak_threads} at most"

@@ -160,6 +160,13 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
     Client::new(addr).get(path)
 }
 
+/// Threads of a process, from `/proc/<pid>/task`.
+pub fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// A child process killed when the test ends.
 pub struct ChildServer {
     pub child: Child,
@@ -210,12 +217,22 @@ impl ChildServer {
 
     /// Resident memory of the child in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// Threads of the process.
+    pub fn threads(&self) -> usize {
+        threads_of(self.pid())
     }
 
     /// Collects stderr in the background (so the child never blocks on a

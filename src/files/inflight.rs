@@ -109,28 +109,21 @@ impl InFlight {
         }
     }
 
-    /// Waits until the upstream answered (`Ok(Some)`: a reader of the
-    /// growing file and its length), failed (`Err`), or `limit` passed.
-    pub fn wait_started(
-        self: &Arc<Self>,
+    /// Waits until `ready` picks an answer from the state (`Some`), the
+    /// download failed (`Err`), or `limit` passed (`Ok(None)`).
+    fn wait_for<T>(
+        &self,
         limit: Duration,
-    ) -> Result<Option<GrowingReader>, FileError> {
+        ready: impl Fn(&Phase) -> Option<T>,
+    ) -> Result<Option<T>, FileError> {
         let deadline = Instant::now() + limit;
         let mut st = self.lock();
         loop {
-            match &st.phase {
-                Phase::Starting => {}
-                Phase::Streaming { file, total } | Phase::Done { file, total } => {
-                    return Ok(Some(GrowingReader {
-                        inflight: Arc::clone(self),
-                        file: Arc::clone(file),
-                        total: *total,
-                        pos: 0,
-                        fallback: None,
-                        relay: None,
-                    }))
-                }
-                Phase::Failed(f) => return Err(f.clone()),
+            if let Phase::Failed(f) = &st.phase {
+                return Err(f.clone());
+            }
+            if let Some(t) = ready(&st.phase) {
+                return Ok(Some(t));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -143,30 +136,33 @@ impl InFlight {
                 .0;
         }
     }
-}
 
-impl InFlight {
+    /// Waits until the upstream answered (`Ok(Some)`: a reader of the
+    /// growing file and its length), failed (`Err`), or `limit` passed.
+    pub fn wait_started(
+        self: &Arc<Self>,
+        limit: Duration,
+    ) -> Result<Option<GrowingReader>, FileError> {
+        self.wait_for(limit, |phase| match phase {
+            Phase::Streaming { file, total } | Phase::Done { file, total } => Some(GrowingReader {
+                inflight: Arc::clone(self),
+                file: Arc::clone(file),
+                total: *total,
+                pos: 0,
+                fallback: None,
+                relay: None,
+            }),
+            Phase::Starting | Phase::Failed(_) => None,
+        })
+    }
+
     /// Waits until the download is complete and verified (`Ok(Some)`: the
     /// file and its length), failed (`Err`), or `limit` passed (`Ok(None)`).
     pub fn wait_done(&self, limit: Duration) -> Result<Option<(Arc<File>, u64)>, FileError> {
-        let deadline = Instant::now() + limit;
-        let mut st = self.lock();
-        loop {
-            match &st.phase {
-                Phase::Done { file, total } => return Ok(Some((Arc::clone(file), *total))),
-                Phase::Failed(f) => return Err(f.clone()),
-                Phase::Starting | Phase::Streaming { .. } => {}
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            st = self
-                .cv
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_for(limit, |phase| match phase {
+            Phase::Done { file, total } => Some((Arc::clone(file), *total)),
+            _ => None,
+        })
     }
 }
 
