@@ -12,6 +12,26 @@ use crate::util::{get, start_roxpi, within};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// roxpi on `fake`'s root index with a cache dir of its own, plus `env`.
+fn roxpi_on(
+    fake: &FakeIndex,
+    env: &[(&str, &str)],
+) -> (
+    crate::util::ChildServer,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let cache = tempfile::tempdir().unwrap();
+    let root = fake.url("root");
+    let mut all = vec![
+        ("ROXPI_INDEX_URL", root.as_str()),
+        ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let (server, home) = start_roxpi(&all);
+    (server, cache, home)
+}
+
 fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
     let text = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
     text.lines()
@@ -46,16 +66,15 @@ fn hanging_upstream_requests_hold_no_worker() {
                 versions: vec![],
             },
         );
-        let cache = tempfile::tempdir().unwrap();
-        let root = fake.url("root");
-        let (roxpi, _home) = start_roxpi(&[
-            ("ROXPI_INDEX_URL", root.as_str()),
-            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
-            ("ROXPI_WORKERS", "4"),
-            // Waiting file requests stay in flight instead of redirecting.
-            ("ROXPI_DOWNLOAD_TIMEOUT", "60"),
-            ("ROXPI_READ_TIMEOUT", "60"),
-        ]);
+        let (roxpi, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_WORKERS", "4"),
+                // Waiting file requests stay in flight instead of redirecting.
+                ("ROXPI_DOWNLOAD_TIMEOUT", "60"),
+                ("ROXPI_READ_TIMEOUT", "60"),
+            ],
+        );
         let addr = roxpi.addr;
         let warm_file = "/index/warm/warm-1.0-py3-none-any.whl";
         assert_eq!(get(addr, "/index/warm/").status, 200);
@@ -126,12 +145,7 @@ fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
                 versions: vec![],
             },
         );
-        let cache = tempfile::tempdir().unwrap();
-        let root = fake.url("root");
-        let (roxpi, _home) = start_roxpi(&[
-            ("ROXPI_INDEX_URL", root.as_str()),
-            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
-        ]);
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
         let addr = roxpi.addr;
         // The index itself is on loopback: allowed.
         assert_eq!(get(addr, "/index/evil/").status, 200);
@@ -176,12 +190,7 @@ fn a_thousand_clients_that_never_read_hold_no_thread() {
                 versions: vec![],
             },
         );
-        let cache = tempfile::tempdir().unwrap();
-        let root = fake.url("root");
-        let (roxpi, _home) = start_roxpi(&[
-            ("ROXPI_INDEX_URL", root.as_str()),
-            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
-        ]);
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
         let addr = roxpi.addr;
         let huge_path = "/index/files/huge-1.0-py3-none-any.whl";
         let one_path = "/index/files/one-1.0-py3-none-any.whl";
