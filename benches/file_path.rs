@@ -184,8 +184,12 @@ fn main() {
     println!("\nwarm files, wrk keep-alive, {secs}s per point (16 MB rows: MB/s = req/s × 16)");
     header_row();
     for (label, name, conns) in [
-        ("small 11 KB", "demo-1.0-py3-none-any.whl", [16u32, 64]),
-        ("large 16 MB", "demo-2.0-py3-none-any.whl", [4u32, 16]),
+        (
+            "small 11 KB",
+            "demo-1.0-py3-none-any.whl",
+            vec![16u32, 64, 256],
+        ),
+        ("large 16 MB", "demo-2.0-py3-none-any.whl", vec![4u32, 16]),
     ] {
         for c in conns {
             let ours_url = format!("http://{addr}/simple/demo/{name}");

@@ -1,10 +1,10 @@
 //! Benchmark of the HTTP server module with a trivial handler against nginx
 //! serving the same bytes as a static file, in the same run, with wrk
-//! (keep-alive) at 1, 16 and 64 connections, for a few worker counts.
+//! (keep-alive) at 1, 16, 64 and 256 connections, for a few worker counts.
 //!
 //! Run `benches/run.sh` (installs nginx and wrk with apt) or, with both on
 //! PATH, `cargo bench --bench http_server`. Settings: BENCH_SECONDS (5),
-//! BENCH_WORKERS ("8,32,64").
+//! BENCH_WORKERS (default: the `auto` count, twice it, and 32).
 
 mod support;
 
@@ -20,8 +20,9 @@ const BODY_LEN: usize = 3 * 1024;
 fn main() {
     require_tools();
     let secs = support::seconds();
+    let auto = roxpi::http::default_workers();
     let worker_counts: Vec<usize> = std::env::var("BENCH_WORKERS")
-        .unwrap_or_else(|_| "8,32,64".into())
+        .unwrap_or_else(|_| format!("{auto},{},32", 2 * auto))
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
@@ -33,7 +34,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (mut nginx, nginx_addr) = start_nginx(dir.path(), &[("page", &body)], "");
     let nginx_url = format!("http://{nginx_addr}/page");
-    let conns = [1u32, 16, 64];
+    let conns = [1u32, 16, 64, 256];
 
     println!("HTTP server, {BODY_LEN}-byte body, wrk keep-alive, {secs}s per point, same run");
     header_row();

@@ -102,7 +102,7 @@ fn main() {
     for (client, accept) in [("pip", PIP_ACCEPT), ("uv", UV_ACCEPT)] {
         let headers = [accept, "Accept-Encoding: gzip, deflate"];
         let nginx_url = format!("http://{nginx_addr}/{client}");
-        for c in [1u32, 16, 64] {
+        for c in [1u32, 16, 64, 256] {
             wrk(&url, c, 1, &headers);
             wrk(&nginx_url, c, 1, &headers);
             let ours = wrk(&url, c, secs, &headers);

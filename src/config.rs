@@ -105,9 +105,9 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_UPSTREAM_ALLOW", default_value = "")]
     pub upstream_allow: String,
 
-    /// Request worker threads (idle connections hold none; long bodies go to
-    /// separate transfer threads).
-    #[arg(long, env = "ROXPI_WORKERS", default_value_t = crate::http::DEFAULT_WORKERS.to_string())]
+    /// Request worker threads, or `auto` (one per CPU, at least 2). Workers
+    /// never wait on the network, so more than the CPUs only add wake-ups.
+    #[arg(long, env = "ROXPI_WORKERS", default_value = "auto")]
     pub workers: String,
 
     /// Log level or flexi_logger spec (`info`, `debug`, `info,roxpi::access=warn`);
@@ -330,19 +330,17 @@ impl Settings {
         let boolean = |name: &'static str, v: &str| {
             parse_bool(v).ok_or_else(|| err(name, v, "1/true/yes/on or 0/false/no/off"))
         };
-        let workers = cli
-            .workers
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|w| (1..=4096).contains(w))
-            .ok_or_else(|| {
-                err(
-                    "ROXPI_WORKERS",
-                    &cli.workers,
-                    "a number of threads from 1 to 4096",
-                )
-            })?;
+        let workers = match cli.workers.trim() {
+            "auto" => Some(crate::http::default_workers()),
+            w => w.parse::<usize>().ok(),
+        };
+        let workers = workers.filter(|w| (1..=4096).contains(w)).ok_or_else(|| {
+            err(
+                "ROXPI_WORKERS",
+                &cli.workers,
+                "auto, or a number of threads from 1 to 4096",
+            )
+        })?;
         let log_json = match cli.log_format.trim().to_ascii_lowercase().as_str() {
             "text" | "console" => false,
             "json" => true,

@@ -161,6 +161,14 @@ mod settings {
         assert_eq!(s.index_cache_size, 64 << 20);
         assert_eq!(s.download_timeout, Duration::from_millis(900));
         assert!(!s.offline);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(
+            s.workers,
+            cpus.max(2),
+            "auto: one worker per CPU, at least 2"
+        );
+        let s = Settings::from_cli(&cli(&["--workers", "7"])).unwrap();
+        assert_eq!(s.workers, 7);
     }
 }
 

@@ -84,6 +84,15 @@ pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &File
     }
     match f.body {
         StoredBody::Local(file) => r.body(FileRange { file, offset, len }),
+        StoredBody::Memory(bytes) => {
+            // `len` ≤ the stored length, which is these bytes' length.
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            match bytes.get(start..end) {
+                Some(_) => r.body(bytes.slice(start..end)),
+                None => Response::text(500, "stored file shorter than recorded\n").log_tag("ERROR"),
+            }
+        }
         StoredBody::Remote(source) => match source.open(offset, len) {
             Ok(reader) => r.body(Body::Stream(Stream {
                 len: Some(len),

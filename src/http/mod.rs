@@ -9,14 +9,16 @@
 //!   is made non-blocking with `TCP_NODELAY`. Above the connection cap a
 //!   client gets an immediate `503` with `Retry-After`, written without
 //!   blocking and followed by `shutdown(Write)` and a short drain.
-//! - **poller** (1): parks idle connections in epoll with `EPOLLONESHOT`
-//!   (see `poller`); closes them after the keep-alive timeout (announced as
-//!   `Keep-Alive: timeout=N`) or, for a partly received head, at the head
-//!   deadline. Idle connections hold no worker and no buffer.
-//! - **request workers** (`workers`, fixed): read and parse a request
+//! - **poller** (an epoll set, see `poller`): parks idle connections with
+//!   `EPOLLONESHOT`; a **timer** thread closes them after the keep-alive
+//!   timeout (announced as `Keep-Alive: timeout=N`) or, for a partly
+//!   received head, at the head deadline, and resumes parked requests at
+//!   their deadlines. Idle connections hold no worker and no buffer.
+//! - **request workers** (`workers`, fixed, default one per CPU): wait in
+//!   `epoll_wait` on the poller's set themselves, read and parse a request
 //!   (httparse), call the handler, write the answer without blocking,
 //!   answer buffered pipelined requests, and park the connection again. A
-//!   ready connection that waited longer than `queue_timeout` for a worker
+//!   fresh connection that waited longer than `queue_timeout` for a worker
 //!   gets a 503: queueing is normal, shedding is for overload.
 //! - **transfer threads** (on demand, at most `max_transfers`): finish
 //!   responses that are long (streams, large files) or meet a slow client,
@@ -100,7 +102,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            workers: DEFAULT_WORKERS,
+            workers: default_workers(),
             max_transfers: 512,
             head_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(120),
@@ -113,8 +115,16 @@ impl Default for ServerConfig {
     }
 }
 
-/// Default request workers (chosen by `benches/http_server.rs`).
-pub const DEFAULT_WORKERS: usize = 32;
+/// Default request workers: one per CPU, at least 2 (`ROXPI_WORKERS=auto`).
+/// Chosen by `benches/http_server.rs` and `benches/file_path.rs`: workers
+/// wait in epoll themselves and never wait on the network, so more workers
+/// than CPUs only add wake-ups (warm 11 KB file, 2 CPUs: 2 workers 100k
+/// req/s, 4 → 86k, 8 → 77k, 32 → 70k).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .max(2)
+}
 
 /// Counters kept by the server (read them with `Server::stats`).
 #[derive(Default, Debug)]
@@ -157,8 +167,9 @@ impl Shared {
 
     /// Hands work to the request workers.
     fn send_work(&self, work: Work) {
-        if let Err(e) = self.ready_tx.send(work) {
-            drop(e.into_inner());
+        match self.ready_tx.send(work) {
+            Ok(()) => self.poller.signal(),
+            Err(e) => drop(e.into_inner()),
         }
     }
 }
@@ -205,7 +216,7 @@ impl Server {
             })?);
         }
         let s = Arc::clone(&shared);
-        threads.push(spawn("roxpi-poller", move || s.poller.run(&s))?);
+        threads.push(spawn("roxpi-timers", move || s.poller.run_timers(&s))?);
         let s = Arc::clone(&shared);
         threads.push(spawn("roxpi-accept", move || {
             accept_loop(&s, &listener, max_connections)

@@ -1,17 +1,25 @@
-//! The poller: one thread that parks idle connections — kept alive between
-//! requests, freshly accepted, or with a request head only partly arrived —
-//! so that they hold no worker.
+//! The poller: one epoll set that parks connections — idle between
+//! requests, freshly accepted, with a request head only partly arrived, or
+//! waiting for room to write — so that they hold no thread; and the timer
+//! thread that closes them at their deadlines.
 //!
-//! Every parked socket is armed in an epoll set with `EPOLLONESHOT`: when the
-//! next bytes arrive the kernel reports it once and disarms it, the poller
-//! takes the connection out of the parked map and sends it to the workers.
-//! While a worker owns a connection it is disarmed, so a busy connection
-//! never wakes the poller. Parking again re-arms it (`EPOLL_CTL_MOD`).
+//! Every parked socket is armed with `EPOLLONESHOT`. The request workers
+//! themselves wait in `epoll_wait` on the set (leader/followers): when the
+//! next bytes arrive the kernel wakes one idle worker, which takes the
+//! connection out of the parked map and serves it. No hand-off thread sits
+//! between the socket and the worker, so a request costs one wake-up, not
+//! two. While a worker owns a connection it is disarmed; parking again
+//! re-arms it (`EPOLL_CTL_MOD`). Work that does not come from a socket (a
+//! woken parked request, a fresh connection from the accept thread) goes
+//! through a channel whose eventfd is in the same set (edge-triggered; a
+//! worker that takes an item re-signals while more are queued, so none is
+//! stranded).
 //!
 //! Every parked connection has a deadline (the keep-alive timeout, or the
-//! head deadline for a partial request); about once a second the poller
-//! closes those past it. Lock rule: `parked` is held only to insert or
-//! remove entries, never across a send to the workers or a socket close.
+//! head deadline for a partial request); about once a second the timer
+//! thread closes those past it, and it resumes parked requests at their
+//! deadlines. Lock rule: `parked` is held only to insert or remove entries,
+//! never across a socket close or a handler.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -19,6 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
 
@@ -26,10 +35,15 @@ use super::conn::Conn;
 use super::worker::{write_timed_out, Ready, Transfer, Work};
 use super::Shared;
 
-/// How long the poller sleeps with nothing to do.
+/// How long the timer thread sleeps with nothing to do.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 /// How long it sleeps at most while requests wait on a deadline.
 const WAITING_TICK: Duration = Duration::from_millis(20);
+/// The epoll token of the work channel's eventfd (connection tokens start
+/// at 1).
+const WORK_TOKEN: u64 = 0;
+/// Shards of the parked map.
+const SHARDS: usize = 64;
 
 struct Parked {
     what: Waits,
@@ -55,7 +69,12 @@ impl Waits {
 
 pub(crate) struct Poller {
     epoll: OwnedFd,
-    parked: Mutex<HashMap<u64, Parked>>,
+    /// Signals queued work (edge-triggered, token `WORK_TOKEN`).
+    work: OwnedFd,
+    /// Parked connections by token, sharded so that a worker preempted
+    /// while holding one lock (it is held across `epoll_ctl`) rarely stalls
+    /// another.
+    parked: Vec<Mutex<HashMap<u64, Parked>>>,
     next_token: AtomicU64,
     /// Responses parked for writability (they outlive a shutdown request
     /// until done or timed out).
@@ -69,18 +88,46 @@ const WRITE_INTEREST: EventFlags = EventFlags::OUT.union(EventFlags::ONESHOT);
 
 impl Poller {
     pub fn new() -> std::io::Result<Poller> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let work = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        epoll::add(
+            &epoll,
+            &work,
+            EventData::new_u64(WORK_TOKEN),
+            EventFlags::IN | EventFlags::ET,
+        )?;
         Ok(Poller {
-            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            parked: Mutex::new(HashMap::new()),
+            epoll,
+            work,
+            parked: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_token: AtomicU64::new(1),
             writes: AtomicUsize::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Parked>> {
+    fn lock(&self, token: u64) -> MutexGuard<'_, HashMap<u64, Parked>> {
+        let shard = &self.parked[(token % SHARDS as u64) as usize];
         // A panic while the map was held cannot leave it inconsistent (it
         // only inserts and removes), so a poisoned lock is used as is.
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes every parked entry that `pick` selects, shard by shard.
+    fn take_all(&self, pick: impl Fn(&Parked) -> bool) -> Vec<Parked> {
+        let mut taken = Vec::new();
+        for shard in &self.parked {
+            let mut parked = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<u64> = parked
+                .iter()
+                .filter(|(_, p)| pick(p))
+                .map(|(k, _)| *k)
+                .collect();
+            taken.extend(keys.iter().filter_map(|k| parked.remove(k)));
+        }
+        taken
     }
 
     /// Parks `conn` until its next bytes arrive or `deadline` passes.
@@ -108,7 +155,7 @@ impl Poller {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // The entry goes in before the socket is armed, so that an immediate
         // event finds it; epoll_ctl is a short syscall, not I/O.
-        let mut parked = self.lock();
+        let mut parked = self.lock(token);
         let entry = parked.entry(token).or_insert(Parked { what, deadline });
         let data = EventData::new_u64(token);
         let sock = &entry.what.conn().stream;
@@ -136,35 +183,35 @@ impl Poller {
 
     /// How many connections are parked.
     pub fn parked(&self) -> usize {
-        self.lock().len()
+        self.parked
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
-    /// The poller thread: hands ready connections to the workers, closes
-    /// expired ones, and resumes parked requests past their deadline, until
-    /// the server stops (then it closes every parked one).
-    pub fn run(&self, shared: &Arc<Shared>) {
-        let (ready, stop) = (&shared.ready_tx, &shared.stop);
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
-        let mut next_sweep = Instant::now();
-        let mut next_deadline: Option<Instant> = None;
-        let mut handoff = Vec::new();
-        loop {
-            events.clear();
-            // Requests waiting on a deadline shorten the sleep (a new one
-            // may arrive while asleep: at most WAITING_TICK late).
-            let sleep = match next_deadline {
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(WAITING_TICK),
-                None => IDLE_TICK,
-            };
+    /// Wakes one worker for an item just put on the work channel.
+    pub fn signal(&self) {
+        // Every write re-arms the edge; the counter's value is irrelevant.
+        let _ = rustix::io::write(&self.work, &1u64.to_ne_bytes());
+    }
+
+    /// A request worker's wait: blocks until a parked connection is ready
+    /// or work is queued (or `timeout` passes), and returns it. Connections
+    /// that hung up while parked are closed here.
+    pub fn next(
+        &self,
+        queue: &Receiver<Work>,
+        events: &mut Vec<epoll::Event>,
+        timeout: Duration,
+    ) -> Option<Work> {
+        if events.is_empty() {
             let tick = Timespec {
-                tv_sec: 0,
-                tv_nsec: i64::from(sleep.subsec_nanos()),
+                tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(1),
+                tv_nsec: i64::from(timeout.subsec_nanos()),
             };
             match epoll::wait(
                 &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
+                rustix::buffer::spare_capacity(&mut *events),
                 Some(&tick),
             ) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -173,62 +220,95 @@ impl Poller {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            if stop.load(Ordering::Acquire) {
+            // Taken from the end below: keep arrival order.
+            events.reverse();
+        }
+        while let Some(ev) = events.pop() {
+            let (flags, token) = (ev.flags, ev.data.u64());
+            if token == WORK_TOKEN {
+                let mut counter = [0u8; 8];
+                let _ = rustix::io::read(&self.work, &mut counter);
+                let Ok(work) = queue.try_recv() else { continue };
+                if !queue.is_empty() {
+                    // More queued: wake another worker for them.
+                    self.signal();
+                }
+                return Some(work);
+            }
+            let Some(p) = self.lock(token).remove(&token) else {
+                continue;
+            };
+            if let Waits::Write(_) = p.what {
+                self.writes.fetch_sub(1, Ordering::AcqRel);
+            }
+            let dead = flags.intersects(EventFlags::ERR | EventFlags::HUP)
+                && !flags.intersects(EventFlags::IN | EventFlags::OUT);
+            match p.what {
+                Waits::Read(_) | Waits::Write(_) if dead => continue,
+                Waits::Read(conn) => {
+                    return Some(Work::Conn(Ready {
+                        conn,
+                        queued: Instant::now(),
+                    }))
+                }
+                Waits::Write(t) => return Some(Work::Write(t)),
+            }
+        }
+        None
+    }
+
+    /// Gives the ready events a worker has claimed but not started back to
+    /// the set, for other workers: its current request took long (a large
+    /// page), and they must not wait behind it.
+    pub fn hand_back(&self, events: &mut Vec<epoll::Event>) {
+        for ev in events.drain(..) {
+            let token = ev.data.u64();
+            if token == WORK_TOKEN {
+                self.signal();
+                continue;
+            }
+            let parked = self.lock(token);
+            if let Some(p) = parked.get(&token) {
+                let interest = match p.what {
+                    Waits::Read(_) => INTEREST,
+                    Waits::Write(_) => WRITE_INTEREST,
+                };
+                // Re-arming a ready socket reports it again at once.
+                let _ = epoll::modify(&self.epoll, &p.what.conn().stream, ev.data, interest);
+            }
+        }
+    }
+
+    /// The timer thread: closes parked connections past their deadlines
+    /// and resumes parked requests at theirs, until the server stops (then
+    /// it closes every idle connection and waits for parked writes).
+    pub fn run_timers(&self, shared: &Arc<Shared>) {
+        let mut next_sweep = Instant::now();
+        let mut next_deadline: Option<Instant> = None;
+        loop {
+            // Requests waiting on a deadline shorten the sleep (a new one
+            // may arrive while asleep: at most WAITING_TICK late).
+            let sleep = match next_deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(WAITING_TICK),
+                None => IDLE_TICK,
+            };
+            std::thread::sleep(sleep);
+            if shared.stopping() {
                 // Idle connections close now; responses being written go on
                 // until done or timed out.
-                let idle: Vec<Parked> = {
-                    let mut parked = self.lock();
-                    let keys: Vec<u64> = parked
-                        .iter()
-                        .filter(|(_, p)| matches!(p.what, Waits::Read(_)))
-                        .map(|(k, _)| *k)
-                        .collect();
-                    keys.iter().filter_map(|k| parked.remove(k)).collect()
-                };
-                drop(idle);
+                drop(self.take_all(|p| matches!(p.what, Waits::Read(_))));
                 shared.waiting.clear();
                 if self.writes() == 0 {
                     return;
                 }
             }
-            next_deadline = shared.waiting.expire(shared, Instant::now());
-            {
-                let mut parked = self.lock();
-                for ev in &events {
-                    let (flags, data) = (ev.flags, ev.data);
-                    if let Some(p) = parked.remove(&data.u64()) {
-                        let dead = flags.intersects(EventFlags::ERR | EventFlags::HUP)
-                            && !flags.intersects(EventFlags::IN | EventFlags::OUT);
-                        handoff.push((p.what, dead));
-                    }
-                }
-            }
             let now = Instant::now();
-            for (what, dead) in handoff.drain(..) {
-                if let Waits::Write(_) = what {
-                    self.writes.fetch_sub(1, Ordering::AcqRel);
-                }
-                let work = match what {
-                    Waits::Read(_) | Waits::Write(_) if dead => continue,
-                    Waits::Read(conn) => Work::Conn(Ready { conn, queued: now }),
-                    Waits::Write(t) => Work::Write(t),
-                };
-                if let Err(e) = ready.send(work) {
-                    drop(e.into_inner());
-                }
-            }
+            next_deadline = shared.waiting.expire(shared, now);
             if now >= next_sweep {
                 next_sweep = now + Duration::from_secs(1);
-                let expired: Vec<Parked> = {
-                    let mut parked = self.lock();
-                    let keys: Vec<u64> = parked
-                        .iter()
-                        .filter(|(_, p)| p.deadline <= now)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    keys.iter().filter_map(|k| parked.remove(k)).collect()
-                };
-                for p in expired {
+                for p in self.take_all(|p| p.deadline <= now) {
                     match p.what {
                         Waits::Read(conn) => conn.close(),
                         Waits::Write(t) => {

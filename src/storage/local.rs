@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use lru::LruCache;
 
 use super::{CacheKey, Lookup, Space, Storage, Stored, StoredBody, TempFile, Usage};
@@ -43,6 +44,17 @@ struct Meta {
     modified: SystemTime,
     /// An open handle, kept for the most recently used files only.
     handle: Option<Arc<File>>,
+    /// The bytes of a small hot file (≤ `HOT_FILE`), kept instead of a
+    /// handle: a hit is then one `writev` of head and body.
+    bytes: Option<Bytes>,
+}
+
+/// Files up to this size are kept in memory while hot (see `Meta::bytes`).
+pub const HOT_FILE: u64 = 64 * 1024;
+
+/// Memory for hot small files: an eighth of the cap, at most 8 MiB.
+fn hot_budget(cap: u64) -> u64 {
+    (cap / 8).min(8 << 20)
 }
 
 /// Open handles kept for hot files (a hit then costs no `open`/`fstat`):
@@ -62,6 +74,10 @@ struct Lru {
     reserved: u64,
     /// Keys whose `Meta::handle` is set, least recently used first out.
     handles: LruCache<CacheKey, ()>,
+    /// Keys whose `Meta::bytes` is set, and the bytes they hold.
+    hot: LruCache<CacheKey, ()>,
+    hot_bytes: u64,
+    hot_budget: u64,
 }
 
 impl Lru {
@@ -69,8 +85,40 @@ impl Lru {
     fn remove(&mut self, key: &CacheKey) -> Option<Meta> {
         self.handles.pop(key);
         let m = self.map.pop(key)?;
+        self.forget_hot(key, &m);
         self.used -= m.len;
         Some(m)
+    }
+
+    /// Gives back the hot-bytes budget of a removed entry.
+    fn forget_hot(&mut self, key: &CacheKey, m: &Meta) {
+        if let Some(b) = &m.bytes {
+            self.hot.pop(key);
+            self.hot_bytes -= b.len() as u64;
+        }
+    }
+
+    /// Keeps the bytes of a small file in memory, dropping the least
+    /// recently used ones beyond the budget.
+    fn keep_bytes(&mut self, key: &CacheKey, bytes: &Bytes) {
+        let size = bytes.len() as u64;
+        if size > self.hot_budget {
+            return;
+        }
+        match self.map.peek_mut(key) {
+            Some(meta) if meta.bytes.is_none() => meta.bytes = Some(bytes.clone()),
+            _ => return,
+        }
+        self.hot_bytes += size;
+        self.hot.put(key.clone(), ());
+        while self.hot_bytes > self.hot_budget {
+            let Some((old, ())) = self.hot.pop_lru() else {
+                break;
+            };
+            if let Some(b) = self.map.peek_mut(&old).and_then(|m| m.bytes.take()) {
+                self.hot_bytes -= b.len() as u64;
+            }
+        }
     }
 
     /// Keeps `file` open for `key`, closing the least recently used handle
@@ -208,6 +256,9 @@ impl LocalStorage {
             used: 0,
             reserved: 0,
             handles: LruCache::new(open_handles()),
+            hot: LruCache::unbounded(),
+            hot_bytes: 0,
+            hot_budget: hot_budget(cap),
         };
         let now = Instant::now();
         for (modified, key, len, sha256, path) in found {
@@ -219,6 +270,7 @@ impl LocalStorage {
                 touched: now,
                 modified,
                 handle: None,
+                bytes: None,
             };
             if let Some(old) = lru.map.put(key, meta) {
                 lru.used -= old.len;
@@ -262,6 +314,7 @@ impl LocalStorage {
                 break;
             };
             lru.handles.pop(&key);
+            lru.forget_hot(&key, &meta);
             lru.used -= meta.len;
             lru.reserved += meta.len;
             freed += meta.len;
@@ -276,6 +329,28 @@ impl LocalStorage {
             remove_all(vec![path]);
             self.shared.release(len);
         }
+    }
+
+    /// Opens a published file for a hit and keeps it hot: a small file's
+    /// bytes in memory, a larger one's handle.
+    fn open_kept(&self, key: &CacheKey, path: &Path, len: u64) -> io::Result<StoredBody> {
+        let mut file = File::open(path)?;
+        if len > HOT_FILE {
+            let file = Arc::new(file);
+            self.shared.lock().keep_handle(key, &file);
+            return Ok(StoredBody::Local(file));
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        io::Read::read_to_end(&mut io::Read::take(&mut file, len + 1), &mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} bytes on disk, {len} expected", buf.len()),
+            ));
+        }
+        let bytes = Bytes::from(buf);
+        self.shared.lock().keep_bytes(key, &bytes);
+        Ok(StoredBody::Memory(bytes))
     }
 
     /// A temp file that is streamed and never kept (no space reserved).
@@ -313,7 +388,7 @@ fn create_new(path: &Path) -> io::Result<File> {
 
 impl Storage for LocalStorage {
     fn lookup(&self, key: &CacheKey) -> Lookup {
-        let (path, len, sha256, touch, modified, handle) = {
+        let (path, len, sha256, touch, modified, kept) = {
             let mut lru = self.shared.lock();
             let Some(meta) = lru.map.get_mut(key) else {
                 return Lookup::Miss;
@@ -322,46 +397,55 @@ impl Storage for LocalStorage {
             if touch {
                 meta.touched = Instant::now();
             }
+            let kept = match (&meta.bytes, &meta.handle) {
+                (Some(b), _) => Some(StoredBody::Memory(b.clone())),
+                (None, Some(f)) => Some(StoredBody::Local(Arc::clone(f))),
+                (None, None) => None,
+            };
             let found = (
-                meta.path.clone(),
+                // The path is needed only to open or touch the file.
+                (kept.is_none() || touch).then(|| meta.path.clone()),
                 meta.len,
                 Arc::clone(&meta.sha256),
                 touch,
                 meta.modified,
-                meta.handle.clone(),
+                kept,
             );
-            if found.5.is_some() {
-                lru.handles.promote(key);
+            match &found.5 {
+                Some(StoredBody::Memory(_)) => {
+                    lru.hot.promote(key);
+                }
+                Some(_) => {
+                    lru.handles.promote(key);
+                }
+                None => {}
             }
             found
         };
-        let file = match handle {
-            Some(f) => f,
-            None => match File::open(&path) {
-                Ok(f) => {
-                    let f = Arc::new(f);
-                    self.shared.lock().keep_handle(key, &f);
-                    f
-                }
+        let body = match (kept, &path) {
+            (Some(body), _) => body,
+            (None, None) => return Lookup::Miss,
+            (None, Some(path)) => match self.open_kept(key, path, len) {
+                Ok(body) => body,
                 Err(e) => {
                     // Gone behind our back (or evicted just now): a miss.
                     log::warn!("cached file {} unreadable: {e}", path.display());
                     let mut lru = self.shared.lock();
-                    if lru.map.peek(key).is_some_and(|m| m.path == path) {
+                    if lru.map.peek(key).is_some_and(|m| m.path == *path) {
                         lru.remove(key);
                     }
                     return Lookup::Miss;
                 }
             },
         };
-        if touch {
+        if let Some(path) = path.filter(|_| touch) {
             // Keeps recency across restarts (atime is unreliable).
-            let _ = file.set_modified(SystemTime::now());
+            let _ = File::open(path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         Lookup::Hit(Stored {
-            body: StoredBody::Local(file),
+            body,
             len,
-            sha256: sha256.to_string(),
+            sha256,
             modified,
         })
     }
@@ -440,6 +524,7 @@ impl Storage for LocalStorage {
                     touched: Instant::now(),
                     modified: SystemTime::now(),
                     handle: None,
+                    bytes: None,
                 },
             );
             old.map(|m| m.path)
@@ -455,7 +540,7 @@ impl Storage for LocalStorage {
         Ok(Stored {
             body: StoredBody::Local(Arc::clone(&temp.file)),
             len: temp.len,
-            sha256: sha256.to_owned(),
+            sha256: sha256.into(),
             modified,
         })
     }

@@ -59,7 +59,7 @@ impl CacheKey {
 #[derive(Clone)]
 pub struct Stored {
     pub len: u64,
-    pub sha256: String,
+    pub sha256: Arc<str>,
     pub modified: SystemTime,
     pub body: StoredBody,
 }
@@ -69,6 +69,9 @@ pub struct Stored {
 pub enum StoredBody {
     /// A local file, open: sent with `sendfile`.
     Local(Arc<File>),
+    /// A small hot file's bytes, kept in memory: sent with the head in one
+    /// `writev`.
+    Memory(bytes::Bytes),
     /// A remote object (S3): read by ranges.
     Remote(Arc<dyn RangeSource>),
 }

@@ -154,4 +154,62 @@ mod disk {
         file.read_exact_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
     }
+
+    fn hot_bytes(s: &LocalStorage) -> u64 {
+        s.shared.lock().hot_bytes
+    }
+
+    #[test]
+    fn small_hot_files_are_served_from_memory_within_a_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // Cap 64 KiB × 16 + room: the hot budget is an eighth of the cap.
+        let cap = 16 * HOT_FILE + 200_000;
+        let s = LocalStorage::open(dir.path(), cap).unwrap();
+        let budget = hot_budget(cap);
+        let small = (HOT_FILE / 2) as usize;
+        let n = (budget / (small as u64)) as u8 + 3;
+        for i in 1..=n {
+            put(&s, &key(i), small);
+            let Lookup::Hit(f) = s.lookup(&key(i)) else {
+                panic!("hit {i}")
+            };
+            let StoredBody::Memory(b) = &f.body else {
+                panic!("a small file is kept in memory")
+            };
+            assert_eq!((b.len(), f.len), (small, small as u64));
+            assert!(b.iter().all(|&x| x == 7));
+            assert!(hot_bytes(&s) <= budget, "{} > {budget}", hot_bytes(&s));
+        }
+        assert_eq!(hot_bytes(&s), budget / small as u64 * small as u64);
+        // Past HOT_FILE: a handle (sendfile), no memory.
+        let before = hot_bytes(&s);
+        put(&s, &key(200), HOT_FILE as usize + 1);
+        let Lookup::Hit(f) = s.lookup(&key(200)) else {
+            panic!("hit")
+        };
+        assert!(matches!(f.body, StoredBody::Local(_)));
+        assert_eq!(hot_bytes(&s), before);
+        // Evicting a hot file gives its memory back.
+        let mut lru = s.shared.lock();
+        let victims = s.make_room(&mut lru, cap);
+        assert_eq!((lru.hot_bytes, lru.hot.len()), (0, 0));
+        drop(lru);
+        s.unlink(victims);
+    }
+
+    #[test]
+    fn a_small_file_cut_on_disk_is_a_miss_not_short_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::open(dir.path(), 1 << 20).unwrap();
+        put(&s, &key(1), 1000);
+        let path = s.shared.lock().map.peek(&key(1)).unwrap().path.clone();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        assert!(!hit(&s, &key(1)));
+        assert_eq!(s.usage().files, 0);
+    }
 }
