@@ -12,6 +12,8 @@
 //!   failure the entry rests 5 s before the next upstream attempt.
 //! - Negative cache: "not found" is kept for at most 60 s.
 //! - Forced revalidation (client `no-cache`) at most once per 10 s per entry.
+//! - Saved pages (`persist`) are loaded by the fetch threads on first use
+//!   after a restart, never by the caller (`saved`).
 //!
 //! Lock rules: a shard lock is held only for map operations — never across
 //! an upstream request, a render, or a thread spawn. A flight's mutex is
@@ -33,6 +35,7 @@ use crate::persist::PageStore;
 use crate::pypi::{ProjectName, ProjectPage};
 
 mod resolve;
+mod saved;
 mod store;
 pub use resolve::{Resolution, Resolved};
 use store::{estimate, shard_of, Shard, SlotKey};
@@ -195,6 +198,8 @@ struct Entry {
     rest_until: Option<Instant>,
     /// The saved copy on disk was looked for already.
     disk_checked: bool,
+    /// The saved copy is being loaded (by a fetch thread).
+    loading: Option<Arc<Flight>>,
 }
 
 /// Counters for the home page and metrics.
@@ -225,16 +230,25 @@ pub struct IndexCache {
     total: AtomicU64,
     cap: u64,
     next_generation: AtomicU64,
-    jobs: Sender<FetchJob>,
-    queue: Receiver<FetchJob>,
+    jobs: Sender<Job>,
+    queue: Receiver<Job>,
     pub stats: CacheStats,
 }
 
-/// One page fetch for the fetch threads.
-struct FetchJob {
-    index: usize,
-    key: Key,
-    flight: Arc<Flight>,
+/// Work for the fetch threads.
+enum Job {
+    /// One page fetch.
+    Fetch {
+        index: usize,
+        key: Key,
+        flight: Arc<Flight>,
+    },
+    /// Loading a saved page from disk (`saved`).
+    Load {
+        index: usize,
+        key: Key,
+        flight: Arc<Flight>,
+    },
 }
 
 /// A lookup in progress: the current copy and, if a refresh is running,
@@ -248,6 +262,9 @@ pub struct Pending {
     /// The latest moment to answer (real time): `stale_after` after the
     /// lookup with a copy at hand, `FIRST_FETCH_WAIT` without.
     deadline: Instant,
+    /// Waits for the saved copy to load (`flight` is the load); then the
+    /// lookup begins again (`IndexCache::reload`).
+    load: Option<Key>,
 }
 
 impl Pending {
@@ -331,7 +348,12 @@ impl IndexCache {
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
                         let Some(cache) = weak.upgrade() else { return };
-                        cache.fetch(job.index, job.key, &job.flight);
+                        match job {
+                            Job::Fetch { index, key, flight } => cache.fetch(index, key, &flight),
+                            Job::Load { index, key, flight } => {
+                                cache.load_saved(index, key, &flight)
+                            }
+                        }
                     }
                 })?;
         }
@@ -351,22 +373,25 @@ impl IndexCache {
     /// Starts a lookup: returns at once, starting an upstream fetch when the
     /// entry is missing, expired, or `force`d (at most once per 10 s).
     pub fn begin(self: &Arc<Self>, id: IndexId, key: &Key, force: bool) -> Pending {
+        self.begin_with(id, key, force, true)
+    }
+
+    /// `begin`; `load`: wait for the saved copy first if it was never
+    /// looked for (`saved`).
+    fn begin_with(self: &Arc<Self>, id: IndexId, key: &Key, force: bool, load: bool) -> Pending {
         let index = id.get();
         let now = self.clock.now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
-        let may_load = self.pages.is_some() && matches!(key, Key::Project(_));
+        let may_load = load && self.pages.is_some() && matches!(key, Key::Project(_));
         let (pending, start) = {
             let mut shard = self.lock(shard_i);
-            let load_first = self.update(&mut shard, &slot_key, |entry| {
-                let first = may_load && !entry.disk_checked && entry.snap.is_none();
-                entry.disk_checked = true;
-                first
-            });
-            if load_first {
-                drop(shard);
-                self.load_saved(index, key, &slot_key, shard_i);
-                shard = self.lock(shard_i);
+            if may_load {
+                if let Some((flight, start)) = self.update(&mut shard, &slot_key, saved::claim_load)
+                {
+                    drop(shard);
+                    return self.await_load(id, key, flight, start);
+                }
             }
             self.update(&mut shard, &slot_key, |entry| {
                 let forced = force
@@ -385,6 +410,7 @@ impl IndexCache {
                         flight: None,
                         resting,
                         deadline: Instant::now(),
+                        load: None,
                     };
                     (p, None)
                 } else if let Some(f) = &entry.flight {
@@ -395,6 +421,7 @@ impl IndexCache {
                         flight: Some(Arc::clone(f)),
                         resting: false,
                         deadline: self.wait_deadline(entry.snap.is_some()),
+                        load: None,
                     };
                     (p, None)
                 } else {
@@ -406,13 +433,14 @@ impl IndexCache {
                         flight: Some(Arc::clone(&f)),
                         resting: false,
                         deadline: self.wait_deadline(entry.snap.is_some()),
+                        load: None,
                     };
                     (p, Some(f))
                 }
             })
         };
         if let Some(flight) = start {
-            let job = FetchJob {
+            let job = Job::Fetch {
                 index,
                 key: key.clone(),
                 flight: Arc::clone(&flight),
@@ -425,38 +453,6 @@ impl IndexCache {
             }
         }
         pending
-    }
-
-    /// Installs the page saved on disk (once per entry, before the first
-    /// answer from the upstream), as an expired copy: it is served if the
-    /// upstream cannot be reached, and replaced by the next good fetch.
-    fn load_saved(&self, index: usize, key: &Key, slot_key: &SlotKey, shard_i: usize) {
-        let (Some(store), Key::Project(name)) = (&self.pages, key) else {
-            return;
-        };
-        let Some(saved) = store.load(&self.indexes[index], name) else {
-            return;
-        };
-        let now = self.clock.now();
-        let doc = Doc::Page(saved.page);
-        let bytes = estimate(&doc);
-        let snap = Arc::new(Snapshot {
-            doc,
-            fetched: now.checked_sub(saved.age).unwrap_or(now),
-            // Expired from the start: refreshed on first use.
-            ttl: Duration::ZERO,
-            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
-            bytes,
-        });
-        let mut shard = self.lock(shard_i);
-        self.update(&mut shard, slot_key, |e| {
-            if e.snap.is_none() {
-                e.snap = Some(snap);
-            }
-        });
-        self.evict(&mut shard);
-        drop(shard);
-        self.trim();
     }
 
     /// The latest moment to answer a lookup that waits for a refresh.
@@ -473,6 +469,10 @@ impl IndexCache {
     /// refresh done, or the deadline passed (then the stale copy, or a
     /// timeout). `None`: not yet — wait with `Pending::on_ready`.
     pub fn poll(&self, pending: &Pending) -> Option<Outcome> {
+        if pending.load.is_some() {
+            // Settled by beginning again once loaded (`reload`).
+            return None;
+        }
         let url = &self.indexes[pending.index.get()].url;
         let now = self.clock.now();
         let Some(flight) = &pending.flight else {
@@ -507,7 +507,16 @@ impl IndexCache {
     }
 
     /// Waits for a lookup's answer (blocking; tests and tools).
-    pub fn wait(&self, pending: Pending) -> Outcome {
+    pub fn wait(self: &Arc<Self>, mut pending: Pending) -> Outcome {
+        while pending.load.is_some() {
+            if let Some(flight) = &pending.flight {
+                let left = pending.deadline.saturating_duration_since(Instant::now());
+                flight.wait(left);
+            }
+            if let Some(next) = self.reload(&pending, false) {
+                pending = next;
+            }
+        }
         if let Some(flight) = &pending.flight {
             let left = pending.deadline.saturating_duration_since(Instant::now());
             flight.wait(left);

@@ -117,6 +117,12 @@ impl IndexCache {
         loop {
             // Settle what can be settled, in order.
             while let Some((id, p)) = r.pending.get(r.cursor) {
+                if p.load.is_some() {
+                    // The saved copy first; then the lookup begins again.
+                    let next = self.reload(p, r.force)?;
+                    r.pending[r.cursor].1 = next;
+                    continue;
+                }
                 let outcome = match p.current().filter(|_| r.no_wait) {
                     Some(snap) => Ok((snap, Freshness::Hit)),
                     None => self.poll(p)?,

@@ -334,3 +334,89 @@ fn a_full_fetch_queue_refuses_at_once_instead_of_queueing() {
         .count();
     assert!(answered >= FETCH_QUEUE, "{answered} answered");
 }
+
+/// A cache over a saved-page store in `dir` holding one saved page of `p1`.
+fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
+    let r = rig_with(64 << 20, offline, Duration::from_secs(3), 1);
+    let store = PageStore::open(dir, 1 << 20).unwrap();
+    let body = r#"{"meta":{"api-version":"1.1"},"name":"p1","files":[{"filename":"p1-1.0.tar.gz","url":"http://files.invalid/p1-1.0.tar.gz","hashes":{}}]}"#;
+    let raw = crate::origin::RawPage {
+        format: crate::pypi::Format::Json,
+        url: url::Url::parse("http://index0.invalid/simple/p1/").unwrap(),
+        body: Bytes::from_static(body.as_bytes()),
+    };
+    store
+        .save(
+            &r.cache.indexes()[0],
+            &ProjectName::parse("p1").unwrap(),
+            &raw,
+        )
+        .unwrap();
+    let cache = IndexCache::new(
+        r.origin.clone(),
+        r.clock.clone(),
+        r.cache.indexes().to_vec(),
+        Duration::from_secs(3),
+        offline,
+        64 << 20,
+        Some(PageStore::open(dir, 1 << 20).unwrap()),
+    )
+    .start()
+    .unwrap();
+    Rig { cache, ..r }
+}
+
+#[test]
+fn a_saved_page_is_loaded_by_a_fetch_thread_not_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig_with_saved_page(dir.path(), true);
+    // The lookup returns at once, waiting for the load; a second one
+    // joins the same load.
+    let first = r.cache.begin(IndexId::ROOT, &key(1), false);
+    let second = r.cache.begin(IndexId::ROOT, &key(1), false);
+    assert!(first.load.is_some() && second.load.is_some());
+    assert!(Arc::ptr_eq(
+        first.flight.as_ref().unwrap(),
+        second.flight.as_ref().unwrap()
+    ));
+    for p in [first, second] {
+        let (snap, fresh) = r.cache.wait(p).unwrap();
+        assert_eq!(files_of(&snap), ["p1-1.0.tar.gz"]);
+        assert_eq!(
+            fresh,
+            Freshness::Stale,
+            "offline: the saved copy, as it was"
+        );
+    }
+    // Loaded once: later lookups find it in memory.
+    assert!(r.cache.begin(IndexId::ROOT, &key(1), false).load.is_none());
+    assert_eq!(r.origin.count("page"), 0, "offline: no upstream request");
+    // Nothing saved for p2: the load finds nothing and offline says so.
+    assert!(get(&r, &key(2)).is_err());
+}
+
+#[test]
+fn a_saved_page_is_served_when_the_first_fetch_after_a_restart_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig_with_saved_page(dir.path(), false);
+    r.origin.set_page("p1", PageAnswer::Fail(Fail::Status(503)));
+    let mut res = r
+        .cache
+        .start_resolution(&key(1), Strategy::Merge, false, false);
+    let found = loop {
+        if let Some(done) = r.cache.poll_resolution(&mut res) {
+            break done;
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        res.on_ready(move || {
+            let _ = tx.try_send(());
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+    };
+    let Resolved::Found(found) = found else {
+        panic!("the saved copy is served")
+    };
+    assert_eq!(files_of(&found[0].1), ["p1-1.0.tar.gz"]);
+    assert_eq!(found[0].2, Freshness::Stale);
+    assert_eq!(r.origin.count("page p1"), 1, "the upstream was asked first");
+}
