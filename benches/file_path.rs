@@ -63,6 +63,7 @@ fn timed_get(addr: std::net::SocketAddr, path: &str) -> (Duration, Duration, usi
 
 fn main() {
     require_tools();
+    support::pin_self();
     let secs = support::seconds();
     let small = blob(11 * 1024, 1);
     let large = blob(16 << 20, 2);
@@ -194,10 +195,7 @@ fn main() {
         for c in conns {
             let ours_url = format!("http://{addr}/simple/demo/{name}");
             let nginx_url = format!("http://{nginx_addr}/{name}");
-            wrk(&ours_url, c, 1, &[]);
-            wrk(&nginx_url, c, 1, &[]);
-            let ours = wrk(&ours_url, c, secs, &[]);
-            let theirs = wrk(&nginx_url, c, secs, &[]);
+            let (ours, theirs) = support::compare(&ours_url, &nginx_url, c, secs, &[]);
             row(&format!("roxpi {label} sendfile"), c, &ours, Some(&theirs));
             if name.starts_with("demo-2.0") {
                 let mem_url = format!("http://{}/x", from_memory.local_addr());

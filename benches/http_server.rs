@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roxpi::http::{Response, Server, ServerConfig};
-use support::{header_row, require_tools, row, start_nginx, wrk};
+use support::{header_row, require_tools, row, start_nginx};
 
 /// The body both servers send: 3 KB, the size of a small project page.
 const BODY_LEN: usize = 3 * 1024;
 
 fn main() {
     require_tools();
+    support::pin_self();
     let secs = support::seconds();
     let auto = roxpi::http::default_workers();
     let worker_counts: Vec<usize> = std::env::var("BENCH_WORKERS")
@@ -55,10 +56,7 @@ fn main() {
         .unwrap();
         let url = format!("http://{}/page", server.local_addr());
         for &c in &conns {
-            wrk(&url, c, 1, &[]);
-            wrk(&nginx_url, c, 1, &[]);
-            let ours = wrk(&url, c, secs, &[]);
-            let theirs = wrk(&nginx_url, c, secs, &[]);
+            let (ours, theirs) = support::compare(&url, &nginx_url, c, secs, &[]);
             row(
                 &format!("roxpi ({workers} workers)"),
                 c,

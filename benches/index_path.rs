@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use roxpi::config::{Cli, Settings};
 use roxpi::http::{Response, Server, ServerConfig};
-use support::{header_row, require_tools, row, start_nginx, wrk};
+use support::{header_row, require_tools, row, start_nginx};
 
 const PIP_ACCEPT: &str = "Accept: application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
 const UV_ACCEPT: &str = "Accept: application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
@@ -39,6 +39,7 @@ fn upstream_page() -> String {
 
 fn main() {
     require_tools();
+    support::pin_self();
     let secs = support::seconds();
     let page = upstream_page();
     let upstream = Server::start(
@@ -103,10 +104,7 @@ fn main() {
         let headers = [accept, "Accept-Encoding: gzip, deflate"];
         let nginx_url = format!("http://{nginx_addr}/{client}");
         for c in [1u32, 16, 64, 256] {
-            wrk(&url, c, 1, &headers);
-            wrk(&nginx_url, c, 1, &headers);
-            let ours = wrk(&url, c, secs, &headers);
-            let theirs = wrk(&nginx_url, c, secs, &headers);
+            let (ours, theirs) = support::compare(&url, &nginx_url, c, secs, &headers);
             row(
                 &format!("roxpi warm page ({client})"),
                 c,

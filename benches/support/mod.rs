@@ -13,9 +13,40 @@ pub struct Run {
     pub p99_ms: f64,
 }
 
+/// `BENCH_PIN=1`: servers on CPU 0, wrk on CPU 1 (so that the load
+/// generator does not steal the servers' CPU and inflate their tails).
+pub fn pinned() -> bool {
+    std::env::var("BENCH_PIN").is_ok_and(|v| v == "1")
+}
+
+/// A command, run on `cpu` when pinned.
+fn on_cpu(program: &str, cpu: u32) -> Command {
+    if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &cpu.to_string(), program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Pins this process (and every thread it starts later) to CPU 0 when
+/// `BENCH_PIN=1`. Call first thing in `main`.
+pub fn pin_self() {
+    if pinned() {
+        let ok = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "taskset (util-linux) is needed for BENCH_PIN=1");
+        println!("pinned: servers on CPU 0, wrk (1 thread) on CPU 1");
+    }
+}
+
 pub fn wrk(url: &str, conns: u32, secs: u32, headers: &[&str]) -> Run {
-    let threads = conns.min(2);
-    let out = Command::new("wrk")
+    let threads = if pinned() { 1 } else { conns.min(2) };
+    let out = on_cpu("wrk", 1)
         .args([
             &format!("-t{threads}"),
             &format!("-c{conns}"),
@@ -41,6 +72,41 @@ pub fn wrk(url: &str, conns: u32, secs: u32, headers: &[&str]) -> Run {
         eprintln!("wrk reported errors for {url}:\n{text}");
     }
     Run { rps, p99_ms: p99 }
+}
+
+/// Rounds per compared point (BENCH_ROUNDS, default 3).
+pub fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
+
+/// Measures two servers at one point: a 1 s warm-up each, then
+/// `rounds()` alternating runs of `secs`; each side's median run (by
+/// req/s; its p99 is the median p99). Alternating spreads this machine's
+/// drift over both sides.
+pub fn compare(ours: &str, theirs: &str, conns: u32, secs: u32, headers: &[&str]) -> (Run, Run) {
+    wrk(ours, conns, 1, headers);
+    wrk(theirs, conns, 1, headers);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds() {
+        a.push(wrk(ours, conns, secs, headers));
+        b.push(wrk(theirs, conns, secs, headers));
+    }
+    (median(a), median(b))
+}
+
+fn median(runs: Vec<Run>) -> Run {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Run {
+        rps: mid(runs.iter().map(|r| r.rps).collect()),
+        p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+    }
 }
 
 /// wrk prints latencies as `123.45us`, `1.23ms` or `1.02s`.
@@ -85,7 +151,7 @@ pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Ch
         dir = dir.display()
     );
     fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
+    let child = on_cpu("nginx", 0)
         .args([
             "-c",
             &dir.join("nginx.conf").display().to_string(),
