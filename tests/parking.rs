@@ -231,3 +231,60 @@ fn a_thousand_clients_that_never_read_hold_no_thread() {
         drop(stalled);
     });
 }
+
+#[test]
+fn a_client_hanging_up_while_parked_frees_its_connection_at_once() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
+        let addr = roxpi.addr;
+        let fds = || {
+            std::fs::read_dir(format!("/proc/{}/fd", roxpi.pid()))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(get(addr, "/health").status, 200);
+        let before = fds();
+        let hung: Vec<TcpStream> = (0..16)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(format!("GET /index/hang-{i}/ HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect();
+        let started = Instant::now();
+        while metric(addr, "roxpi_http_waiting_requests") < 16 {
+            assert!(started.elapsed() < Duration::from_secs(30), "never parked");
+            std::thread::yield_now();
+        }
+        assert_eq!(metric(addr, "roxpi_http_abandoned_total"), 0);
+        // The clients give up (the upstream still hangs: only the hang-up
+        // can end their wait before the 120 s deadline).
+        drop(hung);
+        let started = Instant::now();
+        while metric(addr, "roxpi_http_abandoned_total") < 16 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "hang-ups not noticed: {} abandoned",
+                metric(addr, "roxpi_http_abandoned_total")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(metric(addr, "roxpi_http_waiting_requests"), 0);
+        // Their sockets are closed (the upstream fetches may still hold
+        // theirs, so compare with a margin of those 16).
+        assert!(
+            fds() <= before + 16,
+            "{} descriptors, {before} before",
+            fds()
+        );
+        eprintln!(
+            "16 parked clients hung up: all dropped after {:?}",
+            started.elapsed()
+        );
+        // The server still serves.
+        assert_eq!(get(addr, "/health").status, 200);
+    });
+}

@@ -75,6 +75,7 @@ impl Snapshot {
             m("roxpi_http_head_timeouts_total", Counter, Server, "head timeouts", "request heads that did not arrive in time", load(&s.head_timeouts)),
             m("roxpi_http_handler_panics_total", Counter, Server, "handler panics", "handler panics answered with 500", load(&s.handler_panics)),
             m("roxpi_http_waiting_requests", Gauge, Server, "requests parked on the upstream", "requests parked until their upstream answer is ready (no thread held)", load(&s.waiting)),
+            m("roxpi_http_abandoned_total", Counter, Server, "parked requests abandoned", "parked requests dropped because their client hung up while waiting", load(&s.abandoned)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
             m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
             m("roxpi_upstream_page_fetch_microseconds_total", Counter, Index, "upstream page fetch time (µs)", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),

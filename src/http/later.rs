@@ -7,7 +7,10 @@
 //! that calls `wake`, or when the deadline passes, the request goes back to
 //! a worker, which calls `resume` for the answer (which may be another
 //! `Later`). A waker outliving its request (woken twice, or after the
-//! deadline) does nothing.
+//! deadline) does nothing. While it waits, its socket is watched for the
+//! client hanging up (`EPOLLRDHUP`): then the request is dropped at once
+//! (counted as abandoned) instead of holding its descriptor until the
+//! deadline.
 //!
 //! Lock rule: the waiting table's lock is held only to insert or remove an
 //! entry, never while a waker or a resume function runs.
@@ -110,11 +113,15 @@ impl WaitingTable {
     pub fn park(
         &self,
         shared: &Arc<Shared>,
-        waiting: Waiting,
+        mut waiting: Waiting,
         deadline: Instant,
         subscribe: Box<dyn FnOnce(Waker) + Send>,
     ) {
         let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        // Armed before the entry exists: a hang-up reported in between finds
+        // nothing and the request waits as before; one reported after a
+        // resume finds nothing either (the worker re-arms the socket).
+        shared.poller.watch_hangup(&mut waiting.conn, token);
         {
             let mut t = self.lock();
             t.deadlines.insert((deadline, token));
@@ -145,6 +152,20 @@ impl WaitingTable {
     fn resume(&self, shared: &Arc<Shared>, token: u64) {
         if let Some(w) = self.take(shared, token) {
             shared.send_work(super::worker::Work::Resume(Box::new(w)));
+        }
+    }
+
+    /// Drops a parked request whose client hung up (its connection closes;
+    /// the fetch or download it waited for goes on for the others).
+    pub fn abandon(&self, shared: &Shared, token: u64) {
+        if let Some(w) = self.take(shared, token) {
+            shared.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "{} hung up while {} {} waited",
+                w.conn.peer,
+                w.request.method(),
+                w.request.target()
+            );
         }
     }
 

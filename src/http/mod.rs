@@ -143,6 +143,8 @@ pub struct Stats {
     pub aborted: AtomicU64,
     /// Requests parked now until their answer is ready (a gauge).
     pub waiting: AtomicU64,
+    /// Parked requests dropped because their client hung up.
+    pub abandoned: AtomicU64,
 }
 
 type Handler = Box<dyn Fn(&Request) -> Response + Send + Sync>;

@@ -42,6 +42,9 @@ const WAITING_TICK: Duration = Duration::from_millis(20);
 /// The epoll token of the work channel's eventfd (connection tokens start
 /// at 1).
 const WORK_TOKEN: u64 = 0;
+/// Marks the token of a parked request watched for its client hanging up
+/// (the waiting table's token in the low bits).
+const WAITING_BIT: u64 = 1 << 63;
 /// Shards of the parked map.
 const SHARDS: usize = 64;
 
@@ -85,6 +88,8 @@ const INTEREST: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ONESHOT);
 const WRITE_INTEREST: EventFlags = EventFlags::OUT.union(EventFlags::ONESHOT);
+/// A parked request's socket: only its client hanging up (or an error).
+const HANGUP_INTEREST: EventFlags = EventFlags::RDHUP.union(EventFlags::ONESHOT);
 
 impl Poller {
     pub fn new() -> std::io::Result<Poller> {
@@ -144,6 +149,25 @@ impl Poller {
         t.conn.registered = true;
         self.writes.fetch_add(1, Ordering::AcqRel);
         self.arm(Waits::Write(Box::new(t)), deadline, first, WRITE_INTEREST);
+    }
+
+    /// Watches the socket of a request parked in the waiting table under
+    /// `token`, so that a client hanging up while it waits is noticed
+    /// (`Work::HungUp`) instead of holding the descriptor until the
+    /// deadline. The socket is not in the parked map meanwhile.
+    pub fn watch_hangup(&self, conn: &mut Conn, token: u64) {
+        let first = !conn.registered;
+        conn.registered = true;
+        let data = EventData::new_u64(token | WAITING_BIT);
+        let armed = if first {
+            epoll::add(&self.epoll, &conn.stream, data, HANGUP_INTEREST)
+        } else {
+            epoll::modify(&self.epoll, &conn.stream, data, HANGUP_INTEREST)
+        };
+        if let Err(e) = armed {
+            // Not fatal: the request is answered or expires as before.
+            log::debug!("cannot watch a parked request's connection: {e}");
+        }
     }
 
     /// Responses parked for writability now.
@@ -234,6 +258,9 @@ impl Poller {
                     self.signal();
                 }
                 return Some(work);
+            }
+            if token & WAITING_BIT != 0 {
+                return Some(Work::HungUp(token & !WAITING_BIT));
             }
             let Some(p) = self.lock(token).remove(&token) else {
                 continue;

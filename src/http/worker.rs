@@ -47,6 +47,9 @@ pub(crate) enum Work {
     Resume(Box<Waiting>),
     /// A response waiting for its socket to take more bytes.
     Write(Box<Transfer>),
+    /// The client of the parked request with this waiting-table token
+    /// hung up.
+    HungUp(u64),
 }
 
 /// What the access log needs once a response is finished. Borrowed from the
@@ -103,6 +106,7 @@ pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Work>) {
                     log::error!("request worker recovered from a panic");
                 }
             }
+            Some(Work::HungUp(token)) => shared.waiting.abandon(shared, token),
             Some(Work::Write(t)) => {
                 if catch_unwind(AssertUnwindSafe(|| write_more(shared, *t))).is_err() {
                     log::error!("request worker recovered from a panic");
