@@ -53,6 +53,18 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_STALE_AFTER", default_value = "3")]
     pub stale_after: String,
 
+    /// Seconds after a page's TTL during which the expired copy is answered
+    /// at once while it is refreshed in the background (0 = off).
+    #[arg(long, env = "ROXPI_STALE_WHILE_REVALIDATE", default_value = "300")]
+    pub stale_while_revalidate: String,
+
+    /// Which client requests force a page refresh (at most once per 10 s per
+    /// page): `no-cache` (`Cache-Control: no-cache` or `Pragma: no-cache`),
+    /// `off` (never), or `any` (also `max-age=0`, which pip 24–26.0 sends on
+    /// every page request).
+    #[arg(long, env = "ROXPI_CLIENT_REFRESH", default_value = "no-cache")]
+    pub client_refresh: String,
+
     /// Bound on the in-memory index cache (bytes; 64M, 1G… accepted).
     #[arg(long, env = "ROXPI_INDEX_CACHE_SIZE", default_value = "64M")]
     pub index_cache_size: String,
@@ -141,6 +153,8 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ),
     ("ROXPI_INDEX_STRATEGY", &[]),
     ("ROXPI_STALE_AFTER", &[]),
+    ("ROXPI_STALE_WHILE_REVALIDATE", &[]),
+    ("ROXPI_CLIENT_REFRESH", &[]),
     ("ROXPI_INDEX_CACHE_SIZE", &[]),
     (
         "ROXPI_CONNECT_TIMEOUT",
@@ -240,6 +254,17 @@ pub struct IndexConfig {
     pub ttl: Duration,
 }
 
+/// Which client requests force a page refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRefresh {
+    /// `Cache-Control: no-cache` or `Pragma: no-cache`.
+    NoCache,
+    /// Never: pages refresh by their TTL only.
+    Off,
+    /// Also `max-age=0` (roxpi before 0.2; pip 24–26.0 send it always).
+    Any,
+}
+
 /// Validated settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -248,6 +273,8 @@ pub struct Settings {
     pub indexes: Vec<IndexConfig>,
     pub strategy: Strategy,
     pub stale_after: Duration,
+    pub stale_while_revalidate: Duration,
+    pub client_refresh: ClientRefresh,
     pub index_cache_size: u64,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -378,6 +405,22 @@ impl Settings {
             indexes,
             strategy,
             stale_after: secs("ROXPI_STALE_AFTER", &cli.stale_after)?,
+            stale_while_revalidate: secs(
+                "ROXPI_STALE_WHILE_REVALIDATE",
+                &cli.stale_while_revalidate,
+            )?,
+            client_refresh: match cli.client_refresh.trim().to_ascii_lowercase().as_str() {
+                "no-cache" => ClientRefresh::NoCache,
+                "off" => ClientRefresh::Off,
+                "any" => ClientRefresh::Any,
+                _ => {
+                    return Err(err(
+                        "ROXPI_CLIENT_REFRESH",
+                        &cli.client_refresh,
+                        "no-cache, off or any",
+                    ))
+                }
+            },
             index_cache_size: parse_size(&cli.index_cache_size).ok_or_else(|| {
                 err(
                     "ROXPI_INDEX_CACHE_SIZE",

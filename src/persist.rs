@@ -19,10 +19,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::origin::{Index, RawPage};
+use crate::origin::{Index, RawPage, Validators};
 use crate::pypi::{parse_project_page, Format, ProjectName, ProjectPage};
 
-const MAGIC: &str = "roxpi-page-v1";
+/// v1: `roxpi-page-v1 <format> <saved secs> <url>`; v2 adds the upstream
+/// validators: `roxpi-page-v2 <json>` (`format`, `saved`, `url`, `etag`,
+/// `last_modified`, `serial`). Both are read.
+const MAGIC_V1: &str = "roxpi-page-v1";
+const MAGIC: &str = "roxpi-page-v2";
+
+/// The header of a v2 saved page.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: String,
+    saved: u64,
+    url: String,
+    #[serde(default)]
+    etag: Option<String>,
+    #[serde(default)]
+    last_modified: Option<String>,
+    #[serde(default)]
+    serial: Option<u64>,
+}
 
 /// Saved pages not refreshed for this long are deleted at startup: the
 /// dir holds what is in use, not every project ever asked for.
@@ -40,10 +58,11 @@ pub struct PageStore {
     evicting: Mutex<()>,
 }
 
-/// A page read back from disk and how old it is.
+/// A page read back from disk, how old it is, and its validators.
 pub struct Persisted {
     pub page: ProjectPage,
     pub age: Duration,
+    pub validators: Validators,
 }
 
 impl PageStore {
@@ -124,7 +143,18 @@ impl PageStore {
             Format::Json => "json",
             Format::Html => "html",
         };
-        let head = format!("{MAGIC} {format} {secs} {}\n", raw.url);
+        let header = Header {
+            format: format.to_owned(),
+            saved: secs,
+            url: raw.url.to_string(),
+            etag: raw.validators.etag.clone(),
+            last_modified: raw.validators.last_modified.clone(),
+            serial: raw.validators.serial,
+        };
+        let head = format!(
+            "{MAGIC} {}\n",
+            serde_json::to_string(&header).map_err(io::Error::other)?
+        );
         let tmp = dir.join(format!(".{}.{}.tmp", name.as_str(), std::process::id()));
         // Head and body written apart: a big page is never copied.
         let written = fs::File::create(&tmp)
@@ -157,6 +187,13 @@ impl PageStore {
                         Some(b.saturating_sub(m.len()))
                     });
             }
+        }
+    }
+
+    /// Marks a saved page as recently used (a `304` confirmed it).
+    pub fn touch(&self, index: &Index, name: &ProjectName) {
+        if let Ok(f) = fs::File::options().write(true).open(self.path(index, name)) {
+            let _ = f.set_modified(SystemTime::now());
         }
     }
 
@@ -225,22 +262,41 @@ fn prune(dir: &Path, keep: Duration) {
 /// Parses a saved page (pure).
 fn parse_saved(data: &[u8]) -> Option<Persisted> {
     let nl = data.iter().position(|&b| b == b'\n')?;
-    let header = std::str::from_utf8(&data[..nl]).ok()?;
-    let mut parts = header.splitn(4, ' ');
-    if parts.next()? != MAGIC {
-        return None;
-    }
-    let format = match parts.next()? {
+    let line = std::str::from_utf8(&data[..nl]).ok()?;
+    let (magic, rest) = line.split_once(' ')?;
+    let header = match magic {
+        MAGIC => serde_json::from_str::<Header>(rest).ok()?,
+        MAGIC_V1 => {
+            let mut parts = rest.splitn(3, ' ');
+            Header {
+                format: parts.next()?.to_owned(),
+                saved: parts.next()?.parse().ok()?,
+                url: parts.next()?.to_owned(),
+                etag: None,
+                last_modified: None,
+                serial: None,
+            }
+        }
+        _ => return None,
+    };
+    let format = match header.format.as_str() {
         "json" => Format::Json,
         "html" => Format::Html,
         _ => return None,
     };
-    let secs: u64 = parts.next()?.parse().ok()?;
-    let url = Url::parse(parts.next()?).ok()?;
+    let url = Url::parse(&header.url).ok()?;
     let page = parse_project_page(&data[nl + 1..], format, &url).ok()?;
-    let saved = UNIX_EPOCH + Duration::from_secs(secs);
+    let saved = UNIX_EPOCH + Duration::from_secs(header.saved);
     let age = SystemTime::now().duration_since(saved).unwrap_or_default();
-    Some(Persisted { page, age })
+    Some(Persisted {
+        page,
+        age,
+        validators: Validators {
+            etag: header.etag,
+            last_modified: header.last_modified,
+            serial: header.serial,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -268,10 +324,19 @@ mod tests {
             body: b"<a href='../../f/demo-1.0.tar.gz#sha256=aa'>demo-1.0.tar.gz</a>"
                 .to_vec()
                 .into(),
+            validators: Validators {
+                etag: Some("\"a b\"".into()),
+                last_modified: Some("Tue, 01 Jan 2030 00:00:00 GMT".into()),
+                serial: Some(42),
+            },
         };
         store.save(&index(), &name, &raw).unwrap();
         let got = store.load(&index(), &name).expect("saved page");
         assert_eq!(got.page.files.len(), 1);
+        assert_eq!(
+            got.validators, raw.validators,
+            "validators survive a restart"
+        );
         assert_eq!(
             got.page.files[0].url.as_str(),
             "https://pypi.example/f/demo-1.0.tar.gz"
@@ -301,6 +366,7 @@ mod tests {
             format: Format::Html,
             url: Url::parse("https://pypi.example/simple/a/").unwrap(),
             body: b"<a href='a-1.tar.gz'>a-1.tar.gz</a>".to_vec().into(),
+            validators: Default::default(),
         };
         let (old, new) = (
             ProjectName::parse("old").unwrap(),
@@ -332,6 +398,7 @@ mod tests {
             body: format!("{{\"files\":[],\"pad\":\"{}\"}}", "x".repeat(n))
                 .into_bytes()
                 .into(),
+            validators: Validators::default(),
         };
         let name = |i: usize| ProjectName::parse(&format!("p{i}")).unwrap();
         for i in 0..40 {
@@ -355,5 +422,20 @@ mod tests {
         let store = PageStore::open(dir.path(), 20_000).unwrap();
         let on_disk: u64 = saved_files(dir.path()).iter().map(|(_, l, _)| l).sum();
         assert!(on_disk <= 20_000 && store.bytes() == on_disk, "{on_disk}");
+    }
+
+    #[test]
+    fn v1_saved_pages_still_load_without_validators() {
+        let data = b"roxpi-page-v1 html 1700000000 https://pypi.example/simple/demo/\n<a href='demo-1.0.tar.gz'>demo-1.0.tar.gz</a>";
+        let got = parse_saved(data).expect("v1 parses");
+        assert_eq!(got.page.files.len(), 1);
+        assert_eq!(got.validators, Validators::default());
+        for bad in [
+            &b"roxpi-page-v3 {}\n"[..],
+            b"roxpi-page-v2 {not json}\n",
+            b"roxpi-page-v2 {\"format\":\"xml\",\"saved\":1,\"url\":\"https://a/\"}\n",
+        ] {
+            assert!(parse_saved(bad).is_none());
+        }
     }
 }

@@ -19,7 +19,7 @@ use crate::address_policy::{classify, AddrClass, AddressPolicy};
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::origin::{Index, Origin, OriginError, PageFetch, RawPage, Streamed};
+use crate::origin::{Index, Origin, OriginError, PageFetch, RawPage, Streamed, Validators};
 use crate::page_budget::{BigSlot, PageBudget, PageBuf, SMALL_PAGE};
 use crate::pypi::{parse_project_list, parse_project_page, Format, ProjectList, ProjectName};
 use crate::redact::SafeUrl;
@@ -246,17 +246,25 @@ impl Origin for Upstream {
         self.refused.load(Ordering::Relaxed)
     }
 
-    fn fetch_project(&self, index: &Index, name: &ProjectName) -> Result<PageFetch, OriginError> {
+    fn fetch_project(
+        &self,
+        index: &Index,
+        name: &ProjectName,
+        known: &Validators,
+    ) -> Result<PageFetch, OriginError> {
         let url = index.project_url(name);
         let started = std::time::Instant::now();
-        let (final_url, resp) = self.get(
-            index,
-            &url,
-            &[
-                ("Accept", PAGE_ACCEPT),
-                ("Accept-Encoding", "gzip, deflate"),
-            ],
-        )?;
+        let mut headers = vec![
+            ("Accept", PAGE_ACCEPT),
+            ("Accept-Encoding", "gzip, deflate"),
+        ];
+        if let Some(etag) = &known.etag {
+            headers.push(("If-None-Match", etag.as_str()));
+        }
+        if let Some(lm) = &known.last_modified {
+            headers.push(("If-Modified-Since", lm.as_str()));
+        }
+        let (final_url, resp) = self.get(index, &url, &headers)?;
         let status = resp.status().as_u16();
         log::debug!(
             "upstream GET {} -> {status} in {:?}",
@@ -265,9 +273,11 @@ impl Origin for Upstream {
         );
         match status {
             200 => {}
+            304 if known.can_revalidate() => return Ok(PageFetch::NotModified),
             404 | 410 => return Ok(PageFetch::NotFound),
             s => return Err(OriginError::status(&final_url, s)),
         }
+        let validators = validators_of(resp.headers());
         let (format, body, _slot) = read_page(&final_url, resp, &self.pages)?;
         let page = parse_project_page(&body, format, &final_url)
             .map_err(|e| OriginError::garbage(&final_url, e.to_string()))?;
@@ -277,6 +287,7 @@ impl Origin for Upstream {
                 format,
                 url: final_url,
                 body,
+                validators,
             }),
         ))
     }
@@ -418,4 +429,22 @@ fn system_store_present() -> bool {
         ]
         .iter()
         .any(|p| std::path::Path::new(p).is_file())
+}
+
+/// A page response's validators (values that are not plain text are
+/// ignored: they could not be sent back anyway).
+fn validators_of(headers: &ureq::http::HeaderMap) -> Validators {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    Validators {
+        etag: text("etag"),
+        last_modified: text("last-modified"),
+        serial: text("x-pypi-last-serial").and_then(|v| v.parse().ok()),
+    }
 }

@@ -273,10 +273,10 @@ fn a_client_hanging_up_while_parked_frees_its_connection_at_once() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(metric(addr, "roxpi_http_waiting_requests"), 0);
-        // Their sockets are closed (the upstream fetches may still hold
-        // theirs, so compare with a margin of those 16).
+        // Their sockets are closed (the upstream fetches still hold theirs:
+        // 16, plus a few transient ones; held client sockets would add 16).
         assert!(
-            fds() <= before + 16,
+            fds() <= before + 20,
             "{} descriptors, {before} before",
             fds()
         );

@@ -44,7 +44,7 @@ fn find_file<'a>(
     found: &'a [(IndexId, Arc<Snapshot>, Freshness)],
     file: &Filename,
 ) -> Option<(IndexId, &'a FileEntry, bool)> {
-    let pages = found.iter().filter_map(|(i, s, _)| match &s.doc {
+    let pages = found.iter().filter_map(|(i, s, _)| match &*s.doc {
         Doc::Page(p) => Some((*i, p)),
         _ => None,
     });

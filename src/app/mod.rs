@@ -98,7 +98,10 @@ impl App {
             Arc::clone(&origin),
             clock,
             indexes,
-            settings.stale_after,
+            crate::index_cache::Staleness {
+                after: settings.stale_after,
+                while_revalidate: settings.stale_while_revalidate,
+            },
             settings.offline,
             settings.index_cache_size,
             saved,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{self, Failure};
 use super::App;
+use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
@@ -38,7 +39,7 @@ impl App {
         let resolution = self.pages.start_resolution(
             &key,
             self.settings.strategy,
-            wants_revalidation(req),
+            wants_refresh(req, self.settings.client_refresh),
             false,
         );
         self.after_resolution(req, resolution, move |app, req, resolved| {
@@ -76,7 +77,7 @@ impl App {
                     Key::Project(name) => {
                         let pages: Vec<&ProjectPage> = found
                             .iter()
-                            .filter_map(|(_, s, _)| match &s.doc {
+                            .filter_map(|(_, s, _)| match &*s.doc {
                                 Doc::Page(p) => Some(p),
                                 _ => None,
                             })
@@ -87,7 +88,7 @@ impl App {
                     Key::List => {
                         let names =
                             crate::pypi::name::sorted_unique(found.iter().flat_map(|(_, s, _)| {
-                                match &s.doc {
+                                match &*s.doc {
                                     Doc::List(l) => l.clone(),
                                     _ => Vec::new(),
                                 }
@@ -148,13 +149,19 @@ impl App {
     }
 }
 
-/// Whether the client asks for revalidation (`no-cache`, `max-age=0`).
-fn wants_revalidation(req: &Request) -> bool {
+/// Whether the client's request forces a page refresh under `policy`.
+/// `max-age=0` counts only under `any`: pip 24.0–26.0 send it on every page
+/// request, so honouring it would make every pip run depend on the
+/// upstream (proxpi and nginx ignore it too).
+fn wants_refresh(req: &Request, policy: ClientRefresh) -> bool {
+    if policy == ClientRefresh::Off {
+        return false;
+    }
     req.header_values("cache-control")
         .chain(req.header_values("pragma"))
         .flat_map(|v| v.split(','))
         .map(|d| d.trim().to_ascii_lowercase())
-        .any(|d| d == "no-cache" || d == "max-age=0")
+        .any(|d| d == "no-cache" || (policy == ClientRefresh::Any && d == "max-age=0"))
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
@@ -192,21 +199,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revalidation_requests() {
+    fn refresh_requests_per_policy() {
+        use ClientRefresh::{Any, NoCache, Off};
+        // (headers, no-cache policy, any, off)
         let cases = [
-            (vec![], false),
-            (vec![("Cache-Control", "no-cache")], true),
-            (vec![("Cache-Control", "max-age=0")], true),
-            (vec![("Cache-Control", "public, max-age=0")], true),
-            (vec![("Cache-Control", "max-age=600")], false),
-            (vec![("Pragma", "no-cache")], true),
+            (vec![], false, false, false),
+            (vec![("Cache-Control", "no-cache")], true, true, false),
+            (vec![("Cache-Control", "max-age=0")], false, true, false),
+            (
+                vec![("Cache-Control", "public, MAX-AGE=0")],
+                false,
+                true,
+                false,
+            ),
+            (vec![("Cache-Control", "max-age=600")], false, false, false),
+            (
+                vec![("Cache-Control", "max-age=0, No-Cache")],
+                true,
+                true,
+                false,
+            ),
+            (vec![("Pragma", "no-cache")], true, true, false),
+            (vec![("Cache-Control", "no-store")], false, false, false),
         ];
-        for (headers, want) in cases {
+        for (headers, no_cache, any, off) in cases {
             let mut r = Request::new("GET", "/index/x/");
             for (k, v) in &headers {
                 r = r.with_header(k, v);
             }
-            assert_eq!(wants_revalidation(&r), want, "{headers:?}");
+            assert_eq!(wants_refresh(&r, NoCache), no_cache, "{headers:?} no-cache");
+            assert_eq!(wants_refresh(&r, Any), any, "{headers:?} any");
+            assert_eq!(wants_refresh(&r, Off), off, "{headers:?} off");
         }
     }
 

@@ -113,19 +113,19 @@ impl WaitingTable {
     pub fn park(
         &self,
         shared: &Arc<Shared>,
-        mut waiting: Waiting,
+        waiting: Waiting,
         deadline: Instant,
         subscribe: Box<dyn FnOnce(Waker) + Send>,
     ) {
         let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        // Armed before the entry exists: a hang-up reported in between finds
-        // nothing and the request waits as before; one reported after a
-        // resume finds nothing either (the worker re-arms the socket).
-        shared.poller.watch_hangup(&mut waiting.conn, token);
         {
             let mut t = self.lock();
             t.deadlines.insert((deadline, token));
-            t.entries.insert(token, (waiting, deadline));
+            let (w, _) = t.entries.entry(token).or_insert((waiting, deadline));
+            // Armed under the table lock, after the entry exists: a hang-up
+            // reported at once finds it, and a resume (which takes the
+            // entry under this lock) re-arms the socket only after this.
+            shared.poller.watch_hangup(&mut w.conn, token);
             shared
                 .stats
                 .waiting

@@ -287,11 +287,16 @@ impl Poller {
     /// Gives the ready events a worker has claimed but not started back to
     /// the set, for other workers: its current request took long (a large
     /// page), and they must not wait behind it.
+    /// Hang-ups of parked requests stay with this worker (dropping one is
+    /// cheap, and their one-shot event cannot be re-armed from here).
     pub fn hand_back(&self, events: &mut Vec<epoll::Event>) {
-        for ev in events.drain(..) {
+        for ev in events.iter() {
             let token = ev.data.u64();
             if token == WORK_TOKEN {
                 self.signal();
+                continue;
+            }
+            if token & WAITING_BIT != 0 {
                 continue;
             }
             let parked = self.lock(token);
@@ -304,6 +309,8 @@ impl Poller {
                 let _ = epoll::modify(&self.epoll, &p.what.conn().stream, ev.data, interest);
             }
         }
+        // `retain` keeps the buffer's capacity (epoll_wait's room).
+        events.retain(|ev| ev.data.u64() & WAITING_BIT != 0);
     }
 
     /// The timer thread: closes parked connections past their deadlines

@@ -10,6 +10,13 @@
 //! - Stale: an expired entry whose refresh has not answered within
 //!   `stale_after`, or whose refresh failed, is served as it was; after a
 //!   failure the entry rests 5 s before the next upstream attempt.
+//! - Serve while revalidating: within `Staleness::while_revalidate` after
+//!   a page's TTL, the expired copy is answered at once while one
+//!   background refresh runs (PyPI's own `stale-while-revalidate`).
+//! - Conditional refresh: a page's upstream `ETag` / `Last-Modified` are
+//!   sent back; a `304` renews the TTL with the same doc and generation (no
+//!   body, no parse, no render; client ETags stay). A page whose
+//!   `X-PyPI-Last-Serial` is lower than the copy's is not taken.
 //! - Negative cache: "not found" is kept for at most 60 s.
 //! - Forced revalidation (client `no-cache`) at most once per 10 s per entry.
 //! - Saved pages (`persist`) are loaded by the fetch threads on first use
@@ -30,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lru::LruCache;
 
 use crate::clock::Clock;
-use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch};
+use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch, Validators};
 use crate::persist::PageStore;
 use crate::pypi::{ProjectName, ProjectPage};
 
@@ -73,10 +80,14 @@ pub enum Doc {
     Missing,
 }
 
-/// One upstream answer and when it was fetched.
+/// One upstream answer and when it was fetched (or last confirmed by a
+/// `304`: then the doc and generation are the previous snapshot's, so the
+/// rendered views and the ETags clients hold stay valid).
 #[derive(Debug)]
 pub struct Snapshot {
-    pub doc: Doc,
+    pub doc: Arc<Doc>,
+    /// The upstream's validators for this version.
+    pub validators: Validators,
     pub fetched: Instant,
     pub ttl: Duration,
     /// Unique across the cache: identifies this answer in rendered views.
@@ -215,7 +226,25 @@ pub struct CacheStats {
     pub fetches: AtomicU64,
     /// Misses refused because every fetch thread and queue slot was taken.
     pub busy: AtomicU64,
+    /// Refreshes answered `304 Not Modified` (no body, no re-parse).
+    pub revalidated: AtomicU64,
+    /// Pages not taken because their `X-PyPI-Last-Serial` went down.
+    pub older_serial: AtomicU64,
+    /// Expired pages answered at once while refreshed in the background.
+    pub revalidating: AtomicU64,
     pub fetch_micros: AtomicU64,
+}
+
+/// How expired copies are served.
+#[derive(Clone, Copy, Debug)]
+pub struct Staleness {
+    /// How long a request waits for a refresh before the stale copy is
+    /// served (`ROXPI_STALE_AFTER`).
+    pub after: Duration,
+    /// Within this long after the TTL, the expired copy is served at once
+    /// while it is refreshed in the background
+    /// (`ROXPI_STALE_WHILE_REVALIDATE`).
+    pub while_revalidate: Duration,
 }
 
 pub struct IndexCache {
@@ -223,7 +252,7 @@ pub struct IndexCache {
     origin: Arc<dyn Origin>,
     clock: Arc<dyn Clock>,
     indexes: Arc<[Index]>,
-    stale_after: Duration,
+    staleness: Staleness,
     offline: bool,
     pages: Option<PageStore>,
     /// Bytes held across all shards, and the bound on them.
@@ -233,6 +262,14 @@ pub struct IndexCache {
     jobs: Sender<Job>,
     queue: Receiver<Job>,
     pub stats: CacheStats,
+}
+
+/// What a fetch brought.
+enum Fetched<'a> {
+    New(Doc, Validators),
+    /// The copy at hand is still current (`304`, or the upstream's was
+    /// older).
+    Same(&'a Snapshot),
 }
 
 /// Work for the fetch threads.
@@ -306,7 +343,7 @@ impl IndexCache {
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
         indexes: Vec<Index>,
-        stale_after: Duration,
+        staleness: Staleness,
         offline: bool,
         max_bytes: u64,
         pages: Option<PageStore>,
@@ -325,7 +362,7 @@ impl IndexCache {
             origin,
             clock,
             indexes: indexes.into(),
-            stale_after,
+            staleness,
             offline,
             pages,
             total: AtomicU64::new(0),
@@ -403,6 +440,33 @@ impl IndexCache {
                 }
                 let expired = entry.snap.as_ref().is_none_or(|s| !s.is_fresh(now));
                 let resting = entry.rest_until.is_some_and(|t| now < t) && entry.snap.is_some();
+                // Recently expired: answer with the copy, refresh behind. A
+                // saved copy loaded from disk (TTL zero: refreshed on first
+                // use) and a deleted one never qualify.
+                let revalidate_behind = expired
+                    && !forced
+                    && !self.offline
+                    && entry.snap.as_ref().is_some_and(|s| {
+                        !s.ttl.is_zero()
+                            && s.age(now) < s.ttl.saturating_add(self.staleness.while_revalidate)
+                    });
+                if revalidate_behind && !resting {
+                    let p = Pending {
+                        index: id,
+                        snap: entry.snap.clone(),
+                        flight: None,
+                        resting: false,
+                        deadline: Instant::now(),
+                        load: None,
+                    };
+                    if entry.flight.is_some() {
+                        return (p, None);
+                    }
+                    let f = Arc::new(Flight::new());
+                    entry.flight = Some(Arc::clone(&f));
+                    self.stats.revalidating.fetch_add(1, Ordering::Relaxed);
+                    return (p, Some(f));
+                }
                 if self.offline || !(expired || forced) || (resting && !forced) {
                     let p = Pending {
                         index: id,
@@ -459,7 +523,7 @@ impl IndexCache {
     fn wait_deadline(&self, has_copy: bool) -> Instant {
         Instant::now()
             + if has_copy {
-                self.stale_after
+                self.staleness.after
             } else {
                 FIRST_FETCH_WAIT
             }
@@ -534,47 +598,56 @@ impl IndexCache {
     fn fetch(&self, index: usize, key: Key, flight: &Arc<Flight>) {
         let idx = &self.indexes[index];
         let started = Instant::now();
-        let result =
-            catch_unwind(AssertUnwindSafe(|| self.fetch_doc(idx, &key))).unwrap_or_else(|_| {
-                Err(OriginError::garbage(
-                    &idx.url,
-                    "internal error while fetching",
-                ))
-            });
+        let prev = self.current(index, &key);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.fetch_doc(idx, &key, prev.as_deref())
+        }))
+        .unwrap_or_else(|_| {
+            Err(OriginError::garbage(
+                &idx.url,
+                "internal error while fetching",
+            ))
+        });
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.fetch_micros.fetch_add(micros, Ordering::Relaxed);
         // A page that could never stay in the cache is refused with a clear
         // error; every page below that is kept (the bound is global).
-        let result = result.and_then(|doc| {
-            let bytes = estimate(&doc);
-            if bytes > self.cap / 2 {
-                Err(OriginError::garbage(
-                    &idx.url,
-                    format!(
-                        "the page of {key:?} needs about {bytes} bytes, more than half of ROXPI_INDEX_CACHE_SIZE ({})",
-                        self.cap
-                    ),
-                ))
-            } else {
-                Ok(doc)
-            }
+        let result = result.and_then(|fetched| match fetched {
+            Fetched::New(doc, _) if estimate(&doc) > self.cap / 2 => Err(OriginError::garbage(
+                &idx.url,
+                format!(
+                    "the page of {key:?} needs about {} bytes, more than half of ROXPI_INDEX_CACHE_SIZE ({})",
+                    estimate(&doc),
+                    self.cap
+                ),
+            )),
+            other => Ok(other),
         });
         let result = match result {
-            Ok(doc) => {
+            Ok(Fetched::New(doc, validators)) => {
                 let ttl = match doc {
                     Doc::Missing => idx.ttl.min(NEGATIVE_TTL),
                     _ => idx.ttl,
                 };
                 let bytes = estimate(&doc);
                 Ok(Arc::new(Snapshot {
-                    doc,
+                    doc: Arc::new(doc),
+                    validators,
                     fetched: self.clock.now(),
                     ttl,
                     generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                     bytes,
                 }))
             }
+            Ok(Fetched::Same(old)) => Ok(Arc::new(Snapshot {
+                doc: Arc::clone(&old.doc),
+                validators: old.validators.clone(),
+                fetched: self.clock.now(),
+                ttl: idx.ttl,
+                generation: old.generation,
+                bytes: old.bytes,
+            })),
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("{e}");
@@ -584,32 +657,87 @@ impl IndexCache {
         self.finish(index, key, flight, result);
     }
 
-    fn fetch_doc(&self, idx: &Index, key: &Key) -> Result<Doc, OriginError> {
+    /// The copy at hand for (index, key), expired or not.
+    fn current(&self, index: usize, key: &Key) -> Option<Arc<Snapshot>> {
+        let slot_key = SlotKey::Doc(index, key.clone());
+        let shard = self.lock(shard_of(&slot_key));
+        match shard.map.peek(&slot_key) {
+            Some(store::Slot::Doc(e)) => e.snap.clone(),
+            _ => None,
+        }
+    }
+
+    fn fetch_doc<'a>(
+        &self,
+        idx: &Index,
+        key: &Key,
+        prev: Option<&'a Snapshot>,
+    ) -> Result<Fetched<'a>, OriginError> {
+        // Only a page we hold can be revalidated.
+        let known = match prev {
+            Some(p) if matches!(*p.doc, Doc::Page(_)) => p.validators.clone(),
+            _ => Validators::default(),
+        };
         match key {
-            Key::Project(name) => Ok(match self.origin.fetch_project(idx, name)? {
+            Key::Project(name) => Ok(match self.origin.fetch_project(idx, name, &known)? {
+                PageFetch::NotModified => match prev {
+                    Some(p) => {
+                        self.stats.revalidated.fetch_add(1, Ordering::Relaxed);
+                        self.touch_saved(idx, name);
+                        Fetched::Same(p)
+                    }
+                    None => {
+                        return Err(OriginError::garbage(
+                            &idx.url,
+                            "304 Not Modified for a page not asked conditionally",
+                        ))
+                    }
+                },
+                PageFetch::Found(_, raw) if raw.validators.older_than(&known) => {
+                    self.stats.older_serial.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "{name}: the upstream answered an older page (serial {:?} < {:?}); keeping ours",
+                        raw.validators.serial,
+                        known.serial
+                    );
+                    match prev {
+                        Some(p) => Fetched::Same(p),
+                        None => return Err(OriginError::garbage(&idx.url, "older page")),
+                    }
+                }
                 PageFetch::Found(page, raw) => {
                     if let Some(store) = &self.pages {
                         if let Err(e) = store.save(idx, name, &raw) {
                             log::warn!("cannot save the page of {name}: {e}");
                         }
                     }
-                    Doc::Page(page)
+                    Fetched::New(Doc::Page(page), raw.validators)
                 }
                 PageFetch::NotFound => {
                     if let Some(store) = &self.pages {
                         store.remove(idx, name);
                     }
-                    Doc::Missing
+                    Fetched::New(Doc::Missing, Validators::default())
                 }
             }),
-            Key::List => Ok(match self.origin.fetch_list(idx)? {
-                Some(list) => Doc::List(crate::pypi::name::sorted_unique(
-                    list.names
-                        .iter()
-                        .filter_map(|n| ProjectName::from_upstream(n)),
-                )),
-                None => Doc::Missing,
-            }),
+            Key::List => Ok(Fetched::New(
+                match self.origin.fetch_list(idx)? {
+                    Some(list) => Doc::List(crate::pypi::name::sorted_unique(
+                        list.names
+                            .iter()
+                            .filter_map(|n| ProjectName::from_upstream(n)),
+                    )),
+                    None => Doc::Missing,
+                },
+                Validators::default(),
+            )),
+        }
+    }
+
+    /// A `304` confirmed the saved copy too: it stays recently used.
+    fn touch_saved(&self, idx: &Index, name: &ProjectName) {
+        if let Some(store) = &self.pages {
+            store.touch(idx, name);
         }
     }
 

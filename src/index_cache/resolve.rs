@@ -63,7 +63,7 @@ impl Resolution {
 
 fn found_in(outcome: &Outcome) -> Result<Option<(Arc<Snapshot>, Freshness)>, Arc<OriginError>> {
     match outcome {
-        Ok((snap, _)) if matches!(snap.doc, Doc::Missing) => Ok(None),
+        Ok((snap, _)) if matches!(*snap.doc, Doc::Missing) => Ok(None),
         Ok((snap, fresh)) => Ok(Some((Arc::clone(snap), *fresh))),
         Err(e) => Err(Arc::clone(e)),
     }

@@ -95,7 +95,8 @@ impl IndexCache {
                         let doc = Doc::Page(saved.page);
                         let bytes = estimate(&doc);
                         Arc::new(Snapshot {
-                            doc,
+                            doc: Arc::new(doc),
+                            validators: saved.validators,
                             fetched: now.checked_sub(saved.age).unwrap_or(now),
                             // Expired from the start: refreshed on first use.
                             ttl: Duration::ZERO,

@@ -31,7 +31,10 @@ fn rig_with(max_bytes: u64, offline: bool, stale_after: Duration, indexes: usize
         origin.clone(),
         clock.clone(),
         indexes,
-        stale_after,
+        Staleness {
+            after: stale_after,
+            while_revalidate: Duration::ZERO,
+        },
         offline,
         max_bytes,
         None,
@@ -69,7 +72,7 @@ fn page(files: &[&str]) -> PageAnswer {
 }
 
 fn files_of(snap: &Snapshot) -> Vec<String> {
-    match &snap.doc {
+    match &*snap.doc {
         Doc::Page(p) => p.files.iter().map(|f| f.filename.to_string()).collect(),
         other => panic!("not a page: {other:?}"),
     }
@@ -255,8 +258,8 @@ fn a_first_fetch_that_fails_is_the_typed_error() {
 fn not_found_is_kept_briefly() {
     let r = rig();
     r.origin.set_page("p2", PageAnswer::NotFound);
-    assert!(matches!(get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
-    assert!(matches!(get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
+    assert!(matches!(*get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
+    assert!(matches!(*get(&r, &key(2)).unwrap().0.doc, Doc::Missing));
     assert_eq!(r.origin.count("page p2"), 1);
     r.origin.set_page("p2", page(&["p2-1.0.tar.gz"]));
     r.clock
@@ -344,6 +347,7 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
         format: crate::pypi::Format::Json,
         url: url::Url::parse("http://index0.invalid/simple/p1/").unwrap(),
         body: Bytes::from_static(body.as_bytes()),
+        validators: Default::default(),
     };
     store
         .save(
@@ -356,7 +360,10 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
         r.origin.clone(),
         r.clock.clone(),
         r.cache.indexes().to_vec(),
-        Duration::from_secs(3),
+        Staleness {
+            after: Duration::from_secs(3),
+            while_revalidate: Duration::ZERO,
+        },
         offline,
         64 << 20,
         Some(PageStore::open(dir, 1 << 20).unwrap()),

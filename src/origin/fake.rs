@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use url::Url;
 
-use super::{Index, Origin, OriginError, PageFetch, RawPage, Streamed};
+use super::{Index, Origin, OriginError, PageFetch, RawPage, Streamed, Validators};
 use crate::pypi::{Format, ProjectList, ProjectName, ProjectPage};
 
 /// A way to fail.
@@ -59,6 +59,8 @@ struct State {
     files: HashMap<String, FileAnswer>,
     held: bool,
     calls: Vec<String>,
+    /// Validators sent with each page (default: none).
+    validators: HashMap<String, Validators>,
 }
 
 #[derive(Default)]
@@ -84,6 +86,12 @@ impl FakeOrigin {
 
     pub fn set_page(&self, name: &str, answer: PageAnswer) {
         self.lock().pages.insert(name.to_owned(), answer);
+    }
+
+    /// The validators `name`'s page is sent with; a request carrying the
+    /// same `ETag` back gets `NotModified`.
+    pub fn set_validators(&self, name: &str, v: Validators) {
+        self.lock().validators.insert(name.to_owned(), v);
     }
 
     pub fn set_file(&self, url: &str, answer: FileAnswer) {
@@ -125,16 +133,35 @@ impl FakeOrigin {
 }
 
 impl Origin for FakeOrigin {
-    fn fetch_project(&self, index: &Index, name: &ProjectName) -> Result<PageFetch, OriginError> {
-        let st = self.enter(format!("page {name}"));
+    fn fetch_project(
+        &self,
+        index: &Index,
+        name: &ProjectName,
+        known: &Validators,
+    ) -> Result<PageFetch, OriginError> {
+        let conditional = if known.can_revalidate() {
+            " conditional"
+        } else {
+            ""
+        };
+        let st = self.enter(format!("page {name}{conditional}"));
         let url = index.project_url(name);
+        let validators = st
+            .validators
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_default();
         match st.pages.get(name.as_str()).cloned() {
+            Some(PageAnswer::Page(_)) if known.etag.is_some() && known.etag == validators.etag => {
+                Ok(PageFetch::NotModified)
+            }
             Some(PageAnswer::Page(page)) => Ok(PageFetch::Found(
                 page,
                 Box::new(RawPage {
                     format: Format::Json,
                     url,
                     body: bytes::Bytes::new(),
+                    validators,
                 }),
             )),
             Some(PageAnswer::NotFound) | None => Ok(PageFetch::NotFound),

@@ -201,6 +201,31 @@ pub enum PageFetch {
     /// The parsed page and the raw answer it came from (for persistence).
     Found(ProjectPage, Box<RawPage>),
     NotFound,
+    /// `304`: the copy whose validators were sent is still current.
+    NotModified,
+}
+
+/// What identifies one version of an upstream page: its `ETag` and
+/// `Last-Modified` (sent back as `If-None-Match` / `If-Modified-Since`), and
+/// PyPI's `X-PyPI-Last-Serial` (a page with a lower serial is older).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub serial: Option<u64>,
+}
+
+impl Validators {
+    /// Whether a conditional request can be made with these.
+    pub fn can_revalidate(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
+    }
+
+    /// Whether a page with these validators is older than one with `known`
+    /// (both carry a serial and it went down).
+    pub fn older_than(&self, known: &Validators) -> bool {
+        matches!((self.serial, known.serial), (Some(new), Some(old)) if new < old)
+    }
 }
 
 /// An upstream page as received (decoded), enough to parse it again.
@@ -209,6 +234,7 @@ pub struct RawPage {
     pub format: Format,
     pub url: Url,
     pub body: bytes::Bytes,
+    pub validators: Validators,
 }
 
 /// A response whose body is streamed.
@@ -223,7 +249,14 @@ pub struct Streamed {
 /// The upstream indexes, as the index cache and the downloads use them.
 pub trait Origin: Send + Sync {
     /// Fetches and parses `<index>/<name>/`.
-    fn fetch_project(&self, index: &Index, name: &ProjectName) -> Result<PageFetch, OriginError>;
+    /// Fetches and parses a project page; `known`: the validators of the
+    /// copy at hand, for a conditional request (`PageFetch::NotModified`).
+    fn fetch_project(
+        &self,
+        index: &Index,
+        name: &ProjectName,
+        known: &Validators,
+    ) -> Result<PageFetch, OriginError>;
     /// Fetches and parses the index's project list (`None` if 404).
     fn fetch_list(&self, index: &Index) -> Result<Option<ProjectList>, OriginError>;
     /// Opens a file for streaming, byte for byte, optionally a range of it.
