@@ -135,6 +135,10 @@ struct State {
     file_mode: FileMode,
     /// When the last file body finished sending.
     body_done: Arc<Mutex<Vec<std::time::Instant>>>,
+    /// `X-PyPI-Last-Serial` of project pages.
+    serial: u64,
+    /// Body bytes of project pages sent (a 304 sends none).
+    page_bytes: u64,
 }
 
 /// One request the fake received.
@@ -252,6 +256,8 @@ impl FakeIndex {
             file_delay: Duration::ZERO,
             file_mode: FileMode::Normal,
             body_done: Arc::new(Mutex::new(Vec::new())),
+            serial: 1,
+            page_bytes: 0,
         }));
         let s = Arc::clone(&state);
         let config = ServerConfig {
@@ -267,6 +273,16 @@ impl FakeIndex {
             server: Some(server),
             state,
         }
+    }
+
+    /// Sets the `X-PyPI-Last-Serial` project pages carry.
+    pub fn set_serial(&self, serial: u64) {
+        lock(&self.state).serial = serial;
+    }
+
+    /// Body bytes of project pages sent so far.
+    pub fn page_bytes(&self) -> u64 {
+        lock(&self.state).page_bytes
     }
 
     pub fn url(&self, index: &str) -> String {
@@ -543,18 +559,31 @@ fn project_page(
         && req
             .header("accept-encoding")
             .is_some_and(|e| e.contains("gzip"));
-    let mut r = Response::new(200);
+    // Validators as PyPI sends them: an ETag of the content and the serial.
+    let etag = format!("\"{}\"", &hex(&Sha256::digest(body.as_bytes()))[..16]);
+    let serial = s.serial;
+    drop(s);
+    let mut r = Response::new(200)
+        .header("ETag", etag.clone())
+        .header("X-PyPI-Last-Serial", serial.to_string());
+    if req.header("if-none-match") == Some(etag.as_str()) {
+        return Response::new(304)
+            .header("ETag", etag)
+            .header("X-PyPI-Last-Serial", serial.to_string());
+    }
     if let Some(ct) = content_type {
         r = r.header("Content-Type", ct);
     }
-    if gzip {
+    let body = if gzip {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(body.as_bytes()).unwrap();
-        r.header("Content-Encoding", "gzip")
-            .body(enc.finish().unwrap())
+        r = r.header("Content-Encoding", "gzip");
+        enc.finish().unwrap()
     } else {
-        r.body(body)
-    }
+        body.into_bytes()
+    };
+    lock(state).page_bytes += body.len() as u64;
+    r.body(body)
 }
 
 fn serve_file(

@@ -888,3 +888,107 @@ fn stalled_file_upstream_redirects_after_download_timeout() {
             .ends_with("/files/root/proxpi/proxpi-1.0.0.tar.gz"));
     });
 }
+
+#[test]
+fn max_age_zero_is_not_a_refresh_request_but_no_cache_is() {
+    within(LIMIT, || {
+        let s = setup(&[]);
+        let a = s.addr();
+        assert_eq!(get(a, "/index/numpy/", &[]).status, 200);
+        assert_eq!(s.fake.count("/root/numpy/"), 1);
+        // What pip 24.0–26.0 send on every page request.
+        for _ in 0..5 {
+            let r = get(a, "/index/numpy/", &[("Cache-Control", "max-age=0")]);
+            assert_eq!(r.header("x-cache"), Some("HIT"));
+        }
+        assert_eq!(s.fake.count("/root/numpy/"), 1, "max-age=0: no upstream");
+        let r = get(a, "/index/numpy/", &[("Cache-Control", "no-cache")]);
+        assert_eq!(r.header("x-cache"), Some("MISS"));
+        assert_eq!(s.fake.count("/root/numpy/"), 2);
+        get(a, "/index/numpy/", &[("Pragma", "no-cache")]);
+        assert_eq!(s.fake.count("/root/numpy/"), 2, "at most once per 10 s");
+
+        // ROXPI_CLIENT_REFRESH=any: max-age=0 refreshes too; off: nothing.
+        for (policy, want) in [("any", 2), ("off", 1)] {
+            let s = setup(&[("ROXPI_CLIENT_REFRESH", policy)]);
+            get(s.addr(), "/index/numpy/", &[]);
+            get(s.addr(), "/index/numpy/", &[("Cache-Control", "max-age=0")]);
+            get(s.addr(), "/index/scipy/", &[]);
+            get(s.addr(), "/index/scipy/", &[("Cache-Control", "no-cache")]);
+            assert_eq!(s.fake.count("/root/numpy/"), want, "{policy}: max-age=0");
+            let no_cache = if policy == "off" { 1 } else { 2 };
+            assert_eq!(s.fake.count("/root/scipy/"), no_cache, "{policy}: no-cache");
+        }
+    });
+}
+
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&get(addr, "/metrics", &[]).body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_upstream_304_renews_a_page_without_a_body_and_keeps_the_client_etag() {
+    within(LIMIT, || {
+        let s = setup(&[
+            ("ROXPI_INDEX_TTL", "1"),
+            ("ROXPI_STALE_WHILE_REVALIDATE", "0"),
+        ]);
+        let a = s.addr();
+        let first = get(a, "/index/numpy/", &[]);
+        assert_eq!(first.status, 200);
+        let bytes = s.fake.page_bytes();
+        assert!(bytes > 0);
+        std::thread::sleep(Duration::from_millis(1300));
+        let second = get(a, "/index/numpy/", &[]);
+        assert_eq!(second.status, 200);
+        assert_eq!(s.fake.count("/root/numpy/"), 2, "refreshed after the TTL");
+        assert_eq!(s.fake.page_bytes(), bytes, "a 304: no body transferred");
+        assert_eq!(second.header("etag"), first.header("etag"));
+        assert_eq!(second.body, first.body);
+        assert_eq!(metric(a, "roxpi_index_revalidated_total"), 1);
+        // The client's own revalidation still gets its 304.
+        let etag = first.header("etag").unwrap().to_owned();
+        let r = get(a, "/index/numpy/", &[("If-None-Match", &etag)]);
+        assert_eq!(r.status, 304);
+    });
+}
+
+#[test]
+fn within_the_window_an_expired_page_is_answered_at_once_while_the_upstream_hangs() {
+    within(LIMIT, || {
+        let s = setup(&[("ROXPI_INDEX_TTL", "1")]);
+        let a = s.addr();
+        assert_eq!(get(a, "/index/numpy/", &[]).status, 200);
+        std::thread::sleep(Duration::from_millis(1300));
+        s.fake.set_fault(Fault::Hang(Duration::from_secs(3)));
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let t = std::time::Instant::now();
+                    let r = get(a, "/index/numpy/", &[]);
+                    (
+                        r.status,
+                        r.header("x-cache").map(str::to_owned),
+                        t.elapsed(),
+                    )
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for c in clients {
+            let (status, tag, took) = c.join().unwrap();
+            assert_eq!((status, tag.as_deref()), (200, Some("STALE")));
+            slowest = slowest.max(took);
+        }
+        eprintln!(
+            "32 requests within the revalidation window, upstream hanging: slowest {slowest:?}"
+        );
+        assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+        assert_eq!(s.fake.count("/root/numpy/"), 2, "one background refresh");
+        assert_eq!(metric(a, "roxpi_index_revalidating_total"), 1);
+    });
+}

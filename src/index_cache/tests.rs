@@ -14,6 +14,16 @@ struct Rig {
 }
 
 fn rig_with(max_bytes: u64, offline: bool, stale_after: Duration, indexes: usize) -> Rig {
+    rig_swr(max_bytes, offline, stale_after, indexes, Duration::ZERO)
+}
+
+fn rig_swr(
+    max_bytes: u64,
+    offline: bool,
+    stale_after: Duration,
+    indexes: usize,
+    while_revalidate: Duration,
+) -> Rig {
     let origin = Arc::new(FakeOrigin::default());
     let clock = Arc::new(ManualClock::default());
     let indexes = (0..indexes)
@@ -33,7 +43,7 @@ fn rig_with(max_bytes: u64, offline: bool, stale_after: Duration, indexes: usize
         indexes,
         Staleness {
             after: stale_after,
-            while_revalidate: Duration::ZERO,
+            while_revalidate,
         },
         offline,
         max_bytes,
@@ -426,4 +436,107 @@ fn a_saved_page_is_served_when_the_first_fetch_after_a_restart_fails() {
     assert_eq!(files_of(&found[0].1), ["p1-1.0.tar.gz"]);
     assert_eq!(found[0].2, Freshness::Stale);
     assert_eq!(r.origin.count("page p1"), 1, "the upstream was asked first");
+}
+
+fn validators(etag: &str, serial: u64) -> Validators {
+    Validators {
+        etag: Some(format!("\"{etag}\"")),
+        last_modified: None,
+        serial: Some(serial),
+    }
+}
+
+#[test]
+fn a_304_renews_the_ttl_with_the_same_doc_and_generation() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    r.origin.set_validators("p1", validators("v1", 7));
+    let (first, _) = get(&r, &key(1)).unwrap();
+    assert_eq!(first.validators, validators("v1", 7));
+    r.clock.advance(TTL + Duration::from_secs(1));
+    let (second, fresh) = get(&r, &key(1)).unwrap();
+    assert_eq!(
+        fresh,
+        Freshness::Miss,
+        "confirmed upstream for this request"
+    );
+    assert_eq!(
+        r.origin.calls(),
+        ["page p1", "page p1 conditional"],
+        "the refresh carried the validators"
+    );
+    assert_eq!(
+        second.generation, first.generation,
+        "same views, same ETags"
+    );
+    assert!(Arc::ptr_eq(&first.doc, &second.doc), "not parsed again");
+    assert_eq!(r.cache.stats.revalidated.load(Ordering::Relaxed), 1);
+    // Renewed: fresh for another TTL.
+    r.clock.advance(TTL - Duration::from_secs(1));
+    assert_eq!(get(&r, &key(1)).unwrap().1, Freshness::Hit);
+    assert_eq!(r.origin.count("page p1"), 2);
+    // A changed page (new ETag) is taken, with a new generation.
+    r.origin.set_page("p1", page(&["a-2.0.tar.gz"]));
+    r.origin.set_validators("p1", validators("v2", 8));
+    r.clock.advance(Duration::from_secs(2));
+    let (third, _) = get(&r, &key(1)).unwrap();
+    assert_eq!(files_of(&third), ["a-2.0.tar.gz"]);
+    assert_ne!(third.generation, first.generation);
+}
+
+#[test]
+fn a_page_with_a_lower_serial_is_not_taken() {
+    let r = rig();
+    r.origin.set_page("p1", page(&["a-2.0.tar.gz"]));
+    r.origin.set_validators("p1", validators("new", 20));
+    let (first, _) = get(&r, &key(1)).unwrap();
+    // A CDN node with an older copy answers the refresh.
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    r.origin.set_validators("p1", validators("old", 19));
+    r.clock.advance(TTL + Duration::from_secs(1));
+    let (snap, _) = get(&r, &key(1)).unwrap();
+    assert_eq!(files_of(&snap), ["a-2.0.tar.gz"], "ours is newer: kept");
+    assert_eq!(snap.generation, first.generation);
+    assert_eq!(r.cache.stats.older_serial.load(Ordering::Relaxed), 1);
+    // Equal or higher serials are taken.
+    r.origin.set_validators("p1", validators("newer", 21));
+    r.clock.advance(TTL + Duration::from_secs(1));
+    assert_eq!(files_of(&get(&r, &key(1)).unwrap().0), ["a-1.0.tar.gz"]);
+}
+
+#[test]
+fn within_the_window_the_expired_copy_is_answered_at_once_and_refreshed_once() {
+    let window = Duration::from_secs(300);
+    let r = rig_swr(64 << 20, false, Duration::from_secs(3), 1, window);
+    r.origin.set_page("p1", page(&["a-1.0.tar.gz"]));
+    get(&r, &key(1)).unwrap();
+    r.origin.set_page("p1", page(&["a-2.0.tar.gz"]));
+    r.clock.advance(TTL + Duration::from_secs(10));
+    // The upstream hangs: every lookup is answered without waiting.
+    r.origin.hold();
+    let pendings: Vec<Pending> = (0..32)
+        .map(|_| r.cache.begin(IndexId::ROOT, &key(1), false))
+        .collect();
+    for p in &pendings {
+        assert!(p.flight.is_none(), "nothing to wait for");
+        let (snap, fresh) = r.cache.poll(p).expect("answered at once").unwrap();
+        assert_eq!(
+            (files_of(&snap), fresh),
+            (vec!["a-1.0.tar.gz".to_owned()], Freshness::Stale)
+        );
+    }
+    r.origin.release();
+    // One background refresh for all 32; it lands for the next lookup.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while files_of(&get(&r, &key(1)).unwrap().0) != ["a-2.0.tar.gz"] {
+        assert!(Instant::now() < deadline, "the refresh never landed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r.origin.count("page p1"), 2);
+    assert_eq!(r.cache.stats.revalidating.load(Ordering::Relaxed), 1);
+    // Past the window: the lookup waits for the refresh, as before.
+    r.clock.advance(TTL + window + Duration::from_secs(1));
+    let p = r.cache.begin(IndexId::ROOT, &key(1), false);
+    assert!(p.flight.is_some(), "past the window a lookup waits");
+    assert_eq!(r.cache.wait(p).unwrap().1, Freshness::Miss);
 }
