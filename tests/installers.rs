@@ -220,3 +220,87 @@ fn uv_installs_through_roxpi() {
         }
     });
 }
+
+/// The Python whose pip is 24.0 (what `python:3.12` images carry):
+/// `ROXPI_PIP24_PYTHON`, else the venv `.ci/run` makes in
+/// `target/ci-tools/pip24`.
+fn pip24_python() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("ROXPI_PIP24_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools/pip24/bin/python")
+        });
+    let ok = Command::new(&path)
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("pip 24.0 ")
+        });
+    if ok {
+        return Some(path);
+    }
+    if std::env::var_os("ROXPI_CI").is_some() {
+        panic!("pip 24.0 is required in CI: {} has none", path.display());
+    }
+    eprintln!(
+        "SKIPPED: no pip 24.0 at {} (run: python3 -m venv target/ci-tools/pip24 && target/ci-tools/pip24/bin/pip install pip==24.0)",
+        path.display()
+    );
+    None
+}
+
+/// pip 24.0 sends `Cache-Control: max-age=0` with every page request; a
+/// second install 12 s later (past the 10 s forced-refresh interval) must
+/// still make no upstream page request.
+#[test]
+fn pip_24_max_age_zero_does_not_reach_the_upstream() {
+    within(LIMIT, || {
+        let Some(python) = pip24_python() else {
+            return;
+        };
+        let fake = fake_with_wheels();
+        fake.set_mode(Mode::Json);
+        let (root, extra) = (fake.url("root"), fake.url("extra"));
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", &root),
+            ("ROXPI_EXTRA_INDEX_URLS", &extra),
+        ]);
+        let pages = |fake: &FakeIndex| {
+            fake.requests()
+                .iter()
+                .filter(|r| !r.path.starts_with("/files/"))
+                .count()
+        };
+        for run_no in 0..2 {
+            if run_no == 1 {
+                std::thread::sleep(Duration::from_secs(12));
+            }
+            let target = tempfile::tempdir().unwrap();
+            run(Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ])
+                .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
+                .arg("--target")
+                .arg(target.path())
+                .arg("roxpi-demo")
+                .env("PIP_CONFIG_FILE", "/dev/null"));
+            assert_installed(target.path());
+            if run_no == 0 {
+                assert!(pages(&fake) > 0);
+                fake.clear_log();
+            }
+        }
+        assert_eq!(
+            pages(&fake),
+            0,
+            "the second pip 24.0 run went upstream for pages: {:?}",
+            fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+        );
+    });
+}
