@@ -65,6 +65,11 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_CLIENT_REFRESH", default_value = "no-cache")]
     pub client_refresh: String,
 
+    /// Make PEP 658 `.metadata` for wheels the upstream lists without it
+    /// (read from the cached wheel, or by range requests), and advertise it.
+    #[arg(long, env = "ROXPI_SYNTHESIZE_METADATA", default_value = "on")]
+    pub synthesize_metadata: String,
+
     /// Bound on the in-memory index cache (bytes; 64M, 1G… accepted).
     #[arg(long, env = "ROXPI_INDEX_CACHE_SIZE", default_value = "64M")]
     pub index_cache_size: String,
@@ -155,6 +160,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_STALE_AFTER", &[]),
     ("ROXPI_STALE_WHILE_REVALIDATE", &[]),
     ("ROXPI_CLIENT_REFRESH", &[]),
+    ("ROXPI_SYNTHESIZE_METADATA", &[]),
     ("ROXPI_INDEX_CACHE_SIZE", &[]),
     (
         "ROXPI_CONNECT_TIMEOUT",
@@ -275,6 +281,7 @@ pub struct Settings {
     pub stale_after: Duration,
     pub stale_while_revalidate: Duration,
     pub client_refresh: ClientRefresh,
+    pub synthesize_metadata: bool,
     pub index_cache_size: u64,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -409,6 +416,7 @@ impl Settings {
                 "ROXPI_STALE_WHILE_REVALIDATE",
                 &cli.stale_while_revalidate,
             )?,
+            synthesize_metadata: boolean("ROXPI_SYNTHESIZE_METADATA", &cli.synthesize_metadata)?,
             client_refresh: match cli.client_refresh.trim().to_ascii_lowercase().as_str() {
                 "no-cache" => ClientRefresh::NoCache,
                 "off" => ClientRefresh::Off,

@@ -26,6 +26,7 @@
 //!   default, validation.
 //! - [`clock`]: time as the caches see it (movable in tests).
 //! - [`redact`]: URLs that cannot display credentials.
+//! - [`wheel`]: a wheel's METADATA out of its zip (metadata synthesis).
 //! - [`logging`]: flexi_logger set-up (asynchronous writer).
 
 pub mod address_policy;
@@ -43,6 +44,7 @@ pub mod pypi;
 pub mod redact;
 pub mod storage;
 pub mod upstream;
+pub mod wheel;
 
 /// The composition root: the app wired to the real upstream (`Upstream`),
 /// with `server` as the HTTP server's stats block (shown on `/metrics`).

@@ -139,6 +139,10 @@ struct State {
     serial: u64,
     /// Body bytes of project pages sent (a 304 sends none).
     page_bytes: u64,
+    /// Body bytes of files answered (whole or ranges).
+    file_bytes: u64,
+    /// Answer range requests with the whole file (as some servers do).
+    ignore_ranges: bool,
 }
 
 /// One request the fake received.
@@ -258,6 +262,8 @@ impl FakeIndex {
             body_done: Arc::new(Mutex::new(Vec::new())),
             serial: 1,
             page_bytes: 0,
+            file_bytes: 0,
+            ignore_ranges: false,
         }));
         let s = Arc::clone(&state);
         let config = ServerConfig {
@@ -278,6 +284,16 @@ impl FakeIndex {
     /// Sets the `X-PyPI-Last-Serial` project pages carry.
     pub fn set_serial(&self, serial: u64) {
         lock(&self.state).serial = serial;
+    }
+
+    /// Body bytes of files answered so far.
+    pub fn file_bytes(&self) -> u64 {
+        lock(&self.state).file_bytes
+    }
+
+    /// From now on, range requests get the whole file (200).
+    pub fn set_ignore_ranges(&self, ignore: bool) {
+        lock(&self.state).ignore_ranges = ignore;
     }
 
     /// Body bytes of project pages sent so far.
@@ -595,7 +611,7 @@ fn serve_file(
 ) -> Response {
     let delay = lock(state).file_delay;
     std::thread::sleep(delay);
-    let s = lock(state);
+    let mut s = lock(state);
     let decoded = percent_encoding::percent_decode_str(filename)
         .decode_utf8_lossy()
         .into_owned();
@@ -618,7 +634,12 @@ fn serve_file(
     };
     let total = bytes.len() as u64;
     let mut r = Response::new(200).header("Content-Type", "application/octet-stream");
-    match roxpi::http::conditional::parse_range(req.header("range"), total) {
+    let range = if s.ignore_ranges {
+        None
+    } else {
+        req.header("range")
+    };
+    match roxpi::http::conditional::parse_range(range, total) {
         roxpi::http::conditional::RangeRequest::Full => {}
         roxpi::http::conditional::RangeRequest::Partial(range) => {
             r = Response::new(206)
@@ -630,6 +651,7 @@ fn serve_file(
             return Response::new(416).header("Content-Range", format!("bytes */{total}"));
         }
     }
+    s.file_bytes += bytes.len() as u64;
     let mut len = Some(bytes.len() as u64);
     if let FileMode::Unsized(how) = s.file_mode {
         len = None;

@@ -187,7 +187,9 @@ fn proxpi_suite_project_list() {
 #[test]
 fn proxpi_suite_project_pages_html() {
     within(LIMIT, || {
-        let s = setup(&[]);
+        // proxpi advertises only the upstream's metadata (these fake
+        // wheels are not zips).
+        let s = setup(&[("ROXPI_SYNTHESIZE_METADATA", "off")]);
         for mode in Mode::ALL {
             s.fake.set_mode(mode);
             invalidate_all(s.addr());
@@ -262,7 +264,9 @@ fn proxpi_suite_project_pages_html() {
 #[test]
 fn proxpi_suite_project_pages_json() {
     within(LIMIT, || {
-        let s = setup(&[]);
+        // proxpi advertises only the upstream's metadata (these fake
+        // wheels are not zips).
+        let s = setup(&[("ROXPI_SYNTHESIZE_METADATA", "off")]);
         for mode in [Mode::Html, Mode::Json, Mode::JsonYanked] {
             s.fake.set_mode(mode);
             invalidate_all(s.addr());

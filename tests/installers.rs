@@ -22,7 +22,18 @@ use crate::util::{start_roxpi, within};
 const LIMIT: Duration = Duration::from_secs(300);
 
 /// Builds a minimal valid pure-Python wheel; returns (wheel, METADATA).
-fn build_wheel(dist: &str, version: &str, requires: &[&str]) -> (Bytes, Bytes) {
+pub(crate) fn build_wheel(dist: &str, version: &str, requires: &[&str]) -> (Bytes, Bytes) {
+    build_wheel_padded(dist, version, requires, 0)
+}
+
+/// `build_wheel` with `pad` bytes of incompressible data in a module file
+/// before the dist-info (a large wheel, as most are).
+pub(crate) fn build_wheel_padded(
+    dist: &str,
+    version: &str,
+    requires: &[&str],
+    pad: usize,
+) -> (Bytes, Bytes) {
     let module = dist.replace('-', "_");
     let info = format!("{module}-{version}.dist-info");
     let mut metadata = format!(
@@ -31,8 +42,18 @@ fn build_wheel(dist: &str, version: &str, requires: &[&str]) -> (Bytes, Bytes) {
     for r in requires {
         metadata.push_str(&format!("Requires-Dist: {r}\n"));
     }
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..pad)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
     let files: Vec<(String, Vec<u8>)> = vec![
         (format!("{module}/__init__.py"), format!("VERSION = {version:?}\n").into_bytes()),
+        (format!("{module}/data.bin"), noise),
         (format!("{info}/METADATA"), metadata.clone().into_bytes()),
         (
             format!("{info}/WHEEL"),

@@ -7,6 +7,7 @@ mod http_server;
 mod index_api;
 mod installers;
 mod memory;
+mod metadata;
 mod parking;
 mod process;
 mod util;

@@ -24,39 +24,56 @@ impl App {
             Resolved::NotFound => return Response::text(404, "project not found in any index\n"),
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
         };
-        let Some((id, entry, metadata)) = find_file(&found, &file) else {
+        let synthesizes = |e: &FileEntry| self.files.synthesizes(e);
+        let Some((id, entry, part)) = find_file(&found, &file, &synthesizes) else {
             return Response::text(404, format!("{file} is not listed on the project page\n"));
         };
         let index = &self.pages.indexes()[id.get()];
         let wanted = Wanted {
             index,
             entry,
-            metadata,
+            metadata: part != Part::File,
+            synthesized: part == Part::MadeMetadata,
             filename: &file,
         };
         self.files.serve(req, wanted)
     }
 }
 
+/// What of a listed file is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    File,
+    /// Its `.metadata`, from the upstream.
+    Metadata,
+    /// Its `.metadata`, made here (synthesis).
+    MadeMetadata,
+}
+
 /// Finds a file (or the distribution of a `.metadata` file) on the pages,
-/// first index first. Metadata is found only where advertised.
+/// first index first. Metadata is found only where the upstream advertises
+/// it, or where it is made here (`synthesizes`).
 fn find_file<'a>(
     found: &'a [(IndexId, Arc<Snapshot>, Freshness)],
     file: &Filename,
-) -> Option<(IndexId, &'a FileEntry, bool)> {
+    synthesizes: &dyn Fn(&FileEntry) -> bool,
+) -> Option<(IndexId, &'a FileEntry, Part)> {
     let pages = found.iter().filter_map(|(i, s, _)| match &*s.doc {
         Doc::Page(p) => Some((*i, p)),
         _ => None,
     });
     for (i, page) in pages {
         if let Some(e) = page.files.iter().find(|e| e.filename == *file) {
-            return Some((i, e, false));
+            return Some((i, e, Part::File));
         }
         if let Some(dist) = file.as_str().strip_suffix(".metadata") {
-            if let Some(e) = page.files.iter().find(|e| {
-                e.filename.as_str() == dist && matches!(e.core_metadata, CoreMetadata::Available(_))
-            }) {
-                return Some((i, e, true));
+            if let Some(e) = page.files.iter().find(|e| e.filename.as_str() == dist) {
+                if matches!(e.core_metadata, CoreMetadata::Available(_)) {
+                    return Some((i, e, Part::Metadata));
+                }
+                if synthesizes(e) {
+                    return Some((i, e, Part::MadeMetadata));
+                }
             }
         }
     }

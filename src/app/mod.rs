@@ -165,6 +165,7 @@ pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
         binary_file_mime_type: settings.binary_file_mime_type,
         download_threads: crate::files::download::DOWNLOAD_THREADS,
         open_threads: OPEN_THREADS,
+        synthesize_metadata: settings.synthesize_metadata,
         on_error: file_error,
     }
 }

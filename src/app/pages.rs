@@ -17,8 +17,8 @@ use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
 use crate::pypi::{
-    negotiate_coding, negotiate_format, render_list, render_project, Coding, PageFormat,
-    ProjectPage,
+    negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
+    PageFormat, ProjectPage,
 };
 
 /// The most a client may cache an index page (PyPI's value).
@@ -67,7 +67,12 @@ impl App {
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
         };
         let now = Instant::now();
-        let sig: Vec<u64> = found.iter().map(|(_, s, _)| s.generation).collect();
+        // What synthesis advertises changes the rendered page too.
+        let sig: Vec<u64> = found
+            .iter()
+            .map(|(_, s, _)| s.generation)
+            .chain(std::iter::once(self.files.metadata_generation()))
+            .collect();
         let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
         let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
         let view = match self.pages.view(&key, format, coding, &sig) {
@@ -82,7 +87,12 @@ impl App {
                                 _ => None,
                             })
                             .collect();
-                        let merged = crate::pypi::merge(pages, self.settings.strategy);
+                        let mut merged = crate::pypi::merge(pages, self.settings.strategy);
+                        for entry in &mut merged.files {
+                            if let Some(hashes) = self.files.advertise_metadata(entry) {
+                                entry.core_metadata = CoreMetadata::Available(hashes);
+                            }
+                        }
                         render_project(name, &merged, format)
                     }
                     Key::List => {

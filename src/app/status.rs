@@ -54,6 +54,8 @@ impl Snapshot {
         let c = &app.pages.stats;
         let f = &app.files.stats;
         let s = &app.server;
+        let none = crate::files::metadata::SynthStats::default();
+        let m8 = app.files.synth_stats().unwrap_or(&none);
         let usage = app.files.usage();
         let (entries, bytes) = app.pages.usage();
         let m = |name, kind, section, label, help, value| Metric {
@@ -97,6 +99,12 @@ impl Snapshot {
             m("roxpi_file_coalesced_total", Counter, File, "coalesced waiters", "requests that joined a download in flight", load(&f.coalesced)),
             m("roxpi_file_bytes_served_total", Counter, File, "bytes served from cache", "bytes served from cached files", load(&f.bytes_served_from_cache)),
             m("roxpi_file_bytes_fetched_total", Counter, File, "bytes fetched", "bytes downloaded from upstreams", load(&f.bytes_fetched)),
+            m("roxpi_metadata_made_total", Counter, File, "metadata made (PEP 658)", "wheel .metadata files made here for wheels listed without them", load(&m8.made)),
+            m("roxpi_metadata_by_ranges_total", Counter, File, "metadata made by range reads", "metadata made by range requests to the upstream", load(&m8.by_ranges)),
+            m("roxpi_metadata_range_bytes_total", Counter, File, "metadata range bytes read", "bytes read from upstream wheels by range requests for metadata", load(&m8.range_bytes)),
+            m("roxpi_metadata_by_download_total", Counter, File, "metadata made after a full download", "metadata made after downloading the whole wheel (the upstream ignored Range)", load(&m8.by_download)),
+            m("roxpi_metadata_broken_total", Counter, File, "wheels without readable metadata", "wheels whose METADATA could not be read (404, no longer advertised)", load(&m8.broken)),
+            m("roxpi_metadata_replaced_total", Counter, File, "metadata replaced after verification", "range-read metadata replaced after the whole wheel was verified", load(&m8.replaced)),
             m("roxpi_file_verify_failures_total", Counter, File, "hash/length mismatches", "downloads refused for a length or hash mismatch", load(&f.verify_failures)),
             m("roxpi_file_write_errors_total", Counter, File, "write errors", "cache write errors (disk full)", load(&f.write_errors)),
             m("roxpi_file_upstream_failures_total", Counter, File, "upstream failures", "failed file downloads", load(&f.upstream_failures)),

@@ -77,7 +77,13 @@ pub struct Downloads {
     bypass: Mutex<HashMap<String, Instant>>,
     jobs: Sender<Job>,
     pub(super) stats: Arc<FileStats>,
+    /// Called after a download is committed (set once by `Files`: metadata
+    /// synthesis re-checks what it read by ranges).
+    on_commit: std::sync::OnceLock<CommitHook>,
 }
+
+/// Called with a committed download's key and source.
+pub type CommitHook = Box<dyn Fn(&CacheKey, &Source) + Send + Sync>;
 
 impl Downloads {
     pub fn start(
@@ -96,6 +102,7 @@ impl Downloads {
             bypass: Mutex::new(HashMap::new()),
             jobs,
             stats,
+            on_commit: std::sync::OnceLock::new(),
         });
         for i in 0..threads {
             let (weak, rx): (std::sync::Weak<Downloads>, Receiver<Job>) =
@@ -215,6 +222,16 @@ impl Downloads {
         guard.armed = false;
         // After the commit is visible.
         self.forget(&key, &inflight);
+        if result.is_ok() {
+            if let Some(hook) = self.on_commit.get() {
+                hook(&key, &source);
+            }
+        }
+    }
+
+    /// Sets the hook called after each committed download (once).
+    pub fn on_commit(&self, hook: CommitHook) {
+        let _ = self.on_commit.set(hook);
     }
 
     /// Removes `inflight` from the map (if it is still the entry for `key`).

@@ -19,6 +19,7 @@
 pub mod download;
 pub mod error;
 pub mod inflight;
+pub mod metadata;
 mod opener;
 mod serve;
 pub mod verify;
@@ -82,6 +83,8 @@ pub struct FilesConfig {
     pub binary_file_mime_type: bool,
     pub download_threads: usize,
     pub open_threads: usize,
+    /// Make `.metadata` for wheels listed without it (needs the file cache).
+    pub synthesize_metadata: bool,
     /// How a failure is answered (the app's one status mapping).
     pub on_error: fn(&FileError) -> Response,
 }
@@ -92,6 +95,8 @@ pub struct Wanted<'a> {
     pub entry: &'a FileEntry,
     /// The request is for `<file>.metadata` (PEP 658).
     pub metadata: bool,
+    /// ... which the upstream does not have: made here (`metadata`).
+    pub synthesized: bool,
     pub filename: &'a Filename,
 }
 
@@ -101,6 +106,8 @@ pub struct Files {
     /// `None` when the file cache is off: every file is streamed through.
     downloads: Option<Arc<Downloads>>,
     opener: Opener,
+    /// Metadata synthesis (with the file cache, when enabled).
+    synth: Option<Arc<metadata::Synthesizer>>,
     pub stats: Arc<FileStats>,
 }
 
@@ -113,6 +120,7 @@ impl Files {
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Files> {
         let stats = Arc::new(FileStats::default());
+        let storage_for_synth = storage.clone();
         let downloads = match storage {
             Some(storage) => Some(Downloads::start(
                 storage,
@@ -124,11 +132,32 @@ impl Files {
             None => None,
         };
         let opener = Opener::start(config.open_threads)?;
+        let synth = match (&downloads, &storage_for_synth) {
+            (Some(d), Some(storage)) if config.synthesize_metadata => {
+                let synth = metadata::Synthesizer::start(
+                    Arc::clone(storage),
+                    Arc::clone(&origin),
+                    Arc::clone(d),
+                )?;
+                let weak = Arc::downgrade(&synth);
+                d.on_commit(Box::new(move |key, source| {
+                    let name = source.url.path_segments().and_then(|mut s| s.next_back());
+                    if let (Some(synth), Some(name)) = (weak.upgrade(), name) {
+                        if name.to_ascii_lowercase().ends_with(".whl") {
+                            synth.recheck(key, name);
+                        }
+                    }
+                }));
+                Some(synth)
+            }
+            _ => None,
+        };
         Ok(Files {
             config,
             origin,
             downloads,
             opener,
+            synth,
             stats,
         })
     }
@@ -161,8 +190,12 @@ impl Files {
             index,
             entry,
             metadata,
+            synthesized,
             filename,
         } = wanted;
+        if synthesized {
+            return self.serve_synthesized(req, index, entry, filename);
+        }
         let mut url = entry.url.clone();
         let (hashes, size) = if metadata {
             let p = format!("{}.metadata", url.path());
@@ -217,6 +250,84 @@ impl Files {
                 }
             }
         }
+    }
+
+    /// What the pages advertise for a wheel listed without metadata
+    /// (`None`: nothing; empty hashes: `true`).
+    pub fn advertise_metadata(&self, entry: &FileEntry) -> Option<Hashes> {
+        let synth = self.synth.as_ref()?;
+        metadata::wants_synthesis(entry)
+            .then(|| synth.advertise(entry))
+            .flatten()
+    }
+
+    /// Changes whenever what `advertise_metadata` says changes.
+    pub fn metadata_generation(&self) -> u64 {
+        self.synth.as_ref().map_or(0, |s| s.generation())
+    }
+
+    /// Whether `.metadata` of `entry` is made here (synthesis on, a wheel
+    /// listed without it, not known to be broken).
+    pub fn synthesizes(&self, entry: &FileEntry) -> bool {
+        self.synth
+            .as_ref()
+            .is_some_and(|s| metadata::wants_synthesis(entry) && !s.is_broken(entry))
+    }
+
+    /// Synthesis counters (all zero when off).
+    pub fn synth_stats(&self) -> Option<&metadata::SynthStats> {
+        self.synth.as_ref().map(|s| &s.stats)
+    }
+
+    /// `.metadata` made here: stored already, or made now (the request
+    /// parks on the one synthesis for this wheel).
+    fn serve_synthesized(
+        self: &Arc<Self>,
+        req: &Request,
+        index: &Index,
+        entry: &FileEntry,
+        filename: &Filename,
+    ) -> Response {
+        let Some(synth) = &self.synth else {
+            return Response::text(404, "no metadata for this file\n");
+        };
+        let content_type = file_content_type(filename.as_str(), true);
+        if let Some(stored) = synth.stored(entry) {
+            return serve::stored(req, stored, content_type, &self.stats);
+        }
+        if synth.is_broken(entry) {
+            return broken_metadata();
+        }
+        if self.config.offline {
+            return (self.config.on_error)(&crate::origin::OriginError::offline(&entry.url).into());
+        }
+        let source = Source {
+            index: index.clone(),
+            url: entry.url.clone(),
+            hashes: entry.hashes.clone(),
+            size: entry.size,
+        };
+        let flight = match synth.begin(source, entry) {
+            Ok(f) => f,
+            Err(e) => return (self.config.on_error)(&e),
+        };
+        let files = Arc::clone(self);
+        let watched = Arc::clone(&flight);
+        let url = entry.url.clone();
+        Response::later(Later {
+            deadline: Instant::now() + FIRST_BYTE_WAIT,
+            subscribe: Box::new(move |waker: Waker| {
+                watched.on_done(Box::new(move || waker.wake()));
+            }),
+            resume: Box::new(move |req: &Request| match flight.outcome() {
+                Some(metadata::Made::Stored(f)) => {
+                    serve::stored(req, f, content_type, &files.stats)
+                }
+                Some(metadata::Made::Broken(_)) => broken_metadata(),
+                Some(metadata::Made::Failed(e)) => (files.config.on_error)(&e),
+                None => (files.config.on_error)(&crate::origin::OriginError::timeout(&url).into()),
+            }),
+        })
     }
 
     /// Answers from a download once it has started (or, for a small file,
@@ -439,3 +550,12 @@ fn fetch_whole(origin: &dyn Origin, source: &Source) -> Result<bytes::Bytes, Fil
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// `.metadata` of a wheel without readable METADATA.
+fn broken_metadata() -> Response {
+    Response::text(
+        404,
+        "no metadata can be read from this wheel (not a zip, or no .dist-info/METADATA)\n",
+    )
+    .header("Cache-Control", "max-age=600")
+}

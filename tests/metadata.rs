@@ -1,0 +1,309 @@
+//! PEP 658 metadata synthesis against the fake upstream, which lists real
+//! wheels (built here) without `core-metadata`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::fake_index::{hex, FakeFile, FakeIndex, FakeProject, Mode};
+use crate::installers::build_wheel_padded;
+use crate::util::{get, request, start_roxpi, within, ChildServer, Reply};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const WHEEL: &str = "big_demo-1.0-py3-none-any.whl";
+const JSON: (&str, &str) = ("Accept", "application/vnd.pypi.simple.v1+json");
+
+struct Rig {
+    fake: FakeIndex,
+    roxpi: ChildServer,
+    _home: tempfile::TempDir,
+    _cache: tempfile::TempDir,
+    wheel: Bytes,
+    metadata: Bytes,
+}
+
+/// A 2 MB wheel and an sdist, listed without metadata.
+fn rig(env: &[(&str, &str)]) -> Rig {
+    let (wheel, metadata) = build_wheel_padded("big-demo", "1.0", &["idna>=2"], 2 << 20);
+    let fake = FakeIndex::start(BTreeMap::new());
+    fake.set_mode(Mode::Json);
+    fake.add_project(
+        "root",
+        "big-demo",
+        FakeProject {
+            files: vec![
+                FakeFile::new(WHEEL, wheel.clone()),
+                FakeFile::new(
+                    "big-demo-1.0.tar.gz",
+                    Bytes::from_static(b"not really an sdist"),
+                ),
+            ],
+            versions: vec!["1.0".into()],
+        },
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let root = fake.url("root");
+    let mut all = vec![
+        ("ROXPI_INDEX_URL", root.as_str()),
+        ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let (roxpi, home) = start_roxpi(&all);
+    Rig {
+        fake,
+        roxpi,
+        _home: home,
+        _cache: cache,
+        wheel,
+        metadata,
+    }
+}
+
+fn page_json(r: &Rig) -> serde_json::Value {
+    let reply = request(r.roxpi.addr, "GET", "/index/big-demo/", &[JSON]);
+    assert_eq!(reply.status, 200);
+    reply.json()
+}
+
+fn file_json<'a>(page: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["filename"] == name)
+        .unwrap()
+}
+
+fn get_metadata(r: &Rig) -> Reply {
+    get(r.roxpi.addr, &format!("/index/big-demo/{WHEEL}.metadata"))
+}
+
+fn metric(r: &Rig, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&get(r.roxpi.addr, "/metrics").body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn metadata_is_made_by_range_reads_and_then_advertised_with_its_hash() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        let page = page_json(&r);
+        assert_eq!(file_json(&page, WHEEL)["core-metadata"], true);
+        let sdist = file_json(&page, "big-demo-1.0.tar.gz");
+        assert!(
+            sdist.get("core-metadata").is_none(),
+            "never for sdists: {sdist}"
+        );
+        let html = get(r.roxpi.addr, "/index/big-demo/");
+        let text = String::from_utf8_lossy(&html.body);
+        assert!(text.contains("data-core-metadata=\"true\""), "{text}");
+        assert!(text.contains("data-dist-info-metadata=\"true\""), "{text}");
+
+        let got = get_metadata(&r);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, r.metadata, "the wheel's own METADATA");
+        let read = r.fake.file_bytes();
+        eprintln!(
+            "metadata of a {} byte wheel by ranges: {read} bytes read upstream",
+            r.wheel.len()
+        );
+        assert!(
+            read > 0 && read < r.wheel.len() as u64 / 10,
+            "{read} bytes read"
+        );
+        assert_eq!(metric(&r, "roxpi_metadata_by_ranges_total"), 1);
+
+        // Known now: advertised with its sha256; served again from the cache.
+        let sha = hex(&Sha256::digest(&r.metadata));
+        let page = page_json(&r);
+        assert_eq!(
+            file_json(&page, WHEEL)["core-metadata"],
+            serde_json::json!({"sha256": sha})
+        );
+        assert_eq!(get_metadata(&r).body, r.metadata);
+        assert_eq!(
+            r.fake.file_bytes(),
+            read,
+            "no upstream read the second time"
+        );
+        // The sdist has none.
+        let none = get(r.roxpi.addr, "/index/big-demo/big-demo-1.0.tar.gz.metadata");
+        assert_eq!(none.status, 404);
+    });
+}
+
+#[test]
+fn metadata_comes_from_the_cached_wheel_without_the_upstream() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        let wheel = get(r.roxpi.addr, &format!("/index/big-demo/{WHEEL}"));
+        assert_eq!(wheel.body, r.wheel);
+        let before = r.fake.file_bytes();
+        let got = get_metadata(&r);
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, r.metadata.as_ref())
+        );
+        assert_eq!(r.fake.file_bytes(), before, "read from the cached wheel");
+        assert_eq!(metric(&r, "roxpi_metadata_by_ranges_total"), 0);
+    });
+}
+
+#[test]
+fn an_upstream_that_ignores_range_goes_through_the_download() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        r.fake.set_ignore_ranges(true);
+        let got = get_metadata(&r);
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, r.metadata.as_ref())
+        );
+        assert_eq!(metric(&r, "roxpi_metadata_by_download_total"), 1);
+        // The wheel is cached now.
+        let before = r.fake.file_bytes();
+        let wheel = get(r.roxpi.addr, &format!("/index/big-demo/{WHEEL}"));
+        assert_eq!(wheel.body, r.wheel);
+        assert_eq!(wheel.header("x-cache"), Some("HIT"));
+        assert_eq!(r.fake.file_bytes(), before);
+    });
+}
+
+#[test]
+fn a_wheel_without_readable_metadata_is_a_404_and_no_longer_advertised() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        r.fake.add_project(
+            "root",
+            "broken",
+            FakeProject {
+                files: vec![
+                    FakeFile::new(
+                        "broken-1.0-py3-none-any.whl",
+                        Bytes::from_static(b"PK\x03\x04 not a zip"),
+                    ),
+                    FakeFile::new(
+                        "broken-2.0-py3-none-any.whl",
+                        build_wheel_padded("other", "1.0", &[], 0).0.slice(..),
+                    ),
+                ],
+                versions: vec![],
+            },
+        );
+        let page = |r: &Rig| request(r.roxpi.addr, "GET", "/index/broken/", &[JSON]).json();
+        assert_eq!(
+            file_json(&page(&r), "broken-1.0-py3-none-any.whl")["core-metadata"],
+            true
+        );
+        for (file, status) in [
+            ("broken-1.0-py3-none-any.whl", 404),
+            // A zip whose only dist-info is another project's still works.
+            ("broken-2.0-py3-none-any.whl", 200),
+        ] {
+            let got = get(r.roxpi.addr, &format!("/index/broken/{file}.metadata"));
+            assert_eq!(
+                got.status,
+                status,
+                "{file}: {}",
+                String::from_utf8_lossy(&got.body)
+            );
+        }
+        let after = page(&r);
+        let broken = file_json(&after, "broken-1.0-py3-none-any.whl");
+        assert!(broken.get("core-metadata").is_none(), "withdrawn: {broken}");
+        // Asked again: 404 at once, no new attempt.
+        let requests = r.fake.requests().len();
+        assert_eq!(
+            get(
+                r.roxpi.addr,
+                "/index/broken/broken-1.0-py3-none-any.whl.metadata"
+            )
+            .status,
+            404
+        );
+        assert_eq!(r.fake.requests().len(), requests);
+        assert_eq!(metric(&r, "roxpi_metadata_broken_total"), 1);
+    });
+}
+
+#[test]
+fn a_herd_of_32_makes_one_upstream_sequence() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        page_json(&r);
+        let addr = r.roxpi.addr;
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                std::thread::spawn(move || get(addr, &format!("/index/big-demo/{WHEEL}.metadata")))
+            })
+            .collect();
+        for c in clients {
+            let got = c.join().unwrap();
+            assert_eq!(
+                (got.status, got.body.as_slice()),
+                (200, r.metadata.as_ref())
+            );
+        }
+        let file_requests = r
+            .fake
+            .requests()
+            .iter()
+            .filter(|q| q.path.starts_with("/files/"))
+            .count();
+        assert_eq!(metric(&r, "roxpi_metadata_made_total"), 1);
+        assert!(
+            file_requests <= 3,
+            "{file_requests} upstream file requests for 32 clients"
+        );
+    });
+}
+
+#[test]
+fn metadata_read_by_ranges_is_replaced_when_the_verified_wheel_differs() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        page_json(&r);
+        // A stale copy answers the range reads (the page, cached, still
+        // lists the right wheel's hash).
+        let (stale, stale_meta) = build_wheel_padded("big-demo", "1.0", &["idna>=1"], 2 << 20);
+        let swap = |bytes: Bytes| {
+            r.fake.add_project(
+                "root",
+                "big-demo",
+                FakeProject {
+                    files: vec![FakeFile::new(WHEEL, bytes)],
+                    versions: vec!["1.0".into()],
+                },
+            )
+        };
+        swap(stale);
+        assert_eq!(get_metadata(&r).body, stale_meta);
+        swap(r.wheel.clone());
+        // The whole wheel, verified against the page's hash.
+        assert_eq!(
+            get(r.roxpi.addr, &format!("/index/big-demo/{WHEEL}")).body,
+            r.wheel
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&r, "roxpi_metadata_replaced_total") < 1 {
+            assert!(std::time::Instant::now() < deadline, "never re-checked");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get_metadata(&r).body, r.metadata);
+    });
+}
+
+#[test]
+fn synthesis_off_advertises_nothing() {
+    within(LIMIT, || {
+        let r = rig(&[("ROXPI_SYNTHESIZE_METADATA", "off")]);
+        let page = page_json(&r);
+        assert!(file_json(&page, WHEEL).get("core-metadata").is_none());
+        assert_eq!(get_metadata(&r).status, 404);
+    });
+}
