@@ -342,6 +342,10 @@ impl FakeIndex {
             .insert(name.to_owned(), project);
     }
 
+    pub fn project(&self, index: &str, project: &str) -> FakeProject {
+        lock(&self.state).indexes[index][project].clone()
+    }
+
     pub fn file(&self, index: &str, project: &str, filename: &str) -> FakeFile {
         lock(&self.state).indexes[index][project]
             .files

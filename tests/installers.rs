@@ -242,32 +242,122 @@ fn uv_installs_through_roxpi() {
     });
 }
 
-/// The Python whose pip is 24.0 (what `python:3.12` images carry):
-/// `ROXPI_PIP24_PYTHON`, else the venv `.ci/run` makes in
-/// `target/ci-tools/pip24`.
-fn pip24_python() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("ROXPI_PIP24_PYTHON")
+/// A Python with a given pip, in a venv `.ci/run` makes under
+/// `target/ci-tools/<venv>` (`ROXPI_<VENV>_PYTHON` overrides the path):
+/// `pip22` (Ubuntu 22.04's, HTML only), `pip24` (what `python:3.12` images
+/// carry), `pip-latest`. `version`: the start of `pip --version`'s answer
+/// (`pip 24.0 `), or `pip ` for any.
+fn venv_python(venv: &str, version: &str) -> Option<std::path::PathBuf> {
+    let var = format!(
+        "ROXPI_{}_PYTHON",
+        venv.replace('-', "_").to_ascii_uppercase()
+    );
+    let path = std::env::var_os(&var)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools/pip24/bin/python")
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/ci-tools")
+                .join(venv)
+                .join("bin/python")
         });
     let ok = Command::new(&path)
         .args(["-m", "pip", "--version"])
         .output()
         .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("pip 24.0 ")
+            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(version)
         });
     if ok {
         return Some(path);
     }
     if std::env::var_os("ROXPI_CI").is_some() {
-        panic!("pip 24.0 is required in CI: {} has none", path.display());
+        panic!("{version}is required in CI: {} has none", path.display());
     }
     eprintln!(
-        "SKIPPED: no pip 24.0 at {} (run: python3 -m venv target/ci-tools/pip24 && target/ci-tools/pip24/bin/pip install pip==24.0)",
+        "SKIPPED: no {version}at {} (`.ci/run` makes it: python3 -m venv target/ci-tools/{venv}, then pip install of that pip)",
         path.display()
     );
     None
+}
+
+fn pip24_python() -> Option<std::path::PathBuf> {
+    venv_python("pip24", "pip 24.0 ")
+}
+
+/// Wheels listed without metadata (as pypiserver, devpi and many mirrors
+/// do): pip 22.0 (HTML only, no PEP 658), pip 24.0, the newest pip and uv
+/// all install through roxpi, which makes the metadata the PEP 658 clients
+/// fetch.
+#[test]
+fn installers_work_with_synthesized_metadata() {
+    within(LIMIT, || {
+        let pips: Vec<(&str, std::path::PathBuf)> = [
+            ("pip 22.0", venv_python("pip22", "pip 22.0 ")),
+            ("pip 24.0", pip24_python()),
+            ("newest pip", venv_python("pip-latest", "pip ")),
+        ]
+        .into_iter()
+        .filter_map(|(label, p)| p.map(|p| (label, p)))
+        .collect();
+        let with_uv = have("uv", &["--version"]);
+        for mode in [Mode::Json, Mode::Html] {
+            let fake = fake_with_wheels();
+            for project in ["roxpi-demo", "roxpi-dep"] {
+                let index = if project == "roxpi-demo" {
+                    "root"
+                } else {
+                    "extra"
+                };
+                let mut p = fake.project(index, project);
+                for f in &mut p.files {
+                    f.metadata = None;
+                }
+                fake.add_project(index, project, p);
+            }
+            fake.set_mode(mode);
+            let (root, extra) = (fake.url("root"), fake.url("extra"));
+            let (roxpi, _home) = start_roxpi(&[
+                ("ROXPI_INDEX_URL", &root),
+                ("ROXPI_EXTRA_INDEX_URLS", &extra),
+            ]);
+            for (label, python) in &pips {
+                if *label == "pip 22.0" && mode == Mode::Json {
+                    continue;
+                }
+                let target = tempfile::tempdir().unwrap();
+                run(Command::new(python)
+                    .args(["-m", "pip", "install", "--no-cache-dir"])
+                    .args(["--disable-pip-version-check", "--no-input"])
+                    .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
+                    .arg("--target")
+                    .arg(target.path())
+                    .arg("roxpi-demo")
+                    .env("PIP_CONFIG_FILE", "/dev/null"));
+                assert_installed(target.path());
+            }
+            if with_uv {
+                let target = tempfile::tempdir().unwrap();
+                let cache = tempfile::tempdir().unwrap();
+                run(Command::new("uv")
+                    .args(["pip", "install", "--python", "python3", "--no-config"])
+                    .args(["--index-url", &format!("http://{}/simple/", roxpi.addr)])
+                    .arg("--cache-dir")
+                    .arg(cache.path())
+                    .arg("--target")
+                    .arg(target.path())
+                    .arg("roxpi-demo"));
+                assert_installed(target.path());
+            }
+            // The PEP 658 clients asked for the metadata roxpi made.
+            let metrics = String::from_utf8_lossy(&crate::util::get(roxpi.addr, "/metrics").body)
+                .into_owned();
+            let made = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("roxpi_metadata_made_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            assert!(made >= 1, "{mode:?}: no metadata made:\n{metrics}");
+        }
+    });
 }
 
 /// pip 24.0 sends `Cache-Control: max-age=0` with every page request; a
