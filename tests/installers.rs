@@ -1,7 +1,10 @@
 //! End to end with the real installers: `pip install --index-url …/index/`
 //! and `uv pip install --index-url …/simple/` through roxpi from the fake
 //! upstream, serving wheels built here (a project on the root index that
-//! depends on one on the extra index), with `#sha256=` hashes and `.metadata`.
+//! depends on one on the extra index), with `#sha256=` hashes and `.metadata`
+//! — and without it (metadata synthesis), with pip 22.0, pip 24.0, the
+//! newest pip, uv, `poetry lock`/`install` and `pdm lock`/`install` (the
+//! venvs `.ci/run` makes under `target/ci-tools/`).
 //!
 //! Outside CI a missing installer skips the test with a printed reason;
 //! with `ROXPI_CI=1` (set by `.ci/run`) it fails instead.
@@ -413,5 +416,126 @@ fn pip_24_max_age_zero_does_not_reach_the_upstream() {
             "the second pip 24.0 run went upstream for pages: {:?}",
             fake.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
         );
+    });
+}
+
+/// A tool installed in a venv `.ci/run` makes under `target/ci-tools/<venv>`.
+fn venv_tool(venv: &str, tool: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/ci-tools")
+        .join(venv)
+        .join("bin")
+        .join(tool);
+    if have(path.to_str().unwrap_or(tool), &["--version"]) {
+        Some(path)
+    } else {
+        None
+    }
+}
+
+/// A project depending on `roxpi-demo`, with `tool_config` (its index).
+fn client_project(dir: &Path, tool_config: &str) {
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        format!(
+            "[project]\nname = \"client\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"roxpi-demo\"]\n\n{tool_config}"
+        ),
+    )
+    .unwrap();
+}
+
+/// The fake upstream's wheels without metadata, and roxpi in front.
+fn roxpi_without_upstream_metadata() -> (FakeIndex, crate::util::ChildServer, tempfile::TempDir) {
+    let fake = fake_with_wheels();
+    for (index, project) in [("root", "roxpi-demo"), ("extra", "roxpi-dep")] {
+        let mut p = fake.project(index, project);
+        for f in &mut p.files {
+            f.metadata = None;
+        }
+        fake.add_project(index, project, p);
+    }
+    fake.set_mode(Mode::Json);
+    let (root, extra) = (fake.url("root"), fake.url("extra"));
+    let (roxpi, home) = start_roxpi(&[
+        ("ROXPI_INDEX_URL", &root),
+        ("ROXPI_EXTRA_INDEX_URLS", &extra),
+    ]);
+    (fake, roxpi, home)
+}
+
+fn installed_in_venv(venv: &Path) {
+    let site = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .expect("site-packages in the venv");
+    assert_installed(&site);
+}
+
+#[test]
+fn poetry_locks_and_installs_through_roxpi() {
+    within(LIMIT, || {
+        let Some(poetry) = venv_tool("poetry", "poetry") else {
+            return;
+        };
+        let (_fake, roxpi, _home) = roxpi_without_upstream_metadata();
+        let work = tempfile::tempdir().unwrap();
+        client_project(
+            work.path(),
+            &format!(
+                "[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"http://{}/simple/\"\npriority = \"primary\"\n",
+                roxpi.addr
+            ),
+        );
+        let home = tempfile::tempdir().unwrap();
+        for args in [&["lock"][..], &["install", "--no-interaction"][..]] {
+            run(Command::new(&poetry)
+                .args(args)
+                .current_dir(work.path())
+                .env("POETRY_CACHE_DIR", home.path().join("cache"))
+                .env("POETRY_CONFIG_DIR", home.path().join("config"))
+                .env("POETRY_DATA_DIR", home.path().join("data"))
+                .env("POETRY_VIRTUALENVS_IN_PROJECT", "true")
+                .env("POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON", "false")
+                .env("POETRY_NO_INTERACTION", "1"));
+        }
+        let lock = std::fs::read_to_string(work.path().join("poetry.lock")).unwrap();
+        assert!(lock.contains("name = \"roxpi-dep\""), "{lock}");
+        installed_in_venv(&work.path().join(".venv"));
+    });
+}
+
+#[test]
+fn pdm_locks_and_installs_through_roxpi() {
+    within(LIMIT, || {
+        let Some(pdm) = venv_tool("pdm", "pdm") else {
+            return;
+        };
+        let (_fake, roxpi, _home) = roxpi_without_upstream_metadata();
+        let work = tempfile::tempdir().unwrap();
+        client_project(
+            work.path(),
+            &format!(
+                "[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = \"pypi\"\nurl = \"http://{}/simple/\"\n",
+                roxpi.addr
+            ),
+        );
+        let home = tempfile::tempdir().unwrap();
+        for args in [&["lock"][..], &["install", "--no-self"][..]] {
+            run(Command::new(&pdm)
+                .args(args)
+                .current_dir(work.path())
+                .env("PDM_HOME", home.path().join("home"))
+                .env("PDM_CACHE_DIR", home.path().join("cache"))
+                .env("PDM_CONFIG_FILE", home.path().join("config.toml"))
+                .env("PDM_IGNORE_SAVED_PYTHON", "1")
+                .env("PDM_PYTHON", "python3")
+                .env("PDM_NON_INTERACTIVE", "1")
+                .env("PDM_CHECK_UPDATE", "false"));
+        }
+        let lock = std::fs::read_to_string(work.path().join("pdm.lock")).unwrap();
+        assert!(lock.contains("name = \"roxpi-dep\""), "{lock}");
+        installed_in_venv(&work.path().join(".venv"));
     });
 }
