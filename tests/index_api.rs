@@ -996,3 +996,35 @@ fn within_the_window_an_expired_page_is_answered_at_once_while_the_upstream_hang
         assert_eq!(metric(a, "roxpi_index_revalidating_total"), 1);
     });
 }
+
+#[test]
+fn validators_survive_a_restart_and_the_first_refresh_is_a_304() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(proxpi_data());
+        let root = fake.url("root");
+        let cache = tempfile::tempdir().unwrap();
+        let env = [
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+        ];
+        let (first, _home) = start_roxpi(&env);
+        let before = get(first.addr, "/index/numpy/", &[]);
+        assert_eq!(before.status, 200);
+        drop(first);
+        let bytes = fake.page_bytes();
+        // Restarted: the saved copy comes back with its ETag, and the
+        // refresh it needs is answered 304 with no body.
+        let (second, _home2) = start_roxpi(&env);
+        let after = get(second.addr, "/index/numpy/", &[]);
+        assert_eq!(after.status, 200);
+        assert_eq!(after.body, before.body);
+        assert_eq!(after.header("etag"), before.header("etag"));
+        assert_eq!(
+            fake.count("/root/numpy/"),
+            2,
+            "refreshed once after the restart"
+        );
+        assert_eq!(fake.page_bytes(), bytes, "304: no body");
+        assert_eq!(metric(second.addr, "roxpi_index_revalidated_total"), 1);
+    });
+}
