@@ -191,6 +191,7 @@ fn a_wheel_without_readable_metadata_is_a_404_and_no_longer_advertised() {
                         "broken-2.0-py3-none-any.whl",
                         build_wheel_padded("other", "1.0", &[], 0).0.slice(..),
                     ),
+                    FakeFile::new("broken-3.0-py3-none-any.whl", zip_without_dist_info()),
                 ],
                 versions: vec![],
             },
@@ -202,6 +203,7 @@ fn a_wheel_without_readable_metadata_is_a_404_and_no_longer_advertised() {
         );
         for (file, status) in [
             ("broken-1.0-py3-none-any.whl", 404),
+            ("broken-3.0-py3-none-any.whl", 404),
             // A zip whose only dist-info is another project's still works.
             ("broken-2.0-py3-none-any.whl", 200),
         ] {
@@ -227,8 +229,32 @@ fn a_wheel_without_readable_metadata_is_a_404_and_no_longer_advertised() {
             404
         );
         assert_eq!(r.fake.requests().len(), requests);
-        assert_eq!(metric(&r, "roxpi_metadata_broken_total"), 1);
+        let no_dist_info = file_json(&after, "broken-3.0-py3-none-any.whl");
+        assert!(
+            no_dist_info.get("core-metadata").is_none(),
+            "withdrawn: {no_dist_info}"
+        );
+        assert_eq!(
+            file_json(&after, "broken-2.0-py3-none-any.whl")["core-metadata"]["sha256"]
+                .as_str()
+                .map(str::len),
+            Some(64)
+        );
+        assert_eq!(metric(&r, "roxpi_metadata_broken_total"), 2);
     });
+}
+
+/// A valid zip with a module and no `.dist-info`.
+fn zip_without_dist_info() -> Bytes {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.start_file(
+        "broken/__init__.py",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    z.write_all(b"X = 1\n").unwrap();
+    Bytes::from(z.finish().unwrap().into_inner())
 }
 
 #[test]
