@@ -288,3 +288,46 @@ fn a_client_hanging_up_while_parked_frees_its_connection_at_once() {
         assert_eq!(get(addr, "/health").status, 200);
     });
 }
+
+#[test]
+fn clients_following_a_slow_download_hold_no_thread() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let big: Vec<u8> = (0..2u32 << 20).map(|i| (i % 239) as u8).collect();
+        fake.add_project(
+            "root",
+            "slow",
+            FakeProject {
+                files: vec![FakeFile::new("slow-1.0-py3-none-any.whl", big.clone())],
+                versions: vec![],
+            },
+        );
+        // About 1.6 s for the whole file.
+        fake.set_file_mode(crate::fake_index::FileMode::Throttle {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(50),
+        });
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
+        let addr = roxpi.addr;
+        assert_eq!(get(addr, "/index/slow/").status, 200);
+        let idle = roxpi.threads();
+        // 200 clients follow the one download as it grows.
+        let clients: Vec<_> = (0..200)
+            .map(|_| {
+                std::thread::spawn(move || get(addr, "/index/slow/slow-1.0-py3-none-any.whl").body)
+            })
+            .collect();
+        let mut peak = 0;
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(80));
+            peak = peak.max(roxpi.threads());
+        }
+        for c in clients {
+            assert_eq!(c.join().unwrap(), big);
+        }
+        eprintln!("200 clients following a slow download: threads {idle} idle, {peak} at most");
+        // A thread per follower would add 200.
+        assert!(peak < idle + 50, "{peak} threads ({idle} idle)");
+    });
+}

@@ -17,12 +17,14 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::FileError;
 use super::verify::Verifier;
 use super::Source;
+use crate::http::StreamReady;
 use crate::origin::Origin;
 
 const CHUNK: usize = 256 * 1024;
@@ -151,6 +153,7 @@ impl InFlight {
                 pos: 0,
                 fallback: None,
                 relay: None,
+                nonblocking: None,
             }),
             Phase::Starting | Phase::Failed(_) => None,
         })
@@ -177,6 +180,29 @@ pub struct GrowingReader {
     pos: u64,
     fallback: Option<(Arc<dyn Origin>, Source)>,
     relay: Option<Relay>,
+    /// Set when sent as a `Body::Ready`: reads never wait for the download.
+    nonblocking: Option<Arc<Readiness>>,
+}
+
+/// When a non-blocking `GrowingReader` may read again: the download's next
+/// change after the version it last saw without bytes to read.
+pub struct Readiness {
+    inflight: Arc<InFlight>,
+    seen: AtomicU64,
+    /// The reader relays from the upstream now (disk trouble): its reads
+    /// block, so a transfer thread sends the rest.
+    blocking: AtomicBool,
+}
+
+impl StreamReady for Readiness {
+    fn subscribe(&self, wake: Box<dyn FnOnce() + Send>) {
+        self.inflight
+            .on_change(self.seen.load(Ordering::Acquire), wake);
+    }
+
+    fn needs_thread(&self) -> bool {
+        self.blocking.load(Ordering::Acquire)
+    }
 }
 
 /// The rest of a file straight from the upstream, hashed with the prefix.
@@ -192,6 +218,26 @@ impl GrowingReader {
 
     pub fn is_empty(&self) -> bool {
         self.total == 0
+    }
+
+    /// Makes reads return `WouldBlock` instead of waiting for the download;
+    /// the `Readiness` says when to read again (a `Body::Ready` stream).
+    pub fn nonblocking(mut self) -> (GrowingReader, Arc<Readiness>) {
+        let ready = Arc::new(Readiness {
+            inflight: Arc::clone(&self.inflight),
+            seen: AtomicU64::new(self.inflight.version()),
+            blocking: AtomicBool::new(false),
+        });
+        self.nonblocking = Some(Arc::clone(&ready));
+        (self, ready)
+    }
+
+    /// Whether a read may wait (a blocking reader, or one that switched to
+    /// relaying from the upstream).
+    fn may_block(&self) -> bool {
+        self.nonblocking
+            .as_ref()
+            .is_none_or(|r| r.blocking.load(Ordering::Acquire))
     }
 
     /// Lets the reader finish from the upstream if the cache write fails.
@@ -301,6 +347,11 @@ impl Read for GrowingReader {
                         st.written.min(self.total.saturating_sub(1))
                     }
                     Phase::Failed(FileError::Local(_)) if self.fallback.is_some() => {
+                        if let Some(r) = self.nonblocking.as_ref().filter(|_| !self.may_block()) {
+                            // The relay blocks: hand over to a thread first.
+                            r.blocking.store(true, Ordering::Release);
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
                         drop(st);
                         self.start_relay()?;
                         return self.read_relay(buf);
@@ -312,6 +363,11 @@ impl Read for GrowingReader {
                 }
                 if matches!(st.phase, Phase::Done { .. }) {
                     return Ok(0);
+                }
+                if let Some(r) = self.nonblocking.as_ref().filter(|_| !self.may_block()) {
+                    // Nothing yet: the worker waits for the next change.
+                    r.seen.store(st.version, Ordering::Release);
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
                 st = self
                     .inflight

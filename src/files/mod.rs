@@ -35,7 +35,7 @@ pub use error::{FileError, Mismatch};
 pub use serve::file_content_type;
 
 use crate::clock::Clock;
-use crate::http::{Body, FileRange, Later, Method, Request, Response, Stream, Waker};
+use crate::http::{Body, FileRange, Later, Method, ReadyStream, Request, Response, Stream, Waker};
 use crate::origin::{Index, Origin};
 use crate::pypi::{CoreMetadata, FileEntry, Filename, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Usage};
@@ -359,10 +359,19 @@ impl Files {
                 })
             }
             Ok(Some(Started::Growing(reader))) => {
-                serve::fresh(wait.content_type, wait.tag).body(Body::Stream(Stream {
-                    len: Some(reader.len()),
-                    reader: Box::new(reader.with_fallback(Arc::clone(&self.origin), source)),
-                }))
+                // Sent by the workers as the download grows; no thread
+                // waits for its bytes.
+                let len = reader.len();
+                let (reader, ready) = reader
+                    .with_fallback(Arc::clone(&self.origin), source)
+                    .nonblocking();
+                serve::fresh(wait.content_type, wait.tag).body(Body::Ready(Box::new(ReadyStream {
+                    stream: Stream {
+                        len: Some(len),
+                        reader: Box::new(reader),
+                    },
+                    ready,
+                })))
             }
             Ok(None) if Instant::now() >= wait.deadline => self.late(&wait, &source.url),
             Ok(None) => {

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::SendFlags;
 
-use super::response::{chunk_header, FileRange, Framing, Stream, LAST_CHUNK};
+use super::response::{chunk_header, FileRange, Framing, Stream, StreamReady, LAST_CHUNK};
 
 /// An accepted client connection.
 pub(crate) struct Conn {
@@ -162,6 +162,8 @@ pub(crate) enum Mode {
 pub(crate) enum Pump {
     Done,
     WouldBlock,
+    /// A `Body::Ready` stream has no bytes yet (see `Outgoing::ready`).
+    Starved,
     /// Stopped after its byte budget; more to write.
     Yield,
 }
@@ -187,6 +189,8 @@ enum BodyState {
     },
     Stream {
         stream: Stream,
+        /// Set for a stream whose reads never block (`Body::Ready`).
+        ready: Option<Arc<dyn StreamReady>>,
         chunked: bool,
         /// Framed bytes read from the stream but not yet written.
         pending: Vec<u8>,
@@ -216,6 +220,16 @@ impl Outgoing {
             Some(Body::Stream(stream)) => BodyState::Stream {
                 remaining: stream.len,
                 stream,
+                ready: None,
+                chunked: framing == Framing::Chunked,
+                pending: Vec::new(),
+                pending_pos: 0,
+                finished: false,
+            },
+            Some(Body::Ready(r)) => BodyState::Stream {
+                remaining: r.stream.len,
+                stream: r.stream,
+                ready: Some(r.ready),
                 chunked: framing == Framing::Chunked,
                 pending: Vec::new(),
                 pending_pos: 0,
@@ -240,7 +254,19 @@ impl Outgoing {
     /// reads may block. Files and bytes are written without blocking, the
     /// poller waiting for writability in between.
     pub fn needs_thread(&self) -> bool {
-        matches!(self.body, BodyState::Stream { .. })
+        match &self.body {
+            BodyState::Stream { ready: None, .. } => true,
+            BodyState::Stream { ready: Some(r), .. } => r.needs_thread(),
+            _ => false,
+        }
+    }
+
+    /// The readiness of a `Body::Ready` stream being sent.
+    pub fn ready(&self) -> Option<Arc<dyn StreamReady>> {
+        match &self.body {
+            BodyState::Stream { ready, .. } => ready.clone(),
+            _ => None,
+        }
     }
 
     /// Writes as much as the mode allows.
@@ -260,6 +286,10 @@ impl Outgoing {
             match self.step(sock) {
                 Ok(Step::Done) => return Ok(Pump::Done),
                 Ok(Step::Progress) => {}
+                Ok(Step::Starved) => match mode {
+                    Mode::NonBlocking => return Ok(Pump::Starved),
+                    Mode::Blocking(timeout) => self.wait_for_bytes(timeout)?,
+                },
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
                     Mode::NonBlocking => return Ok(Pump::WouldBlock),
@@ -268,6 +298,20 @@ impl Outgoing {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// On a transfer thread: waits until a `Body::Ready` stream may have
+    /// bytes again (or `timeout` passes without any).
+    fn wait_for_bytes(&self, timeout: Duration) -> io::Result<()> {
+        let Some(ready) = self.ready() else {
+            return Ok(());
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        ready.subscribe(Box::new(move || {
+            let _ = tx.try_send(());
+        }));
+        rx.recv_timeout(timeout)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "body stream stalled"))
     }
 
     /// One write (or one stream read). `WouldBlock` means the socket is full.
@@ -322,6 +366,7 @@ impl Outgoing {
             }
             BodyState::Stream {
                 stream,
+                ready,
                 chunked,
                 pending,
                 pending_pos,
@@ -335,7 +380,18 @@ impl Outgoing {
                             return Ok(Step::Done);
                         }
                     } else {
-                        let payload = fill_from_stream(stream, *chunked, pending, remaining)?;
+                        let Some(payload) = fill_from_stream(
+                            stream,
+                            ready.is_some(),
+                            *chunked,
+                            pending,
+                            remaining,
+                        )?
+                        else {
+                            // `pending` is empty now: nothing left to write.
+                            *pending_pos = 0;
+                            return Ok(Step::Starved);
+                        };
                         *pending_pos = 0;
                         self.body_sent += payload as u64;
                         if payload == 0 {
@@ -364,23 +420,28 @@ impl Outgoing {
 enum Step {
     Done,
     Progress,
+    /// A `Body::Ready` stream has nothing to read yet.
+    Starved,
 }
 
 /// Reads the next piece of a stream into `pending` with its chunk framing.
 /// Returns the payload size; 0 means the stream ended well (the last chunk
-/// is queued when chunked).
+/// is queued when chunked); `None`: a non-blocking stream (`ready`) has
+/// nothing yet.
 fn fill_from_stream(
     stream: &mut Stream,
+    ready: bool,
     chunked: bool,
     pending: &mut Vec<u8>,
     remaining: &mut Option<u64>,
-) -> io::Result<usize> {
+) -> io::Result<Option<usize>> {
     pending.clear();
     let mut data = vec![0u8; STREAM_CHUNK];
     let n = loop {
         match stream.reader.read(&mut data) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if ready && e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             // A stream's WouldBlock is not the socket's: never retry it as one.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::other(format!("body stream failed: {e}")))
@@ -414,7 +475,7 @@ fn fill_from_stream(
     } else {
         *pending = data;
     }
-    Ok(n)
+    Ok(Some(n))
 }
 
 fn write_vectored(sock: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

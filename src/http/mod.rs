@@ -21,8 +21,11 @@
 //!   fresh connection that waited longer than `queue_timeout` for a worker
 //!   gets a 503: queueing is normal, shedding is for overload.
 //! - **transfer threads** (on demand, at most `max_transfers`): finish
-//!   responses that are long (streams, large files) or meet a slow client,
-//!   with blocking writes and a per-write inactivity timeout.
+//!   `Body::Stream` responses (whose reads may block) with blocking writes
+//!   and a per-write inactivity timeout. Files, bytes and `Body::Ready`
+//!   streams (a download in progress) are sent by the workers without
+//!   blocking: a full socket waits in the poller, a stream with no bytes yet
+//!   waits on its readiness.
 //!
 //! # Limits
 //! Request head ≤ 16 KiB and ≤ 64 fields (431), target ≤ 8 KiB (414), the
@@ -58,7 +61,7 @@ mod worker;
 
 pub use later::{settle, Later, Resume, Waker};
 pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
-pub use response::{Body, FileRange, Response, Stream};
+pub use response::{Body, FileRange, ReadyStream, Response, Stream, StreamReady};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

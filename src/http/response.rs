@@ -22,8 +22,29 @@ pub enum Body {
     File(FileRange),
     /// A body produced while it is sent. A read error, an early end of a
     /// known length, or more bytes than announced cut the connection: the
-    /// client never sees a complete-looking wrong body.
+    /// client never sees a complete-looking wrong body. Its reads may
+    /// block, so it is sent by a transfer thread.
     Stream(Stream),
+    /// A stream whose reads never block: `WouldBlock` means "nothing yet",
+    /// and the `StreamReady` says when to try again. Sent by the workers
+    /// like a file; while it waits for bytes it holds no thread.
+    Ready(Box<ReadyStream>),
+}
+
+/// A `Body::Ready` stream and its readiness.
+pub struct ReadyStream {
+    pub stream: Stream,
+    pub ready: std::sync::Arc<dyn StreamReady>,
+}
+
+/// The readiness of a `Body::Ready` stream.
+pub trait StreamReady: Send + Sync {
+    /// Calls `wake` once more bytes may be readable (at once if they
+    /// already are, or the stream ended or failed).
+    fn subscribe(&self, wake: Box<dyn FnOnce() + Send>);
+    /// The stream's reads will block from now on (it switched to a source
+    /// that does, e.g. the upstream): send the rest on a transfer thread.
+    fn needs_thread(&self) -> bool;
 }
 
 /// Part of an open file.
@@ -47,6 +68,7 @@ impl Body {
             Body::Bytes(b) => Some(b.len() as u64),
             Body::File(f) => Some(f.len),
             Body::Stream(s) => s.len,
+            Body::Ready(r) => r.stream.len,
         }
     }
 

@@ -3,10 +3,10 @@
 //! A request worker takes a connection that has bytes to read, reads and
 //! parses the request, calls the handler, and writes the answer without
 //! blocking. Pipelined requests already buffered are answered in turn; then
-//! the connection goes back to the poller. A response that is long (a
-//! stream, a large file) or meets a full socket is handed to a transfer
-//! thread, which finishes it with blocking writes, so that slow downloads
-//! never hold the small, hot request pool.
+//! the connection goes back to the poller. A full socket parks the response
+//! in the poller until writable; a `Body::Ready` stream with no bytes yet
+//! waits on its readiness; only a `Body::Stream` (reads that may block) is
+//! handed to a transfer thread, which finishes it with blocking writes.
 //!
 //! Workers wait in the poller's epoll set themselves (`Poller::next`):
 //! measured on the file-hit path (2 CPUs), a poller thread handing ready
@@ -365,6 +365,18 @@ fn write_response(
                 None
             }
         }
+        Ok(Pump::Starved) => {
+            starved(
+                shared,
+                Transfer {
+                    conn,
+                    out,
+                    keep_alive: keep,
+                    access: access.into_owned(),
+                },
+            );
+            None
+        }
         Ok(Pump::WouldBlock | Pump::Yield) => {
             // The poller waits for the socket; no thread does.
             let t = Transfer {
@@ -383,6 +395,19 @@ fn write_response(
             fail(shared, conn, &out, &e);
             None
         }
+    }
+}
+
+/// A `Body::Ready` stream with no bytes yet: the response waits on the
+/// stream's readiness (no thread), then goes back to the workers; or, if
+/// the stream will block from now on, to a transfer thread.
+fn starved(shared: &Arc<Shared>, t: Transfer) {
+    match t.out.ready() {
+        Some(ready) if !ready.needs_thread() => {
+            let back = Arc::clone(shared);
+            ready.subscribe(Box::new(move || back.send_work(Work::Write(Box::new(t)))));
+        }
+        _ => shared.submit_transfer(t),
     }
 }
 
@@ -408,6 +433,15 @@ fn write_more(shared: &Arc<Shared>, t: Transfer) {
                 serve(shared, conn);
             }
         }
+        Ok(Pump::Starved) => starved(
+            shared,
+            Transfer {
+                conn,
+                out,
+                keep_alive,
+                access,
+            },
+        ),
         Ok(Pump::WouldBlock | Pump::Yield) => {
             let t = Transfer {
                 conn,

@@ -57,6 +57,31 @@ fn read_body(r: Response) -> Result<Vec<u8>, String> {
             s.reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
             Ok(out)
         }
+        Body::Ready(r) => {
+            let crate::http::ReadyStream {
+                stream: mut s,
+                ready,
+            } = *r;
+            // As the server does: read until nothing yet, then wait for
+            // the stream's readiness.
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.reader.read(&mut buf) {
+                    Ok(0) => return Ok(out),
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+                        ready.subscribe(Box::new(move || {
+                            let _ = tx.try_send(());
+                        }));
+                        rx.recv_timeout(std::time::Duration::from_secs(10))
+                            .map_err(|_| "stream stalled".to_owned())?;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
         Body::Empty => Ok(Vec::new()),
     }
 }
