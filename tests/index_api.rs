@@ -9,7 +9,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::fake_index::{hex, proxpi_data, FakeIndex, Fault, Mode};
-use crate::util::{request, start_roxpi, within, ChildServer, Reply};
+use crate::util::{metric, request, start_roxpi, within, ChildServer, Reply};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const V1_JSON: &str = "application/vnd.pypi.simple.v1+json";
@@ -924,14 +924,6 @@ fn max_age_zero_is_not_a_refresh_request_but_no_cache_is() {
             assert_eq!(s.fake.count("/root/scipy/"), no_cache, "{policy}: no-cache");
         }
     });
-}
-
-fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let text = String::from_utf8_lossy(&get(addr, "/metrics", &[]).body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -351,14 +351,8 @@ fn installers_work_with_synthesized_metadata() {
                 assert_installed(target.path());
             }
             // The PEP 658 clients asked for the metadata roxpi made.
-            let metrics = String::from_utf8_lossy(&crate::util::get(roxpi.addr, "/metrics").body)
-                .into_owned();
-            let made = metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("roxpi_metadata_made_total "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            assert!(made >= 1, "{mode:?}: no metadata made:\n{metrics}");
+            let made = crate::util::metric(roxpi.addr, "roxpi_metadata_made_total");
+            assert!(made >= 1, "{mode:?}: no metadata made");
         }
     });
 }
@@ -473,36 +467,56 @@ fn installed_in_venv(venv: &Path) {
     assert_installed(&site);
 }
 
+/// `lock` then `install` with `tool` in a project that uses roxpi through
+/// `tool_config` (given roxpi's address), each step with `env` (given a
+/// scratch dir); then the lock file lists the dependency and the project's
+/// venv holds both packages.
+fn lock_and_install(
+    tool: &Path,
+    tool_config: impl Fn(std::net::SocketAddr) -> String,
+    steps: [&[&str]; 2],
+    env: impl Fn(&Path) -> Vec<(&'static str, std::ffi::OsString)>,
+    lock_file: &str,
+) {
+    let (_fake, roxpi, _home) = roxpi_without_upstream_metadata();
+    let work = tempfile::tempdir().unwrap();
+    client_project(work.path(), &tool_config(roxpi.addr));
+    let scratch = tempfile::tempdir().unwrap();
+    for args in steps {
+        run(Command::new(tool)
+            .args(args)
+            .current_dir(work.path())
+            .envs(env(scratch.path())));
+    }
+    let lock = std::fs::read_to_string(work.path().join(lock_file)).unwrap();
+    assert!(lock.contains("name = \"roxpi-dep\""), "{lock}");
+    installed_in_venv(&work.path().join(".venv"));
+}
+
 #[test]
 fn poetry_locks_and_installs_through_roxpi() {
     within(LIMIT, || {
         let Some(poetry) = venv_tool("poetry", "poetry") else {
             return;
         };
-        let (_fake, roxpi, _home) = roxpi_without_upstream_metadata();
-        let work = tempfile::tempdir().unwrap();
-        client_project(
-            work.path(),
-            &format!(
-                "[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"http://{}/simple/\"\npriority = \"primary\"\n",
-                roxpi.addr
-            ),
+        lock_and_install(
+            &poetry,
+            |addr| {
+                format!("[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"http://{addr}/simple/\"\npriority = \"primary\"\n")
+            },
+            [&["lock"], &["install", "--no-interaction"]],
+            |dir| {
+                vec![
+                    ("POETRY_CACHE_DIR", dir.join("cache").into()),
+                    ("POETRY_CONFIG_DIR", dir.join("config").into()),
+                    ("POETRY_DATA_DIR", dir.join("data").into()),
+                    ("POETRY_VIRTUALENVS_IN_PROJECT", "true".into()),
+                    ("POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON", "false".into()),
+                    ("POETRY_NO_INTERACTION", "1".into()),
+                ]
+            },
+            "poetry.lock",
         );
-        let home = tempfile::tempdir().unwrap();
-        for args in [&["lock"][..], &["install", "--no-interaction"][..]] {
-            run(Command::new(&poetry)
-                .args(args)
-                .current_dir(work.path())
-                .env("POETRY_CACHE_DIR", home.path().join("cache"))
-                .env("POETRY_CONFIG_DIR", home.path().join("config"))
-                .env("POETRY_DATA_DIR", home.path().join("data"))
-                .env("POETRY_VIRTUALENVS_IN_PROJECT", "true")
-                .env("POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON", "false")
-                .env("POETRY_NO_INTERACTION", "1"));
-        }
-        let lock = std::fs::read_to_string(work.path().join("poetry.lock")).unwrap();
-        assert!(lock.contains("name = \"roxpi-dep\""), "{lock}");
-        installed_in_venv(&work.path().join(".venv"));
     });
 }
 
@@ -512,30 +526,24 @@ fn pdm_locks_and_installs_through_roxpi() {
         let Some(pdm) = venv_tool("pdm", "pdm") else {
             return;
         };
-        let (_fake, roxpi, _home) = roxpi_without_upstream_metadata();
-        let work = tempfile::tempdir().unwrap();
-        client_project(
-            work.path(),
-            &format!(
-                "[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = \"pypi\"\nurl = \"http://{}/simple/\"\n",
-                roxpi.addr
-            ),
+        lock_and_install(
+            &pdm,
+            |addr| {
+                format!("[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = \"pypi\"\nurl = \"http://{addr}/simple/\"\n")
+            },
+            [&["lock"], &["install", "--no-self"]],
+            |dir| {
+                vec![
+                    ("PDM_HOME", dir.join("home").into()),
+                    ("PDM_CACHE_DIR", dir.join("cache").into()),
+                    ("PDM_CONFIG_FILE", dir.join("config.toml").into()),
+                    ("PDM_IGNORE_SAVED_PYTHON", "1".into()),
+                    ("PDM_PYTHON", "python3".into()),
+                    ("PDM_NON_INTERACTIVE", "1".into()),
+                    ("PDM_CHECK_UPDATE", "false".into()),
+                ]
+            },
+            "pdm.lock",
         );
-        let home = tempfile::tempdir().unwrap();
-        for args in [&["lock"][..], &["install", "--no-self"][..]] {
-            run(Command::new(&pdm)
-                .args(args)
-                .current_dir(work.path())
-                .env("PDM_HOME", home.path().join("home"))
-                .env("PDM_CACHE_DIR", home.path().join("cache"))
-                .env("PDM_CONFIG_FILE", home.path().join("config.toml"))
-                .env("PDM_IGNORE_SAVED_PYTHON", "1")
-                .env("PDM_PYTHON", "python3")
-                .env("PDM_NON_INTERACTIVE", "1")
-                .env("PDM_CHECK_UPDATE", "false"));
-        }
-        let lock = std::fs::read_to_string(work.path().join("pdm.lock")).unwrap();
-        assert!(lock.contains("name = \"roxpi-dep\""), "{lock}");
-        installed_in_venv(&work.path().join(".venv"));
     });
 }

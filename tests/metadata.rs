@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fake_index::{hex, FakeFile, FakeIndex, FakeProject, Mode};
 use crate::installers::build_wheel_padded;
-use crate::util::{get, request, start_roxpi, within, ChildServer, Reply};
+use crate::util::{get, request, within, ChildServer, Reply};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const WHEEL: &str = "big_demo-1.0-py3-none-any.whl";
@@ -43,14 +43,7 @@ fn rig(env: &[(&str, &str)]) -> Rig {
             versions: vec!["1.0".into()],
         },
     );
-    let cache = tempfile::tempdir().unwrap();
-    let root = fake.url("root");
-    let mut all = vec![
-        ("ROXPI_INDEX_URL", root.as_str()),
-        ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
-    ];
-    all.extend_from_slice(env);
-    let (roxpi, home) = start_roxpi(&all);
+    let (roxpi, cache, home) = crate::util::roxpi_on(&fake, env);
     Rig {
         fake,
         roxpi,
@@ -81,11 +74,7 @@ fn get_metadata(r: &Rig) -> Reply {
 }
 
 fn metric(r: &Rig, name: &str) -> u64 {
-    let text = String::from_utf8_lossy(&get(r.roxpi.addr, "/metrics").body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    crate::util::metric(r.roxpi.addr, name)
 }
 
 #[test]

@@ -8,37 +8,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
-use crate::util::{get, start_roxpi, within};
+use crate::util::{get, metric, roxpi_on, within};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// roxpi on `fake`'s root index with a cache dir of its own, plus `env`.
-fn roxpi_on(
-    fake: &FakeIndex,
-    env: &[(&str, &str)],
-) -> (
-    crate::util::ChildServer,
-    tempfile::TempDir,
-    tempfile::TempDir,
-) {
-    let cache = tempfile::tempdir().unwrap();
-    let root = fake.url("root");
-    let mut all = vec![
-        ("ROXPI_INDEX_URL", root.as_str()),
-        ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
-    ];
-    all.extend_from_slice(env);
-    let (server, home) = start_roxpi(&all);
-    (server, cache, home)
-}
-
-fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    let text = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn hanging_upstream_requests_hold_no_worker() {

@@ -325,3 +325,29 @@ pub fn start_roxpi(env: &[(&str, &str)]) -> (ChildServer, tempfile::TempDir) {
     }
     (ChildServer::start(cmd), home)
 }
+
+/// A counter or gauge from roxpi's `/metrics` (0 when absent).
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// roxpi on `fake`'s root index with a cache dir of its own, plus `env`:
+/// (server, cache dir, home dir).
+pub fn roxpi_on(
+    fake: &crate::fake_index::FakeIndex,
+    env: &[(&str, &str)],
+) -> (ChildServer, tempfile::TempDir, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let root = fake.url("root");
+    let mut all = vec![
+        ("ROXPI_INDEX_URL", root.as_str()),
+        ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let (server, home) = start_roxpi(&all);
+    (server, cache, home)
+}
