@@ -8,7 +8,7 @@ use super::error::{self, Failure};
 use super::App;
 use crate::files::Wanted;
 use crate::http::{Request, Response};
-use crate::index_cache::{Doc, Freshness, Key, Resolved, Snapshot};
+use crate::index_cache::{Freshness, Key, Resolved, Snapshot};
 use crate::origin::IndexId;
 use crate::pypi::{CoreMetadata, FileEntry, Filename, ProjectName};
 
@@ -58,21 +58,17 @@ fn find_file<'a>(
     file: &Filename,
     synthesizes: &dyn Fn(&FileEntry) -> bool,
 ) -> Option<(IndexId, &'a FileEntry, Part)> {
-    let pages = found.iter().filter_map(|(i, s, _)| match &*s.doc {
-        Doc::Page(p) => Some((*i, p)),
-        _ => None,
-    });
-    for (i, page) in pages {
-        if let Some(e) = page.files.iter().find(|e| e.filename == *file) {
-            return Some((i, e, Part::File));
+    for (i, snap, _) in found {
+        if let Some(e) = snap.file(file.as_str()) {
+            return Some((*i, e, Part::File));
         }
         if let Some(dist) = file.as_str().strip_suffix(".metadata") {
-            if let Some(e) = page.files.iter().find(|e| e.filename.as_str() == dist) {
+            if let Some(e) = snap.file(dist) {
                 if matches!(e.core_metadata, CoreMetadata::Available(_)) {
-                    return Some((i, e, Part::Metadata));
+                    return Some((*i, e, Part::Metadata));
                 }
                 if synthesizes(e) {
-                    return Some((i, e, Part::MadeMetadata));
+                    return Some((*i, e, Part::MadeMetadata));
                 }
             }
         }

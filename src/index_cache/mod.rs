@@ -93,9 +93,54 @@ pub struct Snapshot {
     /// Unique across the cache: identifies this answer in rendered views.
     pub generation: u64,
     bytes: u64,
+    /// The page's files by name, built on first use; shared with the
+    /// snapshots a `304` renews (same doc).
+    index: Arc<FileIndex>,
+}
+
+/// A page's files by name: (hash of the filename, position), sorted. A file
+/// hit then costs a binary search, not a scan of every file on the page
+/// (numpy lists about 2,000).
+#[derive(Debug, Default)]
+struct FileIndex(std::sync::OnceLock<Vec<(u64, u32)>>);
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(name.as_bytes());
+    h.finish()
 }
 
 impl Snapshot {
+    /// The entry for `filename` on this page (`None` for a list or a 404).
+    pub fn file(&self, filename: &str) -> Option<&crate::pypi::FileEntry> {
+        let Doc::Page(page) = &*self.doc else {
+            return None;
+        };
+        let index = self.index.0.get_or_init(|| {
+            let mut v: Vec<(u64, u32)> = page
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    (
+                        name_hash(f.filename.as_str()),
+                        u32::try_from(i).unwrap_or(u32::MAX),
+                    )
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        });
+        let h = name_hash(filename);
+        let from = index.partition_point(|(k, _)| *k < h);
+        index[from..]
+            .iter()
+            .take_while(|(k, _)| *k == h)
+            .filter_map(|(_, i)| page.files.get(*i as usize))
+            .find(|f| f.filename.as_str() == filename)
+    }
+
     pub fn is_fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.fetched) < self.ttl
     }
@@ -638,6 +683,7 @@ impl IndexCache {
                     ttl,
                     generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                     bytes,
+                    index: Arc::default(),
                 }))
             }
             Ok(Fetched::Same(old)) => Ok(Arc::new(Snapshot {
@@ -647,6 +693,7 @@ impl IndexCache {
                 ttl: idx.ttl,
                 generation: old.generation,
                 bytes: old.bytes,
+                index: Arc::clone(&old.index),
             })),
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

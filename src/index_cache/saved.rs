@@ -102,6 +102,7 @@ impl IndexCache {
                             ttl: Duration::ZERO,
                             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                             bytes,
+                            index: Arc::default(),
                         })
                     })
             }

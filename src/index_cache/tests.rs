@@ -540,3 +540,28 @@ fn within_the_window_the_expired_copy_is_answered_at_once_and_refreshed_once() {
     assert!(p.flight.is_some(), "past the window a lookup waits");
     assert_eq!(r.cache.wait(p).unwrap().1, Freshness::Miss);
 }
+
+#[test]
+fn files_are_found_by_name_through_the_index() {
+    let r = rig();
+    let names: Vec<String> = (0..500).map(|i| format!("p1-1.{i}.tar.gz")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    r.origin.set_page("p1", page(&refs));
+    r.origin.set_validators("p1", validators("v", 1));
+    let (snap, _) = get(&r, &key(1)).unwrap();
+    for name in &names {
+        assert_eq!(
+            snap.file(name).map(|f| f.filename.as_str()),
+            Some(name.as_str())
+        );
+    }
+    for absent in ["p1-2.0.tar.gz", "", "p1-1.0.tar.gz.metadata"] {
+        assert!(snap.file(absent).is_none(), "{absent}");
+    }
+    // A copy a 304 renewed keeps the index already built.
+    r.clock.advance(TTL + Duration::from_secs(1));
+    let (fresh, _) = get(&r, &key(1)).unwrap();
+    assert_eq!(r.cache.stats.revalidated.load(Ordering::Relaxed), 1);
+    assert!(Arc::ptr_eq(&snap.index, &fresh.index));
+    assert!(fresh.file("p1-1.7.tar.gz").is_some());
+}
