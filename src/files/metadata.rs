@@ -499,6 +499,11 @@ impl<'a> RangeReader<'a> {
                 ))
             })?;
         let want = end - start + 1;
+        if want > BLOCK {
+            // Never more than one block was asked for: a hostile or broken
+            // upstream must not make us allocate what it claims.
+            return Err(OriginError::garbage(self.url, "range answer larger than asked").into());
+        }
         let mut body = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
         streamed
             .body
@@ -607,5 +612,62 @@ mod tests {
         assert_ne!(m, w);
         assert_eq!(m, metadata_key(&w));
         assert_eq!(m.as_str().len(), 64);
+    }
+
+    /// Answers every range with a 206 claiming a huge range and no body.
+    struct Boasting;
+
+    impl Origin for Boasting {
+        fn fetch_project(
+            &self,
+            index: &Index,
+            _: &crate::pypi::ProjectName,
+            _: &crate::origin::Validators,
+        ) -> Result<crate::origin::PageFetch, OriginError> {
+            Err(OriginError::status(&index.url, 500))
+        }
+
+        fn fetch_list(
+            &self,
+            index: &Index,
+        ) -> Result<Option<crate::pypi::ProjectList>, OriginError> {
+            Err(OriginError::status(&index.url, 500))
+        }
+
+        fn open_file(
+            &self,
+            _: &Index,
+            url: &Url,
+            _: Option<&str>,
+        ) -> Result<crate::origin::Streamed, OriginError> {
+            Ok(crate::origin::Streamed {
+                status: 206,
+                content_length: None,
+                content_range: Some("bytes 0-999999999999999/1000000000000000".into()),
+                final_url: url.clone(),
+                body: Box::new(io::empty()),
+            })
+        }
+    }
+
+    #[test]
+    fn a_range_answer_larger_than_asked_is_refused_before_allocating() {
+        let index = Index::new(
+            crate::origin::IndexId::ROOT,
+            &crate::config::IndexConfig {
+                url: Url::parse("http://index.invalid/simple/").unwrap(),
+                ttl: Duration::from_secs(60),
+            },
+        );
+        let source = Source {
+            index,
+            url: Url::parse("http://index.invalid/f/a-1.0-py3-none-any.whl").unwrap(),
+            hashes: Hashes::new(),
+            size: None,
+        };
+        let Err(Failure::Failed(e)) = RangeReader::new(&Boasting, &source) else {
+            panic!("refused")
+        };
+        assert!(e.to_string().contains("larger than asked"), "{e}");
     }
 }
