@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use roxpi::config::{Cli, Settings};
 use roxpi::http::{Body, Response, Server, ServerConfig, Stream};
 use sha2::{Digest, Sha256};
 use support::{header_row, require_tools, row, start_nginx, wrk};
@@ -117,24 +115,17 @@ fn main() {
     };
     let cache = tempfile::tempdir().unwrap();
     let index = format!("http://{}/simple/", upstream.local_addr());
-    let cli = Cli::parse_from([
-        "roxpi",
+    let cache_dir = cache.path().display().to_string();
+    let roxpi = support::start_roxpi(&[
         "--index-url",
         &index,
         "--log",
         "off",
         "--cache-dir",
-        &cache.path().display().to_string(),
+        &cache_dir,
         "--download-timeout",
         "30",
     ]);
-    let app = roxpi::wire(Settings::from_cli(&cli).unwrap(), Default::default()).unwrap();
-    let roxpi = Server::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::default(),
-        move |req| app.handle(req),
-    )
-    .unwrap();
     let addr = roxpi.local_addr();
 
     // Cold herd first (nothing cached yet).

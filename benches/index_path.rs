@@ -12,8 +12,6 @@ mod support;
 
 use std::time::Duration;
 
-use clap::Parser;
-use roxpi::config::{Cli, Settings};
 use roxpi::http::{Response, Server, ServerConfig};
 use support::{header_row, require_tools, row, start_nginx};
 
@@ -53,23 +51,8 @@ fn main() {
     )
     .unwrap();
     let index = format!("http://{}/simple/", upstream.local_addr());
-    let cli = Cli::parse_from([
-        "roxpi",
-        "--index-url",
-        &index,
-        "--index-ttl",
-        "3600",
-        "--log",
-        "off",
-    ]);
-    let settings = Settings::from_cli(&cli).expect("settings");
-    let app = roxpi::wire(settings, Default::default()).expect("app");
-    let roxpi = Server::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::default(),
-        move |req| app.handle(req),
-    )
-    .unwrap();
+    let roxpi =
+        support::start_roxpi(&["--index-url", &index, "--index-ttl", "3600", "--log", "off"]);
     let url = format!("http://{}/simple/demo/", roxpi.local_addr());
 
     let dir = tempfile::tempdir().unwrap();

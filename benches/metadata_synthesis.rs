@@ -8,6 +8,8 @@
 //! `cargo bench --bench metadata_synthesis`. Needs uv on PATH; poetry is
 //! taken from `target/ci-tools/poetry` (made by `.ci/run`) when present.
 
+mod support;
+
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,8 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use roxpi::config::{Cli, Settings};
 use roxpi::http::conditional::{parse_range, RangeRequest};
 use roxpi::http::{Response, Server, ServerConfig};
 use sha2::{Digest, Sha256};
@@ -172,24 +172,17 @@ fn have(tool: &Path) -> bool {
 fn resolve(up: &Upstream, synthesize: bool, client: &Client<'_>) -> (u64, Duration) {
     let cache = tempfile::tempdir().unwrap();
     let index = format!("http://{}/simple/", up.server.local_addr());
-    let cli = Cli::parse_from([
-        "roxpi",
+    let cache_dir = cache.path().display().to_string();
+    let roxpi = support::start_roxpi(&[
         "--index-url",
         &index,
         "--log",
         "off",
         "--cache-dir",
-        &cache.path().display().to_string(),
+        &cache_dir,
         "--synthesize-metadata",
         if synthesize { "on" } else { "off" },
     ]);
-    let app = roxpi::wire(Settings::from_cli(&cli).unwrap(), Default::default()).unwrap();
-    let roxpi = Server::start(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::default(),
-        move |req| app.handle(req),
-    )
-    .unwrap();
     let url = format!("http://{}/simple/", roxpi.local_addr());
     let work = tempfile::tempdir().unwrap();
     let before = up.file_bytes.load(Ordering::Relaxed);

@@ -214,3 +214,19 @@ pub fn header_row() {
         "server", "conns", "req/s", "p99 ms", "vs nginx"
     );
 }
+
+/// roxpi in this process with the flags `args` (after the program name),
+/// on a free loopback port.
+pub fn start_roxpi(args: &[&str]) -> roxpi::http::Server {
+    use clap::Parser;
+    let argv = std::iter::once("roxpi").chain(args.iter().copied());
+    let cli = roxpi::config::Cli::parse_from(argv);
+    let settings = roxpi::config::Settings::from_cli(&cli).expect("settings");
+    let app = roxpi::wire(settings, Default::default()).expect("app");
+    roxpi::http::Server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        roxpi::http::ServerConfig::default(),
+        move |req| app.handle(req),
+    )
+    .expect("start roxpi")
+}
