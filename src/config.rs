@@ -116,6 +116,36 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_OFFLINE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
     pub offline: String,
 
+    /// Where files are kept: `local` (the disk LRU in ROXPI_CACHE_DIR), `s3`
+    /// (a bucket; the cache dir holds only staging files and saved pages) or
+    /// `tiered` (the local LRU as L1 in front of the bucket as L2).
+    #[arg(long, env = "ROXPI_STORAGE", default_value = "local")]
+    pub storage: String,
+
+    /// S3 bucket (for ROXPI_STORAGE=s3 or tiered). Credentials come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
+    #[arg(long, env = "ROXPI_S3_BUCKET", default_value = "")]
+    pub s3_bucket: String,
+
+    /// Key prefix in the bucket (`roxpi` and `roxpi/` are the same).
+    #[arg(long, env = "ROXPI_S3_PREFIX", default_value = "roxpi/")]
+    pub s3_prefix: String,
+
+    /// S3 endpoint URL for S3-compatible stores (default: AWS,
+    /// https://s3.<region>.amazonaws.com).
+    #[arg(long, env = "ROXPI_S3_ENDPOINT", default_value = "")]
+    pub s3_endpoint: String,
+
+    /// S3 region (signing scope).
+    #[arg(long, env = "ROXPI_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// Path-style bucket URLs (http://host/bucket/key) instead of
+    /// virtual-hosted ones (http://bucket.host/key); most S3-compatible
+    /// stores need it (1/true/yes/on).
+    #[arg(long, env = "ROXPI_S3_PATH_STYLE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
+    pub s3_path_style: String,
+
     /// Address classes upstream connections may reach besides public ones
     /// and the configured indexes' own: comma-separated loopback, private,
     /// link-local, shared, unspecified, special — or `any`.
@@ -196,6 +226,12 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ),
     ("ROXPI_OFFLINE", &[]),
     ("ROXPI_UPSTREAM_ALLOW", &[]),
+    ("ROXPI_STORAGE", &[]),
+    ("ROXPI_S3_BUCKET", &[]),
+    ("ROXPI_S3_PREFIX", &[]),
+    ("ROXPI_S3_ENDPOINT", &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+    ("ROXPI_S3_REGION", &["AWS_REGION", "AWS_DEFAULT_REGION"]),
+    ("ROXPI_S3_PATH_STYLE", &[]),
     ("ROXPI_WORKERS", &[]),
     (
         "ROXPI_LOG",
@@ -261,6 +297,14 @@ pub struct IndexConfig {
 }
 
 /// Which client requests force a page refresh.
+/// Where files are kept (`ROXPI_STORAGE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageMode {
+    Local,
+    S3,
+    Tiered,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientRefresh {
     /// `Cache-Control: no-cache` or `Pragma: no-cache`.
@@ -292,6 +336,9 @@ pub struct Settings {
     pub offline: bool,
     pub cache_size: u64,
     pub cache_dir: PathBuf,
+    pub storage: StorageMode,
+    /// The bucket, for `s3` and `tiered`.
+    pub s3: Option<crate::storage::s3::S3Settings>,
     pub workers: usize,
     /// Extra address classes upstream connections may reach.
     pub upstream_allow: Vec<crate::address_policy::AddrClass>,
@@ -407,6 +454,32 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let storage = match cli.storage.trim().to_ascii_lowercase().as_str() {
+            "local" => StorageMode::Local,
+            "s3" => StorageMode::S3,
+            "tiered" => StorageMode::Tiered,
+            _ => return Err(err("ROXPI_STORAGE", &cli.storage, "local, s3 or tiered")),
+        };
+        let s3 = match storage {
+            StorageMode::Local => None,
+            StorageMode::S3 | StorageMode::Tiered => {
+                Some(s3_settings(cli, |n| std::env::var(n).ok())?)
+            }
+        };
+        let cache_size = parse_size(&cli.cache_size).ok_or_else(|| {
+            err(
+                "ROXPI_CACHE_SIZE",
+                &cli.cache_size,
+                "bytes, e.g. 5G or 500M; 0 disables the file cache",
+            )
+        })?;
+        if storage == StorageMode::Tiered && cache_size == 0 {
+            return Err(err(
+                "ROXPI_CACHE_SIZE",
+                &cli.cache_size,
+                "the L1 cap of ROXPI_STORAGE=tiered, above 0 (ROXPI_STORAGE=s3 keeps no local copy)",
+            ));
+        }
         Ok(Settings {
             bind,
             indexes,
@@ -448,13 +521,9 @@ impl Settings {
                 "ROXPI_BINARY_FILE_MIME_TYPE",
                 &cli.binary_file_mime_type,
             )?,
-            cache_size: parse_size(&cli.cache_size).ok_or_else(|| {
-                err(
-                    "ROXPI_CACHE_SIZE",
-                    &cli.cache_size,
-                    "bytes, e.g. 5G or 500M; 0 disables the file cache",
-                )
-            })?,
+            cache_size,
+            storage,
+            s3,
             cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             workers,
@@ -468,6 +537,72 @@ impl Settings {
 
 /// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
 /// `$HOME/.cache/roxpi`.
+/// The bucket settings, with credentials from the standard `AWS_*`
+/// variables (read through `env`).
+pub fn s3_settings(
+    cli: &Cli,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<crate::storage::s3::S3Settings, ConfigError> {
+    let nonempty = |n: &str| env(n).filter(|v| !v.trim().is_empty());
+    let bucket = cli.s3_bucket.trim();
+    if bucket.is_empty() {
+        return Err(err(
+            "ROXPI_S3_BUCKET",
+            "",
+            "a bucket name (ROXPI_STORAGE=s3 and tiered need one)",
+        ));
+    }
+    let region = match cli.s3_region.trim() {
+        "" => "us-east-1".to_owned(),
+        r => r.to_owned(),
+    };
+    let endpoint = match cli.s3_endpoint.trim() {
+        "" => format!("https://s3.{region}.amazonaws.com"),
+        e => e.to_owned(),
+    };
+    let endpoint = Url::parse(&endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+        .ok_or_else(|| {
+            err(
+                "ROXPI_S3_ENDPOINT",
+                &SafeUrl::text(&endpoint),
+                "an http(s) URL without credentials, e.g. http://127.0.0.1:9000",
+            )
+        })?;
+    let key_id = nonempty("AWS_ACCESS_KEY_ID").ok_or_else(|| {
+        err(
+            "AWS_ACCESS_KEY_ID",
+            "",
+            "the access key id of the bucket's credentials (with AWS_SECRET_ACCESS_KEY)",
+        )
+    })?;
+    let secret = nonempty("AWS_SECRET_ACCESS_KEY").ok_or_else(|| {
+        err(
+            "AWS_SECRET_ACCESS_KEY",
+            "",
+            "the secret key of the bucket's credentials (with AWS_ACCESS_KEY_ID)",
+        )
+    })?;
+    Ok(crate::storage::s3::S3Settings {
+        bucket: bucket.to_owned(),
+        prefix: crate::storage::s3::normalize_prefix(&cli.s3_prefix),
+        endpoint,
+        region,
+        path_style: parse_bool(&cli.s3_path_style).ok_or_else(|| {
+            err(
+                "ROXPI_S3_PATH_STYLE",
+                &cli.s3_path_style,
+                "1/true/yes/on or 0/false/no/off",
+            )
+        })?,
+        key_id: key_id.trim().to_owned(),
+        secret: secret.trim().to_owned(),
+        token: nonempty("AWS_SESSION_TOKEN").map(|t| t.trim().to_owned()),
+    })
+}
+
 pub fn cache_dir(
     setting: &str,
     env: impl Fn(&str) -> Option<std::ffi::OsString>,

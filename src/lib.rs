@@ -53,7 +53,18 @@ pub fn wire(
     server: std::sync::Arc<http::Stats>,
 ) -> anyhow::Result<std::sync::Arc<app::App>> {
     let upstream = std::sync::Arc::new(upstream::Upstream::new(&settings)?);
-    Ok(std::sync::Arc::new(app::App::new(
-        settings, upstream, server,
+    let bucket = match &settings.s3 {
+        Some(s3) => Some(std::sync::Arc::new(storage::s3::open_checked(
+            s3.clone(),
+            upstream.agent(),
+        )?)),
+        None => None,
+    };
+    Ok(std::sync::Arc::new(app::App::with_bucket(
+        settings,
+        upstream,
+        server,
+        std::sync::Arc::new(clock::SystemClock),
+        bucket,
     )?))
 }

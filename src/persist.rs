@@ -19,7 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use std::sync::Arc;
+
 use crate::origin::{Index, RawPage, Validators};
+use crate::storage::s3::{self, Bucket};
 use crate::pypi::{parse_project_page, Format, ProjectName, ProjectPage};
 
 /// v1: `roxpi-page-v1 <format> <saved secs> <url>`; v2 adds the upstream
@@ -56,13 +59,36 @@ pub struct PageStore {
     /// pages: an in-memory LRU of every saved page grew ~10 KB/s under a
     /// soak of distinct names.
     evicting: Mutex<()>,
+    /// The bucket the pages also go to (`s3`, `tiered`): a fresh node
+    /// serves every page the fleet saved.
+    remote: Option<Remote>,
 }
 
-/// A page read back from disk, how old it is, and its validators.
+/// Saved pages in the bucket: written by one background thread (a page
+/// fetch never waits for S3), read by the fetch threads' loads.
+struct Remote {
+    bucket: Arc<Bucket>,
+    jobs: crossbeam_channel::Sender<RemoteJob>,
+}
+
+enum RemoteJob {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// Pages waiting for their upload; beyond, a page is not uploaded (the
+/// next fetch tries again).
+const REMOTE_QUEUE: usize = 256;
+
+/// A page read back from disk (or the bucket), how old it is, and its
+/// validators.
 pub struct Persisted {
     pub page: ProjectPage,
     pub age: Duration,
     pub validators: Validators,
+    /// Read from the bucket: saved by a node of the fleet at `age`, as
+    /// good as that node's own copy.
+    pub shared: bool,
 }
 
 impl PageStore {
@@ -76,9 +102,50 @@ impl PageStore {
             bytes: AtomicU64::new(0),
             cap,
             evicting: Mutex::new(()),
+            remote: None,
         };
         store.evict(0);
         Ok(store)
+    }
+
+    /// Also keeps the pages in `bucket` (under `<prefix>pages/`).
+    pub fn with_bucket(mut self, bucket: Arc<Bucket>) -> io::Result<PageStore> {
+        let (jobs, rx) = crossbeam_channel::bounded::<RemoteJob>(REMOTE_QUEUE);
+        let b = Arc::clone(&bucket);
+        std::thread::Builder::new()
+            .name("roxpi-page-upload".into())
+            .spawn(move || {
+                for job in rx {
+                    let (key, done) = match job {
+                        RemoteJob::Put(key, bytes) => {
+                            let r = b.put_bytes(&key, &bytes);
+                            (key, r)
+                        }
+                        RemoteJob::Delete(key) => {
+                            let r = b.delete(&key);
+                            (key, r)
+                        }
+                    };
+                    if let Err(e) = done {
+                        log::warn!("saved page {key} not updated in the bucket: {e}");
+                    }
+                }
+            })?;
+        self.remote = Some(Remote { bucket, jobs });
+        Ok(self)
+    }
+
+    /// The bucket key of a saved page.
+    fn object(&self, bucket: &Bucket, index: &Index, name: &ProjectName) -> String {
+        s3::object_for_page(bucket.prefix(), &index_id(index), name.as_str())
+    }
+
+    fn send_remote(&self, job: impl FnOnce(&Remote) -> RemoteJob) {
+        if let Some(r) = &self.remote {
+            if r.jobs.try_send(job(r)).is_err() {
+                log::warn!("page upload queue full: a saved page is not updated in the bucket");
+            }
+        }
     }
 
     /// Deletes the least recently used pages (oldest mtime) until `extra`
@@ -113,8 +180,7 @@ impl PageStore {
     /// One directory per index URL (without credentials), so a changed
     /// configuration never mixes pages of different indexes.
     fn path(&self, index: &Index, name: &ProjectName) -> PathBuf {
-        let id = hex::encode(Sha256::digest(index.url.as_str().as_bytes()));
-        self.dir.join(&id[..16]).join(name.as_str())
+        self.dir.join(index_id(index)).join(name.as_str())
     }
 
     pub fn save(&self, index: &Index, name: &ProjectName, raw: &RawPage) -> io::Result<()> {
@@ -155,6 +221,12 @@ impl PageStore {
             "{MAGIC} {}\n",
             serde_json::to_string(&header).map_err(io::Error::other)?
         );
+        self.send_remote(|r| {
+            let mut bytes = Vec::with_capacity(head.len() + raw.body.len());
+            bytes.extend_from_slice(head.as_bytes());
+            bytes.extend_from_slice(&raw.body);
+            RemoteJob::Put(self.object(&r.bucket, index, name), bytes)
+        });
         let tmp = dir.join(format!(".{}.{}.tmp", name.as_str(), std::process::id()));
         // Head and body written apart: a big page is never copied.
         let written = fs::File::create(&tmp)
@@ -178,6 +250,7 @@ impl PageStore {
     }
 
     pub fn remove(&self, index: &Index, name: &ProjectName) {
+        self.send_remote(|r| RemoteJob::Delete(self.object(&r.bucket, index, name)));
         let path = self.path(index, name);
         if let Ok(m) = fs::metadata(&path) {
             if fs::remove_file(&path).is_ok() {
@@ -197,9 +270,13 @@ impl PageStore {
         }
     }
 
+    /// The saved copy: from the disk, else from the bucket (this blocks on
+    /// S3: the fetch threads call it, never a worker).
     pub fn load(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
         let path = self.path(index, name);
-        let data = fs::read(&path).ok()?;
+        let Ok(data) = fs::read(&path) else {
+            return self.load_remote(index, name);
+        };
         // Recently used: kept longest (recency is the mtime).
         if let Ok(f) = fs::File::options().write(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());
@@ -210,6 +287,33 @@ impl PageStore {
         }
         parsed
     }
+}
+
+impl PageStore {
+    fn load_remote(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
+        let r = self.remote.as_ref()?;
+        let key = self.object(&r.bucket, index, name);
+        match r.bucket.get_bytes(&key, self.cap) {
+            Ok(Some(data)) => {
+                let parsed = parse_saved(&data).map(|p| Persisted { shared: true, ..p });
+                if parsed.is_none() {
+                    log::warn!("ignoring damaged saved page {key} in the bucket");
+                }
+                parsed
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("cannot read saved page {key} from the bucket: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// One directory (and bucket prefix) per index URL (without credentials).
+fn index_id(index: &Index) -> String {
+    let id = hex::encode(Sha256::digest(index.url.as_str().as_bytes()));
+    id[..16].to_owned()
 }
 
 /// Every saved page file: path, size, modification time.
@@ -296,6 +400,7 @@ fn parse_saved(data: &[u8]) -> Option<Persisted> {
             last_modified: header.last_modified,
             serial: header.serial,
         },
+        shared: false,
     })
 }
 

@@ -166,6 +166,14 @@ impl Upstream {
                 trusted.insert(h.trim_matches(['[', ']']).to_ascii_lowercase());
             }
         }
+        // The bucket's endpoint is configured like an index: trusted.
+        if let Some(s3) = &settings.s3 {
+            if let Some(h) = s3.endpoint.host_str() {
+                let h = h.trim_matches(['[', ']']).to_ascii_lowercase();
+                trusted.insert(format!("{}.{h}", s3.bucket.to_ascii_lowercase()));
+                trusted.insert(h);
+            }
+        }
         let policy = if settings.upstream_allow_any {
             AddressPolicy::any()
         } else {
@@ -190,6 +198,12 @@ impl Upstream {
             pages,
             refused,
         })
+    }
+
+    /// The shared agent (the S3 client sends through it too: same TLS
+    /// settings, address policy and timeouts).
+    pub fn agent(&self) -> ureq::Agent {
+        self.agent.clone()
     }
 
     /// A GET that follows redirects itself (credentials only to `index`'s

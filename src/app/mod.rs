@@ -56,14 +56,28 @@ impl App {
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<App> {
+        App::with_bucket(settings, origin, server, clock, None)
+    }
+
+    /// The app with `bucket` behind its file cache (`ROXPI_STORAGE=s3` or
+    /// `tiered`) and its saved pages.
+    pub fn with_bucket(
+        settings: Settings,
+        origin: Arc<dyn Origin>,
+        server: Arc<crate::http::Stats>,
+        clock: Arc<dyn Clock>,
+        bucket: Option<Arc<crate::storage::s3::Bucket>>,
+    ) -> anyhow::Result<App> {
         let files = Files::open(
             files_config(&settings),
             &settings.cache_dir,
             settings.cache_size,
+            settings.storage,
+            bucket.clone(),
             Arc::clone(&origin),
             Arc::clone(&clock),
         )?;
-        App::assemble(settings, files, origin, server, clock)
+        App::assemble(settings, files, origin, server, clock, bucket)
     }
 
     /// The app around a ready `Files` (tests give it their own storage).
@@ -73,6 +87,7 @@ impl App {
         origin: Arc<dyn Origin>,
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
+        bucket: Option<Arc<crate::storage::s3::Bucket>>,
     ) -> anyhow::Result<App> {
         let indexes: Vec<Index> = settings
             .indexes
@@ -86,7 +101,13 @@ impl App {
         } else {
             // A quarter of the file cache cap, at least 1 MiB.
             let cap = (settings.cache_size / 4).max(1 << 20);
-            match PageStore::open(&settings.cache_dir.join("pages"), cap) {
+            let opened = PageStore::open(&settings.cache_dir.join("pages"), cap).and_then(|p| {
+                match &bucket {
+                    Some(b) => p.with_bucket(Arc::clone(b)),
+                    None => Ok(p),
+                }
+            });
+            match opened {
                 Ok(p) => Some(p),
                 Err(e) => {
                     log::warn!("pages will not survive a restart: {e}");
@@ -165,7 +186,9 @@ pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
         binary_file_mime_type: settings.binary_file_mime_type,
         download_threads: crate::files::download::DOWNLOAD_THREADS,
         open_threads: OPEN_THREADS,
-        synthesize_metadata: settings.synthesize_metadata,
+        // Synthesis keeps what it makes in the local cache; `s3` has none.
+        synthesize_metadata: settings.synthesize_metadata
+            && settings.storage != crate::config::StorageMode::S3,
         on_error: file_error,
     }
 }

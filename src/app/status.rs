@@ -115,6 +115,27 @@ impl Snapshot {
             m("roxpi_file_cache_reserved_bytes", Gauge, File, "bytes reserved for downloads", "bytes reserved for downloads in flight", usage.reserved),
             m("roxpi_file_cache_cap_bytes", Gauge, File, "cap", "the file cache cap", usage.cap),
         ];
+        let mut metrics = metrics;
+        if let Some(b) = app.files.bucket() {
+            let st = &b.stats;
+            #[rustfmt::skip]
+            metrics.extend([
+                m("roxpi_file_bucket_hits_total", Counter, File, "files read from the bucket", "files read from the bucket (verified before serving)", load(&f.bucket_hits)),
+                m("roxpi_file_bucket_fallbacks_total", Counter, File, "bucket failures served from upstream", "bucket reads that failed (S3 error): the file came from the upstream", load(&f.bucket_fallbacks)),
+                m("roxpi_file_bucket_mismatches_total", Counter, File, "bucket objects not matching their key", "bucket objects whose bytes did not match their key's hash: never served", load(&f.bucket_mismatches)),
+                m("roxpi_file_uploads_total", Counter, File, "files put into the bucket", "new downloads put into the bucket", load(&f.uploads)),
+                m("roxpi_file_upload_failures_total", Counter, File, "uploads given up", "uploads to the bucket given up after retries", load(&f.upload_failures)),
+                m("roxpi_file_uploads_pending", Gauge, File, "uploads waiting for a retry", "uploads to the bucket waiting for a retry (the local copy is kept)", app.files.pending_uploads() as u64),
+                m("roxpi_s3_get_requests_total", Counter, File, "S3 GETs", "S3 GetObject requests", load(&st.gets)),
+                m("roxpi_s3_get_misses_total", Counter, File, "S3 GETs answered 404", "S3 GetObject requests answered 404 (not in the bucket)", load(&st.get_misses)),
+                m("roxpi_s3_puts_total", Counter, File, "S3 PUTs", "objects put with one PutObject", load(&st.puts)),
+                m("roxpi_s3_multipart_uploads_total", Counter, File, "S3 multipart uploads", "objects put with a multipart upload", load(&st.multipart_uploads)),
+                m("roxpi_s3_aborted_uploads_total", Counter, File, "S3 multipart uploads aborted", "failed multipart uploads aborted (no parts left behind)", load(&st.aborted_uploads)),
+                m("roxpi_s3_errors_total", Counter, File, "S3 errors", "S3 requests that failed or were refused", load(&st.errors)),
+                m("roxpi_s3_read_bytes_total", Counter, File, "bytes read from S3", "bytes read from the bucket", load(&st.bytes_read)),
+                m("roxpi_s3_written_bytes_total", Counter, File, "bytes written to S3", "bytes written to the bucket", load(&st.bytes_written)),
+            ]);
+        }
         Snapshot { metrics }
     }
 
@@ -166,6 +187,13 @@ pub fn home(app: &App) -> Response {
             app.settings.cache_dir.display().to_string()
         },
     )];
+    if let Some(b) = app.files.bucket() {
+        let role = match app.settings.storage {
+            crate::config::StorageMode::Tiered => "bucket (L2, behind the cache dir as L1)",
+            _ => "bucket (the cache dir stages only)",
+        };
+        file_stats.push((role, b.describe()));
+    }
     file_stats.extend(snapshot.rows(Section::File));
     let page = HomeHtml {
         version: env!("CARGO_PKG_VERSION"),

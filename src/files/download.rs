@@ -37,7 +37,8 @@ use super::{FileStats, Source};
 use crate::clock::Clock;
 use crate::origin::{Origin, OriginError};
 use crate::redact::SafeUrl;
-use crate::storage::{CacheKey, Lookup, Storage, Stored};
+use crate::storage::s3::{self, Bucket};
+use crate::storage::{CacheKey, Lookup, Storage, Stored, StoredBody};
 
 /// Download threads (each holds one upstream connection). uv fetches 50
 /// files at once; fewer threads would queue its downloads behind each other
@@ -69,6 +70,10 @@ struct Job {
 
 pub struct Downloads {
     storage: Arc<dyn Storage>,
+    /// The bucket (`s3`, `tiered`): read before the upstream, written after.
+    bucket: Option<Arc<Bucket>>,
+    /// Uploads to retry (tiered: the L1 copy stays meanwhile).
+    retries: Arc<super::upload::Retries>,
     origin: Arc<dyn Origin>,
     clock: Arc<dyn Clock>,
     inflight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
@@ -88,14 +93,21 @@ pub type CommitHook = Box<dyn Fn(&CacheKey, &Source) + Send + Sync>;
 impl Downloads {
     pub fn start(
         storage: Arc<dyn Storage>,
+        bucket: Option<Arc<Bucket>>,
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
         stats: Arc<FileStats>,
         threads: usize,
     ) -> io::Result<Arc<Downloads>> {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(DOWNLOAD_QUEUE);
+        let retries = super::upload::Retries::new();
+        if let Some(b) = &bucket {
+            super::upload::Retries::start(&retries, Arc::clone(&storage), Arc::clone(b), Arc::clone(&stats))?;
+        }
         let d = Arc::new(Downloads {
             storage,
+            bucket,
+            retries,
             origin,
             clock,
             inflight: Mutex::new(HashMap::new()),
@@ -242,12 +254,188 @@ impl Downloads {
         }
     }
 
+    /// Whether a bucket is behind the local side.
+    pub fn has_bucket(&self) -> bool {
+        self.bucket.is_some()
+    }
+
+    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
+        self.bucket.as_ref()
+    }
+
+    /// Uploads waiting for a retry.
+    pub fn pending_uploads(&self) -> usize {
+        self.retries.len()
+    }
+
+    /// The file from the bucket if it has it (verified first), else from
+    /// the upstream, then into the bucket. The in-flight entry stays until
+    /// the upload is done, so requests meanwhile join it instead of missing
+    /// the bucket.
     fn download(
         &self,
         key: &CacheKey,
         source: &Source,
         inflight: &Arc<InFlight>,
     ) -> Result<(), FileError> {
+        let Some(bucket) = &self.bucket else {
+            return self.from_upstream(key, source, inflight).map(|_| ());
+        };
+        let object = s3::object_for_file(bucket.prefix(), key, &s3::object_filename(&source.url));
+        match self.from_bucket(bucket, &object, key, source, inflight) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(BucketRead::S3(e)) => {
+                self.stats.bucket_fallbacks.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "bucket read of {object} failed ({e}): fetching {} from the upstream",
+                    SafeUrl::new(&source.url)
+                );
+            }
+            Err(BucketRead::Tampered(m)) => {
+                self.stats.bucket_mismatches.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "object {object} in the bucket is not the file its key names ({m}): not served; fetching {} from the upstream to replace it",
+                    SafeUrl::new(&source.url)
+                );
+            }
+            Err(BucketRead::Local(e)) => return Err(FileError::local(e)),
+        }
+        let (file, len) = self.from_upstream(key, source, inflight)?;
+        self.upload(bucket, &object, key, &file, len);
+        Ok(())
+    }
+
+    /// Reads `object` into the local side, verified before any byte is
+    /// served (`Ok(false)`: the bucket does not have it).
+    fn from_bucket(
+        &self,
+        bucket: &Bucket,
+        object: &str,
+        key: &CacheKey,
+        source: &Source,
+        inflight: &Arc<InFlight>,
+    ) -> Result<bool, BucketRead> {
+        let Some(obj) = bucket.get(object, None).map_err(BucketRead::S3)? else {
+            return Ok(false);
+        };
+        if let Some(want) = source.size.filter(|w| *w != obj.len) {
+            return Err(BucketRead::Tampered(Mismatch::Length { got: obj.len, want }));
+        }
+        inflight.set(|s| s.reading_bucket = true);
+        let temp = self.storage.create(key, obj.len).map_err(BucketRead::Local)?;
+        let mut body = obj.body;
+        let mut verifier = Verifier::new(&source.hashes);
+        let mut buf = vec![0u8; CHUNK];
+        let mut written: u64 = 0;
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    bucket.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(BucketRead::S3(s3::S3Error::Unreachable {
+                        op: "GetObject",
+                        detail: format!("cut after {written} bytes: {e}"),
+                    }));
+                }
+            };
+            if written + n as u64 > obj.len {
+                return Err(BucketRead::Tampered(Mismatch::TooLong(obj.len)));
+            }
+            verifier.update(&buf[..n]);
+            temp.file
+                .write_all_at(&buf[..n], written)
+                .map_err(BucketRead::Local)?;
+            written += n as u64;
+        }
+        bucket.stats.bytes_read.fetch_add(written, Ordering::Relaxed);
+        if written != obj.len {
+            return Err(BucketRead::S3(s3::S3Error::Unreachable {
+                op: "GetObject",
+                detail: format!("ended at {written} of {} bytes", obj.len),
+            }));
+        }
+        let sha256 = verifier.finish().map_err(BucketRead::Tampered)?;
+        self.stats.bucket_hits.fetch_add(1, Ordering::Relaxed);
+        let total = obj.len;
+        self.publish(temp, &sha256, inflight, total, key);
+        Ok(true)
+    }
+
+    /// Commits a complete, verified temp file (when it is to be kept) and
+    /// marks the download done; returns the file to read it from.
+    fn publish(
+        &self,
+        temp: crate::storage::TempFile,
+        sha256: &str,
+        inflight: &Arc<InFlight>,
+        total: u64,
+        key: &CacheKey,
+    ) -> Arc<std::fs::File> {
+        let mut file = Arc::clone(&temp.file);
+        if temp.is_kept() {
+            match self.storage.commit(temp, sha256) {
+                Ok(stored) => {
+                    if let StoredBody::Local(committed) = stored.body {
+                        file = committed;
+                    }
+                }
+                Err(e) => {
+                    // Complete and verified: serve it, just do not keep it.
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("cannot commit {}: {e}", key.as_str());
+                }
+            }
+        }
+        let sha: Arc<str> = sha256.into();
+        let done = Arc::clone(&file);
+        inflight.set(|s| {
+            s.phase = Phase::Done { file: done, total };
+            s.sha256 = Some(sha);
+        });
+        file
+    }
+
+    /// Puts a new download into the bucket. A failure never loses the
+    /// local copy: a kept (L1) file is queued for a retry; a staged one is
+    /// retried here a few times, then logged and counted.
+    fn upload(&self, bucket: &Bucket, object: &str, key: &CacheKey, file: &std::fs::File, len: u64) {
+        const TRIES: u32 = 3;
+        for attempt in 1..=TRIES {
+            match bucket.put_file(object, file, len) {
+                Ok(()) => {
+                    self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    let kept = matches!(self.storage.lookup(key), Lookup::Hit(_));
+                    if kept {
+                        log::warn!("upload of {object} failed ({e}): retried later from the local copy");
+                        self.retries.push(key.clone(), object.to_owned());
+                        return;
+                    }
+                    if attempt == TRIES {
+                        self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+                        log::error!("upload of {object} failed {TRIES} times ({e}): not in the bucket; the next request fetches it again");
+                        return;
+                    }
+                    log::warn!("upload of {object} failed ({e}): trying again");
+                    std::thread::sleep(Duration::from_millis(500 << attempt));
+                }
+            }
+        }
+    }
+
+    /// Downloads from the upstream into the local side, streamed to every
+    /// reader, verified; returns the file and its length.
+    fn from_upstream(
+        &self,
+        key: &CacheKey,
+        source: &Source,
+        inflight: &Arc<InFlight>,
+    ) -> Result<(Arc<std::fs::File>, u64), FileError> {
         let streamed = self.origin.open_file(&source.index, &source.url, None)?;
         if streamed.status != 200 {
             return Err(OriginError::status(&streamed.final_url, streamed.status).into());
@@ -311,30 +499,18 @@ impl Downloads {
             .into());
         }
         let sha256 = verifier.finish()?;
-        let file = Arc::clone(&temp.file);
-        if temp.is_kept() {
-            match self.storage.commit(temp, &sha256) {
-                Ok(stored) => {
-                    if let crate::storage::StoredBody::Local(committed) = stored.body {
-                        inflight.set(|s| {
-                            s.phase = Phase::Done {
-                                file: committed,
-                                total,
-                            }
-                        });
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    // Complete and verified: serve it, just do not keep it.
-                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("cannot commit {}: {e}", key.as_str());
-                }
-            }
-        }
-        inflight.set(|s| s.phase = Phase::Done { file, total });
-        Ok(())
+        Ok((self.publish(temp, &sha256, inflight, total, key), total))
     }
+}
+
+/// Why reading from the bucket failed.
+enum BucketRead {
+    /// S3 errored or was cut: the upstream serves instead.
+    S3(s3::S3Error),
+    /// The object is not the file its key names: never served.
+    Tampered(Mismatch),
+    /// The local side cannot take it.
+    Local(io::Error),
 }
 
 /// Marks the download failed if its thread unwinds.

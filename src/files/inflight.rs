@@ -47,6 +47,11 @@ pub(super) struct State {
     pub(super) phase: Phase,
     /// Bytes written to the file (and returned by `write`).
     pub(super) written: u64,
+    /// The file is being read from the bucket (verified before anyone
+    /// gets a byte): waiters keep waiting instead of being redirected.
+    pub(super) reading_bucket: bool,
+    /// The verified sha256, once done.
+    pub(super) sha256: Option<Arc<str>>,
     /// Counts changes, so a watcher can tell whether it missed one.
     version: u64,
     /// Called once at the next change (parked requests' wakers).
@@ -65,6 +70,8 @@ impl InFlight {
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 written: 0,
+                reading_bucket: false,
+                sha256: None,
                 version: 0,
                 watchers: Vec::new(),
             }),
@@ -93,6 +100,16 @@ impl InFlight {
     /// Whether the download failed.
     pub fn is_failed(&self) -> bool {
         matches!(self.lock().phase, Phase::Failed(_))
+    }
+
+    /// Whether the file is being read from the bucket.
+    pub fn reading_bucket(&self) -> bool {
+        self.lock().reading_bucket
+    }
+
+    /// The verified sha256 of a completed download.
+    pub fn sha256(&self) -> Option<Arc<str>> {
+        self.lock().sha256.clone()
     }
 
     /// The change counter, to pass to `on_change`.

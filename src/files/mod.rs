@@ -18,6 +18,7 @@
 
 pub mod download;
 pub mod error;
+mod upload;
 pub mod inflight;
 pub mod metadata;
 mod opener;
@@ -38,6 +39,7 @@ use crate::clock::Clock;
 use crate::http::{Body, FileRange, Later, Method, ReadyStream, Request, Response, Stream, Waker};
 use crate::origin::{Index, Origin};
 use crate::pypi::{CoreMetadata, FileEntry, Filename, Hashes};
+use crate::storage::s3::Bucket;
 use crate::storage::{CacheKey, Lookup, Storage, Usage};
 use inflight::InFlight;
 use opener::{Opener, Ticket};
@@ -72,6 +74,16 @@ pub struct FileStats {
     pub upstream_failures: AtomicU64,
     /// Opens refused because the open pool was full.
     pub busy: AtomicU64,
+    /// Files read from the bucket (verified).
+    pub bucket_hits: AtomicU64,
+    /// Bucket reads that failed (S3 error): served from the upstream.
+    pub bucket_fallbacks: AtomicU64,
+    /// Bucket objects that did not match their key: never served.
+    pub bucket_mismatches: AtomicU64,
+    /// Files put into the bucket.
+    pub uploads: AtomicU64,
+    /// Uploads given up (logged).
+    pub upload_failures: AtomicU64,
 }
 
 /// How files are served (from the settings).
@@ -116,6 +128,7 @@ impl Files {
     pub fn start(
         config: FilesConfig,
         storage: Option<Arc<dyn Storage>>,
+        bucket: Option<Arc<Bucket>>,
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Files> {
@@ -124,6 +137,7 @@ impl Files {
         let downloads = match storage {
             Some(storage) => Some(Downloads::start(
                 storage,
+                bucket,
                 Arc::clone(&origin),
                 clock,
                 Arc::clone(&stats),
@@ -162,16 +176,37 @@ impl Files {
         })
     }
 
-    /// `start` with the storage the settings ask for (`storage::open`).
+    /// `start` with the storage the settings ask for (`storage::open`);
+    /// `bucket` for `s3` and `tiered`.
     pub fn open(
         config: FilesConfig,
         cache_dir: &std::path::Path,
         cache_size: u64,
+        mode: crate::config::StorageMode,
+        bucket: Option<Arc<Bucket>>,
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Files> {
-        let storage = crate::storage::open(cache_dir, cache_size)?;
-        Ok(Files::start(config, storage, origin, clock)?)
+        if mode != crate::config::StorageMode::Local && bucket.is_none() {
+            anyhow::bail!("ROXPI_STORAGE={mode:?} needs a bucket (ROXPI_S3_BUCKET)");
+        }
+        let storage = crate::storage::open(cache_dir, cache_size, mode)?;
+        Ok(Files::start(config, storage, bucket, origin, clock)?)
+    }
+
+    /// Whether a bucket is behind the local side.
+    pub fn has_bucket(&self) -> bool {
+        self.bucket().is_some()
+    }
+
+    /// The bucket behind the local side (`s3`, `tiered`).
+    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
+        self.downloads.as_ref().and_then(|d| d.bucket())
+    }
+
+    /// Uploads to the bucket waiting for a retry.
+    pub fn pending_uploads(&self) -> usize {
+        self.downloads.as_ref().map_or(0, |d| d.pending_uploads())
     }
 
     /// What the file cache holds (all zero when it is off).
@@ -239,7 +274,7 @@ impl Files {
             Fetch::Hit(f) => serve::stored(req, f, content_type, &self.stats),
             Fetch::StreamThrough => self.stream_through(req, source, content_type),
             Fetch::Download { inflight, joined } => {
-                if req.header("range").is_some() {
+                if req.header("range").is_some() && !self.has_bucket() {
                     // The whole file keeps downloading in the background.
                     return self.stream_through(req, source, content_type);
                 }
@@ -341,7 +376,10 @@ impl Files {
     ) -> Response {
         let seen = inflight.version();
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
-        let state = if small {
+        // With a bucket, a range is answered from the whole verified file
+        // (it may come from the bucket, which is read verified first).
+        let ranged = req.header("range").is_some() && self.has_bucket();
+        let state = if small || ranged {
             inflight
                 .wait_done(Duration::ZERO)
                 .map(|r| r.map(|(file, len)| Started::Whole(file, len)))
@@ -351,6 +389,15 @@ impl Files {
                 .map(|r| r.map(|g| Started::Growing(Box::new(g))))
         };
         match state {
+            Ok(Some(Started::Whole(file, len))) if ranged => {
+                let stored = crate::storage::Stored {
+                    len,
+                    sha256: inflight.sha256().unwrap_or_else(|| "".into()),
+                    modified: std::time::SystemTime::now(),
+                    body: crate::storage::StoredBody::Local(file),
+                };
+                serve::stored(req, stored, wait.content_type, &self.stats)
+            }
             Ok(Some(Started::Whole(file, len))) => {
                 serve::fresh(wait.content_type, wait.tag).body(FileRange {
                     file,
@@ -373,8 +420,17 @@ impl Files {
                     ready,
                 })))
             }
-            Ok(None) if Instant::now() >= wait.deadline => self.late(&wait, &source.url),
+            Ok(None) if Instant::now() >= wait.deadline && !inflight.reading_bucket() => {
+                self.late(&wait, &source.url)
+            }
             Ok(None) => {
+                let mut wait = wait;
+                if inflight.reading_bucket() && !wait.extended {
+                    // Coming from the bucket (verified before the first
+                    // byte): no redirect while it does.
+                    wait.extended = true;
+                    wait.deadline = Instant::now() + FIRST_BYTE_WAIT;
+                }
                 let files = Arc::clone(self);
                 let watched = Arc::clone(&inflight);
                 Response::later(Later {
@@ -424,6 +480,7 @@ impl Files {
         };
         Ok(Wait {
             deadline: Instant::now() + limit,
+            extended: false,
             can_redirect,
             content_type,
             tag,
@@ -515,6 +572,8 @@ impl Files {
 /// What a parked file request needs to finish.
 struct Wait {
     deadline: Instant,
+    /// The deadline was extended once for a bucket read.
+    extended: bool,
     can_redirect: bool,
     content_type: &'static str,
     tag: &'static str,

@@ -98,8 +98,14 @@ impl IndexCache {
                             doc: Arc::new(doc),
                             validators: saved.validators,
                             fetched: now.checked_sub(saved.age).unwrap_or(now),
-                            // Expired from the start: refreshed on first use.
-                            ttl: Duration::ZERO,
+                            // A local copy is expired from the start:
+                            // refreshed on first use. A fleet's copy (from
+                            // the bucket) is as fresh as its age says.
+                            ttl: if saved.shared {
+                                self.indexes[index].ttl
+                            } else {
+                                Duration::ZERO
+                            },
                             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                             bytes,
                             index: Arc::default(),

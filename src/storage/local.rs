@@ -162,6 +162,9 @@ pub struct LocalStorage {
     tmp: PathBuf,
     staging: PathBuf,
     cap: u64,
+    /// `false` for the staging-only store of `ROXPI_STORAGE=s3`: every
+    /// file is staged, nothing is kept.
+    keeps: bool,
     shared: Arc<Shared>,
     next_tmp: AtomicU64,
     _lock: File,
@@ -196,6 +199,18 @@ impl LocalStorage {
     /// Opens (creating) the cache dir, takes its lock, cleans leftovers and
     /// rebuilds the LRU from what is there.
     pub fn open(dir: &Path, cap: u64) -> Result<LocalStorage, OpenError> {
+        LocalStorage::open_with(dir, cap, true)
+    }
+
+    /// The cache dir of `ROXPI_STORAGE=s3`: locked and cleaned like the
+    /// local cache, but files are only staged (streamed to their clients
+    /// while they go to the bucket), never kept, and the `files/` of an
+    /// earlier local cache is left alone.
+    pub fn staging_only(dir: &Path) -> Result<LocalStorage, OpenError> {
+        LocalStorage::open_with(dir, 0, false)
+    }
+
+    fn open_with(dir: &Path, cap: u64, keeps: bool) -> Result<LocalStorage, OpenError> {
         let io_err = |e| OpenError::Io(dir.to_owned(), e);
         fs::create_dir_all(dir).map_err(io_err)?;
         let lock = OpenOptions::new()
@@ -226,7 +241,11 @@ impl LocalStorage {
             }
         }
         let mut found = Vec::new();
-        for sub in fs::read_dir(&files).map_err(io_err)?.flatten() {
+        let subs: Vec<fs::DirEntry> = match keeps {
+            true => fs::read_dir(&files).map_err(io_err)?.flatten().collect(),
+            false => Vec::new(),
+        };
+        for sub in subs {
             let sub_name = sub.file_name().to_string_lossy().into_owned();
             let sub_ok = sub_name.len() == 2 && sub_name.bytes().all(|b| b.is_ascii_hexdigit());
             if !sub_ok || !sub.path().is_dir() {
@@ -281,6 +300,7 @@ impl LocalStorage {
             tmp,
             staging,
             cap,
+            keeps,
             shared: Arc::new(Shared {
                 lru: Mutex::new(lru),
                 evictions: AtomicU64::new(0),
@@ -292,6 +312,10 @@ impl LocalStorage {
         let victims = storage.make_room(&mut storage.shared.lock(), 0);
         storage.unlink(victims);
         let u = storage.usage();
+        if !keeps {
+            log::info!("staging dir {}: files are not kept here", dir.display());
+            return Ok(storage);
+        }
         log::info!(
             "file cache {}: {} files, {} bytes of {}",
             dir.display(),
@@ -451,7 +475,7 @@ impl Storage for LocalStorage {
     }
 
     fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile> {
-        if len > self.cap {
+        if len > self.cap || !self.keeps {
             return self.staged(key, len);
         }
         let (victims, fits) = {

@@ -9,6 +9,7 @@
 //! without credentials. A key is always 64 lower-case hex digits.
 
 pub mod local;
+pub mod s3;
 
 use std::fs::File;
 use std::io;
@@ -154,14 +155,26 @@ pub trait Storage: Send + Sync {
     fn usage(&self) -> Usage;
 }
 
-/// The backend for the settings: the local LRU in `dir` capped at `cap`
-/// bytes, or none at all (cap 0: files are streamed through, verified).
-pub fn open(dir: &Path, cap: u64) -> Result<Option<Arc<dyn Storage>>, local::OpenError> {
-    if cap == 0 {
-        log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
-        return Ok(None);
+/// The local side for the settings: the LRU in `dir` capped at `cap` bytes
+/// (`local`, and L1 of `tiered`), a staging-only dir (`s3`: the bucket
+/// holds the files), or none at all (`local` with cap 0: files are
+/// streamed through, verified).
+pub fn open(
+    dir: &Path,
+    cap: u64,
+    mode: crate::config::StorageMode,
+) -> Result<Option<Arc<dyn Storage>>, local::OpenError> {
+    use crate::config::StorageMode;
+    match mode {
+        StorageMode::S3 => Ok(Some(Arc::new(local::LocalStorage::staging_only(dir)?))),
+        StorageMode::Local if cap == 0 => {
+            log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
+            Ok(None)
+        }
+        StorageMode::Local | StorageMode::Tiered => {
+            Ok(Some(Arc::new(local::LocalStorage::open(dir, cap)?)))
+        }
     }
-    Ok(Some(Arc::new(local::LocalStorage::open(dir, cap)?)))
 }
 
 #[cfg(test)]

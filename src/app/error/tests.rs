@@ -110,6 +110,7 @@ fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> Arc<
         Files::start(
             super::super::files_config(&settings),
             crate::files::tests::full_disk(),
+            None,
             origin.clone(),
             clock.clone(),
         )
@@ -119,12 +120,14 @@ fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> Arc<
             super::super::files_config(&settings),
             &settings.cache_dir,
             settings.cache_size,
+            settings.storage,
+            None,
             origin.clone(),
             clock.clone(),
         )
         .unwrap()
     };
-    Arc::new(App::assemble(settings, files, origin.clone(), Default::default(), clock).unwrap())
+    Arc::new(App::assemble(settings, files, origin.clone(), Default::default(), clock, None).unwrap())
 }
 
 /// What a client gets once the answer is ready.
