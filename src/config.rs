@@ -229,7 +229,10 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_STORAGE", &[]),
     ("ROXPI_S3_BUCKET", &[]),
     ("ROXPI_S3_PREFIX", &[]),
-    ("ROXPI_S3_ENDPOINT", &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+    (
+        "ROXPI_S3_ENDPOINT",
+        &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+    ),
     ("ROXPI_S3_REGION", &["AWS_REGION", "AWS_DEFAULT_REGION"]),
     ("ROXPI_S3_PATH_STYLE", &[]),
     ("ROXPI_WORKERS", &[]),

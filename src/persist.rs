@@ -22,8 +22,8 @@ use url::Url;
 use std::sync::Arc;
 
 use crate::origin::{Index, RawPage, Validators};
-use crate::storage::s3::{self, Bucket};
 use crate::pypi::{parse_project_page, Format, ProjectName, ProjectPage};
+use crate::storage::s3::{self, Bucket};
 
 /// v1: `roxpi-page-v1 <format> <saved secs> <url>`; v2 adds the upstream
 /// validators: `roxpi-page-v2 <json>` (`format`, `saved`, `url`, `etag`,

@@ -10,26 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, FileMode};
-use crate::util::{request, start_roxpi, within, ChildServer, Client, Reply};
+use crate::util::{
+    blob, count_files, dir_bytes, request, start_roxpi, within, ChildServer, Client, Reply,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// Deterministic, incompressible-looking bytes.
-fn blob(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 fn wheel(i: usize) -> String {
     format!("big-1.{i}-py3-none-any.whl")
@@ -98,34 +84,6 @@ impl Roxpi {
     fn committed_files(&self) -> usize {
         count_files(&self.cache.join("files"))
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    walk(dir)
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn count_files(dir: &Path) -> usize {
-    walk(dir).len()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn upstream_gets(fake: &FakeIndex, i: usize) -> usize {

@@ -10,4 +10,6 @@ mod memory;
 mod metadata;
 mod parking;
 mod process;
+mod s3;
+mod s3_server;
 mod util;

@@ -101,12 +101,13 @@ impl App {
         } else {
             // A quarter of the file cache cap, at least 1 MiB.
             let cap = (settings.cache_size / 4).max(1 << 20);
-            let opened = PageStore::open(&settings.cache_dir.join("pages"), cap).and_then(|p| {
-                match &bucket {
-                    Some(b) => p.with_bucket(Arc::clone(b)),
-                    None => Ok(p),
-                }
-            });
+            let opened =
+                PageStore::open(&settings.cache_dir.join("pages"), cap).and_then(
+                    |p| match &bucket {
+                        Some(b) => p.with_bucket(Arc::clone(b)),
+                        None => Ok(p),
+                    },
+                );
             match opened {
                 Ok(p) => Some(p),
                 Err(e) => {

@@ -102,7 +102,12 @@ impl Downloads {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(DOWNLOAD_QUEUE);
         let retries = super::upload::Retries::new();
         if let Some(b) = &bucket {
-            super::upload::Retries::start(&retries, Arc::clone(&storage), Arc::clone(b), Arc::clone(&stats))?;
+            super::upload::Retries::start(
+                &retries,
+                Arc::clone(&storage),
+                Arc::clone(b),
+                Arc::clone(&stats),
+            )?;
         }
         let d = Arc::new(Downloads {
             storage,
@@ -279,10 +284,10 @@ impl Downloads {
         inflight: &Arc<InFlight>,
     ) -> Result<(), FileError> {
         let Some(bucket) = &self.bucket else {
-            return self.from_upstream(key, source, inflight).map(|_| ());
+            return self.fetch_upstream(key, source, inflight).map(|_| ());
         };
         let object = s3::object_for_file(bucket.prefix(), key, &s3::object_filename(&source.url));
-        match self.from_bucket(bucket, &object, key, source, inflight) {
+        match self.read_bucket(bucket, &object, key, source, inflight) {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(BucketRead::S3(e)) => {
@@ -301,14 +306,14 @@ impl Downloads {
             }
             Err(BucketRead::Local(e)) => return Err(FileError::local(e)),
         }
-        let (file, len) = self.from_upstream(key, source, inflight)?;
+        let (file, len) = self.fetch_upstream(key, source, inflight)?;
         self.upload(bucket, &object, key, &file, len);
         Ok(())
     }
 
     /// Reads `object` into the local side, verified before any byte is
     /// served (`Ok(false)`: the bucket does not have it).
-    fn from_bucket(
+    fn read_bucket(
         &self,
         bucket: &Bucket,
         object: &str,
@@ -320,10 +325,16 @@ impl Downloads {
             return Ok(false);
         };
         if let Some(want) = source.size.filter(|w| *w != obj.len) {
-            return Err(BucketRead::Tampered(Mismatch::Length { got: obj.len, want }));
+            return Err(BucketRead::Tampered(Mismatch::Length {
+                got: obj.len,
+                want,
+            }));
         }
         inflight.set(|s| s.reading_bucket = true);
-        let temp = self.storage.create(key, obj.len).map_err(BucketRead::Local)?;
+        let temp = self
+            .storage
+            .create(key, obj.len)
+            .map_err(BucketRead::Local)?;
         let mut body = obj.body;
         let mut verifier = Verifier::new(&source.hashes);
         let mut buf = vec![0u8; CHUNK];
@@ -350,7 +361,10 @@ impl Downloads {
                 .map_err(BucketRead::Local)?;
             written += n as u64;
         }
-        bucket.stats.bytes_read.fetch_add(written, Ordering::Relaxed);
+        bucket
+            .stats
+            .bytes_read
+            .fetch_add(written, Ordering::Relaxed);
         if written != obj.len {
             return Err(BucketRead::S3(s3::S3Error::Unreachable {
                 op: "GetObject",
@@ -401,7 +415,14 @@ impl Downloads {
     /// Puts a new download into the bucket. A failure never loses the
     /// local copy: a kept (L1) file is queued for a retry; a staged one is
     /// retried here a few times, then logged and counted.
-    fn upload(&self, bucket: &Bucket, object: &str, key: &CacheKey, file: &std::fs::File, len: u64) {
+    fn upload(
+        &self,
+        bucket: &Bucket,
+        object: &str,
+        key: &CacheKey,
+        file: &std::fs::File,
+        len: u64,
+    ) {
         const TRIES: u32 = 3;
         for attempt in 1..=TRIES {
             match bucket.put_file(object, file, len) {
@@ -412,7 +433,9 @@ impl Downloads {
                 Err(e) => {
                     let kept = matches!(self.storage.lookup(key), Lookup::Hit(_));
                     if kept {
-                        log::warn!("upload of {object} failed ({e}): retried later from the local copy");
+                        log::warn!(
+                            "upload of {object} failed ({e}): retried later from the local copy"
+                        );
                         self.retries.push(key.clone(), object.to_owned());
                         return;
                     }
@@ -430,7 +453,7 @@ impl Downloads {
 
     /// Downloads from the upstream into the local side, streamed to every
     /// reader, verified; returns the file and its length.
-    fn from_upstream(
+    fn fetch_upstream(
         &self,
         key: &CacheKey,
         source: &Source,

@@ -18,11 +18,11 @@
 
 pub mod download;
 pub mod error;
-mod upload;
 pub mod inflight;
 pub mod metadata;
 mod opener;
 mod serve;
+mod upload;
 pub mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};

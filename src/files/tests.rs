@@ -64,6 +64,7 @@ fn rig_on(storage: Arc<dyn Storage>, dir: tempfile::TempDir) -> Rig {
     let clock = Arc::new(ManualClock::default());
     let downloads = Downloads::start(
         storage,
+        None,
         origin.clone(),
         clock.clone(),
         Arc::new(FileStats::default()),

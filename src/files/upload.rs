@@ -114,10 +114,19 @@ impl Retries {
     }
 }
 
-fn retry(retries: &Retries, storage: &dyn Storage, bucket: &Bucket, stats: &FileStats, mut job: Retry) {
+fn retry(
+    retries: &Retries,
+    storage: &dyn Storage,
+    bucket: &Bucket,
+    stats: &FileStats,
+    mut job: Retry,
+) {
     let Lookup::Hit(stored) = storage.lookup(&job.key) else {
         stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-        log::warn!("{} was evicted before its upload could be retried: not in the bucket", job.object);
+        log::warn!(
+            "{} was evicted before its upload could be retried: not in the bucket",
+            job.object
+        );
         return;
     };
     let put = match &stored.body {
@@ -128,16 +137,27 @@ fn retry(retries: &Retries, storage: &dyn Storage, bucket: &Bucket, stats: &File
     match put {
         Ok(()) => {
             stats.uploads.fetch_add(1, Ordering::Relaxed);
-            log::info!("upload of {} succeeded on retry {}", job.object, job.attempts + 1);
+            log::info!(
+                "upload of {} succeeded on retry {}",
+                job.object,
+                job.attempts + 1
+            );
         }
         Err(e) if job.attempts + 1 >= MAX_ATTEMPTS => {
             stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-            log::error!("upload of {} failed {MAX_ATTEMPTS} times ({e}): kept locally only", job.object);
+            log::error!(
+                "upload of {} failed {MAX_ATTEMPTS} times ({e}): kept locally only",
+                job.object
+            );
         }
         Err(e) => {
             job.attempts += 1;
             job.at = Instant::now() + pause(job.attempts);
-            log::warn!("upload of {} failed again ({e}): next try in {:?}", job.object, pause(job.attempts));
+            log::warn!(
+                "upload of {} failed again ({e}): next try in {:?}",
+                job.object,
+                pause(job.attempts)
+            );
             retries.lock().push_back(job);
         }
     }

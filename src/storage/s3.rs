@@ -133,7 +133,13 @@ pub enum S3Error {
 impl S3Error {
     /// The bucket cannot be used with these settings (no retry helps).
     pub fn is_refused(&self) -> bool {
-        matches!(self, S3Error::Status { status: 301 | 400 | 403 | 404, .. })
+        matches!(
+            self,
+            S3Error::Status {
+                status: 301 | 400 | 403 | 404,
+                ..
+            }
+        )
     }
 }
 
@@ -298,8 +304,14 @@ impl Bucket {
     /// an inclusive byte range.
     pub fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Option<Object>, S3Error> {
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let url = self.bucket.get_object(Some(&self.creds), key).sign(SIGN_FOR);
-        let mut req = self.agent.get(url.as_str()).header("accept-encoding", "identity");
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), key)
+            .sign(SIGN_FOR);
+        let mut req = self
+            .agent
+            .get(url.as_str())
+            .header("accept-encoding", "identity");
         if let Some((first, last)) = range {
             req = req.header("range", format!("bytes={first}-{last}"));
         }
@@ -358,7 +370,10 @@ impl Bucket {
         if len >= MULTIPART_THRESHOLD {
             return self.put_multipart(key, file, len);
         }
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGN_FOR);
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(SIGN_FOR);
         let mut body = FilePart {
             file,
             at: 0,
@@ -371,7 +386,10 @@ impl Bucket {
 
     /// Stores `bytes` under `key` (one PUT).
     pub fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<(), S3Error> {
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGN_FOR);
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(SIGN_FOR);
         let mut body = bytes;
         self.send_put("PutObject", &url, &mut body, bytes.len() as u64)?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
@@ -587,8 +605,8 @@ pub fn open_checked(settings: S3Settings, agent: ureq::Agent) -> anyhow::Result<
             bucket.describe()
         ),
     }
-    let again = Bucket::new(bucket.settings().clone(), bucket.agent.clone())
-        .map_err(anyhow::Error::msg)?;
+    let again =
+        Bucket::new(bucket.settings().clone(), bucket.agent.clone()).map_err(anyhow::Error::msg)?;
     std::thread::Builder::new()
         .name("roxpi-s3-check".into())
         .spawn(move || loop {
@@ -652,7 +670,10 @@ mod tests {
     fn filenames_are_decoded_and_made_safe() {
         for (url, want) in [
             ("https://f.example/a/demo-1.0.tar.gz", "demo-1.0.tar.gz"),
-            ("https://f.example/a/torch-2.1%2Bcu121-cp311.whl", "torch-2.1+cu121-cp311.whl"),
+            (
+                "https://f.example/a/torch-2.1%2Bcu121-cp311.whl",
+                "torch-2.1+cu121-cp311.whl",
+            ),
             ("https://f.example/a/we%20ird%2F..%2Fname", "we_ird_.._name"),
             ("https://f.example/a/", "file"),
             ("https://f.example/a/..", "file"),

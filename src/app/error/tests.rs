@@ -127,7 +127,17 @@ fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> Arc<
         )
         .unwrap()
     };
-    Arc::new(App::assemble(settings, files, origin.clone(), Default::default(), clock, None).unwrap())
+    Arc::new(
+        App::assemble(
+            settings,
+            files,
+            origin.clone(),
+            Default::default(),
+            clock,
+            None,
+        )
+        .unwrap(),
+    )
 }
 
 /// What a client gets once the answer is ready.
