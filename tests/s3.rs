@@ -138,7 +138,10 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
             assert_eq!(upstream_gets(&f, i), 1);
         }
         assert_eq!(n.metric("roxpi_file_bucket_hits_total"), 2);
+        // Ranges: one ranged GET each, of the object verified whole.
         let bytes = expected(&f, 0).bytes;
+        let sha = expected(&f, 0).sha256();
+        let gets = proxy.count("GET", &sha);
         let r = request(n.addr(), "GET", &path(0), &[("Range", "bytes=1000-1999")]);
         assert_eq!(r.status, 206);
         assert_eq!(r.header("content-range"), Some("bytes 1000-1999/300000"));
@@ -147,6 +150,33 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
         assert_eq!(r.status, 206);
         assert!(r.body == bytes[bytes.len() - 100..]);
         assert_eq!(upstream_gets(&f, 0), 1, "ranges come from the bucket");
+        assert_eq!(
+            proxy.count("GET", &sha),
+            gets + 2,
+            "one ranged GET per range"
+        );
+        let asked: Vec<Option<String>> = proxy
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == "GET" && s.target.contains(&sha))
+            .map(|s| s.range)
+            .collect();
+        assert_eq!(
+            asked[asked.len() - 2..],
+            [
+                Some("bytes=1000-1999".to_owned()),
+                Some("bytes=299900-299999".to_owned())
+            ]
+        );
+        // Replaced by another writer since: its ranges are not served.
+        s3.put_object(&file_key(&sha, &wheel(0)), &blob(bytes.len(), 5));
+        let r = request(n.addr(), "GET", &path(0), &[("Range", "bytes=1000-1999")]);
+        assert_eq!(r.status, 206);
+        assert!(
+            r.body == bytes[1000..2000],
+            "a range of the replaced object"
+        );
+        assert_eq!(upstream_gets(&f, 0), 2, "the range came from the upstream");
         // The cache dir stages only: no file is kept there.
         assert_eq!(walk(&n.cache.path().join("files")).len(), 0);
         assert_eq!(dir_bytes(&n.cache.path().join("tmp")), 0);
@@ -449,7 +479,9 @@ fn a_tampered_object_in_the_bucket_is_never_served() {
         let obj = object(&s3, &f, 0);
         // Same length, other bytes: a bad writer in the fleet.
         let bad = blob(good.len(), 99);
-        std::fs::write(&obj, &bad).unwrap();
+        let key = file_key(&expected(&f, 0).sha256(), &wheel(0));
+        s3.put_object(&key, &bad);
+        assert!(holds(&obj, &bad));
         assert_serves(&a, &f, 0);
         assert_eq!(a.metric("roxpi_file_bucket_mismatches_total"), 1);
         assert_eq!(upstream_gets(&f, 0), 2, "fetched again from the upstream");
@@ -457,7 +489,7 @@ fn a_tampered_object_in_the_bucket_is_never_served() {
         wait_until(WAIT, "the object replaced", || holds(&obj, &good));
 
         // Tiered: a mismatch is never kept in L1 either.
-        std::fs::write(&obj, &bad).unwrap();
+        s3.put_object(&key, &bad);
         let b = Node::start(&f, &proxy, "tiered", &[]);
         assert_serves(&b, &f, 0);
         assert_eq!(b.metric("roxpi_file_bucket_mismatches_total"), 1);
@@ -507,5 +539,39 @@ fn wrong_credentials_or_a_missing_bucket_stop_startup_with_a_clear_message() {
         // The refusals were real S3 answers.
         assert!(proxy.count("HEAD", BUCKET) >= 1);
         assert!(proxy.count("HEAD", "no-such-bucket") >= 1);
+    });
+}
+
+#[test]
+fn a_failed_upload_keeps_the_l1_copy_and_is_retried() {
+    let Some(s3) = S3Server::start() else { return };
+    within(LIMIT, move || {
+        let proxy = S3Proxy::start(s3.addr);
+        let f = fake(&[300_000]);
+        let sha = expected(&f, 0).sha256();
+        // Every PUT of the file is cut (GETs carry no body).
+        proxy.set_fault(Fault::CutRequest {
+            path: sha.clone(),
+            query: String::new(),
+            after: 1000,
+        });
+        let n = Node::start(&f, &proxy, "tiered", &[]);
+        assert_serves(&n, &f, 0);
+        wait_until(WAIT, "a pending upload", || {
+            n.metric("roxpi_file_uploads_pending") == 1
+        });
+        assert_eq!(n.metric("roxpi_file_uploads_total"), 0);
+        assert!(!object(&s3, &f, 0).exists());
+        // The L1 copy serves meanwhile.
+        let hit = n.get(&path(0));
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert!(hit.body == expected(&f, 0).bytes);
+        // S3 back: the retry puts it.
+        proxy.set_fault(Fault::Pass);
+        n.wait_metric("roxpi_file_uploads_total", 1);
+        assert!(holds(&object(&s3, &f, 0), &expected(&f, 0).bytes));
+        assert_eq!(n.metric("roxpi_file_uploads_pending"), 0);
+        assert_eq!(n.metric("roxpi_file_upload_failures_total"), 0);
+        assert_eq!(upstream_gets(&f, 0), 1);
     });
 }

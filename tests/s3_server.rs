@@ -100,6 +100,21 @@ impl S3Server {
         self.root.path().join(BUCKET).join(key)
     }
 
+    /// Puts an object with a signed PUT, as another writer of the bucket
+    /// would.
+    pub fn put_object(&self, key: &str, bytes: &[u8]) {
+        use rusty_s3::S3Action;
+        let endpoint = url::Url::parse(&format!("http://{}", self.addr)).unwrap();
+        let bucket =
+            rusty_s3::Bucket::new(endpoint, rusty_s3::UrlStyle::Path, BUCKET, "us-east-1").unwrap();
+        let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+        let url = bucket
+            .put_object(Some(&creds), key)
+            .sign(Duration::from_secs(600));
+        let resp = ureq::put(url.as_str()).send(bytes).expect("the PUT");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+
     /// Multipart uploads in progress (parts and upload records). s3s-fs
     /// 0.14.1 does not implement ListMultipartUploads, so its store is
     /// read: every upload keeps `.upload_id-<id>…` files there until it is
@@ -142,6 +157,8 @@ pub struct Seen {
     pub method: String,
     /// Path and query (the query holds the signature).
     pub target: String,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 #[derive(Clone)]
@@ -211,11 +228,18 @@ impl S3Proxy {
         let mut parts = first.split_whitespace();
         let method = parts.next().unwrap_or("").to_owned();
         let target = parts.next().unwrap_or("").to_owned();
+        let range = head[1..].iter().find_map(|l| {
+            let text = String::from_utf8_lossy(l);
+            let (name, value) = text.split_once(':')?;
+            name.eq_ignore_ascii_case("range")
+                .then(|| value.trim().to_owned())
+        });
         let fault = {
             let mut st = self.state.lock().unwrap();
             st.1.push(Seen {
                 method: method.clone(),
                 target: target.clone(),
+                range,
             });
             st.0.clone()
         };

@@ -74,6 +74,9 @@ pub struct Downloads {
     bucket: Option<Arc<Bucket>>,
     /// Uploads to retry (tiered: the L1 copy stays meanwhile).
     retries: Arc<super::upload::Retries>,
+    /// Bucket objects this process read whole and verified, or uploaded:
+    /// ranges of them are ranged GETs (`bucket_ranges`).
+    verified: Mutex<lru::LruCache<CacheKey, Arc<Verified>>>,
     origin: Arc<dyn Origin>,
     clock: Arc<dyn Clock>,
     inflight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
@@ -86,6 +89,18 @@ pub struct Downloads {
     /// synthesis re-checks what it read by ranges).
     on_commit: std::sync::OnceLock<CommitHook>,
 }
+
+/// A bucket object known to hold the file its key names.
+pub struct Verified {
+    object: String,
+    len: u64,
+    etag: String,
+    sha256: Arc<str>,
+    at: std::time::SystemTime,
+}
+
+/// Verified objects remembered (a few hundred bytes each).
+const VERIFIED: usize = 4096;
 
 /// Called with a committed download's key and source.
 pub type CommitHook = Box<dyn Fn(&CacheKey, &Source) + Send + Sync>;
@@ -113,6 +128,9 @@ impl Downloads {
             storage,
             bucket,
             retries,
+            verified: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             origin,
             clock,
             inflight: Mutex::new(HashMap::new()),
@@ -268,6 +286,61 @@ impl Downloads {
         self.bucket.as_ref()
     }
 
+    fn remember(
+        &self,
+        key: &CacheKey,
+        object: &str,
+        len: u64,
+        etag: Option<String>,
+        sha256: Arc<str>,
+    ) {
+        let Some(etag) = etag else { return };
+        let v = Verified {
+            object: object.to_owned(),
+            len,
+            etag,
+            sha256,
+            at: std::time::SystemTime::now(),
+        };
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key.clone(), Arc::new(v));
+    }
+
+    /// A file not held locally whose bucket object this process verified:
+    /// a `Stored` whose ranges are ranged GETs (opened off the worker).
+    pub fn bucket_ranges(&self, key: &CacheKey) -> Option<Stored> {
+        let bucket = self.bucket.as_ref()?;
+        let v = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()?;
+        if let Lookup::Hit(_) = self.storage.lookup(key) {
+            return None;
+        }
+        Some(Stored {
+            len: v.len,
+            sha256: Arc::clone(&v.sha256),
+            modified: v.at,
+            body: StoredBody::Remote(Arc::new(s3::ObjectRanges {
+                bucket: Arc::clone(bucket),
+                object: v.object.clone(),
+                etag: v.etag.clone(),
+            })),
+        })
+    }
+
+    /// Forgets a verified object (it failed a ranged read).
+    pub fn forget_verified(&self, key: &CacheKey) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(key);
+    }
+
     /// Uploads waiting for a retry.
     pub fn pending_uploads(&self) -> usize {
         self.retries.len()
@@ -307,7 +380,10 @@ impl Downloads {
             Err(BucketRead::Local(e)) => return Err(FileError::local(e)),
         }
         let (file, len) = self.fetch_upstream(key, source, inflight)?;
-        self.upload(bucket, &object, key, &file, len);
+        if let Some(etag) = self.upload(bucket, &object, key, &file, len) {
+            let sha = inflight.sha256().unwrap_or_else(|| "".into());
+            self.remember(key, &object, len, Some(etag), sha);
+        }
         Ok(())
     }
 
@@ -374,6 +450,7 @@ impl Downloads {
         let sha256 = verifier.finish().map_err(BucketRead::Tampered)?;
         self.stats.bucket_hits.fetch_add(1, Ordering::Relaxed);
         let total = obj.len;
+        self.remember(key, object, total, obj.etag, sha256.as_str().into());
         self.publish(temp, &sha256, inflight, total, key);
         Ok(true)
     }
@@ -414,7 +491,8 @@ impl Downloads {
 
     /// Puts a new download into the bucket. A failure never loses the
     /// local copy: a kept (L1) file is queued for a retry; a staged one is
-    /// retried here a few times, then logged and counted.
+    /// retried here a few times, then logged and counted. Returns the new
+    /// object's ETag.
     fn upload(
         &self,
         bucket: &Bucket,
@@ -422,13 +500,13 @@ impl Downloads {
         key: &CacheKey,
         file: &std::fs::File,
         len: u64,
-    ) {
+    ) -> Option<String> {
         const TRIES: u32 = 3;
         for attempt in 1..=TRIES {
             match bucket.put_file(object, file, len) {
-                Ok(()) => {
+                Ok(etag) => {
                     self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return etag;
                 }
                 Err(e) => {
                     let kept = matches!(self.storage.lookup(key), Lookup::Hit(_));
@@ -437,18 +515,19 @@ impl Downloads {
                             "upload of {object} failed ({e}): retried later from the local copy"
                         );
                         self.retries.push(key.clone(), object.to_owned());
-                        return;
+                        return None;
                     }
                     if attempt == TRIES {
                         self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
                         log::error!("upload of {object} failed {TRIES} times ({e}): not in the bucket; the next request fetches it again");
-                        return;
+                        return None;
                     }
                     log::warn!("upload of {object} failed ({e}): trying again");
                     std::thread::sleep(Duration::from_millis(500 << attempt));
                 }
             }
         }
+        None
     }
 
     /// Downloads from the upstream into the local side, streamed to every

@@ -266,6 +266,16 @@ impl Files {
             }
             return self.stream_through(req, source, content_type);
         }
+        if let Some(d) = self
+            .downloads
+            .as_ref()
+            .filter(|_| req.header("range").is_some())
+        {
+            // A range of a file only the bucket holds: a ranged GET.
+            if let Some(stored) = d.bucket_ranges(&key) {
+                return self.serve_remote(req, key, stored, source, content_type);
+            }
+        }
         let fetched = match &self.downloads {
             Some(d) => d.fetch(&key, &source),
             None => Fetch::StreamThrough,
@@ -449,6 +459,58 @@ impl Files {
             Err(FileError::Busy) if wait.can_redirect => serve::redirect(&source.url),
             Err(e) => (self.config.on_error)(&e),
         }
+    }
+
+    /// A file the bucket holds (verified by this process), read by a
+    /// ranged GET opened on the open pool. If S3 fails before the head is
+    /// sent, the range is streamed from the upstream instead.
+    fn serve_remote(
+        self: &Arc<Self>,
+        req: &Request,
+        key: CacheKey,
+        stored: crate::storage::Stored,
+        source: Source,
+        content_type: &'static str,
+    ) -> Response {
+        let (head, offset, len) = match serve::plan(req, &stored, content_type, &self.stats) {
+            serve::Planned::Answer(r) => return r,
+            serve::Planned::Part { head, offset, len } => (head, offset, len),
+        };
+        let crate::storage::StoredBody::Remote(ranges) = stored.body else {
+            return serve::stored(req, stored, content_type, &self.stats);
+        };
+        let wait = Wait {
+            deadline: Instant::now() + FIRST_BYTE_WAIT,
+            extended: true,
+            can_redirect: false,
+            content_type,
+            tag: "HIT",
+        };
+        let ticket = self.opener.submit(move || ranges.open(offset, len));
+        let files = Arc::clone(self);
+        self.await_ticket(
+            req,
+            ticket,
+            source,
+            wait,
+            move |opened, req, source, wait| match opened {
+                Ok(reader) => Ok(head.body(Body::Stream(Stream {
+                    len: Some(len),
+                    reader,
+                }))),
+                Err(e) => {
+                    files.stats.bucket_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "ranged bucket read of {} failed ({e}): streaming it from the upstream",
+                        crate::redact::SafeUrl::new(&source.url)
+                    );
+                    if let Some(d) = &files.downloads {
+                        d.forget_verified(&key);
+                    }
+                    Ok(files.stream_through(req, source, wait.content_type))
+                }
+            },
+        )
     }
 
     /// The upstream did not answer in time: send the client there, or 504.

@@ -44,8 +44,20 @@ pub fn fresh(content_type: &'static str, tag: &'static str) -> Response {
         .log_tag(tag)
 }
 
-/// A committed file: conditional requests, single ranges, sendfile.
-pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &FileStats) -> Response {
+/// What a request for a committed file gets, before its body.
+pub enum Planned {
+    /// A complete answer (304, 416).
+    Answer(Response),
+    /// `len` bytes from `offset` under `head` (200 or 206).
+    Part {
+        head: Response,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Conditional requests and single ranges against a committed file.
+pub fn plan(req: &Request, f: &Stored, content_type: &'static str, stats: &FileStats) -> Planned {
     let etag = format!("\"{}\"", f.sha256);
     let last_modified = httpdate::fmt_http_date(f.modified);
     let headers = |status: u16| {
@@ -59,7 +71,7 @@ pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &File
             .log_tag("HIT")
     };
     if etag_matches(req.header("if-none-match"), &etag) {
-        return headers(304);
+        return Planned::Answer(headers(304));
     }
     let range = if if_range_allows(req.header("if-range"), &etag, &last_modified) {
         parse_range(req.header("range"), f.len)
@@ -70,7 +82,9 @@ pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &File
         RangeRequest::Full => (200, 0, f.len, None),
         RangeRequest::Partial(r) => (206, r.start, r.len(), Some(r.content_range(f.len))),
         RangeRequest::Unsatisfiable => {
-            return headers(416).header("Content-Range", format!("bytes */{}", f.len));
+            return Planned::Answer(
+                headers(416).header("Content-Range", format!("bytes */{}", f.len)),
+            );
         }
     };
     if *req.method() == Method::Get {
@@ -78,10 +92,20 @@ pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &File
             .bytes_served_from_cache
             .fetch_add(len, Ordering::Relaxed);
     }
-    let mut r = headers(status);
+    let mut head = headers(status);
     if let Some(cr) = content_range {
-        r = r.header("Content-Range", cr);
+        head = head.header("Content-Range", cr);
     }
+    Planned::Part { head, offset, len }
+}
+
+/// A committed local file: conditional requests, single ranges, sendfile.
+/// (A remote one is opened off the worker: `Files::serve_remote`.)
+pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &FileStats) -> Response {
+    let (r, offset, len) = match plan(req, &f, content_type, stats) {
+        Planned::Answer(r) => return r,
+        Planned::Part { head, offset, len } => (head, offset, len),
+    };
     match f.body {
         StoredBody::Local(file) => r.body(FileRange { file, offset, len }),
         StoredBody::Memory(bytes) => {
@@ -93,15 +117,9 @@ pub fn stored(req: &Request, f: Stored, content_type: &'static str, stats: &File
                 None => Response::text(500, "stored file shorter than recorded\n").log_tag("ERROR"),
             }
         }
-        StoredBody::Remote(source) => match source.open(offset, len) {
-            Ok(reader) => r.body(Body::Stream(Stream {
-                len: Some(len),
-                reader,
-            })),
-            Err(e) => Response::text(502, format!("stored file unreadable: {e}\n"))
-                .header("Retry-After", "10")
-                .log_tag("ERROR"),
-        },
+        StoredBody::Remote(_) => {
+            Response::text(500, "a remote file must be opened off the worker\n").log_tag("ERROR")
+        }
     }
 }
 

@@ -131,11 +131,11 @@ fn retry(
     };
     let put = match &stored.body {
         StoredBody::Local(f) => bucket.put_file(&job.object, f, stored.len),
-        StoredBody::Memory(b) => bucket.put_bytes(&job.object, b),
+        StoredBody::Memory(b) => bucket.put_bytes(&job.object, b).map(|()| None),
         StoredBody::Remote(_) => return,
     };
     match put {
-        Ok(()) => {
+        Ok(_) => {
             stats.uploads.fetch_add(1, Ordering::Relaxed);
             log::info!(
                 "upload of {} succeeded on retry {}",

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rusty_s3::actions::{CreateMultipartUpload, S3Action};
+use rusty_s3::actions::{CompleteMultipartUploadResponse, CreateMultipartUpload, S3Action};
 use rusty_s3::{Credentials, UrlStyle};
 use url::Url;
 
@@ -365,8 +365,8 @@ impl Bucket {
     }
 
     /// Stores `len` bytes of `file` under `key`: one PUT, or a multipart
-    /// upload from `MULTIPART_THRESHOLD` on.
-    pub fn put_file(&self, key: &str, file: &File, len: u64) -> Result<(), S3Error> {
+    /// upload from `MULTIPART_THRESHOLD` on. Returns the object's ETag.
+    pub fn put_file(&self, key: &str, file: &File, len: u64) -> Result<Option<String>, S3Error> {
         if len >= MULTIPART_THRESHOLD {
             return self.put_multipart(key, file, len);
         }
@@ -379,9 +379,9 @@ impl Bucket {
             at: 0,
             end: len,
         };
-        self.send_put("PutObject", &url, &mut body, len)?;
+        let etag = self.send_put("PutObject", &url, &mut body, len)?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(etag)
     }
 
     /// Stores `bytes` under `key` (one PUT).
@@ -442,7 +442,7 @@ impl Bucket {
     }
 
     /// A multipart upload; aborted on any failure.
-    fn put_multipart(&self, key: &str, file: &File, len: u64) -> Result<(), S3Error> {
+    fn put_multipart(&self, key: &str, file: &File, len: u64) -> Result<Option<String>, S3Error> {
         let url = self
             .bucket
             .create_multipart_upload(Some(&self.creds), key)
@@ -468,9 +468,9 @@ impl Bucket {
             })?;
         let upload_id = created.upload_id().to_owned();
         match self.upload_parts(key, &upload_id, file, len) {
-            Ok(()) => {
+            Ok(etag) => {
                 self.stats.multipart_uploads.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(etag)
             }
             Err(e) => {
                 self.abort(key, &upload_id);
@@ -485,7 +485,7 @@ impl Bucket {
         upload_id: &str,
         file: &File,
         len: u64,
-    ) -> Result<(), S3Error> {
+    ) -> Result<Option<String>, S3Error> {
         let size = part_size(len);
         let mut etags = Vec::new();
         let mut at = 0;
@@ -541,7 +541,9 @@ impl Bucket {
                 code,
             });
         }
-        Ok(())
+        Ok(CompleteMultipartUploadResponse::parse(&text)
+            .ok()
+            .map(|r| r.etag().to_owned()))
     }
 
     /// Aborts a multipart upload, so its parts do not stay behind.
@@ -562,6 +564,60 @@ impl Bucket {
                 "cannot abort the multipart upload of {key}: {e} (an AbortIncompleteMultipartUpload lifecycle rule removes its parts)"
             ),
         }
+    }
+}
+
+/// The same object, whatever quotes its ETag came in.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    let bare = |s: &str| {
+        s.trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_owned()
+    };
+    bare(a) == bare(b)
+}
+
+/// Ranges of an object this process verified whole: each range is a
+/// ranged GET whose answer must carry the verified ETag (the object was
+/// not replaced since) and exactly the asked length.
+pub struct ObjectRanges {
+    pub bucket: std::sync::Arc<Bucket>,
+    pub object: String,
+    pub etag: String,
+}
+
+impl super::RangeSource for ObjectRanges {
+    fn open(&self, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        if len == 0 {
+            return Ok(Box::new(io::empty()));
+        }
+        let obj = self
+            .bucket
+            .get(&self.object, Some((offset, offset + len - 1)))
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no longer in the bucket"))?;
+        if !obj
+            .etag
+            .as_deref()
+            .is_some_and(|e| same_etag(e, &self.etag))
+        {
+            return Err(io::Error::other(format!(
+                "{} was replaced in the bucket since it was verified",
+                self.object
+            )));
+        }
+        if obj.len != len {
+            return Err(io::Error::other(format!(
+                "the bucket answered {} bytes for a range of {len}",
+                obj.len
+            )));
+        }
+        self.bucket
+            .stats
+            .bytes_read
+            .fetch_add(len, Ordering::Relaxed);
+        Ok(Box::new(obj.body.take(len)))
     }
 }
 
@@ -694,6 +750,13 @@ mod tests {
         // 5 TiB, S3's largest object.
         let max: u64 = 5 << 40;
         assert!(max.div_ceil(part_size(max)) <= MAX_PARTS);
+    }
+
+    #[test]
+    fn etags_compare_without_their_quotes() {
+        assert!(same_etag("\"abc\"", "abc"));
+        assert!(same_etag("\"abc-9\"", "\"abc-9\""));
+        assert!(!same_etag("\"abc\"", "\"abd\""));
     }
 
     #[test]
