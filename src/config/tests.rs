@@ -173,6 +173,115 @@ mod settings {
 }
 
 #[cfg(test)]
+mod s3 {
+    use super::super::*;
+    use std::collections::HashMap;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["roxpi"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v)
+    }
+
+    fn creds() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+        ])
+    }
+
+    #[test]
+    fn bucket_settings_defaults_and_credentials() {
+        let env = creds();
+        let get = |n: &str| env.get(n).map(|v| v.to_string());
+        let s = s3_settings(&cli(&["--s3-bucket", "b"]), get).unwrap();
+        assert_eq!(s.bucket, "b");
+        assert_eq!(s.prefix, "roxpi/");
+        assert_eq!(s.region, "us-east-1");
+        assert_eq!(s.endpoint.as_str(), "https://s3.us-east-1.amazonaws.com/");
+        assert!(!s.path_style);
+        assert_eq!((s.key_id.as_str(), s.token.as_deref()), ("AKID", None));
+        assert!(
+            !format!("{s:?}").contains("very-secret"),
+            "Debug shows the secret"
+        );
+        let s = s3_settings(
+            &cli(&[
+                "--s3-bucket",
+                "b",
+                "--s3-prefix",
+                "/team/cache",
+                "--s3-region",
+                "eu-west-1",
+                "--s3-endpoint",
+                "http://127.0.0.1:9000",
+                "--s3-path-style",
+            ]),
+            |n| match n {
+                "AWS_SESSION_TOKEN" => Some("tok".into()),
+                n => creds().get(n).map(|v| v.to_string()),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.prefix, "team/cache/");
+        assert_eq!(s.region, "eu-west-1");
+        assert_eq!(s.endpoint.as_str(), "http://127.0.0.1:9000/");
+        assert!(s.path_style);
+        assert_eq!(s.token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn bucket_setting_errors_name_the_setting() {
+        let env = creds();
+        let get = |n: &str| env.get(n).map(|v| v.to_string());
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "ROXPI_S3_BUCKET"),
+            (
+                &["--s3-bucket", "b", "--s3-endpoint", "ftp://x"],
+                "ROXPI_S3_ENDPOINT",
+            ),
+            (
+                &["--s3-bucket", "b", "--s3-endpoint", "http://k:s@x/"],
+                "ROXPI_S3_ENDPOINT",
+            ),
+            (
+                &["--s3-bucket", "b", "--s3-path-style", "sideways"],
+                "ROXPI_S3_PATH_STYLE",
+            ),
+        ];
+        for (args, setting) in cases {
+            let e = s3_settings(&cli(args), get).unwrap_err();
+            assert!(e.to_string().contains(setting), "{args:?}: {e}");
+            assert!(!e.to_string().contains(":s@"), "{e}");
+        }
+        let no_secret = |n: &str| (n == "AWS_ACCESS_KEY_ID").then(|| "AKID".to_owned());
+        let e = s3_settings(&cli(&["--s3-bucket", "b"]), no_secret).unwrap_err();
+        assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let e = s3_settings(&cli(&["--s3-bucket", "b"]), |_| None).unwrap_err();
+        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let e = Settings::from_cli(&cli(&["--storage", "nfs"])).unwrap_err();
+        assert!(e.to_string().contains("ROXPI_STORAGE"), "{e}");
+    }
+
+    #[test]
+    fn aws_aliases() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_ENDPOINT_URL", "http://minio:9000"),
+        ]);
+        let resolved: HashMap<&str, Option<String>> =
+            resolve_aliases(|n| env.get(n).map(|v| v.to_string()))
+                .into_iter()
+                .collect();
+        assert_eq!(resolved["ROXPI_S3_REGION"].as_deref(), Some("eu-central-1"));
+        assert_eq!(
+            resolved["ROXPI_S3_ENDPOINT"].as_deref(),
+            Some("http://minio:9000")
+        );
+    }
+}
+
+#[cfg(test)]
 mod alias_tests {
     use super::super::*;
     use clap::CommandFactory;
