@@ -11,3 +11,5 @@ fi
 cargo bench --bench http_server "$@"
 cargo bench --bench index_path "$@"
 cargo bench --bench file_path "$@"
+# Needs s3s-fs 0.14.1 (cargo install s3s-fs --version 0.14.1 --features binary --locked).
+cargo bench --bench storage_tiers "$@"

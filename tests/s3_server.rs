@@ -117,11 +117,13 @@ impl S3Server {
 
     /// Multipart uploads in progress (parts and upload records). s3s-fs
     /// 0.14.1 does not implement ListMultipartUploads, so its store is
-    /// read: every upload keeps `.upload_id-<id>…` files there until it is
-    /// completed or aborted.
+    /// read: every upload keeps `.upload_id-<id>…` files at its top until
+    /// it is completed or aborted.
     pub fn open_uploads(&self) -> Vec<PathBuf> {
-        crate::util::walk(self.root.path())
-            .into_iter()
+        std::fs::read_dir(self.root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
             .filter(|p| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(".upload_id-"))
