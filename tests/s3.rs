@@ -132,12 +132,13 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
                 "object {i} in the bucket"
             );
         }
-        // Again: from the bucket, not the upstream.
+        // Again: from the bucket, not the upstream, and said so.
         for i in 0..2 {
             assert_serves(&n, &f, i);
             assert_eq!(upstream_gets(&f, i), 1);
+            assert_eq!(n.get(&path(i)).header("x-cache"), Some("BUCKET"));
         }
-        assert_eq!(n.metric("roxpi_file_bucket_hits_total"), 2);
+        assert_eq!(n.metric("roxpi_file_bucket_hits_total"), 4);
         // Ranges: one ranged GET each, of the object verified whole.
         let bytes = expected(&f, 0).bytes;
         let sha = expected(&f, 0).sha256();

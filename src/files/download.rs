@@ -451,6 +451,7 @@ impl Downloads {
         self.stats.bucket_hits.fetch_add(1, Ordering::Relaxed);
         let total = obj.len;
         self.remember(key, object, total, obj.etag, sha256.as_str().into());
+        inflight.set(|s| s.from_bucket = true);
         self.publish(temp, &sha256, inflight, total, key);
         Ok(true)
     }

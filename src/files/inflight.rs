@@ -52,6 +52,8 @@ pub(super) struct State {
     pub(super) reading_bucket: bool,
     /// The verified sha256, once done.
     pub(super) sha256: Option<Arc<str>>,
+    /// The file came from the bucket (not the upstream).
+    pub(super) from_bucket: bool,
     /// Counts changes, so a watcher can tell whether it missed one.
     version: u64,
     /// Called once at the next change (parked requests' wakers).
@@ -72,6 +74,7 @@ impl InFlight {
                 written: 0,
                 reading_bucket: false,
                 sha256: None,
+                from_bucket: false,
                 version: 0,
                 watchers: Vec::new(),
             }),
@@ -105,6 +108,11 @@ impl InFlight {
     /// Whether the file is being read from the bucket.
     pub fn reading_bucket(&self) -> bool {
         self.lock().reading_bucket
+    }
+
+    /// Whether the file came from the bucket.
+    pub fn from_bucket(&self) -> bool {
+        self.lock().from_bucket
     }
 
     /// The verified sha256 of a completed download.

@@ -398,6 +398,15 @@ impl Files {
                 .wait_started(Duration::ZERO)
                 .map(|r| r.map(|g| Started::Growing(Box::new(g))))
         };
+        // Whoever started it, a file read from the bucket says so.
+        let wait = if inflight.from_bucket() {
+            Wait {
+                tag: "BUCKET",
+                ..wait
+            }
+        } else {
+            wait
+        };
         match state {
             Ok(Some(Started::Whole(file, len))) if ranged => {
                 let stored = crate::storage::Stored {
