@@ -252,13 +252,18 @@ fn s3_down_before_or_during_a_transfer_falls_back_to_the_upstream() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000, 600_000]);
+        let f = fake(&[300_000, 600_000, 100_000]);
         // Down before roxpi starts: it starts anyway, and serves.
         proxy.set_fault(Fault::Down);
         let n = Node::start(&f, &proxy, "s3", &[]);
         assert_eq!(n.get("/index/big/").status, 200);
         assert_serves(&n, &f, 0);
-        assert!(n.metric("roxpi_file_bucket_fallbacks_total") >= 1);
+        assert_serves(&n, &f, 2);
+        assert_eq!(n.metric("roxpi_file_bucket_fallbacks_total"), 2);
+        // The failed startup check paused bucket reads: none was tried
+        // (a blackholed S3 would cost each one the connect timeout).
+        assert_eq!(proxy.count("GET", "/"), 0);
+        assert!(n.metric("roxpi_s3_skipped_reads_total") >= 2);
         // Back: the next file goes into the bucket.
         proxy.set_fault(Fault::Pass);
         assert_serves(&n, &f, 1);

@@ -132,6 +132,7 @@ impl Snapshot {
                 m("roxpi_s3_multipart_uploads_total", Counter, File, "S3 multipart uploads", "objects put with a multipart upload", load(&st.multipart_uploads)),
                 m("roxpi_s3_aborted_uploads_total", Counter, File, "S3 multipart uploads aborted", "failed multipart uploads aborted (no parts left behind)", load(&st.aborted_uploads)),
                 m("roxpi_s3_errors_total", Counter, File, "S3 errors", "S3 requests that failed or were refused", load(&st.errors)),
+                m("roxpi_s3_skipped_reads_total", Counter, File, "S3 reads skipped (S3 not answering)", "bucket reads not tried because S3 did not answer within the last 10 s (served from the upstream)", load(&st.skipped)),
                 m("roxpi_s3_read_bytes_total", Counter, File, "bytes read from S3", "bytes read from the bucket", load(&st.bytes_read)),
                 m("roxpi_s3_written_bytes_total", Counter, File, "bytes written to S3", "bytes written to the bucket", load(&st.bytes_written)),
             ]);

@@ -159,6 +159,8 @@ pub struct S3Stats {
     pub multipart_uploads: AtomicU64,
     pub aborted_uploads: AtomicU64,
     pub errors: AtomicU64,
+    /// Reads not tried: S3 did not answer recently.
+    pub skipped: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
 }
@@ -169,7 +171,14 @@ pub struct Bucket {
     creds: Credentials,
     settings: S3Settings,
     pub stats: S3Stats,
+    /// Reads skip S3 until then: it did not answer (a blackholed endpoint
+    /// would otherwise add the connect timeout to every miss). Any answer
+    /// from S3 ends the pause.
+    skip_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long reads skip an S3 that did not answer.
+const SKIP_FOR: Duration = Duration::from_secs(10);
 
 /// `<Code>…</Code>` of an S3 error body, for the log line.
 fn error_code(body: &str) -> Option<String> {
@@ -241,6 +250,7 @@ impl Bucket {
             creds,
             settings,
             stats: S3Stats::default(),
+            skip_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -261,7 +271,24 @@ impl Bucket {
         )
     }
 
+    fn skip(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.skip_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// S3 answered (whatever the status): reads use it again.
+    fn answered<T>(&self, r: T) -> T {
+        *self.skip() = None;
+        r
+    }
+
+    /// Whether reads skip S3 now (it did not answer recently).
+    pub fn skipping(&self) -> bool {
+        self.skip()
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
     fn failed(&self, op: &'static str, e: ureq::Error) -> S3Error {
+        *self.skip() = Some(std::time::Instant::now() + SKIP_FOR);
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         S3Error::Unreachable {
             op,
@@ -294,6 +321,7 @@ impl Bucket {
             .head(url.as_str())
             .call()
             .map_err(|e| self.failed("HeadBucket", e))?;
+        let resp = self.answered(resp);
         match resp.status().as_u16() {
             200 => Ok(()),
             _ => Err(self.status("HeadBucket", resp)),
@@ -303,6 +331,13 @@ impl Bucket {
     /// The object, or `None` when the bucket does not have it. `range` is
     /// an inclusive byte range.
     pub fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<Option<Object>, S3Error> {
+        if self.skipping() {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(S3Error::Unreachable {
+                op: "GetObject",
+                detail: format!("not tried: S3 did not answer within the last {SKIP_FOR:?}"),
+            });
+        }
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         let url = self
             .bucket
@@ -315,7 +350,7 @@ impl Bucket {
         if let Some((first, last)) = range {
             req = req.header("range", format!("bytes={first}-{last}"));
         }
-        let resp = req.call().map_err(|e| self.failed("GetObject", e))?;
+        let resp = self.answered(req.call().map_err(|e| self.failed("GetObject", e))?);
         match resp.status().as_u16() {
             200 | 206 => {}
             404 => {
@@ -406,6 +441,7 @@ impl Bucket {
             .delete(url.as_str())
             .call()
             .map_err(|e| self.failed("DeleteObject", e))?;
+        let resp = self.answered(resp);
         match resp.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             _ => Err(self.status("DeleteObject", resp)),
@@ -432,6 +468,7 @@ impl Bucket {
                 }
                 e => self.failed(op, e),
             })?;
+        let resp = self.answered(resp);
         match resp.status().as_u16() {
             200 => {
                 self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
@@ -452,6 +489,7 @@ impl Bucket {
             .post(url.as_str())
             .send_empty()
             .map_err(|e| self.failed("CreateMultipartUpload", e))?;
+        let resp = self.answered(resp);
         if resp.status().as_u16() != 200 {
             return Err(self.status("CreateMultipartUpload", resp));
         }
@@ -523,6 +561,7 @@ impl Bucket {
             .post(url.as_str())
             .send(body.as_bytes())
             .map_err(|e| self.failed("CompleteMultipartUpload", e))?;
+        let resp = self.answered(resp);
         if resp.status().as_u16() != 200 {
             return Err(self.status("CompleteMultipartUpload", resp));
         }
