@@ -54,10 +54,7 @@ pub fn wire(
 ) -> anyhow::Result<std::sync::Arc<app::App>> {
     let upstream = std::sync::Arc::new(upstream::Upstream::new(&settings)?);
     let bucket = match &settings.s3 {
-        Some(s3) => Some(std::sync::Arc::new(storage::s3::open_checked(
-            s3.clone(),
-            upstream.agent(),
-        )?)),
+        Some(s3) => Some(storage::s3::open_checked(s3.clone(), upstream.agent())?),
         None => None,
     };
     Ok(std::sync::Arc::new(app::App::with_bucket(

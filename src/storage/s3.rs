@@ -687,8 +687,11 @@ fn refusal(s: &S3Settings, e: &S3Error) -> String {
 /// with a message naming the setting; an unreachable S3 is logged and
 /// checked again in the background (files come from the upstream
 /// meanwhile) — a refusal found then stops the process the same way.
-pub fn open_checked(settings: S3Settings, agent: ureq::Agent) -> anyhow::Result<Bucket> {
-    let bucket = Bucket::new(settings, agent).map_err(anyhow::Error::msg)?;
+pub fn open_checked(
+    settings: S3Settings,
+    agent: ureq::Agent,
+) -> anyhow::Result<std::sync::Arc<Bucket>> {
+    let bucket = std::sync::Arc::new(Bucket::new(settings, agent).map_err(anyhow::Error::msg)?);
     match bucket.check() {
         Ok(()) => {
             log::info!("bucket {} is ready", bucket.describe());
@@ -700,12 +703,14 @@ pub fn open_checked(settings: S3Settings, agent: ureq::Agent) -> anyhow::Result<
             bucket.describe()
         ),
     }
-    let again =
-        Bucket::new(bucket.settings().clone(), bucket.agent.clone()).map_err(anyhow::Error::msg)?;
+    let weak = std::sync::Arc::downgrade(&bucket);
     std::thread::Builder::new()
         .name("roxpi-s3-check".into())
         .spawn(move || loop {
             std::thread::sleep(RECHECK);
+            let Some(again) = weak.upgrade() else {
+                return;
+            };
             match again.check() {
                 Ok(()) => {
                     log::info!("bucket {} is reachable now", again.describe());
