@@ -364,7 +364,8 @@ fn the_l1_cap_holds_while_evicted_files_come_back_from_the_bucket() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let sizes = [300_000; 10];
+        let mut sizes = vec![300_000; 10];
+        sizes.push(1_500_000);
         let f = fake(&sizes);
         let cap: u64 = 1 << 20;
         let n = Node::start(&f, &proxy, "tiered", &[("ROXPI_CACHE_SIZE", "1M")]);
@@ -418,6 +419,19 @@ fn the_l1_cap_holds_while_evicted_files_come_back_from_the_bucket() {
         assert!(peak <= cap, "L1 held {peak} bytes, over its cap of {cap}");
         assert!(peak >= 600_000, "the sampler saw the L1 fill ({peak})");
         assert!(n.metric("roxpi_file_cache_bytes") <= cap);
+        // A file larger than the L1 cap: served, put into the bucket, never
+        // kept in L1; the next request reads the bucket.
+        let big = 10;
+        assert_serves(&n, &f, big);
+        n.wait_metric("roxpi_file_uploads_total", 11);
+        let kept = walk(&n.cache.path().join("files"));
+        assert!(kept
+            .iter()
+            .all(|p| std::fs::metadata(p).unwrap().len() < 1_500_000));
+        let hits = n.metric("roxpi_file_bucket_hits_total");
+        assert_serves(&n, &f, big);
+        assert_eq!(n.metric("roxpi_file_bucket_hits_total"), hits + 1);
+        assert_eq!(upstream_gets(&f, big), 1);
     });
 }
 
@@ -578,6 +592,41 @@ fn a_failed_upload_keeps_the_l1_copy_and_is_retried() {
         assert!(holds(&object(&s3, &f, 0), &expected(&f, 0).bytes));
         assert_eq!(n.metric("roxpi_file_uploads_pending"), 0);
         assert_eq!(n.metric("roxpi_file_upload_failures_total"), 0);
+        assert_eq!(upstream_gets(&f, 0), 1);
+    });
+}
+
+#[test]
+fn requests_during_the_upload_join_the_download_instead_of_missing_the_bucket() {
+    let Some(s3) = S3Server::start() else { return };
+    within(LIMIT, move || {
+        let proxy = S3Proxy::start(s3.addr);
+        let f = fake(&[300_000]);
+        let sha = expected(&f, 0).sha256();
+        // A slow PUT: the upload takes 2 s after the download is done.
+        proxy.set_fault(Fault::Delay {
+            method: "PUT".into(),
+            matching: sha.clone(),
+            by: Duration::from_secs(2),
+        });
+        let n = Node::start(&f, &proxy, "s3", &[]);
+        assert_serves(&n, &f, 0);
+        // While the PUT is under way: joined, not a second lookup and
+        // download.
+        let during = n.get(&path(0));
+        assert_eq!(during.status, 200);
+        assert!(during.body == expected(&f, 0).bytes);
+        assert_eq!(during.header("x-cache"), Some("COALESCED"));
+        assert_eq!(
+            n.metric("roxpi_file_uploads_total"),
+            0,
+            "the PUT was still running"
+        );
+        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(proxy.count("GET", &sha), 1, "one bucket lookup");
+        n.wait_metric("roxpi_file_uploads_total", 1);
+        // Done: the next request reads the bucket.
+        assert_eq!(n.get(&path(0)).header("x-cache"), Some("BUCKET"));
         assert_eq!(upstream_gets(&f, 0), 1);
     });
 }

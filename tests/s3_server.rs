@@ -151,6 +151,13 @@ pub enum Fault {
         matching: String,
         after: usize,
     },
+    /// A request with `method` whose path contains `matching` is held for
+    /// `by` before it is passed on (a slow S3).
+    Delay {
+        method: String,
+        matching: String,
+        by: Duration,
+    },
 }
 
 /// One request the proxy saw.
@@ -248,6 +255,22 @@ impl S3Proxy {
         if fault == Fault::Down {
             let _ = client.shutdown(Shutdown::Both);
             return;
+        }
+        if let Fault::Delay {
+            method: m,
+            matching,
+            by,
+        } = &fault
+        {
+            if *m == method
+                && target
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .contains(matching.as_str())
+            {
+                std::thread::sleep(*by);
+            }
         }
         let Ok(mut upstream) = TcpStream::connect(server) else {
             return;
