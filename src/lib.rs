@@ -25,6 +25,8 @@
 //! - [`config`]: every setting once — flag, environment variable, aliases,
 //!   default, validation.
 //! - [`clock`]: time as the caches see it (movable in tests).
+//! - [`histogram`]: latency histograms for `/metrics`.
+//! - [`startup`]: serving (probes, parked requests) while the app starts.
 //! - [`redact`]: URLs that cannot display credentials.
 //! - [`wheel`]: a wheel's METADATA out of its zip (metadata synthesis).
 //! - [`logging`]: flexi_logger set-up (asynchronous writer).
@@ -34,6 +36,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod histogram;
 pub mod http;
 pub mod index_cache;
 pub mod logging;
@@ -42,6 +45,7 @@ pub mod page_budget;
 pub mod persist;
 pub mod pypi;
 pub mod redact;
+pub mod startup;
 pub mod storage;
 pub mod upstream;
 pub mod wheel;

@@ -39,17 +39,43 @@ fn run() -> anyhow::Result<()> {
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     )
     .context("cannot install the SIGXFSZ handler")?;
+    // Listen first: `/health` answers while the cache dir is opened and
+    // the bucket checked; `/ready` says 503 until then, and other requests
+    // wait parked (`startup`).
+    let startup = roxpi::startup::Startup::new();
+    let probe = {
+        let s = std::sync::Arc::clone(&startup);
+        let p: roxpi::http::Probe = std::sync::Arc::new(move |path: &str| s.probe(path));
+        p
+    };
+    let observe = {
+        let s = std::sync::Arc::clone(&startup);
+        let o: roxpi::http::Observer =
+            std::sync::Arc::new(move |f: &roxpi::http::Finished<'_>| s.observe(f));
+        o
+    };
     let server_config = ServerConfig {
         workers: config.workers.max(1),
+        probe: Some(probe),
+        observe: Some(observe),
         ..ServerConfig::default()
     };
-    let app = roxpi::wire(config.clone(), std::sync::Arc::clone(&server_config.stats))?;
-    let server = Server::start(config.bind, server_config, move |req| app.handle(req))
+    let stats = std::sync::Arc::clone(&server_config.stats);
+    let handler = std::sync::Arc::clone(&startup);
+    let server = Server::start(config.bind, server_config, move |req| handler.handle(req))
         .with_context(|| format!("cannot listen on {} (ROXPI_BIND / --bind)", config.bind))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "roxpi listening on http://{}", server.local_addr())?;
     out.flush()?;
     drop(out);
+    let app = match roxpi::wire(config.clone(), stats) {
+        Ok(app) => app,
+        Err(e) => {
+            server.shutdown(Duration::from_millis(100));
+            return Err(e);
+        }
+    };
+    startup.ready(app);
     log::info!(
         "serving on http://{} with {} workers, up to {} connections",
         server.local_addr(),

@@ -6,6 +6,7 @@
 
 mod error;
 mod files;
+pub mod latency;
 mod pages;
 mod route;
 mod status;
@@ -19,7 +20,7 @@ pub use route::{route, Prefix, Route};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::files::{Files, FilesConfig};
-use crate::http::{Later, Method, Request, Response, Waker};
+use crate::http::{Later, Method, ProbeAnswer, Request, Response, Waker};
 use crate::index_cache::{IndexCache, Key, Resolution, Resolved};
 use crate::origin::{Index, IndexId, Origin};
 use crate::persist::PageStore;
@@ -37,6 +38,8 @@ pub struct App {
     server: Arc<crate::http::Stats>,
     /// For its counters (refused addresses).
     origin: Arc<dyn Origin>,
+    /// Request latency by route kind and cache result (`observe`).
+    latencies: latency::Latencies,
 }
 
 impl App {
@@ -136,6 +139,7 @@ impl App {
             files: Arc::new(files),
             server,
             origin,
+            latencies: latency::Latencies::default(),
         })
     }
 
@@ -157,7 +161,10 @@ impl App {
         }
         match route {
             Route::Home => status::home(self),
-            Route::Health => json_success(),
+            Route::Health | Route::Ready => match self.probe(req.path()) {
+                Some(a) => probe_response(&a),
+                None => Response::text(404, "not found\n"),
+            },
             Route::Metrics => status::metrics(self),
             Route::Redirect(location) => {
                 Response::text(301, format!("moved to {location}\n")).header("Location", location)
@@ -238,6 +245,53 @@ impl App {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Take-once data: a poisoned lock is consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `/health`: alive (answered by the accept thread too; never blocks).
+pub fn health() -> ProbeAnswer {
+    ProbeAnswer {
+        status: 200,
+        body: SUCCESS.to_owned(),
+    }
+}
+
+/// `/ready` while something keeps roxpi from serving well.
+pub fn not_ready(reason: &str) -> ProbeAnswer {
+    ProbeAnswer {
+        status: 503,
+        body: serde_json::json!({"ready": false, "reason": reason}).to_string(),
+    }
+}
+
+/// A probe answer as a response (when a worker answers it).
+pub fn probe_response(a: &ProbeAnswer) -> Response {
+    Response::new(a.status)
+        .header("Content-Type", "application/json")
+        .header("Cache-Control", "no-store")
+        .body(a.body.clone())
+}
+
+impl App {
+    /// Every finished response (the server's observer): latency histograms.
+    pub fn observe(&self, f: &crate::http::Finished<'_>) {
+        self.latencies.observe(f);
+    }
+
+    /// `/health` and `/ready` (called by the accept thread: atomics and
+    /// `try_lock` only, never I/O).
+    pub fn probe(&self, path: &str) -> Option<ProbeAnswer> {
+        match path {
+            "/health" => Some(health()),
+            "/ready" => Some(match self.files.stats.write_health.problem() {
+                Some(reason) => not_ready(&format!("cache write failed: {reason}")),
+                None => ProbeAnswer {
+                    status: 200,
+                    body: "{\"ready\":true}".to_owned(),
+                },
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn json_success() -> Response {

@@ -28,7 +28,10 @@ impl Prefix {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Home,
+    /// Liveness.
     Health,
+    /// Readiness.
+    Ready,
     Metrics,
     List,
     Project(ProjectName),
@@ -66,6 +69,7 @@ pub fn route(path: &str, query: Option<&str>) -> Route {
     match path {
         "/" => return Route::Home,
         "/health" => return Route::Health,
+        "/ready" => return Route::Ready,
         "/metrics" => return Route::Metrics,
         "/index" => return Route::Redirect(with_query("/index/".into())),
         "/simple" => return Route::Redirect(with_query("/simple/".into())),
@@ -134,6 +138,7 @@ mod tests {
         let cases: Vec<(&str, Option<&str>, Route)> = vec![
             ("/", None, Route::Home),
             ("/health", None, Route::Health),
+            ("/ready", None, Route::Ready),
             ("/metrics", None, Route::Metrics),
             ("/index/", None, Route::List),
             ("/simple/", None, Route::List),

@@ -79,8 +79,7 @@ impl Snapshot {
             m("roxpi_http_waiting_requests", Gauge, Server, "requests parked on the upstream", "requests parked until their upstream answer is ready (no thread held)", load(&s.waiting)),
             m("roxpi_http_abandoned_total", Counter, Server, "parked requests abandoned", "parked requests dropped because their client hung up while waiting", load(&s.abandoned)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
-            m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches (the count of the next metric)", load(&c.fetches)),
-            m("roxpi_upstream_page_fetch_microseconds_total", Counter, Index, "upstream page fetch time (µs)", "time spent in upstream page fetches (divide by the fetch count for the average latency)", load(&c.fetch_micros)),
+            m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches", c.fetch_seconds.count()),
             m("roxpi_upstream_refused_addresses_total", Counter, Index, "upstream addresses refused (policy)", "upstream connections refused by the address policy (private, link-local… links and redirects)", app.origin.refused_addresses()),
             m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", load(&c.busy)),
             m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", load(&c.hits)),
@@ -148,8 +147,8 @@ impl Snapshot {
             .collect()
     }
 
-    /// Prometheus text format.
-    pub fn prometheus(&self) -> String {
+    /// Prometheus text format: the counters and gauges, then `histograms`.
+    pub fn prometheus(&self, histograms: impl FnOnce(&mut String)) -> String {
         let mut out = String::new();
         for m in &self.metrics {
             let kind = match m.kind {
@@ -162,6 +161,7 @@ impl Snapshot {
                 m.name, m.help, m.value
             );
         }
+        histograms(&mut out);
         out
     }
 }
@@ -226,7 +226,15 @@ pub fn metrics(app: &App) -> Response {
     Response::new(200)
         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         .header("Cache-Control", "no-store")
-        .body(Snapshot::take(app).prometheus())
+        .body(Snapshot::take(app).prometheus(|out| {
+            app.latencies.render(out);
+            let name = "roxpi_upstream_fetch_duration_seconds";
+            out.push_str(&format!(
+                "# HELP {name} Upstream requests: a page fetch whole, a file download to its response headers.\n# TYPE {name} histogram\n"
+            ));
+            app.pages.stats.fetch_seconds.render(name, "kind=\"page\"", out);
+            app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
+        }))
 }
 
 #[cfg(test)]

@@ -241,6 +241,9 @@ impl Downloads {
                 _ => &self.stats.upstream_failures,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let FileError::Local(e) = f {
+                self.stats.write_health.failed(e);
+            }
             if matches!(f, FileError::Local(_) | FileError::NoLength) {
                 self.bypass
                     .lock()
@@ -467,6 +470,7 @@ impl Downloads {
         key: &CacheKey,
     ) -> Arc<std::fs::File> {
         let mut file = Arc::clone(&temp.file);
+        let mut wrote = true;
         if temp.is_kept() {
             match self.storage.commit(temp, sha256) {
                 Ok(stored) => {
@@ -477,9 +481,15 @@ impl Downloads {
                 Err(e) => {
                     // Complete and verified: serve it, just do not keep it.
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.write_health.failed(&e);
+                    wrote = false;
                     log::warn!("cannot commit {}: {e}", key.as_str());
                 }
             }
+        }
+        if wrote {
+            // The whole file was written (and kept, if it was to be).
+            self.stats.write_health.succeeded();
         }
         let sha: Arc<str> = sha256.into();
         let done = Arc::clone(&file);
@@ -539,7 +549,10 @@ impl Downloads {
         source: &Source,
         inflight: &Arc<InFlight>,
     ) -> Result<(Arc<std::fs::File>, u64), FileError> {
-        let streamed = self.origin.open_file(&source.index, &source.url, None)?;
+        let asked = Instant::now();
+        let streamed = self.origin.open_file(&source.index, &source.url, None);
+        self.stats.fetch_seconds.observe(asked.elapsed());
+        let streamed = streamed?;
         if streamed.status != 200 {
             return Err(OriginError::status(&streamed.final_url, streamed.status).into());
         }

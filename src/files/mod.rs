@@ -84,6 +84,45 @@ pub struct FileStats {
     pub uploads: AtomicU64,
     /// Uploads given up (logged).
     pub upload_failures: AtomicU64,
+    /// Whether the cache takes writes (`/ready`).
+    pub write_health: WriteHealth,
+    /// Upstream file downloads: time to the response headers.
+    pub fetch_seconds: crate::histogram::Histogram,
+}
+
+/// Whether the cache takes writes: not after a cache write failed, until a
+/// later one succeeds. Read by the accept thread's `/ready` probe: an
+/// atomic, and the reason behind a lock only ever tried.
+#[derive(Default, Debug)]
+pub struct WriteHealth {
+    failed: std::sync::atomic::AtomicBool,
+    reason: std::sync::Mutex<String>,
+}
+
+impl WriteHealth {
+    pub fn failed(&self, e: &dyn std::fmt::Display) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = e.to_string();
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn succeeded(&self) {
+        self.failed.store(false, Ordering::Release);
+    }
+
+    /// Why the cache does not take writes now, if it does not.
+    pub fn problem(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.reason
+                .try_lock()
+                .map(|r| r.clone())
+                .unwrap_or_else(|_| "a cache write failed".to_owned()),
+        )
+    }
 }
 
 /// How files are served (from the settings).

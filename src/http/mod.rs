@@ -55,11 +55,13 @@ pub mod conditional;
 mod conn;
 mod later;
 mod poller;
+mod probe;
 mod request;
 mod response;
 mod worker;
 
 pub use later::{settle, Later, Resume, Waker};
+pub use probe::{answer_bytes, probe_target, Probe, ProbeAnswer};
 pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
 pub use response::{Body, FileRange, ReadyStream, Response, Stream, StreamReady};
 
@@ -80,7 +82,7 @@ use poller::Poller;
 use worker::{Ready, TransferPool, Work};
 
 /// Server settings. `Default` gives production values.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Request worker threads.
     pub workers: usize,
@@ -100,6 +102,43 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The counters; pass your own to read them elsewhere (`/metrics`).
     pub stats: Arc<Stats>,
+    /// Probes (`/health`, `/ready`) the accept thread answers itself when
+    /// their request is already there (`probe`).
+    pub probe: Option<Probe>,
+    /// Called once per finished response (latency histograms).
+    pub observe: Option<Observer>,
+}
+
+/// A finished response, as the observer sees it.
+pub struct Finished<'a> {
+    /// The request target (path and query).
+    pub target: &'a str,
+    pub status: u16,
+    /// The response's `log_tag` (HIT, MISS…).
+    pub tag: Option<&'static str>,
+    /// From the request head to the last byte sent.
+    pub elapsed: Duration,
+    /// The body was cut (client gone, failed stream).
+    pub cut: bool,
+}
+
+/// Sees every finished response; must be cheap (atomics).
+pub type Observer = Arc<dyn Fn(&Finished<'_>) + Send + Sync>;
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("workers", &self.workers)
+            .field("max_transfers", &self.max_transfers)
+            .field("head_timeout", &self.head_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("probe", &self.probe.is_some())
+            .field("observe", &self.observe.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerConfig {
@@ -114,6 +153,8 @@ impl Default for ServerConfig {
             max_connections: None,
             limits: Limits::default(),
             stats: Arc::new(Stats::default()),
+            probe: None,
+            observe: None,
         }
     }
 }
@@ -148,6 +189,8 @@ pub struct Stats {
     pub waiting: AtomicU64,
     /// Parked requests dropped because their client hung up.
     pub abandoned: AtomicU64,
+    /// Probes answered by the accept thread (never behind the workers).
+    pub probes: AtomicU64,
 }
 
 type Handler = Box<dyn Fn(&Request) -> Response + Send + Sync>;
@@ -386,6 +429,19 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
                     let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
                     // The guard inside `Conn` gives the slot back on drop.
                     let conn = Conn::new(stream, peer, Arc::clone(&shared.open));
+                    // A probe whose request is already there is answered
+                    // here, even beyond the cap.
+                    if let Some(status) = shared
+                        .config
+                        .probe
+                        .as_ref()
+                        .and_then(|p| probe::try_answer(&conn, p))
+                    {
+                        shared.stats.probes.fetch_add(1, Ordering::Relaxed);
+                        log::info!(target: "roxpi::access", "{} \"probe\" {status} 0.0ms PROBE", conn.peer);
+                        conn.close();
+                        continue;
+                    }
                     if open > cap {
                         shared.stats.shed.fetch_add(1, Ordering::Relaxed);
                         shed(conn);

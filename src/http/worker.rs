@@ -60,6 +60,7 @@ struct Access<'a> {
     status: u16,
     tag: Option<&'static str>,
     started: Instant,
+    observe: Option<super::Observer>,
 }
 
 impl Access<'_> {
@@ -70,6 +71,7 @@ impl Access<'_> {
             status: self.status,
             tag: self.tag,
             started: self.started,
+            observe: self.observe,
         }
     }
 }
@@ -345,6 +347,7 @@ fn write_response(
         status,
         tag,
         started,
+        observe: shared.config.observe.clone(),
     };
     if out.needs_thread() {
         shared.submit_transfer(Transfer {
@@ -526,10 +529,20 @@ fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
 }
 
 fn log_access(conn: &Conn, a: &Access<'_>, bytes: u64, error: Option<&std::io::Error>) {
+    let elapsed = a.started.elapsed();
+    if let Some(observe) = &a.observe {
+        observe(&super::Finished {
+            target: &a.target,
+            status: a.status,
+            tag: a.tag,
+            elapsed,
+            cut: error.is_some(),
+        });
+    }
     if !log::log_enabled!(target: "roxpi::access", log::Level::Info) {
         return;
     }
-    let ms = a.started.elapsed().as_secs_f64() * 1000.0;
+    let ms = elapsed.as_secs_f64() * 1000.0;
     let tag = a.tag.unwrap_or("-");
     match error {
         None => log::info!(

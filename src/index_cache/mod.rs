@@ -267,8 +267,6 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub evictions: AtomicU64,
-    /// Page fetches and their total time (microseconds), for an average.
-    pub fetches: AtomicU64,
     /// Misses refused because every fetch thread and queue slot was taken.
     pub busy: AtomicU64,
     /// Refreshes answered `304 Not Modified` (no body, no re-parse).
@@ -277,7 +275,8 @@ pub struct CacheStats {
     pub older_serial: AtomicU64,
     /// Expired pages answered at once while refreshed in the background.
     pub revalidating: AtomicU64,
-    pub fetch_micros: AtomicU64,
+    /// Upstream page fetches: how long each took.
+    pub fetch_seconds: crate::histogram::Histogram,
 }
 
 /// How expired copies are served.
@@ -653,9 +652,7 @@ impl IndexCache {
                 "internal error while fetching",
             ))
         });
-        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.fetch_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.fetch_seconds.observe(started.elapsed());
         // A page that could never stay in the cache is refused with a clear
         // error; every page below that is kept (the bound is global).
         let result = result.and_then(|fetched| match fetched {
