@@ -20,7 +20,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
-use crate::util::{start_roxpi, within};
+use crate::util::{have, start_roxpi, within};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -109,27 +109,6 @@ fn fake_with_wheels() -> FakeIndex {
         wheel_project("roxpi-dep", "1.2.0", &[]),
     );
     fake
-}
-
-/// Whether `tool --version` runs; in CI a missing tool is a failure.
-fn have(tool: &str, args: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var_os("ROXPI_CI").is_some() {
-            panic!(
-                "{tool} is required in CI (ROXPI_CI is set) but `{tool} {}` failed",
-                args.join(" ")
-            );
-        }
-        eprintln!(
-            "SKIPPED: `{tool} {}` is not available; install it to run this test",
-            args.join(" ")
-        );
-    }
-    ok
 }
 
 fn assert_installed(target: &Path) {

@@ -395,3 +395,41 @@ pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Whether `tool args…` runs; in CI (`ROXPI_CI`) a missing tool is a
+/// failure, elsewhere the test skips with the reason printed.
+pub fn have(tool: &str, args: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("ROXPI_CI").is_some() {
+            panic!(
+                "{tool} is required in CI (ROXPI_CI is set) but `{tool} {}` failed",
+                args.join(" ")
+            );
+        }
+        eprintln!(
+            "SKIPPED: `{tool} {}` is not available; install it to run this test",
+            args.join(" ")
+        );
+    }
+    ok
+}
+
+/// Whether a file a test needs exists (made by `how`); in CI a missing one
+/// is a failure, elsewhere the test skips with the reason printed.
+pub fn have_file(path: &std::path::Path, how: &str) -> bool {
+    if path.exists() {
+        return true;
+    }
+    if std::env::var_os("ROXPI_CI").is_some() {
+        panic!(
+            "{} is required in CI (ROXPI_CI is set): {how}",
+            path.display()
+        );
+    }
+    eprintln!("SKIPPED: {} is missing ({how})", path.display());
+    false
+}

@@ -344,6 +344,11 @@ impl Downloads {
             .pop(key);
     }
 
+    /// Downloads in progress (from the upstream or the bucket).
+    pub fn in_flight(&self) -> usize {
+        self.map().len()
+    }
+
     /// Uploads waiting for a retry.
     pub fn pending_uploads(&self) -> usize {
         self.retries.len()

@@ -243,6 +243,11 @@ impl Files {
         self.downloads.as_ref().and_then(|d| d.bucket())
     }
 
+    /// Downloads in progress.
+    pub fn in_flight(&self) -> usize {
+        self.downloads.as_ref().map_or(0, |d| d.in_flight())
+    }
+
     /// Uploads to the bucket waiting for a retry.
     pub fn pending_uploads(&self) -> usize {
         self.downloads.as_ref().map_or(0, |d| d.pending_uploads())

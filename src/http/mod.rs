@@ -430,13 +430,17 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
                     // The guard inside `Conn` gives the slot back on drop.
                     let conn = Conn::new(stream, peer, Arc::clone(&shared.open));
                     // A probe whose request is already there is answered
-                    // here, even beyond the cap.
-                    if let Some(status) = shared
-                        .config
-                        .probe
-                        .as_ref()
-                        .and_then(|p| probe::try_answer(&conn, p))
-                    {
+                    // here, even beyond the cap (where its request gets a
+                    // moment to arrive before the connection is shed).
+                    let probe = shared.config.probe.as_ref();
+                    let answered = probe.and_then(|p| {
+                        probe::try_answer(&conn, p).or_else(|| {
+                            (open > cap && probe::wait_readable(&conn, OVER_CAP_WAIT))
+                                .then(|| probe::try_answer(&conn, p))
+                                .flatten()
+                        })
+                    });
+                    if let Some(status) = answered {
                         shared.stats.probes.fetch_add(1, Ordering::Relaxed);
                         log::info!(target: "roxpi::access", "{} \"probe\" {status} 0.0ms PROBE", conn.peer);
                         conn.close();
@@ -475,6 +479,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
         }
     }
 }
+
+/// How long a connection beyond the cap may take to send its request
+/// before it is shed (a probe's is answered instead).
+const OVER_CAP_WAIT: Duration = Duration::from_millis(2);
 
 /// The answer to a client beyond the connection cap.
 const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 33\r\nConnection: close\r\n\r\ntoo many connections, retry soon\n";

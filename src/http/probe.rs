@@ -85,6 +85,22 @@ pub(crate) fn try_answer(conn: &Conn, probe: &Probe) -> Option<u16> {
     Some(answer.status)
 }
 
+/// Whether `conn` has bytes to read within `limit` (a short wait on the
+/// accept thread, only for connections beyond the cap).
+pub(crate) fn wait_readable(conn: &Conn, limit: std::time::Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &conn.stream,
+        rustix::event::PollFlags::IN,
+    )];
+    let t = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: i64::try_from(limit.as_nanos())
+            .unwrap_or(0)
+            .min(999_999_999),
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&t)), Ok(n) if n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
