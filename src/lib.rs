@@ -15,6 +15,8 @@
 //! - [`storage`]: the `Storage` trait and its backends (local LRU disk,
 //!   staging for `ROXPI_CACHE_SIZE=0`).
 //! - [`persist`]: the last good copy of each page on disk.
+//! - [`policy`]: the site's rules (cooldown, yanks, deny lists), decided
+//!   per file; the audit trail.
 //! - [`origin`]: the `Origin` trait the caches fetch through, the
 //!   configured indexes and the typed upstream error.
 //! - [`upstream`]: the real `Origin`: one ureq agent.
@@ -43,6 +45,7 @@ pub mod logging;
 pub mod origin;
 pub mod page_budget;
 pub mod persist;
+pub mod policy;
 pub mod pypi;
 pub mod redact;
 pub mod startup;
