@@ -13,6 +13,8 @@ use url::Url;
 use crate::pypi::Strategy;
 use crate::redact::SafeUrl;
 
+pub mod file;
+
 /// PyPI's simple index, the default upstream.
 pub const PYPI: &str = "https://pypi.org/simple/";
 
@@ -28,9 +30,41 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_BIND", default_value = "0.0.0.0:5000")]
     pub bind: String,
 
-    /// Root upstream index (credentials may be embedded: https://user:pass@host/simple/).
-    #[arg(long, env = "ROXPI_INDEX_URL", default_value = PYPI)]
+    /// Root upstream index (credentials may be embedded:
+    /// https://user:pass@host/simple/). Default: the `[[index]]` entries of
+    /// ROXPI_CONFIG if any, else PyPI's simple index.
+    #[arg(long, env = "ROXPI_INDEX_URL", default_value = "")]
     pub index_url: String,
+
+    /// The configuration file (TOML): policy, indexes with their guards,
+    /// routes. Flags and variables override it; SIGHUP reloads its policy.
+    #[arg(long, env = "ROXPI_CONFIG", default_value = "")]
+    pub config: String,
+
+    /// Release cooldown: files younger than this (7d, 12h; 0 = off) are held
+    /// back (overrides `min-release-age` of ROXPI_CONFIG).
+    #[arg(long, env = "ROXPI_MIN_RELEASE_AGE", default_value = "")]
+    pub min_release_age: String,
+
+    /// `hide` (young files are not listed, but served when asked) or `deny`
+    /// (also refused with 403) (overrides ROXPI_CONFIG).
+    #[arg(long, env = "ROXPI_COOLDOWN_MODE", default_value = "")]
+    pub cooldown_mode: String,
+
+    /// Files without an upload time under a cooldown: `allow`, `first-seen`
+    /// or `deny` (overrides ROXPI_CONFIG).
+    #[arg(long, env = "ROXPI_UNTIMED", default_value = "")]
+    pub untimed: String,
+
+    /// When set, the invalidation DELETEs need `Authorization: Bearer <token>`
+    /// (401 otherwise). Unset: open, as in proxpi.
+    #[arg(
+        long,
+        env = "ROXPI_ADMIN_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub admin_token: String,
 
     /// Root index TTL in seconds; 0 = revalidate on every request.
     #[arg(long, env = "ROXPI_INDEX_TTL", default_value = "1800")]
@@ -187,6 +221,11 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
         ],
     ),
     ("ROXPI_INDEX_STRATEGY", &[]),
+    ("ROXPI_CONFIG", &[]),
+    ("ROXPI_MIN_RELEASE_AGE", &[]),
+    ("ROXPI_COOLDOWN_MODE", &[]),
+    ("ROXPI_UNTIMED", &[]),
+    ("ROXPI_ADMIN_TOKEN", &[]),
     ("ROXPI_STALE_AFTER", &[]),
     ("ROXPI_STALE_WHILE_REVALIDATE", &[]),
     ("ROXPI_CLIENT_REFRESH", &[]),
@@ -297,6 +336,42 @@ pub struct IndexConfig {
     /// The URL, ending in `/`, with any credentials.
     pub url: Url,
     pub ttl: Duration,
+    /// Dependency-confusion guard: this index serves only these projects,
+    /// and they are taken from no other index (empty: any project).
+    pub only: Vec<crate::policy::ProjectGlob>,
+    /// This index never serves these projects.
+    pub never: Vec<crate::policy::ProjectGlob>,
+}
+
+impl IndexConfig {
+    pub fn new(url: Url, ttl: Duration) -> IndexConfig {
+        IndexConfig {
+            url,
+            ttl,
+            only: Vec::new(),
+            never: Vec::new(),
+        }
+    }
+}
+
+/// A secret setting: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// An extra route (`[[route]]` of ROXPI_CONFIG): a path prefix with its
+/// own indexes and strategy.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Starts and ends with `/`: `/pytorch-cu121/simple/`.
+    pub prefix: String,
+    pub indexes: Vec<IndexConfig>,
+    pub strategy: Strategy,
 }
 
 /// Which client requests force a page refresh.
@@ -349,6 +424,14 @@ pub struct Settings {
     pub upstream_allow_any: bool,
     pub log_spec: String,
     pub log_json: bool,
+    /// ROXPI_CONFIG, for reloads.
+    pub config_file: Option<PathBuf>,
+    /// The site's policy (cooldown, yanks, deny lists).
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// Extra routes, beside `/index/` and `/simple/`.
+    pub routes: Vec<RouteConfig>,
+    /// Needed by the invalidation DELETEs when set.
+    pub admin_token: Option<Secret>,
 }
 
 /// A setting with a value it cannot take.
@@ -379,11 +462,65 @@ impl Settings {
         })?;
         let root_ttl = parse_seconds(&cli.index_ttl)
             .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, "seconds, e.g. 1800"))?;
-        let mut indexes = vec![IndexConfig {
-            url: parse_index_url(&cli.index_url)
-                .map_err(|e| err("ROXPI_INDEX_URL", &SafeUrl::text(&cli.index_url), e))?,
-            ttl: root_ttl,
-        }];
+        let config_file = Some(cli.config.trim())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let file = match &config_file {
+            Some(p) => file::FileConfig::read(p).map_err(|e| ConfigError {
+                setting: "ROXPI_CONFIG",
+                value: p.display().to_string(),
+                expected: format!("a valid roxpi.toml: {}", e.message),
+            })?,
+            None => file::FileConfig::default(),
+        };
+        let file_path = config_file
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+        let glob_list = |globs: &[String], setting: &'static str| {
+            globs
+                .iter()
+                .map(|g| {
+                    crate::policy::ProjectGlob::parse(g).map_err(|e| err(setting, &file_path, e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut indexes = Vec::new();
+        if cli.index_url.trim().is_empty() && !file.index.is_empty() {
+            // The file's [[index]] entries, root first.
+            for (i, entry) in file.index.iter().enumerate() {
+                let url = parse_index_url(&entry.url).map_err(|e| {
+                    err("ROXPI_CONFIG [[index]] url", &SafeUrl::text(&entry.url), e)
+                })?;
+                let default_ttl = if i == 0 {
+                    root_ttl
+                } else {
+                    Duration::from_secs(180)
+                };
+                let ttl = match entry.ttl {
+                    Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t),
+                    Some(t) => {
+                        return Err(err("ROXPI_CONFIG [[index]] ttl", &t.to_string(), "seconds"))
+                    }
+                    None => default_ttl,
+                };
+                indexes.push(IndexConfig {
+                    url,
+                    ttl,
+                    only: glob_list(&entry.only, "ROXPI_CONFIG [[index]] only")?,
+                    never: glob_list(&entry.never, "ROXPI_CONFIG [[index]] never")?,
+                });
+            }
+        } else {
+            let root = match cli.index_url.trim() {
+                "" => PYPI,
+                u => u,
+            };
+            indexes.push(IndexConfig::new(
+                parse_index_url(root)
+                    .map_err(|e| err("ROXPI_INDEX_URL", &SafeUrl::text(root), e))?,
+                root_ttl,
+            ));
+        }
         let extra_urls: Vec<&str> = split_list(&cli.extra_index_urls);
         let extra_ttls: Vec<&str> = split_list(&cli.extra_index_ttls);
         if !extra_ttls.is_empty() && extra_ttls.len() != extra_urls.len() {
@@ -401,7 +538,81 @@ impl Settings {
                     .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, "seconds, e.g. 180"))?,
                 None => Duration::from_secs(180),
             };
-            indexes.push(IndexConfig { url, ttl });
+            indexes.push(IndexConfig::new(url, ttl));
+        }
+        let overrides = policy_overrides(cli);
+        let policy =
+            file::build_policy(&file, &overrides, &file_path).map_err(|e| ConfigError {
+                setting:
+                    "ROXPI_CONFIG / ROXPI_MIN_RELEASE_AGE / ROXPI_COOLDOWN_MODE / ROXPI_UNTIMED",
+                value: e.path.clone(),
+                expected: e.message,
+            })?;
+        let mut routes = Vec::new();
+        for r in &file.route {
+            let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
+            let reserved = [
+                "/",
+                "/index/",
+                "/simple/",
+                "/cache/",
+                "/health/",
+                "/ready/",
+                "/metrics/",
+            ];
+            if prefix == "//" || reserved.contains(&prefix.as_str()) || prefix.contains("//") {
+                return Err(err(
+                    "ROXPI_CONFIG [[route]] prefix",
+                    &r.prefix,
+                    "a path of its own, e.g. /pytorch-cu121/simple/ (not /, /index/, /simple/, /cache/…)",
+                ));
+            }
+            if routes.iter().any(|x: &RouteConfig| x.prefix == prefix) {
+                return Err(err(
+                    "ROXPI_CONFIG [[route]] prefix",
+                    &r.prefix,
+                    "a prefix used once",
+                ));
+            }
+            if r.indexes.is_empty() {
+                return Err(err(
+                    "ROXPI_CONFIG [[route]] indexes",
+                    &r.prefix,
+                    "at least one index URL",
+                ));
+            }
+            let ttl = match r.ttl {
+                Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t),
+                Some(t) => {
+                    return Err(err("ROXPI_CONFIG [[route]] ttl", &t.to_string(), "seconds"))
+                }
+                None => root_ttl,
+            };
+            let indexes = r
+                .indexes
+                .iter()
+                .map(|u| {
+                    parse_index_url(u)
+                        .map(|url| IndexConfig::new(url, ttl))
+                        .map_err(|e| err("ROXPI_CONFIG [[route]] indexes", &SafeUrl::text(u), e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let strategy = match r.strategy.as_deref().map(str::trim) {
+                None | Some("merge") => Strategy::Merge,
+                Some("first-index") => Strategy::FirstIndex,
+                Some(other) => {
+                    return Err(err(
+                        "ROXPI_CONFIG [[route]] strategy",
+                        other,
+                        "merge or first-index",
+                    ))
+                }
+            };
+            routes.push(RouteConfig {
+                prefix,
+                indexes,
+                strategy,
+            });
         }
         let strategy = match cli.index_strategy.trim() {
             "merge" => Strategy::Merge,
@@ -534,12 +745,38 @@ impl Settings {
             upstream_allow_any,
             log_spec: translate_log_level(&cli.log),
             log_json,
+            config_file,
+            policy: std::sync::Arc::new(policy),
+            routes,
+            admin_token: Some(cli.admin_token.trim())
+                .filter(|t| !t.is_empty())
+                .map(|t| Secret(t.to_owned())),
         })
     }
 }
 
 /// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
 /// `$HOME/.cache/roxpi`.
+/// The policy of the configuration file at `path` again, with the flags
+/// and variables of `cli` over it (SIGHUP).
+pub fn reload_policy(
+    cli: &Cli,
+    path: &std::path::Path,
+) -> Result<crate::policy::Policy, file::FileError> {
+    let file = file::FileConfig::read(path)?;
+    file::build_policy(&file, &policy_overrides(cli), &path.display().to_string())
+}
+
+/// The policy settings given as flags or variables.
+fn policy_overrides(cli: &Cli) -> file::PolicyOverrides {
+    let given = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
+    file::PolicyOverrides {
+        min_release_age: given(&cli.min_release_age),
+        cooldown_mode: given(&cli.cooldown_mode),
+        untimed: given(&cli.untimed),
+    }
+}
+
 /// The bucket settings, with credentials from the standard `AWS_*`
 /// variables (read through `env`).
 pub fn s3_settings(

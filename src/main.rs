@@ -1,12 +1,13 @@
 //! The roxpi binary: parse the configuration, start logging, run the server
-//! until SIGTERM or SIGINT, then shut down gracefully.
+//! until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the
+//! policy of ROXPI_CONFIG (a broken file keeps the policy in force).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use roxpi::config::{Cli, Settings};
 use roxpi::http::{Server, ServerConfig};
@@ -30,7 +31,7 @@ fn run() -> anyhow::Result<()> {
     let config = Settings::from_cli(&cli)?;
     let _log = roxpi::logging::start(&config.log_spec, config.log_json)
         .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", cli.log))?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
     // A file-size limit must turn writes into EFBIG errors (counted, files
     // streamed through), not kill the process.
@@ -89,8 +90,23 @@ fn run() -> anyhow::Result<()> {
             index.ttl.as_secs()
         );
     }
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            // Reload the policy; a broken file keeps the old one.
+            match (&config.config_file, startup.app()) {
+                (Some(path), Some(app)) => match roxpi::config::reload_policy(&cli, path) {
+                    Ok(policy) => {
+                        app.set_policy(policy);
+                        log::info!("SIGHUP: policy reloaded from {}", path.display());
+                    }
+                    Err(e) => log::error!("SIGHUP: keeping the policy in force: {e}"),
+                },
+                _ => log::info!("SIGHUP: no ROXPI_CONFIG to reload"),
+            }
+            continue;
+        }
         log::info!("signal {sig}: finishing in-flight responses, then exiting");
+        break;
     }
     if !server.shutdown(SHUTDOWN_GRACE) {
         log::warn!("exiting with responses still in flight");

@@ -411,10 +411,10 @@ mod tests {
     fn index() -> Index {
         Index::new(
             crate::origin::IndexId::ROOT,
-            &crate::config::IndexConfig {
-                url: Url::parse("https://u:p@pypi.example/simple/").unwrap(),
-                ttl: Duration::from_secs(60),
-            },
+            &crate::config::IndexConfig::new(
+                Url::parse("https://u:p@pypi.example/simple/").unwrap(),
+                Duration::from_secs(60),
+            ),
         )
     }
 

@@ -64,6 +64,11 @@ impl Startup {
         })
     }
 
+    /// The app, once it has started.
+    pub fn app(&self) -> Option<&Arc<App>> {
+        self.app.get()
+    }
+
     /// The server's observer: to the app once it is there.
     pub fn observe(&self, f: &crate::http::Finished<'_>) {
         if let Some(app) = self.app.get() {

@@ -8,14 +8,17 @@ use super::error::{self, Failure};
 use super::App;
 use crate::files::Wanted;
 use crate::http::{Request, Response};
-use crate::index_cache::{Freshness, Key, Resolved, Snapshot};
+use crate::index_cache::{Doc, Freshness, Key, Resolved, Snapshot};
 use crate::origin::IndexId;
 use crate::pypi::{CoreMetadata, FileEntry, Filename, ProjectName};
 
 impl App {
     /// A distribution file or its `.metadata`.
     pub(super) fn file(&self, req: &Request, name: ProjectName, file: Filename) -> Response {
-        let key = Key::Project(name);
+        if let Some(refused) = self.denied_project(&name) {
+            return refused;
+        }
+        let key = Key::Project(name.clone());
         let found = match self
             .pages
             .resolve(&key, self.settings.strategy, false, true)
@@ -28,6 +31,9 @@ impl App {
         let Some((id, entry, part)) = find_file(&found, &file, &synthesizes) else {
             return Response::text(404, format!("{file} is not listed on the project page\n"));
         };
+        if let Some(refused) = self.refused_file(&found, id, &name, entry) {
+            return refused;
+        }
         let index = &self.pages.indexes()[id.get()];
         let wanted = Wanted {
             index,
@@ -37,6 +43,62 @@ impl App {
             filename: &file,
         };
         self.files.serve(req, wanted)
+    }
+}
+
+impl App {
+    /// A 403 for a file the policy refuses: its project is quarantined
+    /// upstream (PEP 792; also for cached, stale and offline copies), it is
+    /// denied, or it is in its cooldown under `cooldown-mode = "deny"`.
+    /// Audited. (In `hide` mode a young file is served when asked for: a
+    /// lock file made before keeps installing.)
+    fn refused_file(
+        &self,
+        found: &[(IndexId, Arc<Snapshot>, Freshness)],
+        id: IndexId,
+        name: &ProjectName,
+        entry: &FileEntry,
+    ) -> Option<Response> {
+        let quarantined = found.iter().any(|(i, snap, _)| {
+            *i == id
+                && matches!(&*snap.doc, Doc::Page(p) if p.project_status.as_ref().is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined")))
+        });
+        let (rule, reason) = if quarantined {
+            (
+                "quarantine",
+                "the upstream quarantined this project (PEP 792)".to_owned(),
+            )
+        } else {
+            let (policy, _) = self.policy();
+            if policy.is_empty() {
+                return None;
+            }
+            let uploaded = entry
+                .upload_time
+                .as_deref()
+                .and_then(crate::policy::parse_upload_time);
+            let first_seen = (uploaded.is_none()
+                && policy.cooldown.untimed == crate::policy::Untimed::FirstSeen)
+                .then(|| self.first_seen(entry));
+            let verdict = policy.verdict(
+                &crate::policy::Facts {
+                    project: name,
+                    filename: entry.filename.as_str(),
+                    uploaded,
+                    first_seen,
+                },
+                std::time::SystemTime::now(),
+            );
+            (verdict.rule()?, verdict.refusal()?)
+        };
+        let file = entry.filename.as_str();
+        self.audit
+            .record(rule, "refused", name, Some(file), &reason);
+        Some(
+            Response::text(403, format!("{file}: {reason}\n"))
+                .header("Cache-Control", "no-store")
+                .log_tag("POLICY"),
+        )
     }
 }
 

@@ -40,6 +40,12 @@ pub struct App {
     origin: Arc<dyn Origin>,
     /// Request latency by route kind and cache result (`observe`).
     latencies: latency::Latencies,
+    /// The site's policy (swapped whole on reload) and its version.
+    policy: std::sync::RwLock<(Arc<crate::policy::Policy>, u64)>,
+    /// Every policy decision that changed an answer.
+    pub audit: crate::policy::audit::Audit,
+    /// When files without an upload time were first seen.
+    first_seen: crate::policy::first_seen::FirstSeen,
 }
 
 impl App {
@@ -119,6 +125,16 @@ impl App {
                 }
             }
         };
+        let settings_policy = Arc::clone(&settings.policy);
+        let first_seen = if settings.cache_size == 0 {
+            crate::policy::first_seen::FirstSeen::default()
+        } else {
+            crate::policy::first_seen::FirstSeen::open(&settings.cache_dir.join("first-seen"))
+                .unwrap_or_else(|e| {
+                    log::warn!("first sightings of untimed files are kept in memory only: {e}");
+                    Default::default()
+                })
+        };
         let pages = IndexCache::new(
             Arc::clone(&origin),
             clock,
@@ -140,6 +156,9 @@ impl App {
             server,
             origin,
             latencies: latency::Latencies::default(),
+            policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),
+            audit: Default::default(),
+            first_seen,
         })
     }
 
@@ -168,6 +187,13 @@ impl App {
             Route::Metrics => status::metrics(self),
             Route::Redirect(location) => {
                 Response::text(301, format!("moved to {location}\n")).header("Location", location)
+            }
+            Route::InvalidateList | Route::InvalidateProject(_) if !self.authorized(req) => {
+                Response::text(
+                    401,
+                    "an admin token is needed: Authorization: Bearer <ROXPI_ADMIN_TOKEN>\n",
+                )
+                .header("WWW-Authenticate", "Bearer realm=\"roxpi\"")
             }
             Route::InvalidateList => {
                 self.pages.invalidate(&Key::List);
@@ -272,6 +298,43 @@ pub fn probe_response(a: &ProbeAnswer) -> Response {
 }
 
 impl App {
+    /// The policy in force and its version (it changes on reload).
+    pub fn policy(&self) -> (Arc<crate::policy::Policy>, u64) {
+        let p = self.policy.read().unwrap_or_else(|p| p.into_inner());
+        (Arc::clone(&p.0), p.1)
+    }
+
+    /// Puts a new policy in force (SIGHUP).
+    pub fn set_policy(&self, policy: crate::policy::Policy) {
+        let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        *p = (Arc::new(policy), p.1 + 1);
+    }
+
+    /// Whether an invalidation may proceed: always without
+    /// `ROXPI_ADMIN_TOKEN` (proxpi's behaviour), else only with its bearer
+    /// token (compared in constant time).
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(token) = &self.settings.admin_token else {
+            return true;
+        };
+        let Some(given) = req
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let (a, b) = (given.trim().as_bytes(), token.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// When `entry` (listed without an upload time) was first seen.
+    pub(super) fn first_seen(&self, entry: &crate::pypi::FileEntry) -> std::time::SystemTime {
+        let sha = entry.hashes.get("sha256").map(String::as_str);
+        let key = crate::storage::CacheKey::derive(sha, &entry.url);
+        self.first_seen
+            .get_or_record(&key, std::time::SystemTime::now())
+    }
+
     /// Every finished response (the server's observer): latency histograms.
     pub fn observe(&self, f: &crate::http::Finished<'_>) {
         self.latencies.observe(f);

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -16,9 +16,10 @@ use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
+use crate::policy::{parse_upload_time, Facts, Policy, Untimed, Verdict};
 use crate::pypi::{
     negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
-    PageFormat, ProjectPage,
+    PageFormat, ProjectName, ProjectPage, Yanked,
 };
 
 /// The most a client may cache an index page (PyPI's value).
@@ -36,6 +37,11 @@ impl App {
             return Response::text(406, "no acceptable content coding (identity refused)\n")
                 .header("Vary", "Accept, Accept-Encoding");
         };
+        if let Key::Project(name) = &key {
+            if let Some(refused) = self.denied_project(name) {
+                return refused;
+            }
+        }
         let resolution = self.pages.start_resolution(
             &key,
             self.settings.strategy,
@@ -67,17 +73,25 @@ impl App {
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
         };
         let now = Instant::now();
-        // What synthesis advertises changes the rendered page too.
+        let wall = SystemTime::now();
+        let (policy, policy_version) = self.policy();
+        // What synthesis advertises, and the policy, change the rendered
+        // page too.
         let sig: Vec<u64> = found
             .iter()
             .map(|(_, s, _)| s.generation)
-            .chain(std::iter::once(self.files.metadata_generation()))
+            .chain([self.files.metadata_generation(), policy_version])
             .collect();
         let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
         let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
-        let view = match self.pages.view(&key, format, coding, &sig) {
+        let cached = self
+            .pages
+            .view(&key, format, coding, &sig)
+            .filter(|v| v.valid_until.is_none_or(|t| wall < t));
+        let view = match cached {
             Some(v) => v,
             None => {
+                let mut valid_until = None;
                 let body = match &key {
                     Key::Project(name) => {
                         let pages: Vec<&ProjectPage> = found
@@ -88,6 +102,7 @@ impl App {
                             })
                             .collect();
                         let mut merged = crate::pypi::merge(pages, self.settings.strategy);
+                        valid_until = self.apply_policy(name, &mut merged, &policy, wall);
                         for entry in &mut merged.files {
                             if let Some(hashes) = self.files.advertise_metadata(entry) {
                                 entry.core_metadata = CoreMetadata::Available(hashes);
@@ -112,11 +127,17 @@ impl App {
                     sig,
                     body: Bytes::from(body),
                     etag,
+                    valid_until,
                 });
                 self.pages.store_view(&key, format, coding, Arc::clone(&v));
                 v
             }
         };
+        // A page the policy changes with time alone (a held-back file
+        // matures) is cached by clients no longer than until then.
+        let matures = view.valid_until.map_or(u64::MAX, |t| {
+            t.duration_since(wall).unwrap_or_default().as_secs()
+        });
         let max_age = if stale {
             0
         } else {
@@ -126,6 +147,7 @@ impl App {
                 .min()
                 .unwrap_or(0)
                 .min(MAX_PAGE_AGE)
+                .min(matures)
         };
         let tag = if stale {
             "STALE"
@@ -156,6 +178,105 @@ impl App {
             return not_modified(r);
         }
         r.body(view.body.clone())
+    }
+}
+
+impl App {
+    /// A 403 for a project the policy denies whole (audited).
+    pub(super) fn denied_project(&self, name: &ProjectName) -> Option<Response> {
+        let reason = self.policy().0.project_denied(name)?;
+        self.audit.record("deny", "refused", name, None, &reason);
+        Some(
+            Response::text(403, format!("{name}: {reason}\n"))
+                .header("Cache-Control", "no-store")
+                .log_tag("POLICY"),
+        )
+    }
+
+    /// The policy over a merged project page: a quarantined project (PEP
+    /// 792) lists no file; files in their cooldown and denied files leave
+    /// the listing; yanks are marked (PEP 592). Every change is audited.
+    /// Returns when the page next changes by time alone.
+    fn apply_policy(
+        &self,
+        name: &ProjectName,
+        page: &mut ProjectPage,
+        policy: &Policy,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let quarantined = page
+            .project_status
+            .as_ref()
+            .is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined"));
+        if quarantined {
+            if !page.files.is_empty() {
+                self.audit.record(
+                    "quarantine",
+                    "withheld",
+                    name,
+                    None,
+                    "the upstream quarantined this project (PEP 792)",
+                );
+            }
+            page.files.clear();
+            return None;
+        }
+        if policy.is_empty() {
+            return None;
+        }
+        let first_seen = policy.cooldown.untimed == Untimed::FirstSeen;
+        let mut next: Option<SystemTime> = None;
+        page.files.retain_mut(|e| {
+            let uploaded = e.upload_time.as_deref().and_then(parse_upload_time);
+            let facts = Facts {
+                project: name,
+                filename: e.filename.as_str(),
+                uploaded,
+                first_seen: (uploaded.is_none() && first_seen).then(|| self.first_seen(e)),
+            };
+            match policy.verdict(&facts, now) {
+                Verdict::Serve => true,
+                Verdict::Yank(reason) => {
+                    if matches!(e.yanked, Yanked::No) {
+                        self.audit.record(
+                            "yank",
+                            "yanked",
+                            name,
+                            Some(e.filename.as_str()),
+                            &reason,
+                        );
+                        e.yanked = Yanked::Reason(reason);
+                    }
+                    true
+                }
+                Verdict::Young { until, .. } => {
+                    if let Some(t) = until {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                    let reason = match until {
+                        Some(t) => format!(
+                            "release cooldown until {}",
+                            humantime::format_rfc3339_seconds(t)
+                        ),
+                        None => "no upload time (untimed = deny)".to_owned(),
+                    };
+                    self.audit.record(
+                        "cooldown",
+                        "hidden",
+                        name,
+                        Some(e.filename.as_str()),
+                        &reason,
+                    );
+                    false
+                }
+                Verdict::Deny(reason) => {
+                    self.audit
+                        .record("deny", "removed", name, Some(e.filename.as_str()), &reason);
+                    false
+                }
+            }
+        });
+        next
     }
 }
 

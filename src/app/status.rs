@@ -178,6 +178,9 @@ struct HomeHtml<'a> {
     stats: Vec<(&'static str, String)>,
     file_stats: Vec<(&'static str, String)>,
     server_stats: Vec<(&'static str, String)>,
+    policy: Vec<(String, String)>,
+    audit: Vec<(&'static str, u64)>,
+    token: bool,
 }
 
 pub fn home(app: &App) -> Response {
@@ -214,6 +217,9 @@ pub fn home(app: &App) -> Response {
         stats: snapshot.rows(Section::Index),
         file_stats,
         server_stats: snapshot.rows(Section::Server),
+        policy: policy_rows(&app.policy().0),
+        audit: app.audit.counts(),
+        token: app.settings.admin_token.is_some(),
     };
     match page.render() {
         Ok(html) => Response::new(200)
@@ -236,7 +242,57 @@ pub fn metrics(app: &App) -> Response {
             ));
             app.pages.stats.fetch_seconds.render(name, "kind=\"page\"", out);
             app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
+            let name = "roxpi_policy_decisions_total";
+            out.push_str(&format!(
+                "# HELP {name} Policy decisions that changed an answer (files hidden, yanked, removed or refused), by rule.\n# TYPE {name} counter\n"
+            ));
+            for (rule, n) in app.audit.counts() {
+                out.push_str(&format!("{name}{{rule=\"{rule}\"}} {n}\n"));
+            }
         }))
+}
+
+/// The policy in force, as the home page shows it.
+fn policy_rows(p: &crate::policy::Policy) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    let c = &p.cooldown;
+    if c.min_age.is_zero() && c.overrides.is_empty() {
+        rows.push(("release cooldown".into(), "off".into()));
+    } else {
+        rows.push((
+            "release cooldown".into(),
+            format!(
+                "{} ({:?}; untimed files: {:?})",
+                humantime::format_duration(c.min_age),
+                c.mode,
+                c.untimed
+            )
+            .to_lowercase(),
+        ));
+    }
+    for g in &c.exempt {
+        rows.push(("cooldown exempt".into(), g.as_str().to_owned()));
+    }
+    for (g, d) in &c.overrides {
+        rows.push((
+            format!("cooldown for {}", g.as_str()),
+            humantime::format_duration(*d).to_string(),
+        ));
+    }
+    for r in &p.yanks {
+        rows.push(("yanked".into(), format_rule(r)));
+    }
+    for r in &p.deny {
+        rows.push(("denied".into(), format_rule(r)));
+    }
+    rows
+}
+
+fn format_rule(r: &crate::policy::Rule) -> String {
+    match &r.reason {
+        Some(reason) => format!("{} ({reason})", r.describe()),
+        None => r.describe(),
+    }
 }
 
 #[cfg(test)]

@@ -654,10 +654,10 @@ mod tests {
     fn a_range_answer_larger_than_asked_is_refused_before_allocating() {
         let index = Index::new(
             crate::origin::IndexId::ROOT,
-            &crate::config::IndexConfig {
-                url: Url::parse("http://index.invalid/simple/").unwrap(),
-                ttl: Duration::from_secs(60),
-            },
+            &crate::config::IndexConfig::new(
+                Url::parse("http://index.invalid/simple/").unwrap(),
+                Duration::from_secs(60),
+            ),
         );
         let source = Source {
             index,

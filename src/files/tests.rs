@@ -22,10 +22,10 @@ const URL: &str = "http://files.invalid/demo-1.0.tar.gz";
 fn index() -> Index {
     Index::new(
         IndexId::ROOT,
-        &IndexConfig {
-            url: Url::parse("http://index.invalid/simple/").unwrap(),
-            ttl: Duration::from_secs(60),
-        },
+        &IndexConfig::new(
+            Url::parse("http://index.invalid/simple/").unwrap(),
+            Duration::from_secs(60),
+        ),
     )
 }
 

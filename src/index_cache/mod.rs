@@ -162,6 +162,9 @@ pub struct Rendered {
     pub sig: Vec<u64>,
     pub body: Bytes,
     pub etag: String,
+    /// The policy changes this page at that time (a held-back file
+    /// matures): rendered again then.
+    pub valid_until: Option<std::time::SystemTime>,
 }
 
 type FlightResult = Result<Arc<Snapshot>, Arc<OriginError>>;

@@ -31,7 +31,8 @@ pub struct Resolution {
     force: bool,
     /// Use any copy at hand without waiting (file requests).
     no_wait: bool,
-    indexes: usize,
+    /// The indexes asked, in order (the confusion guard may leave some out).
+    order: Vec<IndexId>,
     /// Lookups started, in index order; those before `cursor` are settled.
     pending: Vec<(IndexId, Pending)>,
     cursor: usize,
@@ -79,34 +80,56 @@ impl IndexCache {
         force: bool,
         no_wait: bool,
     ) -> Resolution {
-        let indexes = self.indexes().len();
+        let order = self.indexes_for(key);
         let sequential = strategy == Strategy::FirstIndex && matches!(key, Key::Project(_));
         let mut r = Resolution {
             sequential: sequential.then(|| key.clone()),
             force,
             no_wait,
-            indexes,
-            pending: Vec::with_capacity(indexes),
+            pending: Vec::with_capacity(order.len()),
             cursor: 0,
-            settled: Vec::with_capacity(indexes),
+            settled: Vec::with_capacity(order.len()),
             next: 0,
+            order,
         };
         if sequential {
             self.begin_next(&mut r, key);
         } else {
             // Start every fetch before waiting for any.
-            for i in 0..indexes {
-                r.pending
-                    .push((IndexId(i), self.begin(IndexId(i), key, force)));
+            for i in 0..r.order.len() {
+                let id = r.order[i];
+                r.pending.push((id, self.begin(id, key, force)));
             }
-            r.next = indexes;
+            r.next = r.order.len();
         }
         r
     }
 
+    /// The indexes that may answer for `key`: for a project claimed by an
+    /// index's `only` list, those claiming indexes alone (a private name is
+    /// never taken from another index, whatever the strategy); else every
+    /// index whose `only` and `never` lists allow it.
+    pub fn indexes_for(&self, key: &Key) -> Vec<IndexId> {
+        let all = self.indexes();
+        let Key::Project(name) = key else {
+            return all.iter().map(|i| i.id).collect();
+        };
+        let claimed: Vec<IndexId> = all
+            .iter()
+            .filter(|i| i.claims(name))
+            .map(|i| i.id)
+            .collect();
+        if !claimed.is_empty() {
+            return claimed;
+        }
+        all.iter()
+            .filter(|i| i.may_serve(name))
+            .map(|i| i.id)
+            .collect()
+    }
+
     fn begin_next(self: &Arc<Self>, r: &mut Resolution, key: &Key) {
-        if r.next < r.indexes {
-            let id = IndexId(r.next);
+        if let Some(id) = r.order.get(r.next).copied() {
             r.pending.push((id, self.begin(id, key, r.force)));
             r.next += 1;
         }
@@ -140,7 +163,7 @@ impl IndexCache {
                 }
                 Some((_, Err(e))) => return Some(Resolved::Failed(e)),
                 Some((_, Ok(None))) | None => {
-                    if r.next >= r.indexes {
+                    if r.next >= r.order.len() {
                         return Some(Resolved::NotFound);
                     }
                     self.begin_next(r, &key);

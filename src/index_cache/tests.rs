@@ -30,10 +30,10 @@ fn rig_swr(
         .map(|i| {
             Index::new(
                 IndexId(i),
-                &IndexConfig {
-                    url: url::Url::parse(&format!("http://index{i}.invalid/simple/")).unwrap(),
-                    ttl: TTL,
-                },
+                &IndexConfig::new(
+                    url::Url::parse(&format!("http://index{i}.invalid/simple/")).unwrap(),
+                    TTL,
+                ),
             )
         })
         .collect();
@@ -102,6 +102,7 @@ fn view(len: usize) -> Arc<Rendered> {
         sig: vec![1],
         body: Bytes::from(vec![0u8; len]),
         etag: "\"e\"".into(),
+        valid_until: None,
     })
 }
 

@@ -46,6 +46,11 @@ pub struct Index {
     /// `Authorization` value, sent only to `url`'s origin.
     auth: Option<String>,
     pub ttl: Duration,
+    /// Dependency-confusion guard: the only projects this index serves,
+    /// which no other index may serve (empty: any).
+    pub only: Vec<crate::policy::ProjectGlob>,
+    /// Projects this index never serves.
+    pub never: Vec<crate::policy::ProjectGlob>,
 }
 
 impl Index {
@@ -71,7 +76,19 @@ impl Index {
             url,
             auth,
             ttl: config.ttl,
+            only: config.only.clone(),
+            never: config.never.clone(),
         }
+    }
+
+    /// Whether this index claims `name` (its `only` list names it).
+    pub fn claims(&self, name: &crate::pypi::ProjectName) -> bool {
+        self.only.iter().any(|g| g.matches(name))
+    }
+
+    /// Whether this index may serve `name` at all.
+    pub fn may_serve(&self, name: &crate::pypi::ProjectName) -> bool {
+        (self.only.is_empty() || self.claims(name)) && !self.never.iter().any(|g| g.matches(name))
     }
 
     /// Whether the index URL carried credentials (then clients are never
@@ -279,10 +296,7 @@ mod tests {
     fn index(url: &str) -> Index {
         Index::new(
             IndexId::ROOT,
-            &IndexConfig {
-                url: Url::parse(url).unwrap(),
-                ttl: Duration::from_secs(1),
-            },
+            &IndexConfig::new(Url::parse(url).unwrap(), Duration::from_secs(1)),
         )
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,9 @@ use crate::storage::CacheKey;
 #[derive(Debug, Default)]
 pub struct FirstSeen {
     seen: Mutex<HashMap<CacheKey, SystemTime>>,
-    log: Option<Mutex<File>>,
+    /// The record, created at the first sighting (`None`: memory only).
+    path: Option<PathBuf>,
+    log: Mutex<Option<File>>,
 }
 
 /// One line of the file (pure).
@@ -29,20 +31,25 @@ fn parse_line(line: &str) -> Option<(CacheKey, SystemTime)> {
 }
 
 impl FirstSeen {
-    /// Opens (creating) the record at `path`.
+    /// The record at `path`: read if it exists, created at the first
+    /// sighting.
     pub fn open(path: &Path) -> io::Result<FirstSeen> {
         let mut seen = HashMap::new();
-        if let Ok(f) = File::open(path) {
-            for line in io::BufReader::new(f).lines() {
-                if let Some((k, t)) = parse_line(&line?) {
-                    seen.entry(k).or_insert(t);
+        match File::open(path) {
+            Ok(f) => {
+                for line in io::BufReader::new(f).lines() {
+                    if let Some((k, t)) = parse_line(&line?) {
+                        seen.entry(k).or_insert(t);
+                    }
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        let log = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(FirstSeen {
             seen: Mutex::new(seen),
-            log: Some(Mutex::new(log)),
+            path: Some(path.to_owned()),
+            log: Mutex::new(None),
         })
     }
 
@@ -54,11 +61,21 @@ impl FirstSeen {
         }
         seen.insert(key.clone(), now);
         drop(seen);
-        if let Some(log) = &self.log {
+        if let Some(path) = &self.path {
             let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(f, "{secs} {}", key.as_str()) {
-                log::warn!("cannot record when a file was first seen: {e}");
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.is_none() {
+                *log = OpenOptions::new().create(true).append(true).open(path).ok();
+            }
+            let written = match log.as_mut() {
+                Some(f) => writeln!(f, "{secs} {}", key.as_str()),
+                None => Err(io::Error::other("cannot open the record")),
+            };
+            if let Err(e) = written {
+                log::warn!(
+                    "cannot record when a file was first seen ({}): {e}",
+                    path.display()
+                );
             }
         }
         now
@@ -76,6 +93,7 @@ mod tests {
         let key = CacheKey::parse(&"ab".repeat(32)).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let f = FirstSeen::open(&path).unwrap();
+        assert!(!path.exists(), "created at the first sighting only");
         assert_eq!(f.get_or_record(&key, t0), t0);
         assert_eq!(f.get_or_record(&key, t0 + Duration::from_secs(99)), t0);
         drop(f);
