@@ -30,6 +30,7 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
             FakeProject {
                 files: vec![FakeFile::new("demo-1.0-py3-none-any.whl", blob(5000, 1))],
                 versions: vec![],
+                ..Default::default()
             },
         );
         f.require_auth("alice", SECRET);

@@ -34,6 +34,7 @@ fn fake(len: usize) -> FakeIndex {
         FakeProject {
             files: vec![FakeFile::new(WHEEL, blob(len, 3))],
             versions: vec![],
+            ..Default::default()
         },
     );
     fake
@@ -413,6 +414,7 @@ fn ready_follows_startup_and_cache_write_failures() {
             FakeProject {
                 files: vec![FakeFile::new("small-1.0-py3-none-any.whl", blob(10_000, 4))],
                 versions: vec![],
+                ..Default::default()
             },
         );
         assert_eq!(

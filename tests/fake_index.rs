@@ -83,7 +83,8 @@ pub struct FakeFile {
     pub metadata: Option<Bytes>,
     /// Advertise a sha256 hash for the file.
     pub hashed: bool,
-    pub upload_time: &'static str,
+    /// PEP 700 `upload-time` (JSON pages only); `None`: not given.
+    pub upload_time: Option<String>,
     /// The size the index advertises, when it should lie.
     pub advertised_size: Option<usize>,
     /// An absolute URL for the link instead of the fake's own.
@@ -99,7 +100,7 @@ impl FakeFile {
             yanked: false,
             metadata: None,
             hashed: true,
-            upload_time: "2024-01-02T03:04:05.000000Z",
+            upload_time: Some("2024-01-02T03:04:05.000000Z".into()),
             advertised_size: None,
             url: None,
         }
@@ -118,6 +119,8 @@ pub fn hex(b: &[u8]) -> String {
 pub struct FakeProject {
     pub files: Vec<FakeFile>,
     pub versions: Vec<String>,
+    /// PEP 792 project status (`quarantined`…), when given.
+    pub status: Option<String>,
 }
 
 struct State {
@@ -192,6 +195,7 @@ pub fn proxpi_data() -> BTreeMap<String, BTreeMap<String, FakeProject>> {
         FakeProject {
             files: vec![p100, p110],
             versions: vec!["1.0.0".into(), "1.1.0".into()],
+            ..Default::default()
         },
     );
     let sdist = FakeFile::new(
@@ -216,6 +220,7 @@ pub fn proxpi_data() -> BTreeMap<String, BTreeMap<String, FakeProject>> {
         FakeProject {
             files: vec![sdist, linux, win],
             versions: vec!["1.23.0".into(), "1.23.1".into()],
+            ..Default::default()
         },
     );
     let mut extra = BTreeMap::new();
@@ -233,6 +238,7 @@ pub fn proxpi_data() -> BTreeMap<String, BTreeMap<String, FakeProject>> {
                 ),
             ],
             versions: vec!["1.9.0".into()],
+            status: None,
         },
     );
     extra.insert(
@@ -243,6 +249,7 @@ pub fn proxpi_data() -> BTreeMap<String, BTreeMap<String, FakeProject>> {
                 Bytes::from_static(b"PK numpy mac wheel"),
             )],
             versions: vec!["1.23.1".into()],
+            status: None,
         },
     );
     BTreeMap::from([("root".to_owned(), root), ("extra".to_owned(), extra)])
@@ -515,8 +522,10 @@ fn project_page(
                         "url": file_path(f),
                         "hashes": if f.hashed { serde_json::json!({"sha256": f.sha256()}) } else { serde_json::json!({}) },
                         "size": f.advertised_size.unwrap_or(f.bytes.len()),
-                        "upload-time": f.upload_time,
                     });
+                    if let Some(t) = &f.upload_time {
+                        v["upload-time"] = t.clone().into();
+                    }
                     if let Some(rp) = &f.requires_python {
                         v["requires-python"] = rp.clone().into();
                     }
@@ -530,13 +539,17 @@ fn project_page(
                     v
                 })
                 .collect();
-            serde_json::json!({
+            let mut page = serde_json::json!({
                 "meta": {"api-version": "1.1", "_last-serial": 1},
                 "name": project,
                 "files": files,
                 "versions": p.versions,
-            })
-            .to_string()
+            });
+            if let Some(status) = &p.status {
+                page["meta"]["api-version"] = "1.4".into();
+                page["project-status"] = serde_json::json!({"status": status});
+            }
+            page.to_string()
         }
         Mode::Html | Mode::HtmlWithoutType => {
             let links: String = p
@@ -567,7 +580,12 @@ fn project_page(
                     a
                 })
                 .collect();
-            format!("<!DOCTYPE html>\n<html><head><title>Links for {project}</title></head><body>\n{links}</body></html>\n")
+            let status = p
+                .status
+                .as_ref()
+                .map(|s| format!("<meta name=\"pypi:repository-version\" content=\"1.4\"><meta name=\"pypi:project-status\" content=\"{s}\">"))
+                .unwrap_or_default();
+            format!("<!DOCTYPE html>\n<html><head>{status}<title>Links for {project}</title></head><body>\n{links}</body></html>\n")
         }
     };
     let content_type = match mode {

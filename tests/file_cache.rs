@@ -35,6 +35,7 @@ fn fake(sizes: &[usize]) -> FakeIndex {
         FakeProject {
             files,
             versions: vec![],
+            status: None,
         },
     );
     fake.set_mode(crate::fake_index::Mode::Json);
@@ -578,6 +579,7 @@ fn tar_gz_content_type_never_encoded() {
             FakeProject {
                 files: vec![FakeFile::new("demo-1.0.tar.gz", blob(5000, 9))],
                 versions: vec![],
+                ..Default::default()
             },
         );
         let dir = tempfile::tempdir().unwrap();
@@ -762,6 +764,7 @@ fn a_length_that_disagrees_with_the_index_is_refused() {
             FakeProject {
                 files: vec![file],
                 versions: vec![],
+                ..Default::default()
             },
         );
         f.set_mode(crate::fake_index::Mode::Json);
@@ -862,6 +865,7 @@ fn saved_pages_stay_within_their_bound_under_many_distinct_big_pages() {
                 FakeProject {
                     files,
                     versions: vec![],
+                    status: None,
                 },
             );
         }

@@ -93,6 +93,7 @@ fn wheel_project(dist: &str, version: &str, requires: &[&str]) -> FakeProject {
     FakeProject {
         files: vec![f],
         versions: vec![version.to_owned()],
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,7 @@ fn rig(env: &[(&str, &str)]) -> Rig {
                 ),
             ],
             versions: vec!["1.0".into()],
+            status: None,
         },
     );
     let (roxpi, cache, home) = crate::util::roxpi_on(&fake, env);
@@ -183,6 +184,7 @@ fn a_wheel_without_readable_metadata_is_a_404_and_no_longer_advertised() {
                     FakeFile::new("broken-3.0-py3-none-any.whl", zip_without_dist_info()),
                 ],
                 versions: vec![],
+                status: None,
             },
         );
         let page = |r: &Rig| request(r.roxpi.addr, "GET", "/index/broken/", &[JSON]).json();
@@ -293,6 +295,7 @@ fn metadata_read_by_ranges_is_replaced_when_the_verified_wheel_differs() {
                 FakeProject {
                     files: vec![FakeFile::new(WHEEL, bytes)],
                     versions: vec!["1.0".into()],
+                    ..Default::default()
                 },
             )
         };

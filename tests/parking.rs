@@ -24,6 +24,7 @@ fn hanging_upstream_requests_hold_no_worker() {
             FakeProject {
                 files: vec![FakeFile::new("warm-1.0-py3-none-any.whl", big.clone())],
                 versions: vec![],
+                ..Default::default()
             },
         );
         // Files whose downloads hang (their URLs hold `hang-`).
@@ -36,6 +37,7 @@ fn hanging_upstream_requests_hold_no_worker() {
             FakeProject {
                 files: hanging,
                 versions: vec![],
+                ..Default::default()
             },
         );
         let (roxpi, _cache, _home) = roxpi_on(
@@ -115,6 +117,7 @@ fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
             FakeProject {
                 files: vec![metadata, intranet],
                 versions: vec![],
+                ..Default::default()
             },
         );
         let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
@@ -163,6 +166,7 @@ fn a_thousand_clients_that_never_read_hold_no_thread() {
                     FakeFile::new("one-1.0-py3-none-any.whl", one.clone()),
                 ],
                 versions: vec![],
+                status: None,
             },
         );
         let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
@@ -273,6 +277,7 @@ fn clients_following_a_slow_download_hold_no_thread() {
             FakeProject {
                 files: vec![FakeFile::new("slow-1.0-py3-none-any.whl", big.clone())],
                 versions: vec![],
+                ..Default::default()
             },
         );
         // About 1.6 s for the whole file.

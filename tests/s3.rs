@@ -42,6 +42,7 @@ fn fake(sizes: &[usize]) -> FakeIndex {
         FakeProject {
             files,
             versions: vec![],
+            status: None,
         },
     );
     fake.set_mode(crate::fake_index::Mode::Json);

@@ -11,6 +11,7 @@ mod installers;
 mod memory;
 mod metadata;
 mod parking;
+mod policy;
 mod process;
 mod s3;
 mod s3_server;

@@ -1,0 +1,437 @@
+//! The policy layer through the real binary: the release cooldown (page
+//! `max-age` capped at the next maturation, `hide` and `deny`), quarantine
+//! (PEP 792) across refreshes, restarts and offline mode, the
+//! dependency-confusion guard, the configuration file (unknown keys,
+//! SIGHUP with a broken file, variables over the file), the admin token.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Fault, Mode};
+use crate::util::{blob, get, request, roxpi_bin, roxpi_on, start_roxpi, within, ChildServer};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// An RFC 3339 upload time `ago` before now.
+fn uploaded_ago(ago: Duration) -> Option<String> {
+    Some(humantime::format_rfc3339_micros(SystemTime::now() - ago).to_string())
+}
+
+/// Project `young` with 1.0 (old) and 2.0 uploaded `ago` ago (JSON pages).
+fn fake_with_young(ago: Duration) -> FakeIndex {
+    let fake = FakeIndex::start(BTreeMap::new());
+    let old = FakeFile::new("young-1.0-py3-none-any.whl", blob(3000, 1));
+    let mut new = FakeFile::new("young-2.0-py3-none-any.whl", blob(3000, 2));
+    new.upload_time = uploaded_ago(ago);
+    fake.add_project(
+        "root",
+        "young",
+        FakeProject {
+            files: vec![old, new],
+            versions: vec!["1.0".into(), "2.0".into()],
+            ..Default::default()
+        },
+    );
+    fake.set_mode(Mode::Json);
+    fake
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("roxpi.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn max_age(r: &crate::util::Reply) -> u64 {
+    r.header("cache-control")
+        .and_then(|v| v.strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no max-age: {:?}", r.header("cache-control")))
+}
+
+#[test]
+fn a_page_changes_when_its_held_back_file_matures() {
+    within(LIMIT, || {
+        // 2.0 matures 4 s from now.
+        let fake = fake_with_young(Duration::from_secs(7 * 86_400 - 4));
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(conf.path(), "min-release-age = \"7d\"\n");
+        let (server, _cache, _home) = roxpi_on(&fake, &[("ROXPI_CONFIG", path.as_str())]);
+        let addr = server.addr;
+        let before = get(addr, "/simple/young/");
+        assert_eq!(before.status, 200);
+        assert!(before.text().contains("young-1.0-py3-none-any.whl"));
+        assert!(!before.text().contains("young-2.0"), "held back");
+        let age = max_age(&before);
+        assert!(age <= 4, "max-age {age} past the maturation");
+        // The versions list stays complete (JSON).
+        let json = request(
+            addr,
+            "GET",
+            "/simple/young/",
+            &[("Accept", "application/vnd.pypi.simple.v1+json")],
+        );
+        assert_eq!(json.json()["versions"], serde_json::json!(["1.0", "2.0"]));
+        // In hide mode the file itself is served.
+        let file = get(addr, "/simple/young/young-2.0-py3-none-any.whl");
+        assert_eq!(file.status, 200);
+        std::thread::sleep(Duration::from_millis(4500));
+        let after = get(addr, "/simple/young/");
+        assert!(
+            after.text().contains("young-2.0-py3-none-any.whl"),
+            "matured"
+        );
+        assert_ne!(after.header("etag"), before.header("etag"));
+        let metrics = get(addr, "/metrics").text();
+        assert!(metrics.contains("roxpi_policy_decisions_total{rule=\"cooldown\"} "));
+        assert!(!metrics.contains("roxpi_policy_decisions_total{rule=\"cooldown\"} 0\n"));
+    });
+}
+
+#[test]
+fn deny_mode_refuses_the_young_file_with_the_reason() {
+    within(LIMIT, || {
+        let fake = fake_with_young(Duration::from_secs(3600));
+        let (server, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_MIN_RELEASE_AGE", "7d"),
+                ("ROXPI_COOLDOWN_MODE", "deny"),
+            ],
+        );
+        let r = get(server.addr, "/index/young/young-2.0-py3-none-any.whl");
+        assert_eq!(r.status, 403);
+        assert!(r.text().contains("release cooldown until"), "{}", r.text());
+        assert_eq!(
+            fake.count("/files/root/young/young-2.0-py3-none-any.whl"),
+            0
+        );
+        assert_eq!(
+            get(server.addr, "/index/young/young-1.0-py3-none-any.whl").status,
+            200
+        );
+    });
+}
+
+#[test]
+fn yanks_and_deny_rules_change_pages_and_refuse_files() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.add_project(
+            "root",
+            "setuptools",
+            FakeProject {
+                files: vec![
+                    FakeFile::new("setuptools-78.0.1-py3-none-any.whl", blob(100, 1)),
+                    FakeFile::new("setuptools-78.0.2-py3-none-any.whl", blob(100, 2)),
+                ],
+                ..Default::default()
+            },
+        );
+        fake.add_project(
+            "root",
+            "evil-pkg",
+            FakeProject {
+                files: vec![FakeFile::new("evil_pkg-1.0.tar.gz", blob(100, 3))],
+                ..Default::default()
+            },
+        );
+        fake.set_mode(Mode::Json);
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            r#"
+yank = [{ project = "setuptools", versions = "==78.0.1", reason = "breaks builds" }]
+deny = [{ project = "evil-*", reason = "known malware" }, { project = "setuptools", versions = ">78.0.1" }]
+"#,
+        );
+        let (server, _cache, _home) = roxpi_on(&fake, &[("ROXPI_CONFIG", path.as_str())]);
+        let addr = server.addr;
+        let json = request(
+            addr,
+            "GET",
+            "/simple/setuptools/",
+            &[("Accept", "application/vnd.pypi.simple.v1+json")],
+        )
+        .json();
+        let files = json["files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "78.0.2 denied: {json}");
+        assert_eq!(files[0]["yanked"], "breaks builds");
+        let html = get(addr, "/simple/setuptools/").text();
+        assert!(html.contains("data-yanked=\"breaks builds\""), "{html}");
+        let r = get(
+            addr,
+            "/simple/setuptools/setuptools-78.0.2-py3-none-any.whl",
+        );
+        assert_eq!(r.status, 403);
+        assert!(
+            r.text()
+                .contains("denied by the site's policy (setuptools >78.0.1)"),
+            "{}",
+            r.text()
+        );
+        let page = get(addr, "/simple/evil-pkg/");
+        assert_eq!(page.status, 403);
+        assert!(page.text().contains("known malware"));
+        assert_eq!(
+            get(addr, "/simple/evil-pkg/evil_pkg-1.0.tar.gz").status,
+            403
+        );
+        assert_eq!(
+            fake.count("/root/evil-pkg/"),
+            0,
+            "a denied project is never fetched"
+        );
+    });
+}
+
+#[test]
+fn a_quarantined_project_serves_no_file_after_refresh_restart_and_offline() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        let wheel = "qpkg-1.0-py3-none-any.whl";
+        fake.add_project(
+            "root",
+            "qpkg",
+            FakeProject {
+                files: vec![FakeFile::new(wheel, blob(5000, 1))],
+                ..Default::default()
+            },
+        );
+        fake.set_mode(Mode::Json);
+        let cache = tempfile::tempdir().unwrap();
+        let cache_dir = cache.path().display().to_string();
+        let root = fake.url("root");
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, String)> = vec![
+                ("ROXPI_INDEX_URL", root.clone()),
+                ("ROXPI_CACHE_DIR", cache_dir.clone()),
+                ("ROXPI_INDEX_TTL", "0".into()),
+            ];
+            v.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+            v
+        };
+        let start = |extra: &[(&'static str, &'static str)]| {
+            let e = env(extra);
+            let refs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            start_roxpi(&refs)
+        };
+        let path = format!("/index/qpkg/{wheel}");
+        {
+            let (server, _home) = start(&[]);
+            assert_eq!(get(server.addr, &path).status, 200, "cached");
+            // The upstream quarantines it (and, as PyPI does, lists no file).
+            let mut p = fake.project("root", "qpkg");
+            p.status = Some("quarantined".into());
+            fake.add_project("root", "qpkg", p);
+            let page = request(
+                server.addr,
+                "GET",
+                "/index/qpkg/",
+                &[("Accept", "application/vnd.pypi.simple.v1+json")],
+            );
+            assert_eq!(
+                page.json()["project-status"]["status"],
+                "quarantined",
+                "passed through"
+            );
+            assert_eq!(page.json()["files"], serde_json::json!([]));
+            assert!(
+                get(server.addr, &path).status >= 400,
+                "no file after the refresh"
+            );
+        }
+        // Restarted with the upstream down, then offline: still nothing.
+        fake.set_fault(Fault::Status(503));
+        for extra in [&[][..], &[("ROXPI_OFFLINE", "1")][..]] {
+            let (server, _home) = start(extra);
+            let page = get(server.addr, "/index/qpkg/");
+            assert_eq!(page.status, 200, "{extra:?}");
+            assert!(!page.text().contains(wheel), "{extra:?}: listed");
+            assert!(get(server.addr, &path).status >= 400, "{extra:?}: served");
+        }
+    });
+}
+
+#[test]
+fn a_private_name_is_never_taken_from_the_public_index() {
+    within(LIMIT, || {
+        let private = FakeIndex::start(BTreeMap::new());
+        let public = FakeIndex::start(BTreeMap::new());
+        public.add_project(
+            "root",
+            "acme-secret",
+            FakeProject {
+                files: vec![FakeFile::new(
+                    "acme_secret-99.0-py3-none-any.whl",
+                    blob(100, 9),
+                )],
+                ..Default::default()
+            },
+        );
+        public.add_project(
+            "root",
+            "numpy",
+            FakeProject {
+                files: vec![FakeFile::new("numpy-2.0-py3-none-any.whl", blob(100, 1))],
+                ..Default::default()
+            },
+        );
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            &format!(
+                "[[index]]\nurl = \"{}\"\nonly = [\"acme-*\"]\n\n[[index]]\nurl = \"{}\"\n",
+                private.url("root"),
+                public.url("root")
+            ),
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let cache_dir = cache.path().display().to_string();
+        for strategy in ["merge", "first-index"] {
+            let (server, _home) = start_roxpi(&[
+                ("ROXPI_CONFIG", path.as_str()),
+                ("ROXPI_INDEX_STRATEGY", strategy),
+                ("ROXPI_CACHE_DIR", cache_dir.as_str()),
+            ]);
+            let addr = server.addr;
+            // The private index does not have it: 404, not the public one.
+            let r = get(addr, "/index/acme-secret/");
+            assert_eq!(r.status, 404, "{strategy}: {}", r.text());
+            // The private index fails: 502, still not the public one.
+            private.set_fault(Fault::Status(500));
+            let _ = request(addr, "DELETE", "/cache/acme-secret", &[]);
+            let r = get(addr, "/index/acme-secret/");
+            assert_eq!(r.status, 502, "{strategy}: {}", r.text());
+            assert!(!r.text().contains("acme_secret-99.0"));
+            private.set_fault(Fault::None);
+            assert_eq!(
+                public.count("/root/acme-secret/"),
+                0,
+                "the public index was asked"
+            );
+            // Other names still come from the public index.
+            assert!(get(addr, "/index/numpy/").text().contains("numpy-2.0"));
+            drop(server);
+        }
+    });
+}
+
+#[test]
+fn the_config_file_unknown_keys_sighup_and_variables() {
+    within(LIMIT, || {
+        let fake = fake_with_young(Duration::from_secs(3600));
+        let conf = tempfile::tempdir().unwrap();
+        // An unknown key stops startup, naming the key and its line.
+        let bad = write_config(
+            conf.path(),
+            "min-release-age = \"7d\"\ncooldown-mdoe = \"deny\"\n",
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let out = Command::new(roxpi_bin())
+            .env_clear()
+            .env("ROXPI_CONFIG", &bad)
+            .env("ROXPI_CACHE_DIR", cache.path())
+            .env("ROXPI_BIND", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("cooldown-mdoe") && err.contains("line 2") && err.contains("ROXPI_CONFIG"),
+            "{err}"
+        );
+
+        // A variable overrides the file.
+        let path = write_config(
+            conf.path(),
+            "min-release-age = \"7d\"\ncooldown-mode = \"hide\"\n",
+        );
+        let (server, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_CONFIG", path.as_str()),
+                ("ROXPI_COOLDOWN_MODE", "deny"),
+            ],
+        );
+        let addr = server.addr;
+        let young = "/index/young/young-2.0-py3-none-any.whl";
+        assert_eq!(get(addr, young).status, 403, "deny from the variable");
+        // SIGHUP with a good file: the policy changes (cooldown off).
+        write_config(conf.path(), "min-release-age = \"0\"\n");
+        hup(&server);
+        wait_for(|| get(addr, young).status == 200, "the reloaded policy");
+        assert!(get(addr, "/index/young/").text().contains("young-2.0"));
+        // SIGHUP with a broken file: the policy in force stays.
+        write_config(conf.path(), "min-release-age = \"7d\"\nbogus = 1\n");
+        hup(&server);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            get(addr, young).status,
+            200,
+            "a broken file changed the policy"
+        );
+        // …and a good one again takes effect (the variable still wins).
+        write_config(conf.path(), "min-release-age = \"7d\"\n");
+        hup(&server);
+        wait_for(
+            || get(addr, young).status == 403,
+            "the policy after the broken file",
+        );
+    });
+}
+
+fn hup(server: &ChildServer) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn invalidation_needs_the_admin_token_when_one_is_set() {
+    within(LIMIT, || {
+        let fake = fake_with_young(Duration::from_secs(30 * 86_400));
+        let (server, _cache, _home) = roxpi_on(&fake, &[("ROXPI_ADMIN_TOKEN", "t0k3n-abc")]);
+        let addr = server.addr;
+        assert_eq!(get(addr, "/index/young/").status, 200);
+        assert_eq!(fake.count("/root/young/"), 1);
+        for headers in [
+            vec![],
+            vec![("Authorization", "Bearer wrong")],
+            vec![("Authorization", "Basic dDBrM24tYWJj")],
+            vec![("Authorization", "Bearer t0k3n-abcd")],
+        ] {
+            for path in ["/cache/young", "/cache/list"] {
+                let r = request(addr, "DELETE", path, &headers);
+                assert_eq!(r.status, 401, "{path} {headers:?}");
+                assert!(r.header("www-authenticate").is_some());
+                assert!(!r.text().contains("t0k3n"), "the token in the answer");
+            }
+        }
+        // Nothing was invalidated.
+        assert_eq!(get(addr, "/index/young/").header("x-cache"), Some("HIT"));
+        assert_eq!(fake.count("/root/young/"), 1);
+        let ok = request(
+            addr,
+            "DELETE",
+            "/cache/young",
+            &[("Authorization", "Bearer t0k3n-abc")],
+        );
+        assert_eq!(ok.status, 200);
+        assert_eq!(get(addr, "/index/young/").status, 200);
+        assert_eq!(fake.count("/root/young/"), 2, "invalidated with the token");
+    });
+}
