@@ -230,7 +230,7 @@ fn uv_installs_through_roxpi() {
 /// `pip22` (Ubuntu 22.04's, HTML only), `pip24` (what `python:3.12` images
 /// carry), `pip-latest`. `version`: the start of `pip --version`'s answer
 /// (`pip 24.0 `), or `pip ` for any.
-fn venv_python(venv: &str, version: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn venv_python(venv: &str, version: &str) -> Option<std::path::PathBuf> {
     let var = format!(
         "ROXPI_{}_PYTHON",
         venv.replace('-', "_").to_ascii_uppercase()
@@ -394,7 +394,7 @@ fn pip_24_max_age_zero_does_not_reach_the_upstream() {
 }
 
 /// A tool installed in a venv `.ci/run` makes under `target/ci-tools/<venv>`.
-fn venv_tool(venv: &str, tool: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn venv_tool(venv: &str, tool: &str) -> Option<std::path::PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/ci-tools")
         .join(venv)
@@ -525,5 +525,190 @@ fn pdm_locks_and_installs_through_roxpi() {
             },
             "pdm.lock",
         );
+    });
+}
+
+/// `cool-demo` 1.0 (old) and 2.0 (uploaded an hour ago), on JSON pages.
+fn fake_with_a_fresh_release() -> FakeIndex {
+    let fake = FakeIndex::start(BTreeMap::new());
+    let mut files = Vec::new();
+    for (version, ago) in [("1.0", 400 * 86_400u64), ("2.0", 3600)] {
+        let (wheel, metadata) = build_wheel("cool-demo", version, &[]);
+        let mut f = FakeFile::new(&format!("cool_demo-{version}-py3-none-any.whl"), wheel);
+        f.metadata = Some(metadata);
+        f.upload_time = Some(
+            humantime::format_rfc3339_micros(
+                std::time::SystemTime::now() - Duration::from_secs(ago),
+            )
+            .to_string(),
+        );
+        files.push(f);
+    }
+    fake.add_project(
+        "root",
+        "cool-demo",
+        FakeProject {
+            files,
+            versions: vec!["1.0".into(), "2.0".into()],
+            ..Default::default()
+        },
+    );
+    fake.set_mode(Mode::Json);
+    fake
+}
+
+/// The version of `cool_demo` installed under `site`.
+fn cool_version(site: &Path) -> String {
+    let init = std::fs::read_to_string(site.join("cool_demo/__init__.py")).unwrap();
+    init.trim()
+        .trim_start_matches("VERSION = ")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// With `min-release-age = "7d"`, the newest pip, uv and poetry resolve the
+/// previous version; a uv lock file made before the policy still installs
+/// the new one (hide mode serves it when asked for it directly), and in
+/// deny mode its URL is refused with the reason.
+#[test]
+fn installers_resolve_the_previous_version_under_a_cooldown() {
+    within(LIMIT, || {
+        let Some(pip) = venv_python("pip-latest", "pip ") else {
+            return;
+        };
+        if !have("uv", &["--version"]) {
+            return;
+        }
+        let Some(poetry) = venv_tool("poetry", "poetry") else {
+            return;
+        };
+        let fake = fake_with_a_fresh_release();
+        let root = fake.url("root");
+        // A lock file made before the policy (no cooldown yet).
+        let project = tempfile::tempdir().unwrap();
+        let uv_cache = tempfile::tempdir().unwrap();
+        let write_project = |addr: std::net::SocketAddr| {
+            std::fs::write(
+                project.path().join("pyproject.toml"),
+                format!("[project]\nname = \"client\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"cool-demo\"]\n\n[[tool.uv.index]]\nurl = \"http://{addr}/simple/\"\ndefault = true\n"),
+            )
+            .unwrap();
+        };
+        let cache = tempfile::tempdir().unwrap();
+        let cache_dir = cache.path().display().to_string();
+        let uv = |args: &[&str]| {
+            let mut c = Command::new("uv");
+            c.args(args)
+                .arg("--cache-dir")
+                .arg(uv_cache.path())
+                .current_dir(project.path());
+            c
+        };
+        {
+            let (roxpi, _home) =
+                start_roxpi(&[("ROXPI_INDEX_URL", &root), ("ROXPI_CACHE_DIR", &cache_dir)]);
+            write_project(roxpi.addr);
+            let page = crate::util::get(roxpi.addr, "/simple/cool-demo/");
+            assert_eq!(page.status, 200, "{}", page.text());
+            run(&mut uv(&["lock", "--python", "python3"]));
+            let lock = std::fs::read_to_string(project.path().join("uv.lock")).unwrap();
+            assert!(lock.contains("cool_demo-2.0-py3-none-any.whl"), "{lock}");
+        }
+        // The same roxpi (same port for the lock's URLs is not needed: the
+        // lock file names roxpi's address, so run on a fresh port and
+        // rewrite it), now with the cooldown.
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", &root),
+            ("ROXPI_CACHE_DIR", &cache_dir),
+            ("ROXPI_MIN_RELEASE_AGE", "7d"),
+        ]);
+        let addr = roxpi.addr;
+        let lock_path = project.path().join("uv.lock");
+        let lock = std::fs::read_to_string(&lock_path).unwrap();
+        let old_addr = lock
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap()
+            .to_owned();
+        std::fs::write(&lock_path, lock.replace(&old_addr, &addr.to_string())).unwrap();
+        write_project(addr);
+
+        // pip, newest: the previous version.
+        let target = tempfile::tempdir().unwrap();
+        run(Command::new(&pip)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+            ])
+            .args(["--index-url", &format!("http://{addr}/index/")])
+            .arg("--target")
+            .arg(target.path())
+            .arg("cool-demo")
+            .env("PIP_CONFIG_FILE", "/dev/null"));
+        assert_eq!(cool_version(target.path()), "1.0", "pip");
+
+        // uv: the previous version.
+        let target = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        run(Command::new("uv")
+            .args(["pip", "install", "--python", "python3", "--no-config"])
+            .args(["--index-url", &format!("http://{addr}/simple/")])
+            .arg("--cache-dir")
+            .arg(scratch.path())
+            .arg("--target")
+            .arg(target.path())
+            .arg("cool-demo"));
+        assert_eq!(cool_version(target.path()), "1.0", "uv");
+
+        // poetry: locks the previous version.
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
+            work.path().join("pyproject.toml"),
+            format!("[project]\nname = \"client\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"cool-demo\"]\n\n[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"http://{addr}/simple/\"\npriority = \"primary\"\n"),
+        )
+        .unwrap();
+        let pscratch = tempfile::tempdir().unwrap();
+        run(Command::new(&poetry)
+            .arg("lock")
+            .current_dir(work.path())
+            .env("POETRY_CACHE_DIR", pscratch.path().join("cache"))
+            .env("POETRY_CONFIG_DIR", pscratch.path().join("config"))
+            .env("POETRY_DATA_DIR", pscratch.path().join("data"))
+            .env("POETRY_NO_INTERACTION", "1"));
+        let plock = std::fs::read_to_string(work.path().join("poetry.lock")).unwrap();
+        assert!(
+            plock.contains("version = \"1.0\""),
+            "poetry locked: {plock}"
+        );
+        assert!(!plock.contains("cool_demo-2.0"), "{plock}");
+
+        // The lock file made before: installs 2.0 (served though hidden).
+        run(&mut uv(&["sync", "--frozen", "--python", "python3"]));
+        let site = std::fs::read_dir(project.path().join(".venv/lib"))
+            .unwrap()
+            .flatten()
+            .map(|d| d.path().join("site-packages"))
+            .find(|p| p.is_dir())
+            .unwrap();
+        assert_eq!(cool_version(&site), "2.0", "the lock file's version");
+        drop(roxpi);
+
+        // Deny mode: the young file's URL is refused with the reason.
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", &root),
+            ("ROXPI_CACHE_DIR", &cache_dir),
+            ("ROXPI_MIN_RELEASE_AGE", "7d"),
+            ("ROXPI_COOLDOWN_MODE", "deny"),
+        ]);
+        let r = crate::util::get(
+            roxpi.addr,
+            "/simple/cool-demo/cool_demo-2.0-py3-none-any.whl",
+        );
+        assert_eq!(r.status, 403);
+        assert!(r.text().contains("release cooldown until"), "{}", r.text());
     });
 }
