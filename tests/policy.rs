@@ -435,3 +435,73 @@ fn invalidation_needs_the_admin_token_when_one_is_set() {
         assert_eq!(fake.count("/root/young/"), 2, "invalidated with the token");
     });
 }
+
+#[test]
+fn two_routes_store_a_shared_wheel_once_and_keep_their_pages_apart() {
+    within(LIMIT, || {
+        let shared = blob(20_000, 42);
+        let a = FakeIndex::start(BTreeMap::new());
+        let b = FakeIndex::start(BTreeMap::new());
+        for (fake, own) in [
+            (&a, "demo-1.0-cp311-none-any.whl"),
+            (&b, "demo-1.0+cu121-cp311-none-any.whl"),
+        ] {
+            fake.add_project(
+                "root",
+                "demo",
+                FakeProject {
+                    files: vec![
+                        FakeFile::new("demo-1.0-py3-none-any.whl", shared.clone()),
+                        FakeFile::new(own, blob(1000, 7)),
+                    ],
+                    ..Default::default()
+                },
+            );
+        }
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            &format!(
+                "[[route]]\nprefix = \"/cu121/simple/\"\nindexes = [\"{}\"]\n",
+                b.url("root")
+            ),
+        );
+        let (server, cache, _home) = roxpi_on(&a, &[("ROXPI_CONFIG", path.as_str())]);
+        let addr = server.addr;
+        let default_page = get(addr, "/simple/demo/").text();
+        let route_page = get(addr, "/cu121/simple/demo/").text();
+        assert!(default_page.contains("demo-1.0-cp311-none-any.whl"));
+        assert!(
+            !default_page.contains("cu121"),
+            "the route's file on the default page"
+        );
+        assert!(
+            route_page.contains("demo-1.0+cu121-cp311-none-any.whl")
+                || route_page.contains("demo-1.0%2Bcu121")
+        );
+        assert!(
+            !route_page.contains("demo-1.0-cp311-none-any.whl"),
+            "the default's file on the route's page"
+        );
+        // The shared wheel: downloaded once, stored once.
+        let first = get(addr, "/simple/demo/demo-1.0-py3-none-any.whl");
+        assert_eq!(first.status, 200);
+        let second = get(addr, "/cu121/simple/demo/demo-1.0-py3-none-any.whl");
+        assert_eq!(second.status, 200);
+        assert!(first.body == shared && second.body == shared);
+        assert_eq!(second.header("x-cache"), Some("HIT"), "stored once");
+        assert_eq!(b.count("/files/root/demo/demo-1.0-py3-none-any.whl"), 0);
+        assert_eq!(crate::util::count_files(&cache.path().join("files")), 1);
+        // A file of one route is not served under the other.
+        assert_eq!(
+            get(addr, "/cu121/simple/demo/demo-1.0-cp311-none-any.whl").status,
+            404
+        );
+        assert_eq!(get(addr, "/cu121/simple").status, 301);
+        // Shown on the home page and in /metrics.
+        assert!(get(addr, "/").text().contains("/cu121/simple/"));
+        assert!(get(addr, "/metrics")
+            .text()
+            .contains("roxpi_route_indexes{route=\"/cu121/simple/\"} 1"));
+    });
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::error::{self, Failure};
-use super::App;
+use super::{App, Upstream};
 use crate::files::Wanted;
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Resolved, Snapshot};
@@ -14,15 +14,18 @@ use crate::pypi::{CoreMetadata, FileEntry, Filename, ProjectName};
 
 impl App {
     /// A distribution file or its `.metadata`.
-    pub(super) fn file(&self, req: &Request, name: ProjectName, file: Filename) -> Response {
+    pub(super) fn file(
+        &self,
+        req: &Request,
+        up: &Upstream,
+        name: ProjectName,
+        file: Filename,
+    ) -> Response {
         if let Some(refused) = self.denied_project(&name) {
             return refused;
         }
         let key = Key::Project(name.clone());
-        let found = match self
-            .pages
-            .resolve(&key, self.settings.strategy, false, true)
-        {
+        let found = match up.pages.resolve(&key, up.strategy, false, true) {
             Resolved::Found(found) => found,
             Resolved::NotFound => return Response::text(404, "project not found in any index\n"),
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
@@ -34,7 +37,7 @@ impl App {
         if let Some(refused) = self.refused_file(&found, id, &name, entry) {
             return refused;
         }
-        let index = &self.pages.indexes()[id.get()];
+        let index = &up.pages.indexes()[id.get()];
         let wanted = Wanted {
             index,
             entry,

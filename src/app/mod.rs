@@ -29,6 +29,15 @@ const SUCCESS: &str = "{\"status\":\"success\",\"data\":null}";
 /// Threads opening upstream bodies for ranges and stream-through.
 const OPEN_THREADS: usize = 16;
 
+/// One set of indexes behind a path prefix: the default route or a
+/// `[[route]]`. All share the one content-addressed file store.
+pub(crate) struct Upstream {
+    /// `None` for the default (`/index/`, `/simple/`).
+    pub prefix: Option<String>,
+    pub pages: Arc<IndexCache>,
+    pub strategy: crate::pypi::Strategy,
+}
+
 pub struct App {
     requests: AtomicU64,
     settings: Settings,
@@ -38,6 +47,9 @@ pub struct App {
     server: Arc<crate::http::Stats>,
     /// For its counters (refused addresses).
     origin: Arc<dyn Origin>,
+    /// The default route (`/index/`, `/simple/`) first, then the
+    /// `[[route]]`s of ROXPI_CONFIG: each with its own indexes.
+    upstreams: Vec<Arc<Upstream>>,
     /// Request latency by route kind and cache result (`observe`).
     latencies: latency::Latencies,
     /// The site's policy (swapped whole on reload) and its version.
@@ -104,19 +116,18 @@ impl App {
             .enumerate()
             .map(|(i, c)| Index::new(IndexId(i), c))
             .collect();
-        // Pages are saved next to the files they list (the dir is locked).
-        let saved = if settings.cache_size == 0 {
-            None
-        } else {
+        // Pages are saved next to the files they list (the dir is locked);
+        // a route's in a directory of its own.
+        let saved = |dir: std::path::PathBuf, share: u64| {
+            if settings.cache_size == 0 {
+                return None;
+            }
             // A quarter of the file cache cap, at least 1 MiB.
-            let cap = (settings.cache_size / 4).max(1 << 20);
-            let opened =
-                PageStore::open(&settings.cache_dir.join("pages"), cap).and_then(
-                    |p| match &bucket {
-                        Some(b) => p.with_bucket(Arc::clone(b)),
-                        None => Ok(p),
-                    },
-                );
+            let cap = (settings.cache_size / 4 / share).max(1 << 20);
+            let opened = PageStore::open(&dir, cap).and_then(|p| match &bucket {
+                Some(b) => p.with_bucket(Arc::clone(b)),
+                None => Ok(p),
+            });
             match opened {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -125,6 +136,39 @@ impl App {
                 }
             }
         };
+        let share = 1 + settings.routes.len() as u64;
+        let staleness = crate::index_cache::Staleness {
+            after: settings.stale_after,
+            while_revalidate: settings.stale_while_revalidate,
+        };
+        // The index cache bound is shared by the routes.
+        let budget = (settings.index_cache_size / share).max(8 << 20);
+        let mut upstreams = Vec::new();
+        for r in &settings.routes {
+            let indexes: Vec<Index> = r
+                .indexes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Index::new(IndexId(i), c))
+                .collect();
+            let id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(r.prefix.as_bytes())[..8]);
+            let pages = IndexCache::new(
+                Arc::clone(&origin),
+                Arc::clone(&clock),
+                indexes,
+                staleness,
+                settings.offline,
+                budget,
+                saved(settings.cache_dir.join("route-pages").join(id), share),
+            )
+            .start()?;
+            log::info!("route {}: {} index(es)", r.prefix, r.indexes.len());
+            upstreams.push(Arc::new(Upstream {
+                prefix: Some(r.prefix.clone()),
+                pages,
+                strategy: r.strategy,
+            }));
+        }
         let settings_policy = Arc::clone(&settings.policy);
         let first_seen = if settings.cache_size == 0 {
             crate::policy::first_seen::FirstSeen::default()
@@ -139,15 +183,24 @@ impl App {
             Arc::clone(&origin),
             clock,
             indexes,
-            crate::index_cache::Staleness {
-                after: settings.stale_after,
-                while_revalidate: settings.stale_while_revalidate,
-            },
+            staleness,
             settings.offline,
-            settings.index_cache_size,
-            saved,
+            if settings.routes.is_empty() {
+                settings.index_cache_size
+            } else {
+                budget
+            },
+            saved(settings.cache_dir.join("pages"), share),
         )
         .start()?;
+        upstreams.insert(
+            0,
+            Arc::new(Upstream {
+                prefix: None,
+                pages: Arc::clone(&pages),
+                strategy: settings.strategy,
+            }),
+        );
         Ok(App {
             requests: AtomicU64::new(0),
             settings,
@@ -156,6 +209,7 @@ impl App {
             server,
             origin,
             latencies: latency::Latencies::default(),
+            upstreams,
             policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),
             audit: Default::default(),
             first_seen,
@@ -164,7 +218,7 @@ impl App {
 
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let route = route(req.path(), req.query());
+        let (up, route) = self.route(req);
         let method = req.method();
         if *method == Method::Options {
             return Response::new(204).header("Allow", route.allow());
@@ -196,16 +250,21 @@ impl App {
                 .header("WWW-Authenticate", "Bearer realm=\"roxpi\"")
             }
             Route::InvalidateList => {
-                self.pages.invalidate(&Key::List);
+                for u in &self.upstreams {
+                    u.pages.invalidate(&Key::List);
+                }
                 json_success()
             }
             Route::InvalidateProject(name) => {
-                self.pages.invalidate(&Key::Project(name));
+                let key = Key::Project(name);
+                for u in &self.upstreams {
+                    u.pages.invalidate(&key);
+                }
                 json_success()
             }
-            Route::List => self.page(req, Key::List),
-            Route::Project(name) => self.page(req, Key::Project(name)),
-            Route::File(name, file) => self.file(req, name, file),
+            Route::List => self.page(req, up, Key::List),
+            Route::Project(name) => self.page(req, up, Key::Project(name)),
+            Route::File(name, file) => self.file(req, &up, name, file),
             Route::NotFound => Response::text(404, "not found\n"),
             Route::BadRequest(reason) => Response::text(400, format!("{reason}\n")),
         }
@@ -239,13 +298,14 @@ impl App {
     fn after_resolution<F>(
         self: &Arc<Self>,
         req: &Request,
+        up: Arc<Upstream>,
         mut res: Resolution,
         then: F,
     ) -> Response
     where
         F: FnOnce(&Arc<App>, &Request, Resolved) -> Response + Send + 'static,
     {
-        if let Some(done) = self.pages.poll_resolution(&mut res) {
+        if let Some(done) = up.pages.poll_resolution(&mut res) {
             return then(self, req, done);
         }
         let deadline = res.deadline();
@@ -260,7 +320,7 @@ impl App {
                 }
             }),
             resume: Box::new(move |req: &Request| match lock(&slot).take() {
-                Some(res) => app.after_resolution(req, res, then),
+                Some(res) => app.after_resolution(req, up, res, then),
                 None => Response::text(500, "resumed twice\n"),
             }),
         })
@@ -298,6 +358,47 @@ pub fn probe_response(a: &ProbeAnswer) -> Response {
 }
 
 impl App {
+    /// The route of a request: a `[[route]]` whose prefix it starts with,
+    /// else the default one.
+    fn route(&self, req: &Request) -> (Arc<Upstream>, Route) {
+        let path = req.path();
+        for u in &self.upstreams[1..] {
+            let Some(prefix) = &u.prefix else { continue };
+            if let Some(rest) = path.strip_prefix(prefix.as_str()) {
+                return (Arc::clone(u), route::under(prefix, rest, req.query()));
+            }
+            if path == prefix.trim_end_matches('/') {
+                let to = match req.query() {
+                    Some(q) => format!("{prefix}?{q}"),
+                    None => prefix.clone(),
+                };
+                return (Arc::clone(u), Route::Redirect(to));
+            }
+        }
+        (Arc::clone(&self.upstreams[0]), route(path, req.query()))
+    }
+
+    /// The routes, for the home page and `/metrics`: prefix, index URLs
+    /// (without credentials), strategy.
+    pub(super) fn routes(&self) -> Vec<(String, Vec<String>, crate::pypi::Strategy)> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.prefix
+                        .clone()
+                        .unwrap_or_else(|| "/index/, /simple/".into()),
+                    u.pages
+                        .indexes()
+                        .iter()
+                        .map(|i| i.display().to_string())
+                        .collect(),
+                    u.strategy,
+                )
+            })
+            .collect()
+    }
+
     /// The policy in force and its version (it changes on reload).
     pub fn policy(&self) -> (Arc<crate::policy::Policy>, u64) {
         let p = self.policy.read().unwrap_or_else(|p| p.into_inner());

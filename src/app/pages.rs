@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::error::{self, Failure};
-use super::App;
+use super::{App, Upstream};
 use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
@@ -27,7 +27,7 @@ const MAX_PAGE_AGE: u64 = 600;
 
 impl App {
     /// A project page or the project list.
-    pub(super) fn page(self: &Arc<Self>, req: &Request, key: Key) -> Response {
+    pub(super) fn page(self: &Arc<Self>, req: &Request, up: Arc<Upstream>, key: Key) -> Response {
         let format_param = query_param(req.query(), "format");
         let Some(format) = negotiate_format(format_param.as_deref(), req.header("accept")) else {
             return Response::text(406, "no acceptable representation: this index serves text/html, application/vnd.pypi.simple.v1+html and application/vnd.pypi.simple.v1+json\n")
@@ -42,14 +42,15 @@ impl App {
                 return refused;
             }
         }
-        let resolution = self.pages.start_resolution(
+        let resolution = up.pages.start_resolution(
             &key,
-            self.settings.strategy,
+            up.strategy,
             wants_refresh(req, self.settings.client_refresh),
             false,
         );
-        self.after_resolution(req, resolution, move |app, req, resolved| {
-            app.render_page(req, key, format, coding, resolved)
+        let page_up = Arc::clone(&up);
+        self.after_resolution(req, up, resolution, move |app, req, resolved| {
+            app.render_page(req, &page_up, key, format, coding, resolved)
         })
     }
 
@@ -58,6 +59,7 @@ impl App {
     fn render_page(
         &self,
         req: &Request,
+        up: &Upstream,
         key: Key,
         format: PageFormat,
         coding: Coding,
@@ -84,7 +86,7 @@ impl App {
             .collect();
         let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
         let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
-        let cached = self
+        let cached = up
             .pages
             .view(&key, format, coding, &sig)
             .filter(|v| v.valid_until.is_none_or(|t| wall < t));
@@ -101,7 +103,7 @@ impl App {
                                 _ => None,
                             })
                             .collect();
-                        let mut merged = crate::pypi::merge(pages, self.settings.strategy);
+                        let mut merged = crate::pypi::merge(pages, up.strategy);
                         valid_until = self.apply_policy(name, &mut merged, &policy, wall);
                         for entry in &mut merged.files {
                             if let Some(hashes) = self.files.advertise_metadata(entry) {
@@ -129,7 +131,7 @@ impl App {
                     etag,
                     valid_until,
                 });
-                self.pages.store_view(&key, format, coding, Arc::clone(&v));
+                up.pages.store_view(&key, format, coding, Arc::clone(&v));
                 v
             }
         };

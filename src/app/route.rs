@@ -90,6 +90,16 @@ pub fn route(path: &str, query: Option<&str>) -> Route {
     } else {
         return Route::NotFound;
     };
+    under(prefix.path(), rest, query)
+}
+
+/// Maps the rest of a path under an index prefix (`/simple/`, or a route's
+/// `/pytorch-cu121/simple/`) to a route; redirects stay under `prefix`.
+pub fn under(prefix: &str, rest: &str, query: Option<&str>) -> Route {
+    let with_query = |p: String| match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p,
+    };
     if rest.is_empty() {
         return Route::List;
     }
@@ -103,7 +113,7 @@ pub fn route(path: &str, query: Option<&str>) -> Route {
         Err(_) => return Route::NotFound,
     };
     let canonical = name.as_str() == segments[0];
-    let base = format!("{}{}/", prefix.path(), name);
+    let base = format!("{prefix}{name}/");
     match segments.as_slice() {
         [_] => Route::Redirect(with_query(base)),
         [_, ""] if canonical => Route::Project(name),

@@ -180,6 +180,7 @@ struct HomeHtml<'a> {
     server_stats: Vec<(&'static str, String)>,
     policy: Vec<(String, String)>,
     audit: Vec<(&'static str, u64)>,
+    routes: Vec<(String, String, &'static str)>,
     token: bool,
 }
 
@@ -218,6 +219,17 @@ pub fn home(app: &App) -> Response {
         file_stats,
         server_stats: snapshot.rows(Section::Server),
         policy: policy_rows(&app.policy().0),
+        routes: app
+            .routes()
+            .into_iter()
+            .map(|(prefix, indexes, strategy)| {
+                let strategy = match strategy {
+                    Strategy::Merge => "merge",
+                    Strategy::FirstIndex => "first-index",
+                };
+                (prefix, indexes.join(", "), strategy)
+            })
+            .collect(),
         audit: app.audit.counts(),
         token: app.settings.admin_token.is_some(),
     };
@@ -242,6 +254,14 @@ pub fn metrics(app: &App) -> Response {
             ));
             app.pages.stats.fetch_seconds.render(name, "kind=\"page\"", out);
             app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
+            let name = "roxpi_route_indexes";
+            out.push_str(&format!(
+                "# HELP {name} Routes (the default /index/ and /simple/, and each [[route]] of ROXPI_CONFIG): how many indexes each has.\n# TYPE {name} gauge\n"
+            ));
+            for (prefix, indexes, _) in app.routes() {
+                let label = prefix.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{route=\"{label}\"}} {}\n", indexes.len()));
+            }
             let name = "roxpi_policy_decisions_total";
             out.push_str(&format!(
                 "# HELP {name} Policy decisions that changed an answer (files hidden, yanked, removed or refused), by rule.\n# TYPE {name} counter\n"
