@@ -372,6 +372,8 @@ pub struct RouteConfig {
     pub prefix: String,
     pub indexes: Vec<IndexConfig>,
     pub strategy: Strategy,
+    /// The route's own policy; `None`: the site's.
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
 }
 
 /// Which client requests force a page refresh.
@@ -541,13 +543,14 @@ impl Settings {
             indexes.push(IndexConfig::new(url, ttl));
         }
         let overrides = policy_overrides(cli);
-        let policy =
-            file::build_policy(&file, &overrides, &file_path).map_err(|e| ConfigError {
+        let policy = file::build_policy(&file.policy(), &overrides, &file_path).map_err(|e| {
+            ConfigError {
                 setting:
                     "ROXPI_CONFIG / ROXPI_MIN_RELEASE_AGE / ROXPI_COOLDOWN_MODE / ROXPI_UNTIMED",
                 value: e.path.clone(),
                 expected: e.message,
-            })?;
+            }
+        })?;
         let mut routes = Vec::new();
         for r in &file.route {
             let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
@@ -608,10 +611,23 @@ impl Settings {
                     ))
                 }
             };
+            let policy = match &r.policy {
+                Some(fields) => Some(std::sync::Arc::new(
+                    file::build_policy(fields, &overrides, &file_path).map_err(|e| {
+                        ConfigError {
+                            setting: "ROXPI_CONFIG [[route]] policy",
+                            value: format!("{} ({})", e.path, r.prefix),
+                            expected: e.message,
+                        }
+                    })?,
+                )),
+                None => None,
+            };
             routes.push(RouteConfig {
                 prefix,
                 indexes,
                 strategy,
+                policy,
             });
         }
         let strategy = match cli.index_strategy.trim() {
@@ -759,12 +775,36 @@ impl Settings {
 /// `$HOME/.cache/roxpi`.
 /// The policy of the configuration file at `path` again, with the flags
 /// and variables of `cli` over it (SIGHUP).
+/// Returns the site's policy and each route's own (by prefix).
+#[allow(clippy::type_complexity)]
 pub fn reload_policy(
     cli: &Cli,
     path: &std::path::Path,
-) -> Result<crate::policy::Policy, file::FileError> {
+) -> Result<
+    (
+        crate::policy::Policy,
+        Vec<(String, Option<crate::policy::Policy>)>,
+    ),
+    file::FileError,
+> {
     let file = file::FileConfig::read(path)?;
-    file::build_policy(&file, &policy_overrides(cli), &path.display().to_string())
+    let shown = path.display().to_string();
+    let over = policy_overrides(cli);
+    let site = file::build_policy(&file.policy(), &over, &shown)?;
+    let routes = file
+        .route
+        .iter()
+        .map(|r| {
+            let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
+            let own = r
+                .policy
+                .as_ref()
+                .map(|f| file::build_policy(f, &over, &shown))
+                .transpose()?;
+            Ok((prefix, own))
+        })
+        .collect::<Result<Vec<_>, file::FileError>>()?;
+    Ok((site, routes))
 }
 
 /// The policy settings given as flags or variables.

@@ -95,8 +95,8 @@ fn run() -> anyhow::Result<()> {
             // Reload the policy; a broken file keeps the old one.
             match (&config.config_file, startup.app()) {
                 (Some(path), Some(app)) => match roxpi::config::reload_policy(&cli, path) {
-                    Ok(policy) => {
-                        app.set_policy(policy);
+                    Ok((site, routes)) => {
+                        app.set_policy(site, routes);
                         log::info!("SIGHUP: policy reloaded from {}", path.display());
                     }
                     Err(e) => log::error!("SIGHUP: keeping the policy in force: {e}"),

@@ -153,7 +153,10 @@ impl Upstream {
         let refused = Arc::new(AtomicU64::new(0));
         let mut classes: Vec<AddrClass> = settings.upstream_allow.clone();
         let mut trusted = BTreeSet::new();
-        for index in &settings.indexes {
+        // Every configured index, of the default route and of each
+        // [[route]], is trusted whatever it resolves to.
+        let route_indexes = settings.routes.iter().flat_map(|r| r.indexes.iter());
+        for index in settings.indexes.iter().chain(route_indexes) {
             match index.url.host() {
                 Some(url::Host::Ipv4(ip)) => classes.push(classify(ip.into())),
                 Some(url::Host::Ipv6(ip)) => classes.push(classify(ip.into())),

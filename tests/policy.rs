@@ -446,6 +446,9 @@ fn two_routes_store_a_shared_wheel_once_and_keep_their_pages_apart() {
             (&a, "demo-1.0-cp311-none-any.whl"),
             (&b, "demo-1.0+cu121-cp311-none-any.whl"),
         ] {
+            // Each upstream also has a release from an hour ago.
+            let mut fresh = FakeFile::new("demo-1.1-py3-none-any.whl", blob(500, 8));
+            fresh.upload_time = uploaded_ago(Duration::from_secs(3600));
             fake.add_project(
                 "root",
                 "demo",
@@ -453,16 +456,19 @@ fn two_routes_store_a_shared_wheel_once_and_keep_their_pages_apart() {
                     files: vec![
                         FakeFile::new("demo-1.0-py3-none-any.whl", shared.clone()),
                         FakeFile::new(own, blob(1000, 7)),
+                        fresh,
                     ],
                     ..Default::default()
                 },
             );
+            fake.set_mode(Mode::Json);
         }
         let conf = tempfile::tempdir().unwrap();
+        // The route has its own policy: a cooldown the site does not have.
         let path = write_config(
             conf.path(),
             &format!(
-                "[[route]]\nprefix = \"/cu121/simple/\"\nindexes = [\"{}\"]\n",
+                "[[route]]\nprefix = \"/cu121/simple/\"\nindexes = [\"{}\"]\npolicy = {{ min-release-age = \"7d\" }}\n",
                 b.url("root")
             ),
         );
@@ -482,6 +488,14 @@ fn two_routes_store_a_shared_wheel_once_and_keep_their_pages_apart() {
         assert!(
             !route_page.contains("demo-1.0-cp311-none-any.whl"),
             "the default's file on the route's page"
+        );
+        assert!(
+            default_page.contains("demo-1.1-py3-none-any.whl"),
+            "no cooldown on the default route"
+        );
+        assert!(
+            !route_page.contains("demo-1.1-py3-none-any.whl"),
+            "the route's own cooldown"
         );
         // The shared wheel: downloaded once, stored once.
         let first = get(addr, "/simple/demo/demo-1.0-py3-none-any.whl");

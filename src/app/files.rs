@@ -21,7 +21,7 @@ impl App {
         name: ProjectName,
         file: Filename,
     ) -> Response {
-        if let Some(refused) = self.denied_project(&name) {
+        if let Some(refused) = self.denied_project(up, &name) {
             return refused;
         }
         let key = Key::Project(name.clone());
@@ -34,7 +34,7 @@ impl App {
         let Some((id, entry, part)) = find_file(&found, &file, &synthesizes) else {
             return Response::text(404, format!("{file} is not listed on the project page\n"));
         };
-        if let Some(refused) = self.refused_file(&found, id, &name, entry) {
+        if let Some(refused) = self.refused_file(up, &found, id, &name, entry) {
             return refused;
         }
         let index = &up.pages.indexes()[id.get()];
@@ -57,6 +57,7 @@ impl App {
     /// lock file made before keeps installing.)
     fn refused_file(
         &self,
+        up: &Upstream,
         found: &[(IndexId, Arc<Snapshot>, Freshness)],
         id: IndexId,
         name: &ProjectName,
@@ -72,7 +73,7 @@ impl App {
                 "the upstream quarantined this project (PEP 792)".to_owned(),
             )
         } else {
-            let (policy, _) = self.policy();
+            let (policy, _) = self.policy_for(up);
             if policy.is_empty() {
                 return None;
             }

@@ -36,6 +36,8 @@ pub(crate) struct Upstream {
     pub prefix: Option<String>,
     pub pages: Arc<IndexCache>,
     pub strategy: crate::pypi::Strategy,
+    /// The route's own policy; `None`: the site's.
+    pub policy: std::sync::RwLock<Option<Arc<crate::policy::Policy>>>,
 }
 
 pub struct App {
@@ -167,6 +169,7 @@ impl App {
                 prefix: Some(r.prefix.clone()),
                 pages,
                 strategy: r.strategy,
+                policy: std::sync::RwLock::new(r.policy.clone()),
             }));
         }
         let settings_policy = Arc::clone(&settings.policy);
@@ -199,6 +202,7 @@ impl App {
                 prefix: None,
                 pages: Arc::clone(&pages),
                 strategy: settings.strategy,
+                policy: std::sync::RwLock::new(None),
             }),
         );
         Ok(App {
@@ -405,10 +409,31 @@ impl App {
         (Arc::clone(&p.0), p.1)
     }
 
-    /// Puts a new policy in force (SIGHUP).
-    pub fn set_policy(&self, policy: crate::policy::Policy) {
+    /// The policy for a route (its own, else the site's) and the version
+    /// of the policies (it changes on reload).
+    pub(super) fn policy_for(&self, up: &Upstream) -> (Arc<crate::policy::Policy>, u64) {
+        let (site, version) = self.policy();
+        let own = up.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        (own.unwrap_or(site), version)
+    }
+
+    /// Puts new policies in force (SIGHUP): the site's, and each route's
+    /// own by prefix (routes themselves change with a restart).
+    pub fn set_policy(
+        &self,
+        site: crate::policy::Policy,
+        routes: Vec<(String, Option<crate::policy::Policy>)>,
+    ) {
+        for u in &self.upstreams[1..] {
+            let own = routes
+                .iter()
+                .find(|(prefix, _)| Some(prefix) == u.prefix.as_ref())
+                .and_then(|(_, p)| p.clone())
+                .map(Arc::new);
+            *u.policy.write().unwrap_or_else(|p| p.into_inner()) = own;
+        }
         let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
-        *p = (Arc::new(policy), p.1 + 1);
+        *p = (Arc::new(site), p.1 + 1);
     }
 
     /// Whether an invalidation may proceed: always without

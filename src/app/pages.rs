@@ -38,7 +38,7 @@ impl App {
                 .header("Vary", "Accept, Accept-Encoding");
         };
         if let Key::Project(name) = &key {
-            if let Some(refused) = self.denied_project(name) {
+            if let Some(refused) = self.denied_project(&up, name) {
                 return refused;
             }
         }
@@ -76,7 +76,7 @@ impl App {
         };
         let now = Instant::now();
         let wall = SystemTime::now();
-        let (policy, policy_version) = self.policy();
+        let (policy, policy_version) = self.policy_for(up);
         // What synthesis advertises, and the policy, change the rendered
         // page too.
         let sig: Vec<u64> = found
@@ -185,8 +185,8 @@ impl App {
 
 impl App {
     /// A 403 for a project the policy denies whole (audited).
-    pub(super) fn denied_project(&self, name: &ProjectName) -> Option<Response> {
-        let reason = self.policy().0.project_denied(name)?;
+    pub(super) fn denied_project(&self, up: &Upstream, name: &ProjectName) -> Option<Response> {
+        let reason = self.policy_for(up).0.project_denied(name)?;
         self.audit.record("deny", "refused", name, None, &reason);
         Some(
             Response::text(403, format!("{name}: {reason}\n"))

@@ -28,6 +28,39 @@ pub struct FileConfig {
     pub route: Vec<RouteEntry>,
 }
 
+/// The policy keys: at the top of the file (the site's policy), or in a
+/// route's `policy` table (that route's own, replacing the site's).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyFields {
+    pub min_release_age: Option<String>,
+    pub cooldown_mode: Option<Mode>,
+    pub untimed: Option<UntimedFiles>,
+    #[serde(default)]
+    pub cooldown_exempt: Vec<String>,
+    #[serde(default)]
+    pub cooldown: Vec<CooldownEntry>,
+    #[serde(default)]
+    pub yank: Vec<RuleEntry>,
+    #[serde(default)]
+    pub deny: Vec<RuleEntry>,
+}
+
+impl FileConfig {
+    /// The site's policy keys.
+    pub fn policy(&self) -> PolicyFields {
+        PolicyFields {
+            min_release_age: self.min_release_age.clone(),
+            cooldown_mode: self.cooldown_mode,
+            untimed: self.untimed,
+            cooldown_exempt: self.cooldown_exempt.clone(),
+            cooldown: self.cooldown.clone(),
+            yank: self.yank.clone(),
+            deny: self.deny.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -43,14 +76,14 @@ pub enum UntimedFiles {
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CooldownEntry {
     pub project: String,
     pub min_release_age: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleEntry {
     pub project: String,
@@ -83,6 +116,9 @@ pub struct RouteEntry {
     pub strategy: Option<String>,
     /// Seconds, for every index of the route.
     pub ttl: Option<f64>,
+    /// The route's own policy (replacing the site's for its pages and
+    /// files); absent: the site's.
+    pub policy: Option<PolicyFields>,
 }
 
 /// Why the file cannot be used (the message names the key and its line,
@@ -124,7 +160,7 @@ pub struct PolicyOverrides {
 
 /// The policy from the file and the overrides.
 pub fn build_policy(
-    file: &FileConfig,
+    file: &PolicyFields,
     over: &PolicyOverrides,
     path: &str,
 ) -> Result<Policy, FileError> {
@@ -235,7 +271,7 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
         assert_eq!(f.index.len(), 2);
         assert_eq!(f.index[0].only, ["acme-*"]);
         assert_eq!(f.route[0].prefix, "/pytorch-cu121/simple/");
-        let p = build_policy(&f, &PolicyOverrides::default(), "roxpi.toml").unwrap();
+        let p = build_policy(&f.policy(), &PolicyOverrides::default(), "roxpi.toml").unwrap();
         assert_eq!(
             p.cooldown.min_age,
             std::time::Duration::from_secs(7 * 86_400)
@@ -273,7 +309,7 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
             cooldown_mode: Some("deny".into()),
             untimed: None,
         };
-        let p = build_policy(&f, &over, "r.toml").unwrap();
+        let p = build_policy(&f.policy(), &over, "r.toml").unwrap();
         assert!(p.cooldown.min_age.is_zero());
         assert_eq!(p.cooldown.mode, CooldownMode::Deny);
         let bad = FileConfig::parse(
@@ -289,6 +325,22 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
             min_release_age: Some("soon".into()),
             ..Default::default()
         };
-        assert!(build_policy(&FileConfig::default(), &bad_age, "-").is_err());
+        assert!(build_policy(&PolicyFields::default(), &bad_age, "-").is_err());
+        let routed = FileConfig::parse(
+            "r.toml",
+            "[[route]]\nprefix = \"/x/\"\nindexes = [\"https://x.example/\"]\npolicy = { min-release-age = \"1d\", deny = [{ project = \"y\" }] }\n",
+        )
+        .unwrap();
+        let own = routed.route[0].policy.as_ref().unwrap();
+        let p = build_policy(own, &PolicyOverrides::default(), "r.toml").unwrap();
+        assert_eq!(p.cooldown.min_age, std::time::Duration::from_secs(86_400));
+        assert_eq!(p.deny.len(), 1);
+        let e = FileConfig::parse(
+            "r.toml",
+            "[[route]]\nprefix = \"/x/\"\nindexes = []\npolicy = { min-age = \"1d\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("min-age") && e.contains("line 4"), "{e}");
     }
 }
