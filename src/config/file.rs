@@ -317,7 +317,7 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
             "deny = [{ project = \"x\", versions = \"=>1\" }]\n",
         )
         .unwrap();
-        let e = build_policy(&bad, &PolicyOverrides::default(), "r.toml")
+        let e = build_policy(&bad.policy(), &PolicyOverrides::default(), "r.toml")
             .unwrap_err()
             .to_string();
         assert!(e.contains("deny rule for x"), "{e}");
