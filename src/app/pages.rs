@@ -104,7 +104,14 @@ impl App {
                             })
                             .collect();
                         let mut merged = crate::pypi::merge(pages, up.strategy);
-                        valid_until = self.apply_policy(name, &mut merged, &policy, wall);
+                        let page_id = {
+                            use std::hash::{Hash, Hasher};
+                            let mut h = std::collections::hash_map::DefaultHasher::new();
+                            (up.prefix.as_deref(), name.as_str(), &sig).hash(&mut h);
+                            h.finish()
+                        };
+                        let audit = self.audit.first_render(page_id);
+                        valid_until = self.apply_policy(name, &mut merged, &policy, wall, audit);
                         for entry in &mut merged.files {
                             if let Some(hashes) = self.files.advertise_metadata(entry) {
                                 entry.core_metadata = CoreMetadata::Available(hashes);
@@ -205,17 +212,22 @@ impl App {
         page: &mut ProjectPage,
         policy: &Policy,
         now: SystemTime,
+        audit: bool,
     ) -> Option<SystemTime> {
+        let record = |rule, action, file: Option<&str>, reason: &str| {
+            if audit {
+                self.audit.record(rule, action, name, file, reason);
+            }
+        };
         let quarantined = page
             .project_status
             .as_ref()
             .is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined"));
         if quarantined {
             if !page.files.is_empty() {
-                self.audit.record(
+                record(
                     "quarantine",
                     "withheld",
-                    name,
                     None,
                     "the upstream quarantined this project (PEP 792)",
                 );
@@ -240,13 +252,7 @@ impl App {
                 Verdict::Serve => true,
                 Verdict::Yank(reason) => {
                     if matches!(e.yanked, Yanked::No) {
-                        self.audit.record(
-                            "yank",
-                            "yanked",
-                            name,
-                            Some(e.filename.as_str()),
-                            &reason,
-                        );
+                        record("yank", "yanked", Some(e.filename.as_str()), &reason);
                         e.yanked = Yanked::Reason(reason);
                     }
                     true
@@ -262,18 +268,11 @@ impl App {
                         ),
                         None => "no upload time (untimed = deny)".to_owned(),
                     };
-                    self.audit.record(
-                        "cooldown",
-                        "hidden",
-                        name,
-                        Some(e.filename.as_str()),
-                        &reason,
-                    );
+                    record("cooldown", "hidden", Some(e.filename.as_str()), &reason);
                     false
                 }
                 Verdict::Deny(reason) => {
-                    self.audit
-                        .record("deny", "removed", name, Some(e.filename.as_str()), &reason);
+                    record("deny", "removed", Some(e.filename.as_str()), &reason);
                     false
                 }
             }

@@ -1,6 +1,8 @@
 //! The audit trail: every policy decision that changes an answer is one
-//! structured line on the `roxpi::audit` log target (JSON: rule, action,
-//! project, file, reason) and one count per rule (`/metrics`, home page).
+//! structured line on the `roxpi::audit` log target (`audit ` and a JSON
+//! object: rule, action, project, file, reason) and one count per rule
+//! (`/metrics`, home page). A page's decisions are logged once per page
+//! version, not once per rendered variant (`Audit::first_render`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,9 +14,29 @@ pub const RULES: [&str; 5] = ["cooldown", "yank", "deny", "quarantine", "confusi
 #[derive(Debug, Default)]
 pub struct Audit {
     counts: [AtomicU64; RULES.len()],
+    /// Page versions whose decisions were logged (a hash of route, name
+    /// and the page's signature), most recent last; bounded.
+    rendered: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
+/// Page versions remembered by `first_render`.
+const RENDERED: usize = 4096;
+
 impl Audit {
+    /// Whether this page version (`id`: route, name and signature hashed)
+    /// is rendered for the first time: its decisions are logged then only.
+    pub fn first_render(&self, id: u64) -> bool {
+        let mut seen = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&id) {
+            return false;
+        }
+        if seen.len() >= RENDERED {
+            seen.pop_front();
+        }
+        seen.push_back(id);
+        true
+    }
+
     /// Logs and counts one decision. `action`: what it did to the answer
     /// (`hidden`, `refused`, `yanked`, `removed`, `withheld`).
     pub fn record(
@@ -30,7 +52,7 @@ impl Audit {
         }
         log::info!(
             target: "roxpi::audit",
-            "{}",
+            "audit {}",
             serde_json::json!({
                 "rule": rule,
                 "action": action,
