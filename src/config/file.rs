@@ -280,6 +280,20 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
         assert_eq!((p.yanks.len(), p.deny.len()), (1, 2));
     }
 
+    /// The example in the README's Policy section is a valid file.
+    #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let policy = &readme[readme.find("## Policy").unwrap()..];
+        let start = policy.find("```toml\n").unwrap() + "```toml\n".len();
+        let block = &policy[start..start + policy[start..].find("```").unwrap()];
+        let f = FileConfig::parse("README.md", block).unwrap();
+        assert_eq!((f.index.len(), f.route.len()), (2, 1));
+        let p = build_policy(&f.policy(), &PolicyOverrides::default(), "README.md").unwrap();
+        assert_eq!((p.yanks.len(), p.deny.len()), (1, 2));
+        assert!(f.route[0].policy.is_some());
+    }
+
     #[test]
     fn unknown_keys_name_the_key_and_its_line() {
         let text = "min-release-age = \"7d\"\ncooldown-mdoe = \"deny\"\n";
