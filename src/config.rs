@@ -773,40 +773,6 @@ impl Settings {
 
 /// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
 /// `$HOME/.cache/roxpi`.
-/// The policy of the configuration file at `path` again, with the flags
-/// and variables of `cli` over it (SIGHUP).
-/// Returns the site's policy and each route's own (by prefix).
-#[allow(clippy::type_complexity)]
-pub fn reload_policy(
-    cli: &Cli,
-    path: &std::path::Path,
-) -> Result<
-    (
-        crate::policy::Policy,
-        Vec<(String, Option<crate::policy::Policy>)>,
-    ),
-    file::FileError,
-> {
-    let file = file::FileConfig::read(path)?;
-    let shown = path.display().to_string();
-    let over = policy_overrides(cli);
-    let site = file::build_policy(&file.policy(), &over, &shown)?;
-    let routes = file
-        .route
-        .iter()
-        .map(|r| {
-            let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
-            let own = r
-                .policy
-                .as_ref()
-                .map(|f| file::build_policy(f, &over, &shown))
-                .transpose()?;
-            Ok((prefix, own))
-        })
-        .collect::<Result<Vec<_>, file::FileError>>()?;
-    Ok((site, routes))
-}
-
 /// The policy settings given as flags or variables.
 fn policy_overrides(cli: &Cli) -> file::PolicyOverrides {
     let given = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);

@@ -1,6 +1,6 @@
 //! The roxpi binary: parse the configuration, start logging, run the server
 //! until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the
-//! policy of ROXPI_CONFIG (a broken file keeps the policy in force).
+//! policies and routes of ROXPI_CONFIG (a broken file keeps those in force).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -92,14 +92,18 @@ fn run() -> anyhow::Result<()> {
     }
     for sig in signals.forever() {
         if sig == SIGHUP {
-            // Reload the policy; a broken file keeps the old one.
+            // Reload the policies and routes; a broken file keeps those
+            // in force.
             match (&config.config_file, startup.app()) {
-                (Some(path), Some(app)) => match roxpi::config::reload_policy(&cli, path) {
-                    Ok((site, routes)) => {
-                        app.set_policy(site, routes);
-                        log::info!("SIGHUP: policy reloaded from {}", path.display());
-                    }
-                    Err(e) => log::error!("SIGHUP: keeping the policy in force: {e}"),
+                (Some(path), Some(app)) => match Settings::from_cli(&cli)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|new| app.reload(&new))
+                {
+                    Ok(()) => log::info!(
+                        "SIGHUP: policies and routes reloaded from {}",
+                        path.display()
+                    ),
+                    Err(e) => log::error!("SIGHUP: keeping the policies and routes in force: {e}"),
                 },
                 _ => log::info!("SIGHUP: no ROXPI_CONFIG to reload"),
             }

@@ -359,11 +359,22 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
         let addr = server.addr;
         let young = "/index/young/young-2.0-py3-none-any.whl";
         assert_eq!(get(addr, young).status, 403, "deny from the variable");
-        // SIGHUP with a good file: the policy changes (cooldown off).
-        write_config(conf.path(), "min-release-age = \"0\"\n");
+        // SIGHUP with a good file: the policy changes (cooldown off), and
+        // a route appears.
+        assert_eq!(get(addr, "/mirror/simple/young/").status, 404);
+        let with_route = format!(
+            "min-release-age = \"0\"\n\n[[route]]\nprefix = \"/mirror/simple/\"\nindexes = [\"{}\"]\n",
+            fake.url("root")
+        );
+        write_config(conf.path(), &with_route);
         hup(&server);
         wait_for(|| get(addr, young).status == 200, "the reloaded policy");
         assert!(get(addr, "/index/young/").text().contains("young-2.0"));
+        assert_eq!(
+            get(addr, "/mirror/simple/young/").status,
+            200,
+            "the new route"
+        );
         // SIGHUP with a broken file: the policy in force stays.
         write_config(conf.path(), "min-release-age = \"7d\"\nbogus = 1\n");
         hup(&server);
@@ -373,7 +384,13 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
             200,
             "a broken file changed the policy"
         );
-        // …and a good one again takes effect (the variable still wins).
+        assert_eq!(
+            get(addr, "/mirror/simple/young/").status,
+            200,
+            "the route stays"
+        );
+        // …and a good one again takes effect (the variable still wins);
+        // the route is gone.
         write_config(conf.path(), "min-release-age = \"7d\"\n");
         hup(&server);
         wait_for(

@@ -38,6 +38,91 @@ pub(crate) struct Upstream {
     pub strategy: crate::pypi::Strategy,
     /// The route's own policy; `None`: the site's.
     pub policy: std::sync::RwLock<Option<Arc<crate::policy::Policy>>>,
+    /// Its prefix, index URLs, TTLs and strategy: a reload keeps a route
+    /// (and its cache) whose shape did not change.
+    shape: String,
+}
+
+/// The shape of a route's configuration (see `Upstream::shape`).
+fn shape(r: &crate::config::RouteConfig) -> String {
+    let indexes: Vec<(String, u128)> = r
+        .indexes
+        .iter()
+        .map(|i| (i.url.to_string(), i.ttl.as_millis()))
+        .collect();
+    format!("{}|{indexes:?}|{:?}", r.prefix, r.strategy)
+}
+
+/// What building a route needs.
+struct RouteKit {
+    origin: Arc<dyn Origin>,
+    clock: Arc<dyn Clock>,
+    staleness: crate::index_cache::Staleness,
+    offline: bool,
+    cache_dir: std::path::PathBuf,
+    cache_size: u64,
+    index_cache_size: u64,
+    bucket: Option<Arc<crate::storage::s3::Bucket>>,
+}
+
+impl RouteKit {
+    /// Each of `share` routes' part of the index cache bound.
+    fn budget(&self, share: u64) -> u64 {
+        if share == 1 {
+            self.index_cache_size
+        } else {
+            (self.index_cache_size / share).max(8 << 20)
+        }
+    }
+
+    /// Saved pages in `dir` (a quarter of the file cache cap, shared by the
+    /// routes, at least 1 MiB each), also in the bucket if there is one.
+    fn saved(&self, dir: std::path::PathBuf, share: u64) -> Option<PageStore> {
+        if self.cache_size == 0 {
+            return None;
+        }
+        let cap = (self.cache_size / 4 / share).max(1 << 20);
+        let opened = PageStore::open(&dir, cap).and_then(|p| match &self.bucket {
+            Some(b) => p.with_bucket(Arc::clone(b)),
+            None => Ok(p),
+        });
+        match opened {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("pages will not survive a restart: {e}");
+                None
+            }
+        }
+    }
+
+    /// A `[[route]]`: its own index cache and saved pages.
+    fn route(&self, r: &crate::config::RouteConfig, share: u64) -> anyhow::Result<Upstream> {
+        let indexes: Vec<Index> = r
+            .indexes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Index::new(IndexId(i), c))
+            .collect();
+        let id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(r.prefix.as_bytes())[..8]);
+        let pages = IndexCache::new(
+            Arc::clone(&self.origin),
+            Arc::clone(&self.clock),
+            indexes,
+            self.staleness,
+            self.offline,
+            self.budget(share),
+            self.saved(self.cache_dir.join("route-pages").join(id), share),
+        )
+        .start()?;
+        log::info!("route {}: {} index(es)", r.prefix, r.indexes.len());
+        Ok(Upstream {
+            prefix: Some(r.prefix.clone()),
+            pages,
+            strategy: r.strategy,
+            policy: std::sync::RwLock::new(r.policy.clone()),
+            shape: shape(r),
+        })
+    }
 }
 
 pub struct App {
@@ -50,8 +135,11 @@ pub struct App {
     /// For its counters (refused addresses).
     origin: Arc<dyn Origin>,
     /// The default route (`/index/`, `/simple/`) first, then the
-    /// `[[route]]`s of ROXPI_CONFIG: each with its own indexes.
-    upstreams: Vec<Arc<Upstream>>,
+    /// `[[route]]`s of ROXPI_CONFIG: each with its own indexes (replaced
+    /// on reload).
+    upstreams: std::sync::RwLock<Vec<Arc<Upstream>>>,
+    /// What building a route needs (at start and on reload).
+    kit: RouteKit,
     /// Request latency by route kind and cache result (`observe`).
     latencies: latency::Latencies,
     /// The site's policy (swapped whole on reload) and its version.
@@ -118,59 +206,23 @@ impl App {
             .enumerate()
             .map(|(i, c)| Index::new(IndexId(i), c))
             .collect();
-        // Pages are saved next to the files they list (the dir is locked);
-        // a route's in a directory of its own.
-        let saved = |dir: std::path::PathBuf, share: u64| {
-            if settings.cache_size == 0 {
-                return None;
-            }
-            // A quarter of the file cache cap, at least 1 MiB.
-            let cap = (settings.cache_size / 4 / share).max(1 << 20);
-            let opened = PageStore::open(&dir, cap).and_then(|p| match &bucket {
-                Some(b) => p.with_bucket(Arc::clone(b)),
-                None => Ok(p),
-            });
-            match opened {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    log::warn!("pages will not survive a restart: {e}");
-                    None
-                }
-            }
-        };
         let share = 1 + settings.routes.len() as u64;
-        let staleness = crate::index_cache::Staleness {
-            after: settings.stale_after,
-            while_revalidate: settings.stale_while_revalidate,
+        let kit = RouteKit {
+            origin: Arc::clone(&origin),
+            clock: Arc::clone(&clock),
+            staleness: crate::index_cache::Staleness {
+                after: settings.stale_after,
+                while_revalidate: settings.stale_while_revalidate,
+            },
+            offline: settings.offline,
+            cache_dir: settings.cache_dir.clone(),
+            cache_size: settings.cache_size,
+            index_cache_size: settings.index_cache_size,
+            bucket: bucket.clone(),
         };
-        // The index cache bound is shared by the routes.
-        let budget = (settings.index_cache_size / share).max(8 << 20);
         let mut upstreams = Vec::new();
         for r in &settings.routes {
-            let indexes: Vec<Index> = r
-                .indexes
-                .iter()
-                .enumerate()
-                .map(|(i, c)| Index::new(IndexId(i), c))
-                .collect();
-            let id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(r.prefix.as_bytes())[..8]);
-            let pages = IndexCache::new(
-                Arc::clone(&origin),
-                Arc::clone(&clock),
-                indexes,
-                staleness,
-                settings.offline,
-                budget,
-                saved(settings.cache_dir.join("route-pages").join(id), share),
-            )
-            .start()?;
-            log::info!("route {}: {} index(es)", r.prefix, r.indexes.len());
-            upstreams.push(Arc::new(Upstream {
-                prefix: Some(r.prefix.clone()),
-                pages,
-                strategy: r.strategy,
-                policy: std::sync::RwLock::new(r.policy.clone()),
-            }));
+            upstreams.push(Arc::new(kit.route(r, share)?));
         }
         let settings_policy = Arc::clone(&settings.policy);
         let first_seen = if settings.cache_size == 0 {
@@ -186,14 +238,10 @@ impl App {
             Arc::clone(&origin),
             clock,
             indexes,
-            staleness,
+            kit.staleness,
             settings.offline,
-            if settings.routes.is_empty() {
-                settings.index_cache_size
-            } else {
-                budget
-            },
-            saved(settings.cache_dir.join("pages"), share),
+            kit.budget(share),
+            kit.saved(settings.cache_dir.join("pages"), share),
         )
         .start()?;
         upstreams.insert(
@@ -203,6 +251,7 @@ impl App {
                 pages: Arc::clone(&pages),
                 strategy: settings.strategy,
                 policy: std::sync::RwLock::new(None),
+                shape: String::new(),
             }),
         );
         Ok(App {
@@ -213,7 +262,8 @@ impl App {
             server,
             origin,
             latencies: latency::Latencies::default(),
-            upstreams,
+            upstreams: std::sync::RwLock::new(upstreams),
+            kit,
             policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),
             audit: Default::default(),
             first_seen,
@@ -254,14 +304,14 @@ impl App {
                 .header("WWW-Authenticate", "Bearer realm=\"roxpi\"")
             }
             Route::InvalidateList => {
-                for u in &self.upstreams {
+                for u in self.upstreams().iter() {
                     u.pages.invalidate(&Key::List);
                 }
                 json_success()
             }
             Route::InvalidateProject(name) => {
                 let key = Key::Project(name);
-                for u in &self.upstreams {
+                for u in self.upstreams().iter() {
                     u.pages.invalidate(&key);
                 }
                 json_success()
@@ -366,7 +416,8 @@ impl App {
     /// else the default one.
     fn route(&self, req: &Request) -> (Arc<Upstream>, Route) {
         let path = req.path();
-        for u in &self.upstreams[1..] {
+        let upstreams = self.upstreams();
+        for u in &upstreams[1..] {
             let Some(prefix) = &u.prefix else { continue };
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {
                 return (Arc::clone(u), route::under(prefix, rest, req.query()));
@@ -379,13 +430,13 @@ impl App {
                 return (Arc::clone(u), Route::Redirect(to));
             }
         }
-        (Arc::clone(&self.upstreams[0]), route(path, req.query()))
+        (Arc::clone(&upstreams[0]), route(path, req.query()))
     }
 
     /// The routes, for the home page and `/metrics`: prefix, index URLs
     /// (without credentials), strategy.
     pub(super) fn routes(&self) -> Vec<(String, Vec<String>, crate::pypi::Strategy)> {
-        self.upstreams
+        self.upstreams()
             .iter()
             .map(|u| {
                 (
@@ -417,23 +468,37 @@ impl App {
         (own.unwrap_or(site), version)
     }
 
-    /// Puts new policies in force (SIGHUP): the site's, and each route's
-    /// own by prefix (routes themselves change with a restart).
-    pub fn set_policy(
-        &self,
-        site: crate::policy::Policy,
-        routes: Vec<(String, Option<crate::policy::Policy>)>,
-    ) {
-        for u in &self.upstreams[1..] {
-            let own = routes
-                .iter()
-                .find(|(prefix, _)| Some(prefix) == u.prefix.as_ref())
-                .and_then(|(_, p)| p.clone())
-                .map(Arc::new);
-            *u.policy.write().unwrap_or_else(|p| p.into_inner()) = own;
+    /// The routes in force (the default first).
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts the policies and routes of `new` in force (SIGHUP): the site's
+    /// policy, each route's own, and the `[[route]]`s — a route whose
+    /// prefix, indexes, TTLs and strategy did not change keeps its cache;
+    /// a new or changed one starts empty; a removed one goes. (Indexes of
+    /// the default route, storage and the other settings need a restart.)
+    pub fn reload(&self, new: &Settings) -> anyhow::Result<()> {
+        let current = self.upstreams();
+        let share = 1 + new.routes.len() as u64;
+        let mut next = vec![Arc::clone(&current[0])];
+        for r in &new.routes {
+            let kept = current[1..].iter().find(|u| u.shape == shape(r));
+            match kept {
+                Some(u) => {
+                    *u.policy.write().unwrap_or_else(|p| p.into_inner()) = r.policy.clone();
+                    next.push(Arc::clone(u));
+                }
+                None => next.push(Arc::new(self.kit.route(r, share)?)),
+            }
         }
+        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = next;
         let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
-        *p = (Arc::new(site), p.1 + 1);
+        *p = (Arc::clone(&new.policy), p.1 + 1);
+        Ok(())
     }
 
     /// Whether an invalidation may proceed: always without
