@@ -137,7 +137,7 @@ pub struct App {
     /// The default route (`/index/`, `/simple/`) first, then the
     /// `[[route]]`s of ROXPI_CONFIG: each with its own indexes (replaced
     /// on reload).
-    upstreams: std::sync::RwLock<Vec<Arc<Upstream>>>,
+    upstreams: std::sync::RwLock<Arc<Vec<Arc<Upstream>>>>,
     /// What building a route needs (at start and on reload).
     kit: RouteKit,
     /// Request latency by route kind and cache result (`observe`).
@@ -262,7 +262,7 @@ impl App {
             server,
             origin,
             latencies: latency::Latencies::default(),
-            upstreams: std::sync::RwLock::new(upstreams),
+            upstreams: std::sync::RwLock::new(Arc::new(upstreams)),
             kit,
             policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),
             audit: Default::default(),
@@ -468,12 +468,10 @@ impl App {
         (own.unwrap_or(site), version)
     }
 
-    /// The routes in force (the default first).
-    fn upstreams(&self) -> Vec<Arc<Upstream>> {
-        self.upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The routes in force (the default first): one reference count, no
+    /// copy, per request.
+    fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        Arc::clone(&self.upstreams.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Puts the policies and routes of `new` in force (SIGHUP): the site's
@@ -495,7 +493,7 @@ impl App {
                 None => next.push(Arc::new(self.kit.route(r, share)?)),
             }
         }
-        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
         *p = (Arc::clone(&new.policy), p.1 + 1);
         Ok(())

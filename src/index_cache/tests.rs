@@ -389,14 +389,17 @@ fn a_saved_page_is_loaded_by_a_fetch_thread_not_the_caller() {
     let dir = tempfile::tempdir().unwrap();
     let r = rig_with_saved_page(dir.path(), true);
     // The lookup returns at once, waiting for the load; a second one
-    // joins the same load.
+    // joins the same load — unless a fetch thread finished it in between
+    // (the load is a small file read), when it finds the loaded copy.
     let first = r.cache.begin(IndexId::ROOT, &key(1), false);
     let second = r.cache.begin(IndexId::ROOT, &key(1), false);
-    assert!(first.load.is_some() && second.load.is_some());
-    assert!(Arc::ptr_eq(
-        first.flight.as_ref().unwrap(),
-        second.flight.as_ref().unwrap()
-    ));
+    assert!(first.load.is_some(), "the first lookup waits for the load");
+    if second.load.is_some() {
+        assert!(Arc::ptr_eq(
+            first.flight.as_ref().unwrap(),
+            second.flight.as_ref().unwrap()
+        ));
+    }
     for p in [first, second] {
         let (snap, fresh) = r.cache.wait(p).unwrap();
         assert_eq!(files_of(&snap), ["p1-1.0.tar.gz"]);
