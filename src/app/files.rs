@@ -77,22 +77,7 @@ impl App {
             if policy.is_empty() {
                 return None;
             }
-            let uploaded = entry
-                .upload_time
-                .as_deref()
-                .and_then(crate::policy::parse_upload_time);
-            let first_seen = (uploaded.is_none()
-                && policy.cooldown.untimed == crate::policy::Untimed::FirstSeen)
-                .then(|| self.first_seen(entry));
-            let verdict = policy.verdict(
-                &crate::policy::Facts {
-                    project: name,
-                    filename: entry.filename.as_str(),
-                    uploaded,
-                    first_seen,
-                },
-                std::time::SystemTime::now(),
-            );
+            let verdict = self.verdict(&policy, name, entry, std::time::SystemTime::now());
             (verdict.rule()?, verdict.refusal()?)
         };
         let file = entry.filename.as_str();

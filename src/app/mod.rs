@@ -516,12 +516,35 @@ impl App {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
-    /// When `entry` (listed without an upload time) was first seen.
-    pub(super) fn first_seen(&self, entry: &crate::pypi::FileEntry) -> std::time::SystemTime {
-        let sha = entry.hashes.get("sha256").map(String::as_str);
-        let key = crate::storage::CacheKey::derive(sha, &entry.url);
-        self.first_seen
-            .get_or_record(&key, std::time::SystemTime::now())
+    /// The policy's decision for a listed file at `now`: its upload time,
+    /// or (under `untimed = "first-seen"`) when roxpi first saw it.
+    pub(super) fn verdict(
+        &self,
+        policy: &crate::policy::Policy,
+        name: &crate::pypi::ProjectName,
+        entry: &crate::pypi::FileEntry,
+        now: std::time::SystemTime,
+    ) -> crate::policy::Verdict {
+        let uploaded = entry
+            .upload_time
+            .as_deref()
+            .and_then(crate::policy::parse_upload_time);
+        let first_seen = (uploaded.is_none()
+            && policy.cooldown.untimed == crate::policy::Untimed::FirstSeen)
+            .then(|| {
+                let sha = entry.hashes.get("sha256").map(String::as_str);
+                let key = crate::storage::CacheKey::derive(sha, &entry.url);
+                self.first_seen.get_or_record(&key, now)
+            });
+        policy.verdict(
+            &crate::policy::Facts {
+                project: name,
+                filename: entry.filename.as_str(),
+                uploaded,
+                first_seen,
+            },
+            now,
+        )
     }
 
     /// Every finished response (the server's observer): latency histograms.

@@ -16,7 +16,7 @@ use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
-use crate::policy::{parse_upload_time, Facts, Policy, Untimed, Verdict};
+use crate::policy::{Policy, Verdict};
 use crate::pypi::{
     negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
     PageFormat, ProjectName, ProjectPage, Yanked,
@@ -238,17 +238,9 @@ impl App {
         if policy.is_empty() {
             return None;
         }
-        let first_seen = policy.cooldown.untimed == Untimed::FirstSeen;
         let mut next: Option<SystemTime> = None;
-        page.files.retain_mut(|e| {
-            let uploaded = e.upload_time.as_deref().and_then(parse_upload_time);
-            let facts = Facts {
-                project: name,
-                filename: e.filename.as_str(),
-                uploaded,
-                first_seen: (uploaded.is_none() && first_seen).then(|| self.first_seen(e)),
-            };
-            match policy.verdict(&facts, now) {
+        page.files
+            .retain_mut(|e| match self.verdict(policy, name, e, now) {
                 Verdict::Serve => true,
                 Verdict::Yank(reason) => {
                     if matches!(e.yanked, Yanked::No) {
@@ -275,8 +267,7 @@ impl App {
                     record("deny", "removed", Some(e.filename.as_str()), &reason);
                     false
                 }
-            }
-        });
+            });
         next
     }
 }
