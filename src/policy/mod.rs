@@ -25,7 +25,6 @@ pub mod first_seen;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use globset::{Glob, GlobMatcher};
 use pep440_rs::{Version, VersionSpecifiers};
 
 use crate::pypi::ProjectName;
@@ -51,7 +50,7 @@ pub enum Untimed {
 #[derive(Clone, Debug)]
 pub struct ProjectGlob {
     text: String,
-    matcher: GlobMatcher,
+    pattern: glob::Pattern,
 }
 
 impl ProjectGlob {
@@ -68,15 +67,16 @@ impl ProjectGlob {
         if norm.is_empty() {
             return Err("an empty project pattern".into());
         }
-        let glob = Glob::new(&norm).map_err(|e| format!("project pattern {text:?}: {e}"))?;
+        let pattern =
+            glob::Pattern::new(&norm).map_err(|e| format!("project pattern {text:?}: {e}"))?;
         Ok(ProjectGlob {
             text: text.trim().to_owned(),
-            matcher: glob.compile_matcher(),
+            pattern,
         })
     }
 
     pub fn matches(&self, name: &ProjectName) -> bool {
-        self.matcher.is_match(name.as_str())
+        self.pattern.matches(name.as_str())
     }
 
     pub fn as_str(&self) -> &str {
