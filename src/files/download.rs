@@ -419,32 +419,19 @@ impl Downloads {
             .storage
             .create(key, obj.len)
             .map_err(BucketRead::Local)?;
-        let mut body = obj.body;
         let mut verifier = Verifier::new(&source.hashes);
-        let mut buf = vec![0u8; CHUNK];
-        let mut written: u64 = 0;
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    bucket.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(BucketRead::S3(s3::S3Error::Unreachable {
-                        op: "GetObject",
-                        detail: format!("cut after {written} bytes: {e}"),
-                    }));
-                }
-            };
-            if written + n as u64 > obj.len {
-                return Err(BucketRead::Tampered(Mismatch::TooLong(obj.len)));
+        let written = match copy_verified(obj.body, &temp, &mut verifier, obj.len, |_| {}) {
+            Ok(w) => w,
+            Err(Copy::Read(e, written)) => {
+                bucket.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(BucketRead::S3(s3::S3Error::Unreachable {
+                    op: "GetObject",
+                    detail: format!("cut after {written} bytes: {e}"),
+                }));
             }
-            verifier.update(&buf[..n]);
-            temp.file
-                .write_all_at(&buf[..n], written)
-                .map_err(BucketRead::Local)?;
-            written += n as u64;
-        }
+            Err(Copy::TooLong) => return Err(BucketRead::Tampered(Mismatch::TooLong(obj.len))),
+            Err(Copy::Write(e)) => return Err(BucketRead::Local(e)),
+        };
         bucket
             .stats
             .bytes_read
@@ -578,49 +565,76 @@ impl Downloads {
                 total,
             }
         });
-        let mut body = streamed.body;
         let mut verifier = Verifier::new(&source.hashes);
-        let mut buf = vec![0u8; CHUNK];
-        let mut written: u64 = 0;
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    return Err(OriginError::timeout(&streamed.final_url).into())
-                }
-                Err(e) => {
-                    return Err(OriginError::body(
-                        &streamed.final_url,
-                        format!("failed after {written} bytes: {e}"),
-                    )
-                    .into())
-                }
-            };
-            if written + n as u64 > total {
-                return Err(Mismatch::TooLong(total).into());
-            }
-            let chunk = &buf[..n];
-            verifier.update(chunk);
-            temp.file
-                .write_all_at(chunk, written)
-                .map_err(FileError::local)?;
-            written += n as u64;
+        let url = &streamed.final_url;
+        let mut counted = 0;
+        let written = copy_verified(streamed.body, &temp, &mut verifier, total, |written| {
             self.stats
                 .bytes_fetched
-                .fetch_add(n as u64, Ordering::Relaxed);
+                .fetch_add(written - counted, Ordering::Relaxed);
+            counted = written;
             inflight.set(|s| s.written = written);
-        }
+        })
+        .map_err(|e| -> FileError {
+            match e {
+                Copy::Read(e, _) if e.kind() == io::ErrorKind::TimedOut => {
+                    OriginError::timeout(url).into()
+                }
+                Copy::Read(e, written) => {
+                    OriginError::body(url, format!("failed after {written} bytes: {e}")).into()
+                }
+                Copy::TooLong => Mismatch::TooLong(total).into(),
+                Copy::Write(e) => FileError::local(e),
+            }
+        })?;
         if written != total {
-            return Err(OriginError::body(
-                &streamed.final_url,
-                format!("ended at {written} of {total} bytes"),
-            )
-            .into());
+            return Err(
+                OriginError::body(url, format!("ended at {written} of {total} bytes")).into(),
+            );
         }
         let sha256 = verifier.finish()?;
         Ok((self.publish(temp, &sha256, inflight, total, key), total))
+    }
+}
+
+/// Why copying a body into a temp file stopped.
+enum Copy {
+    /// Reading the body failed after this many bytes.
+    Read(io::Error, u64),
+    /// More bytes than the length.
+    TooLong,
+    /// Writing the temp file failed.
+    Write(io::Error),
+}
+
+/// Copies `body` into `temp`, at most `len` bytes, hashing as it goes;
+/// calls `progress` with the bytes written after each chunk. Returns the
+/// bytes written (the caller checks them against `len`).
+fn copy_verified(
+    mut body: Box<dyn Read + Send>,
+    temp: &crate::storage::TempFile,
+    verifier: &mut Verifier,
+    len: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, Copy> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut written: u64 = 0;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => return Ok(written),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e, written)),
+        };
+        if written + n as u64 > len {
+            return Err(Copy::TooLong);
+        }
+        verifier.update(&buf[..n]);
+        temp.file
+            .write_all_at(&buf[..n], written)
+            .map_err(Copy::Write)?;
+        written += n as u64;
+        progress(written);
     }
 }
 
