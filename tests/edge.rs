@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Fault};
 use crate::util::{
-    blob, get, have, have_file, metric, request, roxpi_bin, roxpi_on, walk, within, ChildServer,
-    Client,
+    blob, get, have, have_file, metric, request, roxpi_on, roxpi_under_ulimit, walk, within,
+    ChildServer, Client,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -306,18 +306,8 @@ fn probes_are_answered_beyond_the_connection_cap() {
     within(LIMIT, || {
         let f = fake(1000);
         let cache = tempfile::tempdir().unwrap();
-        let home = tempfile::tempdir().unwrap();
         // 64 descriptors: a cap of 32 connections.
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("ulimit -n 64 && exec \"$0\"")
-            .arg(roxpi_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("ROXPI_BIND", "127.0.0.1:0")
-            .env("ROXPI_INDEX_URL", f.url("root"))
-            .env("ROXPI_CACHE_DIR", cache.path());
+        let cmd = roxpi_under_ulimit("-n 64", &f, cache.path());
         let server = ChildServer::start(cmd);
         let addr = server.addr;
         let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -352,18 +342,8 @@ fn ready_follows_startup_and_cache_write_failures() {
             std::fs::File::create(files.join(&key[..2]).join(name)).unwrap();
         }
         let f = fake(2 << 20);
-        let home = tempfile::tempdir().unwrap();
         // Writes past 1 MiB fail (EFBIG): a 2 MB download cannot be kept.
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("ulimit -f 1024 && exec \"$0\"")
-            .arg(roxpi_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("ROXPI_BIND", "127.0.0.1:0")
-            .env("ROXPI_INDEX_URL", f.url("root"))
-            .env("ROXPI_CACHE_DIR", cache.path());
+        let cmd = roxpi_under_ulimit("-f 1024", &f, cache.path());
         let started = Instant::now();
         let server = ChildServer::start(cmd);
         let addr = server.addr;

@@ -751,3 +751,36 @@ pub fn read_all(mut r: impl Read) -> Vec<u8> {
     r.read_to_end(&mut v).unwrap();
     v
 }
+
+/// The name of the `i`th wheel of `FakeIndex::with_wheels`.
+pub fn big_wheel(i: usize) -> String {
+    format!("big-1.{i}-py3-none-any.whl")
+}
+
+impl FakeIndex {
+    /// A fake with project `big` on the root index holding one wheel per
+    /// size (`big_wheel(i)`, seeded bytes), served as JSON pages.
+    pub fn with_wheels(sizes: &[usize]) -> FakeIndex {
+        let fake = FakeIndex::start(BTreeMap::new());
+        let files = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, len)| FakeFile::new(&big_wheel(i), crate::util::blob(*len, i as u64 + 1)))
+            .collect();
+        fake.add_project(
+            "root",
+            "big",
+            FakeProject {
+                files,
+                ..Default::default()
+            },
+        );
+        fake.set_mode(Mode::Json);
+        fake
+    }
+
+    /// Upstream GETs of `big_wheel(i)`.
+    pub fn wheel_gets(&self, i: usize) -> usize {
+        self.count(&format!("/files/root/big/{}", big_wheel(i)))
+    }
+}

@@ -10,37 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fake_index::{FakeFile, FakeIndex, FakeProject, FileMode};
+use crate::fake_index::{big_wheel, FakeFile, FakeIndex, FakeProject, FileMode};
 use crate::util::{
     blob, count_files, dir_bytes, request, start_roxpi, within, ChildServer, Client, Reply,
 };
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn wheel(i: usize) -> String {
-    format!("big-1.{i}-py3-none-any.whl")
-}
-
-/// A fake with project `big` holding one wheel per size.
-fn fake(sizes: &[usize]) -> FakeIndex {
-    let fake = FakeIndex::start(BTreeMap::new());
-    let files = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, len)| FakeFile::new(&wheel(i), blob(*len, i as u64 + 1)))
-        .collect();
-    fake.add_project(
-        "root",
-        "big",
-        FakeProject {
-            files,
-            versions: vec![],
-            status: None,
-        },
-    );
-    fake.set_mode(crate::fake_index::Mode::Json);
-    fake
-}
 
 struct Roxpi {
     server: ChildServer,
@@ -74,7 +49,7 @@ impl Roxpi {
     }
 
     fn file(&self, i: usize) -> Reply {
-        self.get(&format!("/index/big/{}", wheel(i)), &[])
+        self.get(&format!("/index/big/{}", big_wheel(i)), &[])
     }
 
     /// Bytes under files/ and tmp/ (what counts toward the cap).
@@ -87,16 +62,12 @@ impl Roxpi {
     }
 }
 
-fn upstream_gets(fake: &FakeIndex, i: usize) -> usize {
-    fake.count(&format!("/files/root/big/{}", wheel(i)))
-}
-
 /// 32 clients of one uncached file: one upstream GET, identical correct
 /// bodies, and every client's first bytes before the upstream finished.
 #[test]
 fn thirty_two_clients_one_upstream_get_streamed_to_all() {
     within(LIMIT, || {
-        let f = fake(&[2 << 20]);
+        let f = FakeIndex::with_wheels(&[2 << 20]);
         f.set_file_mode(FileMode::Throttle {
             chunk: 64 * 1024,
             every: Duration::from_millis(25),
@@ -104,7 +75,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, dir.path(), &[]);
         assert_eq!(r.get("/index/big/", &[]).status, 200);
-        let expected = f.file("root", "big", &wheel(0)).bytes;
+        let expected = f.file("root", "big", &big_wheel(0)).bytes;
         let addr = r.addr();
         let threads: Vec<_> = (0..32)
             .map(|_| {
@@ -113,7 +84,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
                     c.send(
                         format!(
                             "GET /index/big/{} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                            wheel(0)
+                            big_wheel(0)
                         )
                         .as_bytes(),
                     );
@@ -143,7 +114,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
             })
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(upstream_gets(&f, 0), 1, "one upstream GET for 32 clients");
+        assert_eq!(f.wheel_gets(0), 1, "one upstream GET for 32 clients");
         let done = *f.bodies_done().first().expect("the upstream finished");
         for (first_at, body) in &results {
             assert!(body == &expected[..], "a body differs");
@@ -156,7 +127,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
         let hit = r.file(0);
         assert_eq!(hit.header("x-cache"), Some("HIT"));
         assert_eq!(hit.body, expected);
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(f.wheel_gets(0), 1);
         let metrics = r.get("/metrics", &[]).text();
         let value = |name: &str| -> u64 {
             metrics
@@ -192,7 +163,7 @@ fn thirty_two_clients_one_upstream_get_streamed_to_all() {
 #[test]
 fn a_client_that_disconnects_does_not_stop_the_download() {
     within(LIMIT, || {
-        let f = fake(&[1 << 20]);
+        let f = FakeIndex::with_wheels(&[1 << 20]);
         f.set_file_mode(FileMode::Throttle {
             chunk: 64 * 1024,
             every: Duration::from_millis(20),
@@ -201,20 +172,26 @@ fn a_client_that_disconnects_does_not_stop_the_download() {
         let r = start(&f, dir.path(), &[]);
         {
             let mut c = Client::new(r.addr());
-            c.send(format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0)).as_bytes());
+            c.send(
+                format!(
+                    "GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+                    big_wheel(0)
+                )
+                .as_bytes(),
+            );
             let mut some = [0u8; 1000];
             c.reader.read_exact(&mut some).unwrap();
         } // gone
         let deadline = Instant::now() + Duration::from_secs(20);
-        let path = format!("/index/big/{}", wheel(0));
+        let path = format!("/index/big/{}", big_wheel(0));
         while request(r.addr(), "HEAD", &path, &[]).header("x-cache") != Some("HIT") {
             assert!(Instant::now() < deadline, "the download never finished");
             std::thread::sleep(Duration::from_millis(50));
         }
         let hit = r.file(0);
         assert_eq!(hit.header("x-cache"), Some("HIT"));
-        assert_eq!(hit.body, f.file("root", "big", &wheel(0)).bytes);
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(hit.body, f.file("root", "big", &big_wheel(0)).bytes);
+        assert_eq!(f.wheel_gets(0), 1);
     });
 }
 
@@ -244,7 +221,7 @@ fn cut_or_corrupt_bodies_are_never_committed() {
             ),
             (FileMode::Corrupt, "100K"),
         ] {
-            let f = fake(&[600_000]);
+            let f = FakeIndex::with_wheels(&[600_000]);
             let dir = tempfile::tempdir().unwrap();
             let r = start(&f, dir.path(), &[("ROXPI_CACHE_SIZE", cap)]);
             assert_eq!(r.get("/index/big/", &[]).status, 200);
@@ -255,8 +232,11 @@ fn cut_or_corrupt_bodies_are_never_committed() {
                     std::thread::spawn(move || {
                         let mut c = Client::new(addr);
                         c.send(
-                            format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0))
-                                .as_bytes(),
+                            format!(
+                                "GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+                                big_wheel(0)
+                            )
+                            .as_bytes(),
                         );
                         c.read_reply(false)
                     })
@@ -277,12 +257,12 @@ fn cut_or_corrupt_bodies_are_never_committed() {
                 0,
                 "{mode:?}/{cap}: temp file left"
             );
-            let before = upstream_gets(&f, 0);
+            let before = f.wheel_gets(0);
             f.set_file_mode(FileMode::Normal);
             let ok = r.file(0);
             assert_eq!(ok.status, 200);
-            assert_eq!(ok.body, f.file("root", "big", &wheel(0)).bytes);
-            assert_eq!(upstream_gets(&f, 0), before + 1, "fetched again");
+            assert_eq!(ok.body, f.file("root", "big", &big_wheel(0)).bytes);
+            assert_eq!(f.wheel_gets(0), before + 1, "fetched again");
         }
     });
 }
@@ -290,7 +270,7 @@ fn cut_or_corrupt_bodies_are_never_committed() {
 #[test]
 fn a_file_larger_than_the_cap_is_coalesced_but_not_kept() {
     within(LIMIT, || {
-        let f = fake(&[1 << 20]);
+        let f = FakeIndex::with_wheels(&[1 << 20]);
         f.set_file_mode(FileMode::Throttle {
             chunk: 64 * 1024,
             every: Duration::from_millis(20),
@@ -298,31 +278,31 @@ fn a_file_larger_than_the_cap_is_coalesced_but_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, dir.path(), &[("ROXPI_CACHE_SIZE", "512K")]);
         assert_eq!(r.get("/index/big/", &[]).status, 200);
-        let expected = f.file("root", "big", &wheel(0)).bytes;
+        let expected = f.file("root", "big", &big_wheel(0)).bytes;
         let addr = r.addr();
         let clients: Vec<_> = (0..32)
             .map(|_| {
                 std::thread::spawn(move || {
-                    request(addr, "GET", &format!("/index/big/{}", wheel(0)), &[]).body
+                    request(addr, "GET", &format!("/index/big/{}", big_wheel(0)), &[]).body
                 })
             })
             .collect();
         for c in clients {
             assert!(c.join().unwrap() == expected);
         }
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(f.wheel_gets(0), 1);
         assert_eq!(r.committed_files(), 0);
         assert_eq!(count_files(&dir.path().join("staging")), 0);
         f.set_file_mode(FileMode::Normal);
         assert_eq!(r.file(0).body, expected);
-        assert_eq!(upstream_gets(&f, 0), 2, "not kept");
+        assert_eq!(f.wheel_gets(0), 2, "not kept");
     });
 }
 
 #[test]
 fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
     within(LIMIT, || {
-        let f = fake(&[300_000; 8]);
+        let f = FakeIndex::with_wheels(&[300_000; 8]);
         let dir = tempfile::tempdir().unwrap();
         let cap = 1_000_000u64;
         let r = Arc::new(start(
@@ -351,7 +331,7 @@ fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
         let ts: Vec<_> = (0..4)
             .map(|i| {
                 std::thread::spawn(move || {
-                    request(addr, "GET", &format!("/index/big/{}", wheel(i)), &[]).status
+                    request(addr, "GET", &format!("/index/big/{}", big_wheel(i)), &[]).status
                 })
             })
             .collect();
@@ -371,11 +351,7 @@ fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
         let peak = peak.load(Ordering::Relaxed);
         assert!(peak <= cap, "disk use peaked at {peak} > cap {cap}");
         assert!(peak > 0);
-        let gets_before = (
-            upstream_gets(&f, 5),
-            upstream_gets(&f, 6),
-            upstream_gets(&f, 7),
-        );
+        let gets_before = (f.wheel_gets(5), f.wheel_gets(6), f.wheel_gets(7));
         assert_eq!(
             r.file(5).header("x-cache"),
             Some("HIT"),
@@ -384,7 +360,7 @@ fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
         assert_eq!(r.file(7).header("x-cache"), Some("HIT"));
         assert_eq!(r.file(6).header("x-cache"), Some("MISS"), "6 was evicted");
         assert_eq!(
-            (upstream_gets(&f, 5), upstream_gets(&f, 7)),
+            (f.wheel_gets(5), f.wheel_gets(7)),
             (gets_before.0, gets_before.2)
         );
     });
@@ -393,7 +369,7 @@ fn the_cap_holds_at_every_moment_and_lru_order_is_kept() {
 #[test]
 fn restart_serves_cached_files_without_upstream_gets_and_cleans_leftovers() {
     within(LIMIT, || {
-        let f = fake(&[100_000, 100_000]);
+        let f = FakeIndex::with_wheels(&[100_000, 100_000]);
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, dir.path(), &[]);
         assert_eq!(r.file(0).status, 200);
@@ -405,8 +381,8 @@ fn restart_serves_cached_files_without_upstream_gets_and_cleans_leftovers() {
         for i in [0, 1] {
             let hit = r.file(i);
             assert_eq!(hit.header("x-cache"), Some("HIT"));
-            assert_eq!(hit.body, f.file("root", "big", &wheel(i)).bytes);
-            assert_eq!(upstream_gets(&f, i), 1, "no upstream GET after the restart");
+            assert_eq!(hit.body, f.file("root", "big", &big_wheel(i)).bytes);
+            assert_eq!(f.wheel_gets(i), 1, "no upstream GET after the restart");
         }
         assert!(!dir.path().join("tmp").join("leftover.part").exists());
         assert!(dir.path().join("mine.txt").exists());
@@ -430,7 +406,7 @@ fn restart_serves_cached_files_without_upstream_gets_and_cleans_leftovers() {
 #[test]
 fn sigkill_mid_download_never_leaves_a_partial_file() {
     within(LIMIT, || {
-        let f = fake(&[1 << 20]);
+        let f = FakeIndex::with_wheels(&[1 << 20]);
         f.set_file_mode(FileMode::Throttle {
             chunk: 32 * 1024,
             every: Duration::from_millis(20),
@@ -438,7 +414,13 @@ fn sigkill_mid_download_never_leaves_a_partial_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = start(&f, dir.path(), &[]);
         let mut c = Client::new(r.addr());
-        c.send(format!("GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n", wheel(0)).as_bytes());
+        c.send(
+            format!(
+                "GET /index/big/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+                big_wheel(0)
+            )
+            .as_bytes(),
+        );
         let mut some = [0u8; 100_000];
         c.reader.read_exact(&mut some).unwrap();
         r.server.child.kill().unwrap();
@@ -455,7 +437,7 @@ fn sigkill_mid_download_never_leaves_a_partial_file() {
         let got = r2.file(0);
         assert_eq!(got.status, 200);
         assert!(
-            got.body == f.file("root", "big", &wheel(0)).bytes,
+            got.body == f.file("root", "big", &big_wheel(0)).bytes,
             "served bytes differ"
         );
         assert_eq!(count_files(&dir.path().join("tmp")), 0);
@@ -466,15 +448,15 @@ fn sigkill_mid_download_never_leaves_a_partial_file() {
 #[test]
 fn ranges_and_conditional_requests() {
     within(LIMIT, || {
-        let f = fake(&[10_000]);
+        let f = FakeIndex::with_wheels(&[10_000]);
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, dir.path(), &[]);
-        let path = format!("/index/big/{}", wheel(0));
-        let data = f.file("root", "big", &wheel(0)).bytes;
+        let path = format!("/index/big/{}", big_wheel(0));
+        let data = f.file("root", "big", &big_wheel(0)).bytes;
         // Uncached: HEAD from the index size, no download.
         let head = request(r.addr(), "HEAD", &path, &[]);
         assert_eq!(head.header("content-length"), Some("10000"));
-        assert_eq!(upstream_gets(&f, 0), 0);
+        assert_eq!(f.wheel_gets(0), 0);
         // Uncached suffix range (poetry): forwarded upstream as a range.
         let tail = r.get(&path, &[("Range", "bytes=-100")]);
         assert_eq!(tail.status, 206);
@@ -501,7 +483,7 @@ fn ranges_and_conditional_requests() {
         let etag = full.header("etag").unwrap().to_owned();
         assert_eq!(
             etag,
-            format!("\"{}\"", f.file("root", "big", &wheel(0)).sha256())
+            format!("\"{}\"", f.file("root", "big", &big_wheel(0)).sha256())
         );
         type Case<'a> = (
             Vec<(&'a str, &'a str)>,
@@ -562,7 +544,7 @@ fn ranges_and_conditional_requests() {
             (Some("10000"), Some("HIT"))
         );
         assert_eq!(
-            upstream_gets(&f, 0),
+            f.wheel_gets(0),
             2,
             "one ranged request and one full download"
         );
@@ -599,7 +581,7 @@ fn tar_gz_content_type_never_encoded() {
 #[test]
 fn path_tricks_never_touch_anything_outside_the_cache() {
     within(LIMIT, || {
-        let f = fake(&[1000]);
+        let f = FakeIndex::with_wheels(&[1000]);
         let parent = tempfile::tempdir().unwrap();
         let cache = parent.path().join("cache");
         let r = start(&f, &cache, &[]);
@@ -653,15 +635,15 @@ fn path_tricks_never_touch_anything_outside_the_cache() {
 #[test]
 fn cache_size_zero_streams_through() {
     within(LIMIT, || {
-        let f = fake(&[50_000]);
+        let f = FakeIndex::with_wheels(&[50_000]);
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, &dir.path().join("c"), &[("ROXPI_CACHE_SIZE", "0")]);
         for _ in 0..2 {
             let got = r.file(0);
-            assert_eq!(got.body, f.file("root", "big", &wheel(0)).bytes);
+            assert_eq!(got.body, f.file("root", "big", &big_wheel(0)).bytes);
             assert_eq!(got.header("x-cache"), Some("MISS"));
         }
-        assert_eq!(upstream_gets(&f, 0), 2);
+        assert_eq!(f.wheel_gets(0), 2);
         assert!(!dir.path().join("c").exists(), "no cache dir is created");
     });
 }
@@ -671,24 +653,20 @@ fn cache_size_zero_streams_through() {
 #[test]
 fn disk_full_still_serves_the_client() {
     within(LIMIT, || {
-        let f = fake(&[300_000]);
+        let f = FakeIndex::with_wheels(&[300_000]);
         let dir = tempfile::tempdir().unwrap();
-        let root = f.url("root");
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg("ulimit -f 128 && exec \"$0\"")
-            .arg(crate::util::roxpi_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("ROXPI_BIND", "127.0.0.1:0")
-            .env("ROXPI_INDEX_URL", &root)
-            .env("ROXPI_CACHE_DIR", dir.path());
+        let cmd = crate::util::roxpi_under_ulimit("-f 128", &f, dir.path());
         let server = ChildServer::start(cmd);
-        let expected = f.file("root", "big", &wheel(0)).bytes;
+        let expected = f.file("root", "big", &big_wheel(0)).bytes;
         // The disk fills under the download: the client still gets the
         // whole file (continued from the upstream), and so does the next.
         for _ in 0..2 {
-            let got = request(server.addr, "GET", &format!("/index/big/{}", wheel(0)), &[]);
+            let got = request(
+                server.addr,
+                "GET",
+                &format!("/index/big/{}", big_wheel(0)),
+                &[],
+            );
             assert_eq!(got.status, 200);
             assert!(got.body == expected);
         }
@@ -711,7 +689,7 @@ fn disk_full_still_serves_the_client() {
 #[test]
 fn restart_with_the_upstream_down_serves_what_it_had() {
     within(LIMIT, || {
-        let mut f = fake(&[20_000]);
+        let mut f = FakeIndex::with_wheels(&[20_000]);
         let dir = tempfile::tempdir().unwrap();
         let r = start(&f, dir.path(), &[("ROXPI_STALE_AFTER", "0.5")]);
         let page = r.get(
@@ -756,7 +734,7 @@ fn restart_with_the_upstream_down_serves_what_it_had() {
 fn a_length_that_disagrees_with_the_index_is_refused() {
     within(LIMIT, || {
         let f = FakeIndex::start(BTreeMap::new());
-        let mut file = FakeFile::new(&wheel(0), blob(10_000, 5));
+        let mut file = FakeFile::new(&big_wheel(0), blob(10_000, 5));
         file.advertised_size = Some(9_999);
         f.add_project(
             "root",
@@ -774,7 +752,7 @@ fn a_length_that_disagrees_with_the_index_is_refused() {
             let got = r.file(0);
             assert_eq!(got.status, 502, "attempt {attempt}: {}", got.text());
             assert!(got.text().contains("9999"), "{}", got.text());
-            assert_eq!(upstream_gets(&f, 0), attempt);
+            assert_eq!(f.wheel_gets(0), attempt);
         }
         assert_eq!(r.committed_files(), 0);
         assert_eq!(count_files(&dir.path().join("tmp")), 0);
@@ -792,7 +770,7 @@ fn thread_bound() -> usize {
 #[test]
 fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
     within(LIMIT, || {
-        let f = fake(&[2000; 500]);
+        let f = FakeIndex::with_wheels(&[2000; 500]);
         // A stalled upstream: every open outlives the 0.9 s the client
         // waits before its redirect (a thread per request would pile up).
         f.set_file_delay(Duration::from_secs(2));
@@ -815,7 +793,7 @@ fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
         let clients: Vec<_> = (0..500)
             .map(|i| {
                 std::thread::spawn(move || {
-                    let got = request(addr, "GET", &format!("/index/big/{}", wheel(i)), &[]);
+                    let got = request(addr, "GET", &format!("/index/big/{}", big_wheel(i)), &[]);
                     (i, got)
                 })
             })
@@ -825,7 +803,7 @@ fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
             let (i, got) = c.join().unwrap();
             match got.status {
                 200 => {
-                    assert_eq!(got.body, f.file("root", "big", &wheel(i)).bytes, "{i}");
+                    assert_eq!(got.body, f.file("root", "big", &big_wheel(i)).bytes, "{i}");
                     ok += 1;
                 }
                 // A full open pool sends the client to the upstream; a
@@ -907,7 +885,7 @@ fn upstream_bodies_without_content_length_are_verified_in_both_modes() {
     within(LIMIT, || {
         // A small file (answered once verified) and a large one (streamed
         // while it downloads), in cached and stream-through modes.
-        let f = fake(&[5000, 600_000]);
+        let f = FakeIndex::with_wheels(&[5000, 600_000]);
         for cache_size in ["1G", "0"] {
             for how in [
                 Unsized::Wrong,
@@ -923,8 +901,8 @@ fn upstream_bodies_without_content_length_are_verified_in_both_modes() {
                 );
                 f.set_file_mode(FileMode::Unsized(how));
                 for i in 0..2 {
-                    let want = f.file("root", "big", &wheel(i)).bytes;
-                    let got = whole_200(r.addr(), &format!("/index/big/{}", wheel(i)));
+                    let want = f.file("root", "big", &big_wheel(i)).bytes;
+                    let got = whole_200(r.addr(), &format!("/index/big/{}", big_wheel(i)));
                     let what = format!("{how:?}, file {i}, ROXPI_CACHE_SIZE={cache_size}");
                     if how == Unsized::Right {
                         assert_eq!(got.as_deref(), Some(&want[..]), "{what}");
@@ -935,9 +913,9 @@ fn upstream_bodies_without_content_length_are_verified_in_both_modes() {
                 if how == Unsized::Right && cache_size != "0" {
                     // Verified against the index size and hash, then cached.
                     f.set_file_mode(FileMode::Normal);
-                    let before = upstream_gets(&f, 0);
-                    assert!(whole_200(r.addr(), &format!("/index/big/{}", wheel(0))).is_some());
-                    assert_eq!(upstream_gets(&f, 0), before, "served from the cache");
+                    let before = f.wheel_gets(0);
+                    assert!(whole_200(r.addr(), &format!("/index/big/{}", big_wheel(0))).is_some());
+                    assert_eq!(f.wheel_gets(0), before, "served from the cache");
                 }
             }
         }

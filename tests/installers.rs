@@ -437,14 +437,31 @@ fn roxpi_without_upstream_metadata() -> (FakeIndex, crate::util::ChildServer, te
     (fake, roxpi, home)
 }
 
-fn installed_in_venv(venv: &Path) {
-    let site = std::fs::read_dir(venv.join("lib"))
+/// The `site-packages` of a venv.
+fn site_packages(venv: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(venv.join("lib"))
         .unwrap()
         .flatten()
         .map(|d| d.path().join("site-packages"))
         .find(|p| p.is_dir())
-        .expect("site-packages in the venv");
-    assert_installed(&site);
+        .expect("site-packages in the venv")
+}
+
+fn installed_in_venv(venv: &Path) {
+    assert_installed(&site_packages(venv));
+}
+
+/// poetry's environment: its dirs under `dir`, the venv in the project,
+/// no questions.
+fn poetry_env(dir: &Path) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![
+        ("POETRY_CACHE_DIR", dir.join("cache").into()),
+        ("POETRY_CONFIG_DIR", dir.join("config").into()),
+        ("POETRY_DATA_DIR", dir.join("data").into()),
+        ("POETRY_VIRTUALENVS_IN_PROJECT", "true".into()),
+        ("POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON", "false".into()),
+        ("POETRY_NO_INTERACTION", "1".into()),
+    ]
 }
 
 /// `lock` then `install` with `tool` in a project that uses roxpi through
@@ -485,16 +502,7 @@ fn poetry_locks_and_installs_through_roxpi() {
                 format!("[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"http://{addr}/simple/\"\npriority = \"primary\"\n")
             },
             [&["lock"], &["install", "--no-interaction"]],
-            |dir| {
-                vec![
-                    ("POETRY_CACHE_DIR", dir.join("cache").into()),
-                    ("POETRY_CONFIG_DIR", dir.join("config").into()),
-                    ("POETRY_DATA_DIR", dir.join("data").into()),
-                    ("POETRY_VIRTUALENVS_IN_PROJECT", "true".into()),
-                    ("POETRY_VIRTUALENVS_PREFER_ACTIVE_PYTHON", "false".into()),
-                    ("POETRY_NO_INTERACTION", "1".into()),
-                ]
-            },
+            poetry_env,
             "poetry.lock",
         );
     });
@@ -675,10 +683,7 @@ fn installers_resolve_the_previous_version_under_a_cooldown() {
         run(Command::new(&poetry)
             .arg("lock")
             .current_dir(work.path())
-            .env("POETRY_CACHE_DIR", pscratch.path().join("cache"))
-            .env("POETRY_CONFIG_DIR", pscratch.path().join("config"))
-            .env("POETRY_DATA_DIR", pscratch.path().join("data"))
-            .env("POETRY_NO_INTERACTION", "1"));
+            .envs(poetry_env(pscratch.path())));
         let plock = std::fs::read_to_string(work.path().join("poetry.lock")).unwrap();
         assert!(
             plock.contains("version = \"1.0\""),
@@ -688,12 +693,7 @@ fn installers_resolve_the_previous_version_under_a_cooldown() {
 
         // The lock file made before: installs 2.0 (served though hidden).
         run(&mut uv(&["sync", "--frozen", "--python", "python3"]));
-        let site = std::fs::read_dir(project.path().join(".venv/lib"))
-            .unwrap()
-            .flatten()
-            .map(|d| d.path().join("site-packages"))
-            .find(|p| p.is_dir())
-            .unwrap();
+        let site = site_packages(&project.path().join(".venv"));
         assert_eq!(cool_version(&site), "2.0", "the lock file's version");
         drop(roxpi);
 

@@ -2,14 +2,13 @@
 //! (a real S3-protocol server that checks signatures; `s3_server`), with a
 //! fault proxy in between that counts S3 requests and breaks them.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fake_index::{
-    FakeFile, FakeIndex, FakeProject, Fault as UpstreamFault, FileMode, Unsized,
+    big_wheel, FakeFile, FakeIndex, Fault as UpstreamFault, FileMode, Unsized,
 };
 use crate::s3_server::{bucket_env, file_key, holds, wait_until, Fault, S3Proxy, S3Server, BUCKET};
 use crate::util::{
@@ -19,38 +18,8 @@ use crate::util::{
 const LIMIT: Duration = Duration::from_secs(240);
 const WAIT: Duration = Duration::from_secs(60);
 
-fn wheel(i: usize) -> String {
-    format!("big-1.{i}-py3-none-any.whl")
-}
-
 fn path(i: usize) -> String {
-    format!("/index/big/{}", wheel(i))
-}
-
-/// A fake upstream with project `big`: one wheel per size (JSON pages
-/// with sha256 and size).
-fn fake(sizes: &[usize]) -> FakeIndex {
-    let fake = FakeIndex::start(BTreeMap::new());
-    let files = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, len)| FakeFile::new(&wheel(i), blob(*len, i as u64 + 7)))
-        .collect();
-    fake.add_project(
-        "root",
-        "big",
-        FakeProject {
-            files,
-            versions: vec![],
-            status: None,
-        },
-    );
-    fake.set_mode(crate::fake_index::Mode::Json);
-    fake
-}
-
-fn upstream_gets(fake: &FakeIndex, i: usize) -> usize {
-    fake.count(&format!("/files/root/big/{}", wheel(i)))
+    format!("/index/big/{}", big_wheel(i))
 }
 
 /// A roxpi process on `fake` with the bucket behind `proxy`.
@@ -97,23 +66,23 @@ impl Node {
 }
 
 fn expected(fake: &FakeIndex, i: usize) -> FakeFile {
-    fake.file("root", "big", &wheel(i))
+    fake.file("root", "big", &big_wheel(i))
 }
 
 /// Asserts a 200 with exactly the file's bytes.
 fn assert_serves(node: &Node, fake: &FakeIndex, i: usize) {
     let r = node.get(&path(i));
-    assert_eq!(r.status, 200, "{}: {}", wheel(i), r.text());
+    assert_eq!(r.status, 200, "{}: {}", big_wheel(i), r.text());
     assert!(
         r.body == expected(fake, i).bytes,
         "{}: the body differs",
-        wheel(i)
+        big_wheel(i)
     );
 }
 
 fn object(s3: &S3Server, fake: &FakeIndex, i: usize) -> std::path::PathBuf {
     let f = expected(fake, i);
-    s3.object_path(&file_key(&f.sha256(), &wheel(i)))
+    s3.object_path(&file_key(&f.sha256(), &big_wheel(i)))
 }
 
 #[test]
@@ -121,7 +90,7 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000, 5_000]);
+        let f = FakeIndex::with_wheels(&[300_000, 5_000]);
         let n = Node::start(&f, &proxy, "s3", &[]);
         for i in 0..2 {
             assert_serves(&n, &f, i);
@@ -136,7 +105,7 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
         // Again: from the bucket, not the upstream, and said so.
         for i in 0..2 {
             assert_serves(&n, &f, i);
-            assert_eq!(upstream_gets(&f, i), 1);
+            assert_eq!(f.wheel_gets(i), 1);
             assert_eq!(n.get(&path(i)).header("x-cache"), Some("BUCKET"));
         }
         // Each file was read from the bucket (a request that comes while
@@ -155,7 +124,7 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
         let r = request(n.addr(), "GET", &path(0), &[("Range", "bytes=-100")]);
         assert_eq!(r.status, 206);
         assert!(r.body == bytes[bytes.len() - 100..]);
-        assert_eq!(upstream_gets(&f, 0), 1, "ranges come from the bucket");
+        assert_eq!(f.wheel_gets(0), 1, "ranges come from the bucket");
         assert_eq!(
             proxy.count("GET", &sha),
             gets + 2,
@@ -175,14 +144,14 @@ fn s3_mode_serves_byte_exact_files_and_ranges_from_the_bucket() {
             ]
         );
         // Replaced by another writer since: its ranges are not served.
-        s3.put_object(&file_key(&sha, &wheel(0)), &blob(bytes.len(), 5));
+        s3.put_object(&file_key(&sha, &big_wheel(0)), &blob(bytes.len(), 5));
         let r = request(n.addr(), "GET", &path(0), &[("Range", "bytes=1000-1999")]);
         assert_eq!(r.status, 206);
         assert!(
             r.body == bytes[1000..2000],
             "a range of the replaced object"
         );
-        assert_eq!(upstream_gets(&f, 0), 2, "the range came from the upstream");
+        assert_eq!(f.wheel_gets(0), 2, "the range came from the upstream");
         // The cache dir stages only: no file is kept there.
         assert_eq!(walk(&n.cache.path().join("files")).len(), 0);
         assert_eq!(dir_bytes(&n.cache.path().join("tmp")), 0);
@@ -195,7 +164,7 @@ fn uploads_above_the_threshold_are_multipart_and_a_failed_one_leaves_no_parts() 
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
         let big = (65 << 20) + 123;
-        let f = fake(&[big, big + 1]);
+        let f = FakeIndex::with_wheels(&[big, big + 1]);
         let n = Node::start(&f, &proxy, "s3", &[]);
         assert_serves(&n, &f, 0);
         n.wait_metric("roxpi_file_uploads_total", 1);
@@ -239,7 +208,7 @@ fn an_upstream_without_content_length_is_stored_in_the_bucket() {
     within(LIMIT, move || {
         for storage in ["s3", "tiered"] {
             let proxy = S3Proxy::start(s3.addr);
-            let f = fake(&[400_000 + storage.len()]);
+            let f = FakeIndex::with_wheels(&[400_000 + storage.len()]);
             f.set_file_mode(FileMode::Unsized(Unsized::Right));
             let n = Node::start(&f, &proxy, storage, &[]);
             assert_serves(&n, &f, 0);
@@ -257,7 +226,7 @@ fn s3_down_before_or_during_a_transfer_falls_back_to_the_upstream() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000, 600_000, 100_000]);
+        let f = FakeIndex::with_wheels(&[300_000, 600_000, 100_000]);
         // Down before roxpi starts: it starts anyway, and serves.
         proxy.set_fault(Fault::Down);
         let n = Node::start(&f, &proxy, "s3", &[]);
@@ -283,7 +252,7 @@ fn s3_down_before_or_during_a_transfer_falls_back_to_the_upstream() {
             after: 2000,
         });
         assert_serves(&n, &f, 1);
-        assert_eq!(upstream_gets(&f, 1), 2);
+        assert_eq!(f.wheel_gets(1), 2);
         assert_eq!(n.metric("roxpi_file_bucket_fallbacks_total"), fallbacks + 1);
         proxy.set_fault(Fault::Pass);
         assert_serves(&n, &f, 1);
@@ -315,7 +284,7 @@ fn thirty_two_requesters_make_one_upstream_get_in_s3_and_tiered_mode() {
     within(LIMIT, move || {
         for (seed, storage) in ["s3", "tiered"].into_iter().enumerate() {
             let proxy = S3Proxy::start(s3.addr);
-            let f = fake(&[(2 << 20) + seed]);
+            let f = FakeIndex::with_wheels(&[(2 << 20) + seed]);
             f.set_file_mode(FileMode::Throttle {
                 chunk: 64 * 1024,
                 every: Duration::from_millis(20),
@@ -325,7 +294,7 @@ fn thirty_two_requesters_make_one_upstream_get_in_s3_and_tiered_mode() {
             for body in herd(n.addr(), &path(0)) {
                 assert!(body == expected(&f, 0).bytes, "{storage}: a body differs");
             }
-            assert_eq!(upstream_gets(&f, 0), 1, "{storage}: one upstream GET");
+            assert_eq!(f.wheel_gets(0), 1, "{storage}: one upstream GET");
             let sha = expected(&f, 0).sha256();
             assert_eq!(proxy.count("GET", &sha), 1, "{storage}: one bucket lookup");
             n.wait_metric("roxpi_file_uploads_total", 1);
@@ -339,7 +308,7 @@ fn thirty_two_l1_misses_of_a_bucket_held_file_make_one_s3_get() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[3 << 20]);
+        let f = FakeIndex::with_wheels(&[3 << 20]);
         let a = Node::start(&f, &proxy, "tiered", &[]);
         assert_serves(&a, &f, 0);
         a.wait_metric("roxpi_file_uploads_total", 1);
@@ -356,7 +325,7 @@ fn thirty_two_l1_misses_of_a_bucket_held_file_make_one_s3_get() {
             1,
             "one S3 GET for 32 L1 misses"
         );
-        assert_eq!(upstream_gets(&f, 0), 1, "no upstream GET");
+        assert_eq!(f.wheel_gets(0), 1, "no upstream GET");
         assert_eq!(b.metric("roxpi_file_bucket_hits_total"), 1);
         // Now in L1: no more S3 GETs.
         assert_serves(&b, &f, 0);
@@ -371,7 +340,7 @@ fn the_l1_cap_holds_while_evicted_files_come_back_from_the_bucket() {
         let proxy = S3Proxy::start(s3.addr);
         let mut sizes = vec![300_000; 10];
         sizes.push(1_500_000);
-        let f = fake(&sizes);
+        let f = FakeIndex::with_wheels(&sizes);
         let cap: u64 = 1 << 20;
         let n = Node::start(&f, &proxy, "tiered", &[("ROXPI_CACHE_SIZE", "1M")]);
         let cache = n.cache.path().to_owned();
@@ -409,10 +378,10 @@ fn the_l1_cap_holds_while_evicted_files_come_back_from_the_bucket() {
         for i in 0..10 {
             assert_serves(&n, &f, i);
             assert_eq!(
-                upstream_gets(&f, i),
+                f.wheel_gets(i),
                 1,
                 "{} fetched again upstream",
-                wheel(i)
+                big_wheel(i)
             );
         }
         stop.store(true, Ordering::Relaxed);
@@ -436,7 +405,7 @@ fn the_l1_cap_holds_while_evicted_files_come_back_from_the_bucket() {
         let hits = n.metric("roxpi_file_bucket_hits_total");
         assert_serves(&n, &f, big);
         assert_eq!(n.metric("roxpi_file_bucket_hits_total"), hits + 1);
-        assert_eq!(upstream_gets(&f, big), 1);
+        assert_eq!(f.wheel_gets(big), 1);
     });
 }
 
@@ -445,7 +414,7 @@ fn a_second_node_with_an_empty_disk_serves_the_fleets_pages_and_files() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[200_000, 70_000]);
+        let f = FakeIndex::with_wheels(&[200_000, 70_000]);
         let a = Node::start(&f, &proxy, "tiered", &[]);
         let page = a.get("/index/big/");
         assert_eq!(page.status, 200);
@@ -496,7 +465,7 @@ fn a_tampered_object_in_the_bucket_is_never_served() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000]);
+        let f = FakeIndex::with_wheels(&[300_000]);
         let good = expected(&f, 0).bytes;
         let a = Node::start(&f, &proxy, "s3", &[]);
         assert_serves(&a, &f, 0);
@@ -504,12 +473,12 @@ fn a_tampered_object_in_the_bucket_is_never_served() {
         let obj = object(&s3, &f, 0);
         // Same length, other bytes: a bad writer in the fleet.
         let bad = blob(good.len(), 99);
-        let key = file_key(&expected(&f, 0).sha256(), &wheel(0));
+        let key = file_key(&expected(&f, 0).sha256(), &big_wheel(0));
         s3.put_object(&key, &bad);
         assert!(holds(&obj, &bad));
         assert_serves(&a, &f, 0);
         assert_eq!(a.metric("roxpi_file_bucket_mismatches_total"), 1);
-        assert_eq!(upstream_gets(&f, 0), 2, "fetched again from the upstream");
+        assert_eq!(f.wheel_gets(0), 2, "fetched again from the upstream");
         // The good copy replaced the bad one.
         wait_until(WAIT, "the object replaced", || holds(&obj, &good));
 
@@ -530,7 +499,7 @@ fn wrong_credentials_or_a_missing_bucket_stop_startup_with_a_clear_message() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[1000]);
+        let f = FakeIndex::with_wheels(&[1000]);
         for (setting, value, want) in [
             (
                 "AWS_SECRET_ACCESS_KEY",
@@ -571,7 +540,7 @@ fn a_failed_upload_keeps_the_l1_copy_and_is_retried() {
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000]);
+        let f = FakeIndex::with_wheels(&[300_000]);
         let sha = expected(&f, 0).sha256();
         // Every PUT of the file is cut (GETs carry no body).
         proxy.set_fault(Fault::CutRequest {
@@ -596,7 +565,7 @@ fn a_failed_upload_keeps_the_l1_copy_and_is_retried() {
         assert!(holds(&object(&s3, &f, 0), &expected(&f, 0).bytes));
         assert_eq!(n.metric("roxpi_file_uploads_pending"), 0);
         assert_eq!(n.metric("roxpi_file_upload_failures_total"), 0);
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(f.wheel_gets(0), 1);
     });
 }
 
@@ -605,7 +574,7 @@ fn requests_during_the_upload_join_the_download_instead_of_missing_the_bucket() 
     let Some(s3) = S3Server::start() else { return };
     within(LIMIT, move || {
         let proxy = S3Proxy::start(s3.addr);
-        let f = fake(&[300_000]);
+        let f = FakeIndex::with_wheels(&[300_000]);
         let sha = expected(&f, 0).sha256();
         // A slow PUT: the upload takes 2 s after the download is done.
         proxy.set_fault(Fault::Delay {
@@ -626,11 +595,11 @@ fn requests_during_the_upload_join_the_download_instead_of_missing_the_bucket() 
             0,
             "the PUT was still running"
         );
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(f.wheel_gets(0), 1);
         assert_eq!(proxy.count("GET", &sha), 1, "one bucket lookup");
         n.wait_metric("roxpi_file_uploads_total", 1);
         // Done: the next request reads the bucket.
         assert_eq!(n.get(&path(0)).header("x-cache"), Some("BUCKET"));
-        assert_eq!(upstream_gets(&f, 0), 1);
+        assert_eq!(f.wheel_gets(0), 1);
     });
 }

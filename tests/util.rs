@@ -433,3 +433,24 @@ pub fn have_file(path: &std::path::Path, how: &str) -> bool {
     eprintln!("SKIPPED: {} is missing ({how})", path.display());
     false
 }
+
+/// The roxpi binary under a shell `ulimit` (e.g. `-n 64`, `-f 1024`), on
+/// `fake`'s root index with `cache` as its cache dir, with only these
+/// variables (plus PATH) in its environment.
+pub fn roxpi_under_ulimit(
+    limit: &str,
+    fake: &crate::fake_index::FakeIndex,
+    cache: &std::path::Path,
+) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit {limit} && exec \"$0\""))
+        .arg(roxpi_bin())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", cache)
+        .env("ROXPI_BIND", "127.0.0.1:0")
+        .env("ROXPI_INDEX_URL", fake.url("root"))
+        .env("ROXPI_CACHE_DIR", cache);
+    cmd
+}
