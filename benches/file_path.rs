@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use roxpi::http::{Body, Response, Server, ServerConfig, Stream};
-use sha2::{Digest, Sha256};
 use support::{header_row, require_tools, row, start_nginx, wrk};
 
 fn blob(len: usize, seed: u8) -> Bytes {
@@ -71,22 +70,7 @@ fn main() {
         ("demo-2.0-py3-none-any.whl", large.clone()),
         ("demo-3.0-py3-none-any.whl", herd.clone()),
     ];
-    let page = {
-        let entries: Vec<String> = files
-            .iter()
-            .map(|(name, b)| {
-                format!(
-                    r#"{{"filename":"{name}","url":"/files/{name}","hashes":{{"sha256":"{}"}},"size":{}}}"#,
-                    hex::encode(Sha256::digest(b)),
-                    b.len()
-                )
-            })
-            .collect();
-        format!(
-            r#"{{"meta":{{"api-version":"1.1"}},"name":"demo","files":[{}],"versions":["1.0","2.0","3.0"]}}"#,
-            entries.join(",")
-        )
-    };
+    let page = support::demo_page(&files);
     let file_gets = Arc::new(AtomicUsize::new(0));
     let upstream = {
         let files = files.clone();

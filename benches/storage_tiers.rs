@@ -56,22 +56,7 @@ fn main() {
         ("demo-1.0-py3-none-any.whl", blob(11 * 1024, 1)),
         ("demo-2.0-py3-none-any.whl", blob(1 << 20, 2)),
     ];
-    let page = {
-        let entries: Vec<String> = files
-            .iter()
-            .map(|(name, b)| {
-                format!(
-                    r#"{{"filename":"{name}","url":"/files/{name}","hashes":{{"sha256":"{}"}},"size":{}}}"#,
-                    hex::encode(Sha256::digest(b)),
-                    b.len()
-                )
-            })
-            .collect();
-        format!(
-            r#"{{"meta":{{"api-version":"1.1"}},"name":"demo","files":[{}],"versions":["1.0","2.0"]}}"#,
-            entries.join(",")
-        )
-    };
+    let page = support::demo_page(&files);
     let upstream = {
         let files = files.clone();
         Server::start(

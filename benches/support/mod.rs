@@ -230,3 +230,23 @@ pub fn start_roxpi(args: &[&str]) -> roxpi::http::Server {
     )
     .expect("start roxpi")
 }
+
+/// A PEP 691 JSON page of project `demo` listing `files` (name, bytes) at
+/// `/files/<name>`, with their sha256 and size.
+pub fn demo_page(files: &[(&str, bytes::Bytes)]) -> String {
+    use sha2::Digest;
+    let entries: Vec<String> = files
+        .iter()
+        .map(|(name, b)| {
+            format!(
+                r#"{{"filename":"{name}","url":"/files/{name}","hashes":{{"sha256":"{}"}},"size":{}}}"#,
+                hex::encode(sha2::Sha256::digest(b)),
+                b.len()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"meta":{{"api-version":"1.1"}},"name":"demo","files":[{}]}}"#,
+        entries.join(",")
+    )
+}

@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::policy::{self, CooldownMode, Policy, ProjectGlob, Rule, Untimed};
 
+/// The whole file. The policy keys are repeated here rather than
+/// flattened from `PolicyFields`: serde cannot flatten a struct into one
+/// that denies unknown keys, and an unknown key must be an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
