@@ -119,6 +119,24 @@ fn assert_installed(target: &Path) {
     }
 }
 
+/// `python -m pip install --target target package` from roxpi's `/index/`,
+/// with no cache and no user configuration.
+fn pip_install(
+    python: impl AsRef<std::ffi::OsStr>,
+    addr: std::net::SocketAddr,
+    target: &Path,
+    package: &str,
+) {
+    run(Command::new(python)
+        .args(["-m", "pip", "install", "--no-cache-dir"])
+        .args(["--disable-pip-version-check", "--no-input"])
+        .args(["--index-url", &format!("http://{addr}/index/")])
+        .arg("--target")
+        .arg(target)
+        .arg(package)
+        .env("PIP_CONFIG_FILE", "/dev/null"));
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run the installer");
     assert!(
@@ -146,20 +164,7 @@ fn pip_installs_through_roxpi() {
             // Cold, then warm: the warm run makes no upstream request.
             for run_no in 0..2 {
                 let target = tempfile::tempdir().unwrap();
-                run(Command::new("python3")
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--no-cache-dir",
-                        "--disable-pip-version-check",
-                        "--no-input",
-                    ])
-                    .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
-                    .arg("--target")
-                    .arg(target.path())
-                    .arg("roxpi-demo")
-                    .env("PIP_CONFIG_FILE", "/dev/null"));
+                pip_install("python3", roxpi.addr, target.path(), "roxpi-demo");
                 assert_installed(target.path());
                 if run_no == 0 {
                     assert!(!fake.requests().is_empty());
@@ -307,14 +312,7 @@ fn installers_work_with_synthesized_metadata() {
                     continue;
                 }
                 let target = tempfile::tempdir().unwrap();
-                run(Command::new(python)
-                    .args(["-m", "pip", "install", "--no-cache-dir"])
-                    .args(["--disable-pip-version-check", "--no-input"])
-                    .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
-                    .arg("--target")
-                    .arg(target.path())
-                    .arg("roxpi-demo")
-                    .env("PIP_CONFIG_FILE", "/dev/null"));
+                pip_install(python, roxpi.addr, target.path(), "roxpi-demo");
                 assert_installed(target.path());
             }
             if with_uv {
@@ -364,20 +362,7 @@ fn pip_24_max_age_zero_does_not_reach_the_upstream() {
                 std::thread::sleep(Duration::from_secs(12));
             }
             let target = tempfile::tempdir().unwrap();
-            run(Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                ])
-                .args(["--index-url", &format!("http://{}/index/", roxpi.addr)])
-                .arg("--target")
-                .arg(target.path())
-                .arg("roxpi-demo")
-                .env("PIP_CONFIG_FILE", "/dev/null"));
+            pip_install(&python, roxpi.addr, target.path(), "roxpi-demo");
             assert_installed(target.path());
             if run_no == 0 {
                 assert!(pages(&fake) > 0);
@@ -644,19 +629,7 @@ fn installers_resolve_the_previous_version_under_a_cooldown() {
 
         // pip, newest: the previous version.
         let target = tempfile::tempdir().unwrap();
-        run(Command::new(&pip)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-cache-dir",
-                "--disable-pip-version-check",
-            ])
-            .args(["--index-url", &format!("http://{addr}/index/")])
-            .arg("--target")
-            .arg(target.path())
-            .arg("cool-demo")
-            .env("PIP_CONFIG_FILE", "/dev/null"));
+        pip_install(&pip, addr, target.path(), "cool-demo");
         assert_eq!(cool_version(target.path()), "1.0", "pip");
 
         // uv: the previous version.
