@@ -116,10 +116,18 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_READ_TIMEOUT", default_value = "20")]
     pub read_timeout: String,
 
-    /// Seconds an uncached file request waits for the upstream's response
-    /// headers before a 302 to the upstream URL; 0 = always redirect.
-    #[arg(long, env = "ROXPI_DOWNLOAD_TIMEOUT", default_value = "0.9")]
+    /// proxpi's redirect: seconds an uncached file request waits for the
+    /// upstream's response headers before a 302 to the upstream URL (0 =
+    /// always redirect). Unset (the default): never redirect; the request
+    /// waits parked and is streamed from the download.
+    #[arg(long, env = "ROXPI_DOWNLOAD_TIMEOUT", default_value = "")]
     pub download_timeout: String,
+
+    /// Seconds a request waits for an upstream answer (a page with no copy
+    /// at hand, a download's first bytes, metadata made from a wheel) before
+    /// it is answered 504.
+    #[arg(long, env = "ROXPI_REQUEST_DEADLINE", default_value = "120")]
+    pub request_deadline: String,
 
     /// File cache cap in bytes (5G, 500M… accepted); 0 = no file cache, stream through.
     #[arg(long, env = "ROXPI_CACHE_SIZE", default_value = "5G")]
@@ -227,6 +235,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_UNTIMED", &[]),
     ("ROXPI_ADMIN_TOKEN", &[]),
     ("ROXPI_STALE_AFTER", &[]),
+    ("ROXPI_REQUEST_DEADLINE", &[]),
     ("ROXPI_STALE_WHILE_REVALIDATE", &[]),
     ("ROXPI_CLIENT_REFRESH", &[]),
     ("ROXPI_SYNTHESIZE_METADATA", &[]),
@@ -409,7 +418,10 @@ pub struct Settings {
     pub index_cache_size: u64,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub download_timeout: Duration,
+    /// proxpi's redirect of uncached files; `None`: never redirect.
+    pub download_timeout: Option<Duration>,
+    /// The longest a request waits for an upstream answer before a 504.
+    pub request_deadline: Duration,
     pub disable_tls_verification: bool,
     pub ca_file: Option<PathBuf>,
     pub binary_file_mime_type: bool,
@@ -741,7 +753,12 @@ impl Settings {
             })?,
             connect_timeout: secs("ROXPI_CONNECT_TIMEOUT", &cli.connect_timeout)?,
             read_timeout: secs("ROXPI_READ_TIMEOUT", &cli.read_timeout)?,
-            download_timeout: secs("ROXPI_DOWNLOAD_TIMEOUT", &cli.download_timeout)?,
+            download_timeout: match cli.download_timeout.trim() {
+                "" => None,
+                v => Some(secs("ROXPI_DOWNLOAD_TIMEOUT", v)?),
+            },
+            request_deadline: secs("ROXPI_REQUEST_DEADLINE", &cli.request_deadline)?
+                .clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600)),
             disable_tls_verification: boolean(
                 "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
                 &cli.disable_index_ssl_verification,

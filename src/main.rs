@@ -59,6 +59,9 @@ fn run() -> anyhow::Result<()> {
         workers: config.workers.max(1),
         probe: Some(probe),
         observe: Some(observe),
+        // Every wait ends by the request deadline; this guard a little
+        // after it.
+        park_limit: config.request_deadline + Duration::from_secs(5),
         ..ServerConfig::default()
     };
     let stats = std::sync::Arc::clone(&server_config.stats);

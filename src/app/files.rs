@@ -13,19 +13,37 @@ use crate::origin::IndexId;
 use crate::pypi::{CoreMetadata, FileEntry, Filename, ProjectName};
 
 impl App {
-    /// A distribution file or its `.metadata`.
+    /// A distribution file or its `.metadata`. The project page is the
+    /// copy at hand, even expired; without one the request parks until it
+    /// is fetched, like a page request (no worker waits).
     pub(super) fn file(
+        self: &Arc<Self>,
+        req: &Request,
+        up: Arc<Upstream>,
+        name: ProjectName,
+        file: Filename,
+    ) -> Response {
+        if let Some(refused) = self.denied_project(&up, &name) {
+            return refused;
+        }
+        let key = Key::Project(name.clone());
+        let resolution = up.pages.start_resolution(&key, up.strategy, false, true);
+        let file_up = Arc::clone(&up);
+        self.after_resolution(req, up, resolution, move |app, req, resolved| {
+            app.file_on_pages(req, &file_up, name, file, resolved)
+        })
+    }
+
+    /// The file, once the indexes have answered.
+    fn file_on_pages(
         &self,
         req: &Request,
         up: &Upstream,
         name: ProjectName,
         file: Filename,
+        resolved: Resolved,
     ) -> Response {
-        if let Some(refused) = self.denied_project(up, &name) {
-            return refused;
-        }
-        let key = Key::Project(name.clone());
-        let found = match up.pages.resolve(&key, up.strategy, false, true) {
+        let found = match resolved {
             Resolved::Found(found) => found,
             Resolved::NotFound => return Response::text(404, "project not found in any index\n"),
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),

@@ -213,6 +213,7 @@ impl App {
             staleness: crate::index_cache::Staleness {
                 after: settings.stale_after,
                 while_revalidate: settings.stale_while_revalidate,
+                deadline: settings.request_deadline,
             },
             offline: settings.offline,
             cache_dir: settings.cache_dir.clone(),
@@ -318,7 +319,7 @@ impl App {
             }
             Route::List => self.page(req, up, Key::List),
             Route::Project(name) => self.page(req, up, Key::Project(name)),
-            Route::File(name, file) => self.file(req, &up, name, file),
+            Route::File(name, file) => self.file(req, up, name, file),
             Route::NotFound => Response::text(404, "not found\n"),
             Route::BadRequest(reason) => Response::text(400, format!("{reason}\n")),
         }
@@ -329,6 +330,7 @@ impl App {
 pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
     FilesConfig {
         download_timeout: settings.download_timeout,
+        request_deadline: settings.request_deadline,
         offline: settings.offline,
         binary_file_mime_type: settings.binary_file_mime_type,
         download_threads: crate::files::download::DOWNLOAD_THREADS,
@@ -557,8 +559,8 @@ impl App {
     pub fn probe(&self, path: &str) -> Option<ProbeAnswer> {
         match path {
             "/health" => Some(health()),
-            "/ready" => Some(match self.files.stats.write_health.problem() {
-                Some(reason) => not_ready(&format!("cache write failed: {reason}")),
+            "/ready" => Some(match self.not_ready() {
+                Some(reason) => not_ready(&reason),
                 None => ProbeAnswer {
                     status: 200,
                     body: "{\"ready\":true}".to_owned(),
@@ -566,6 +568,29 @@ impl App {
             }),
             _ => None,
         }
+    }
+}
+
+impl App {
+    /// Why roxpi does not serve well now, if it does not: the cache takes
+    /// no writes, requests were answered past their deadline lately, or an
+    /// index cache cannot make progress (fetches queued, none finishing).
+    fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.files.stats.write_health.problem() {
+            return Some(format!("cache write failed: {reason}"));
+        }
+        if let Some(n) = self.server.recently_overdue() {
+            return Some(format!(
+                "{n} requests were not answered by their deadline in the last 30 s"
+            ));
+        }
+        // `try_read`: the probe never blocks (a reload holds the lock for
+        // a moment at most).
+        let routes = self.upstreams.try_read().ok()?;
+        routes
+            .iter()
+            .find_map(|u| u.pages.stalled())
+            .map(|r| format!("index cache: {r}"))
     }
 }
 

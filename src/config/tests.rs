@@ -159,7 +159,10 @@ mod settings {
         assert_eq!(s.indexes[2].ttl, Duration::from_secs(180));
         assert_eq!(s.strategy, Strategy::Merge);
         assert_eq!(s.index_cache_size, 64 << 20);
-        assert_eq!(s.download_timeout, Duration::from_millis(900));
+        assert_eq!(s.download_timeout, None, "no forced redirect by default");
+        assert_eq!(s.request_deadline, Duration::from_secs(120));
+        let s = Settings::from_cli(&cli(&["--download-timeout", "0.9"])).unwrap();
+        assert_eq!(s.download_timeout, Some(Duration::from_millis(900)));
         assert!(!s.offline);
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert_eq!(

@@ -46,9 +46,6 @@ use opener::{Opener, Ticket};
 
 /// Files up to this size are answered only once complete and verified.
 pub const SMALL_FILE: u64 = 256 * 1024;
-/// How long a request waits for a download's first bytes when it cannot
-/// be redirected.
-const FIRST_BYTE_WAIT: Duration = Duration::from_secs(120);
 
 /// What to download.
 #[derive(Clone)]
@@ -128,8 +125,11 @@ impl WriteHealth {
 /// How files are served (from the settings).
 #[derive(Clone, Debug)]
 pub struct FilesConfig {
-    /// Wait for upstream response headers before a 302 (0 = always 302).
-    pub download_timeout: Duration,
+    /// proxpi's redirect: wait this long for the upstream's response
+    /// headers, then 302 (0 = always 302). `None`: never redirect.
+    pub download_timeout: Option<Duration>,
+    /// The longest a request waits for the upstream (then 504).
+    pub request_deadline: Duration,
     pub offline: bool,
     pub binary_file_mime_type: bool,
     pub download_threads: usize,
@@ -404,7 +404,7 @@ impl Files {
         let watched = Arc::clone(&flight);
         let url = entry.url.clone();
         Response::later(Later {
-            deadline: Instant::now() + FIRST_BYTE_WAIT,
+            deadline: Instant::now() + self.config.request_deadline,
             subscribe: Box::new(move |waker: Waker| {
                 watched.on_done(Box::new(move || waker.wake()));
             }),
@@ -492,7 +492,7 @@ impl Files {
                     // Coming from the bucket (verified before the first
                     // byte): no redirect while it does.
                     wait.extended = true;
-                    wait.deadline = Instant::now() + FIRST_BYTE_WAIT;
+                    wait.deadline = Instant::now() + self.config.request_deadline;
                 }
                 let files = Arc::clone(self);
                 let watched = Arc::clone(&inflight);
@@ -533,7 +533,7 @@ impl Files {
             return serve::stored(req, stored, content_type, &self.stats);
         };
         let wait = Wait {
-            deadline: Instant::now() + FIRST_BYTE_WAIT,
+            deadline: Instant::now() + self.config.request_deadline,
             extended: true,
             can_redirect: false,
             content_type,
@@ -576,23 +576,23 @@ impl Files {
     }
 
     /// How long a request for `source` may wait for the upstream: until a
-    /// redirect (`ROXPI_DOWNLOAD_TIMEOUT`; `Err` = redirect at once, proxpi's
-    /// 0) or, when the client could not follow one, `FIRST_BYTE_WAIT`.
+    /// redirect when `ROXPI_DOWNLOAD_TIMEOUT` is set (`Err` = redirect at
+    /// once, proxpi's 0), else until the request deadline (then 504).
     fn wait_for(
         &self,
         source: &Source,
         content_type: &'static str,
         tag: &'static str,
     ) -> Result<Wait, Response> {
-        let can_redirect = self.can_redirect(&source.index);
-        if can_redirect && self.config.download_timeout.is_zero() {
+        let redirect_after = self
+            .config
+            .download_timeout
+            .filter(|_| self.can_redirect(&source.index));
+        if redirect_after.is_some_and(|t| t.is_zero()) {
             return Err(serve::redirect(&source.url));
         }
-        let limit = if can_redirect {
-            self.config.download_timeout
-        } else {
-            FIRST_BYTE_WAIT
-        };
+        let can_redirect = redirect_after.is_some();
+        let limit = redirect_after.unwrap_or(self.config.request_deadline);
         Ok(Wait {
             deadline: Instant::now() + limit,
             extended: false,

@@ -107,6 +107,10 @@ pub struct ServerConfig {
     pub probe: Option<Probe>,
     /// Called once per finished response (latency histograms).
     pub observe: Option<Observer>,
+    /// The longest a request may stay parked, however often its handler
+    /// parks it again: past it, it is answered 504 and counted overdue. A
+    /// guard over every handler's own deadlines.
+    pub park_limit: Duration,
 }
 
 /// A finished response, as the observer sees it.
@@ -137,6 +141,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("probe", &self.probe.is_some())
             .field("observe", &self.observe.is_some())
+            .field("park_limit", &self.park_limit)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +160,7 @@ impl Default for ServerConfig {
             stats: Arc::new(Stats::default()),
             probe: None,
             observe: None,
+            park_limit: Duration::from_secs(300),
         }
     }
 }
@@ -191,6 +197,31 @@ pub struct Stats {
     pub abandoned: AtomicU64,
     /// Probes answered by the accept thread (never behind the workers).
     pub probes: AtomicU64,
+    /// Requests still unanswered at the park limit (answered 504), and
+    /// when the last one was (ms since the Unix epoch).
+    pub overdue: AtomicU64,
+    pub last_overdue_ms: AtomicU64,
+}
+
+impl Stats {
+    /// Counts an overdue request.
+    pub fn overdue_now(&self) {
+        self.overdue.fetch_add(1, Ordering::Relaxed);
+        self.last_overdue_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// The overdue count, if a request was overdue in the last 30 s.
+    pub fn recently_overdue(&self) -> Option<u64> {
+        let last = self.last_overdue_ms.load(Ordering::Relaxed);
+        (last > 0 && unix_ms().saturating_sub(last) < 30_000)
+            .then(|| self.overdue.load(Ordering::Relaxed))
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 type Handler = Box<dyn Fn(&Request) -> Response + Send + Sync>;

@@ -303,14 +303,30 @@ fn finish(
             subscribe,
             resume,
         } = later;
-        let waiting = Waiting {
-            conn,
-            request,
-            resume,
-            started,
-        };
-        shared.waiting.park(shared, waiting, deadline, subscribe);
-        return None;
+        let limit = started + shared.config.park_limit;
+        if Instant::now() < limit {
+            let waiting = Waiting {
+                conn,
+                request,
+                resume,
+                started,
+            };
+            shared
+                .waiting
+                .park(shared, waiting, deadline.min(limit), subscribe);
+            return None;
+        }
+        // Parked again and again past every deadline: answered here.
+        shared.stats.overdue_now();
+        log::warn!(
+            "{} {} was not answered within {:?}: 504",
+            request.method(),
+            request.target(),
+            shared.config.park_limit
+        );
+        response = Response::text(504, "no answer in time; retry shortly\n")
+            .header("Retry-After", "5")
+            .log_tag("OVERDUE");
     }
     write_response(
         shared,

@@ -45,6 +45,11 @@ mod resolve;
 mod saved;
 mod store;
 pub use resolve::{Resolution, Resolved};
+
+/// What a parsed page holds in memory (for tools and benches).
+pub fn page_bytes(page: &ProjectPage) -> u64 {
+    page.heap_bytes()
+}
 use store::{estimate, shard_of, Shard, SlotKey};
 
 const SHARDS: usize = 16;
@@ -60,8 +65,13 @@ const MIN_CAP: u64 = 1 << 20;
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const FORCE_INTERVAL: Duration = Duration::from_secs(10);
 const FAILURE_REST: Duration = Duration::from_secs(5);
-/// Longest wait for a first fetch when there is no copy to fall back on.
-const FIRST_FETCH_WAIT: Duration = Duration::from_secs(120);
+/// A cache item (a page, a rendered variant) larger than this share of the
+/// bound is not kept: it is answered to the requests that wait for it and
+/// dropped (a page's saved copy on disk serves the next request).
+const MAX_SHARE: u64 = 4;
+/// The index cache cannot make progress when fetches are queued and none
+/// finished for this long (`/ready` says so).
+const STALL: Duration = Duration::from_secs(10);
 
 /// What is cached per index.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -249,9 +259,22 @@ impl Flight {
     }
 }
 
+/// What is left of a page too large to keep in memory: when it was
+/// fetched, so that its saved copy on disk answers within its TTL (with the
+/// same generation, so rendered variants and ETags stay valid).
+#[derive(Clone)]
+struct Hollow {
+    fetched: Instant,
+    ttl: Duration,
+    generation: u64,
+    validators: Validators,
+}
+
 #[derive(Default)]
 struct Entry {
     snap: Option<Arc<Snapshot>>,
+    /// The page is too large to keep; its saved copy is loaded per use.
+    hollow: Option<Hollow>,
     flight: Option<Arc<Flight>>,
     last_forced: Option<Instant>,
     rest_until: Option<Instant>,
@@ -280,6 +303,8 @@ pub struct CacheStats {
     pub revalidating: AtomicU64,
     /// Upstream page fetches: how long each took.
     pub fetch_seconds: crate::histogram::Histogram,
+    /// Pages answered but not kept: larger than a quarter of the bound.
+    pub not_kept: AtomicU64,
 }
 
 /// How expired copies are served.
@@ -292,6 +317,9 @@ pub struct Staleness {
     /// while it is refreshed in the background
     /// (`ROXPI_STALE_WHILE_REVALIDATE`).
     pub while_revalidate: Duration,
+    /// The longest a request waits with no copy to fall back on
+    /// (`ROXPI_REQUEST_DEADLINE`; then 504).
+    pub deadline: Duration,
 }
 
 pub struct IndexCache {
@@ -308,6 +336,11 @@ pub struct IndexCache {
     next_generation: AtomicU64,
     jobs: Sender<Job>,
     queue: Receiver<Job>,
+    /// Jobs sent and not yet taken by a fetch thread, and when a fetch
+    /// thread last finished one (ms since `born`): `stalled`.
+    queued: AtomicU64,
+    last_done_ms: AtomicU64,
+    born: Instant,
     pub stats: CacheStats,
 }
 
@@ -321,10 +354,12 @@ enum Fetched<'a> {
 
 /// Work for the fetch threads.
 enum Job {
-    /// One page fetch.
+    /// One page fetch; `prev` is the copy at hand (for a conditional
+    /// request).
     Fetch {
         index: usize,
         key: Key,
+        prev: Option<Arc<Snapshot>>,
         flight: Arc<Flight>,
     },
     /// Loading a saved page from disk (`saved`).
@@ -344,11 +379,12 @@ pub struct Pending {
     /// Resting after a failure: serve the copy without waiting.
     resting: bool,
     /// The latest moment to answer (real time): `stale_after` after the
-    /// lookup with a copy at hand, `FIRST_FETCH_WAIT` without.
+    /// lookup with a copy at hand, the request deadline without; never
+    /// later than the deadline of the request it serves.
     deadline: Instant,
     /// Waits for the saved copy to load (`flight` is the load); then the
     /// lookup begins again (`IndexCache::reload`).
-    load: Option<Key>,
+    load: Option<(Key, Instant)>,
 }
 
 impl Pending {
@@ -417,6 +453,9 @@ impl IndexCache {
             next_generation: AtomicU64::new(1),
             jobs,
             queue,
+            queued: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(0),
+            born: Instant::now(),
             stats: CacheStats::default(),
         }
     }
@@ -432,12 +471,22 @@ impl IndexCache {
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
                         let Some(cache) = weak.upgrade() else { return };
+                        cache.queued.fetch_sub(1, Ordering::Relaxed);
                         match job {
-                            Job::Fetch { index, key, flight } => cache.fetch(index, key, &flight),
+                            Job::Fetch {
+                                index,
+                                key,
+                                prev,
+                                flight,
+                            } => cache.fetch(index, key, prev, &flight),
                             Job::Load { index, key, flight } => {
                                 cache.load_saved(index, key, &flight)
                             }
                         }
+                        cache.last_done_ms.store(
+                            cache.born.elapsed().as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
                     }
                 })?;
         }
@@ -446,6 +495,36 @@ impl IndexCache {
 
     pub fn indexes(&self) -> &[Index] {
         &self.indexes
+    }
+
+    /// Queues a job for the fetch threads; gives it back if the queue is
+    /// full.
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.jobs.try_send(job).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            e.into_inner()
+        })
+    }
+
+    /// Why the cache cannot make progress, if it cannot: page fetches are
+    /// queued and no fetch thread finished one for `STALL` (every thread
+    /// waits on a hung upstream). Atomics only (the `/ready` probe).
+    pub fn stalled(&self) -> Option<String> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        let idle_ms = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_done_ms.load(Ordering::Relaxed));
+        (queued > 0 && idle_ms >= STALL.as_millis() as u64).then(|| {
+            format!(
+                "{queued} page fetches queued and none finished for {} s",
+                idle_ms / 1000
+            )
+        })
+    }
+
+    /// The deadline of a request that starts now (`ROXPI_REQUEST_DEADLINE`).
+    pub fn request_deadline(&self) -> Instant {
+        Instant::now() + self.staleness.deadline
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -457,27 +536,46 @@ impl IndexCache {
     /// Starts a lookup: returns at once, starting an upstream fetch when the
     /// entry is missing, expired, or `force`d (at most once per 10 s).
     pub fn begin(self: &Arc<Self>, id: IndexId, key: &Key, force: bool) -> Pending {
-        self.begin_with(id, key, force, true)
+        self.begin_with(id, key, force, true, None, self.request_deadline())
     }
 
-    /// `begin`; `load`: wait for the saved copy first if it was never
-    /// looked for (`saved`).
-    fn begin_with(self: &Arc<Self>, id: IndexId, key: &Key, force: bool, load: bool) -> Pending {
+    /// `begin`, for a request answered by `limit` at the latest. `load`:
+    /// wait for the saved copy first if there is one to look for (`saved`).
+    /// `fallback`: a copy to use when the entry has none (a saved copy just
+    /// loaded, which the cache may not keep).
+    pub(super) fn begin_with(
+        self: &Arc<Self>,
+        id: IndexId,
+        key: &Key,
+        force: bool,
+        load: bool,
+        fallback: Option<Arc<Snapshot>>,
+        limit: Instant,
+    ) -> Pending {
         let index = id.get();
         let now = self.clock.now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
         let may_load = load && self.pages.is_some() && matches!(key, Key::Project(_));
+        let pending = |snap: Option<Arc<Snapshot>>, flight, resting, deadline: Instant| Pending {
+            index: id,
+            snap,
+            flight,
+            resting,
+            deadline: deadline.min(limit),
+            load: None,
+        };
         let (pending, start) = {
             let mut shard = self.lock(shard_i);
             if may_load {
                 if let Some((flight, start)) = self.update(&mut shard, &slot_key, saved::claim_load)
                 {
                     drop(shard);
-                    return self.await_load(id, key, flight, start);
+                    return self.await_load(id, key, flight, start, limit);
                 }
             }
             self.update(&mut shard, &slot_key, |entry| {
+                let snap = entry.snap.clone().or(fallback);
                 let forced = force
                     && entry
                         .last_forced
@@ -485,79 +583,55 @@ impl IndexCache {
                 if forced {
                     entry.last_forced = Some(now);
                 }
-                let expired = entry.snap.as_ref().is_none_or(|s| !s.is_fresh(now));
-                let resting = entry.rest_until.is_some_and(|t| now < t) && entry.snap.is_some();
+                let expired = snap.as_ref().is_none_or(|s| !s.is_fresh(now));
+                let resting = entry.rest_until.is_some_and(|t| now < t) && snap.is_some();
                 // Recently expired: answer with the copy, refresh behind. A
                 // saved copy loaded from disk (TTL zero: refreshed on first
                 // use) and a deleted one never qualify.
                 let revalidate_behind = expired
                     && !forced
                     && !self.offline
-                    && entry.snap.as_ref().is_some_and(|s| {
+                    && snap.as_ref().is_some_and(|s| {
                         !s.ttl.is_zero()
                             && s.age(now) < s.ttl.saturating_add(self.staleness.while_revalidate)
                     });
                 if revalidate_behind && !resting {
-                    let p = Pending {
-                        index: id,
-                        snap: entry.snap.clone(),
-                        flight: None,
-                        resting: false,
-                        deadline: Instant::now(),
-                        load: None,
-                    };
                     if entry.flight.is_some() {
-                        return (p, None);
+                        return (pending(snap, None, false, Instant::now()), None);
                     }
                     let f = Arc::new(Flight::new());
                     entry.flight = Some(Arc::clone(&f));
                     self.stats.revalidating.fetch_add(1, Ordering::Relaxed);
-                    return (p, Some(f));
+                    let prev = snap.clone();
+                    return (pending(snap, None, false, Instant::now()), Some((f, prev)));
                 }
                 if self.offline || !(expired || forced) || (resting && !forced) {
-                    let p = Pending {
-                        index: id,
-                        snap: entry.snap.clone(),
-                        flight: None,
-                        resting,
-                        deadline: Instant::now(),
-                        load: None,
-                    };
-                    (p, None)
+                    (pending(snap, None, resting, Instant::now()), None)
                 } else if let Some(f) = &entry.flight {
                     self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                    let p = Pending {
-                        index: id,
-                        snap: entry.snap.clone(),
-                        flight: Some(Arc::clone(f)),
-                        resting: false,
-                        deadline: self.wait_deadline(entry.snap.is_some()),
-                        load: None,
-                    };
-                    (p, None)
+                    let deadline = self.wait_deadline(snap.is_some());
+                    (pending(snap, Some(Arc::clone(f)), false, deadline), None)
                 } else {
                     let f = Arc::new(Flight::new());
                     entry.flight = Some(Arc::clone(&f));
-                    let p = Pending {
-                        index: id,
-                        snap: entry.snap.clone(),
-                        flight: Some(Arc::clone(&f)),
-                        resting: false,
-                        deadline: self.wait_deadline(entry.snap.is_some()),
-                        load: None,
-                    };
-                    (p, Some(f))
+                    let deadline = self.wait_deadline(snap.is_some());
+                    let prev = snap.clone();
+                    (
+                        pending(snap, Some(Arc::clone(&f)), false, deadline),
+                        Some((f, prev)),
+                    )
                 }
             })
         };
-        if let Some(flight) = start {
+        if let Some((flight, prev)) = start {
             let job = Job::Fetch {
                 index,
                 key: key.clone(),
+                prev,
                 flight: Arc::clone(&flight),
             };
             // A full queue is answered at once, never by waiting.
-            if self.jobs.try_send(job).is_err() {
+            if self.submit(job).is_err() {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
                 let err = Arc::new(OriginError::busy(&self.indexes[index].url));
                 self.finish(index, key.clone(), &flight, Err(err));
@@ -572,7 +646,7 @@ impl IndexCache {
             + if has_copy {
                 self.staleness.after
             } else {
-                FIRST_FETCH_WAIT
+                self.staleness.deadline
             }
     }
 
@@ -642,10 +716,9 @@ impl IndexCache {
     }
 
     /// The fetch thread: one upstream request, then the cache update.
-    fn fetch(&self, index: usize, key: Key, flight: &Arc<Flight>) {
+    fn fetch(&self, index: usize, key: Key, prev: Option<Arc<Snapshot>>, flight: &Arc<Flight>) {
         let idx = &self.indexes[index];
         let started = Instant::now();
-        let prev = self.current(index, &key);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.fetch_doc(idx, &key, prev.as_deref())
         }))
@@ -656,19 +729,6 @@ impl IndexCache {
             ))
         });
         self.stats.fetch_seconds.observe(started.elapsed());
-        // A page that could never stay in the cache is refused with a clear
-        // error; every page below that is kept (the bound is global).
-        let result = result.and_then(|fetched| match fetched {
-            Fetched::New(doc, _) if estimate(&doc) > self.cap / 2 => Err(OriginError::garbage(
-                &idx.url,
-                format!(
-                    "the page of {key:?} needs about {} bytes, more than half of ROXPI_INDEX_CACHE_SIZE ({})",
-                    estimate(&doc),
-                    self.cap
-                ),
-            )),
-            other => Ok(other),
-        });
         let result = match result {
             Ok(Fetched::New(doc, validators)) => {
                 let ttl = match doc {
@@ -702,16 +762,6 @@ impl IndexCache {
             }
         };
         self.finish(index, key, flight, result);
-    }
-
-    /// The copy at hand for (index, key), expired or not.
-    fn current(&self, index: usize, key: &Key) -> Option<Arc<Snapshot>> {
-        let slot_key = SlotKey::Doc(index, key.clone());
-        let shard = self.lock(shard_of(&slot_key));
-        match shard.map.peek(&slot_key) {
-            Some(store::Slot::Doc(e)) => e.snap.clone(),
-            _ => None,
-        }
     }
 
     fn fetch_doc<'a>(
@@ -788,10 +838,21 @@ impl IndexCache {
         }
     }
 
-    /// Stores a fetch result and wakes the waiters.
+    /// Whether an item of `bytes` may be kept (at most a quarter of the
+    /// bound: one page can never push everything else out).
+    pub(super) fn fits(&self, bytes: u64) -> bool {
+        bytes <= self.cap / MAX_SHARE
+    }
+
+    /// Stores a fetch result and wakes the waiters. The waiters get the
+    /// result itself, so a page is answered even when it is not kept (too
+    /// large) or is evicted at once; and making room never evicts the
+    /// entry being stored.
     fn finish(&self, index: usize, key: Key, flight: &Arc<Flight>, result: FlightResult) {
         let slot_key = SlotKey::Doc(index, key);
         let shard_i = shard_of(&slot_key);
+        let saved = self.pages.is_some();
+        let mut dropped = None;
         {
             let mut shard = self.lock(shard_i);
             self.update(&mut shard, &slot_key, |entry| {
@@ -803,16 +864,42 @@ impl IndexCache {
                     entry.flight = None;
                 }
                 match &result {
-                    Ok(snap) => {
+                    Ok(snap) if self.fits(snap.bytes) => {
                         entry.snap = Some(Arc::clone(snap));
+                        entry.hollow = None;
+                        entry.rest_until = None;
+                    }
+                    Ok(snap) => {
+                        // Too large to keep: answered, then dropped. Its
+                        // saved copy answers the next requests within the
+                        // TTL (or it is fetched again).
+                        dropped = Some(snap.bytes);
+                        entry.snap = None;
+                        entry.hollow = (saved && matches!(*snap.doc, Doc::Page(_))).then(|| {
+                            Hollow {
+                                fetched: snap.fetched,
+                                ttl: snap.ttl,
+                                generation: snap.generation,
+                                validators: snap.validators.clone(),
+                            }
+                        });
                         entry.rest_until = None;
                     }
                     Err(_) => entry.rest_until = Some(self.clock.now() + FAILURE_REST),
                 }
             });
-            self.evict(&mut shard);
+            self.evict(&mut shard, Some(&slot_key));
         }
-        self.trim();
+        self.trim(Some(&slot_key));
+        if let Some(bytes) = dropped {
+            self.stats.not_kept.fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "{slot_key:?}: the page takes {bytes} bytes in memory, more than a quarter of \
+                 the index cache ({} bytes): answered and not kept (raise \
+                 ROXPI_INDEX_CACHE_SIZE to keep it)",
+                self.cap
+            );
+        }
         flight.complete(result);
     }
 }

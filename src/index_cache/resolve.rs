@@ -6,7 +6,7 @@
 //! A `Resolution` never blocks: `IndexCache::poll_resolution` answers or
 //! says "not yet", and `Resolution::on_ready` registers a callback for the
 //! moment it may be answerable (the server parks the request meanwhile).
-//! `IndexCache::resolve` is the blocking form.
+//! `IndexCache::resolve` is the blocking form (tests only).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +40,8 @@ pub struct Resolution {
     settled: Vec<(IndexId, Outcome)>,
     /// First-index: the next index to ask.
     next: usize,
+    /// The request's deadline: no lookup waits past it.
+    limit: Instant,
 }
 
 impl Resolution {
@@ -91,6 +93,7 @@ impl IndexCache {
             settled: Vec::with_capacity(order.len()),
             next: 0,
             order,
+            limit: self.request_deadline(),
         };
         if sequential {
             self.begin_next(&mut r, key);
@@ -98,7 +101,8 @@ impl IndexCache {
             // Start every fetch before waiting for any.
             for i in 0..r.order.len() {
                 let id = r.order[i];
-                r.pending.push((id, self.begin(id, key, force)));
+                r.pending
+                    .push((id, self.begin_with(id, key, force, true, None, r.limit)));
             }
             r.next = r.order.len();
         }
@@ -130,7 +134,8 @@ impl IndexCache {
 
     fn begin_next(self: &Arc<Self>, r: &mut Resolution, key: &Key) {
         if let Some(id) = r.order.get(r.next).copied() {
-            r.pending.push((id, self.begin(id, key, r.force)));
+            r.pending
+                .push((id, self.begin_with(id, key, r.force, true, None, r.limit)));
             r.next += 1;
         }
     }
@@ -172,7 +177,9 @@ impl IndexCache {
         }
     }
 
-    /// Asks the indexes for `key`, waiting as needed (blocking form).
+    /// Asks the indexes for `key`, waiting as needed (blocking form, for
+    /// tests: request paths park instead).
+    #[cfg(test)]
     pub fn resolve(
         self: &Arc<Self>,
         key: &Key,

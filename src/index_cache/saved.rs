@@ -1,10 +1,14 @@
 //! Saved pages (`persist`) come back off the request path. The first lookup
 //! of a project after a restart finds no copy in memory: it starts a load on
 //! the fetch threads (one per entry; concurrent lookups join it) and waits
-//! for it like for a fetch — parked, no worker held. Once loaded, the lookup
-//! begins again with the saved copy installed as an expired snapshot: served
-//! if the upstream cannot be reached (or at once when offline), replaced by
-//! the next good fetch.
+//! for it like for a fetch — parked, no worker held. The loaded copy is
+//! handed to the waiters themselves (the cache may not keep it), and each
+//! lookup goes on with it: served at once when it is fresh, else used as
+//! the copy to revalidate and to fall back on.
+//!
+//! A page too large to keep in memory (`Hollow`) is loaded like this on
+//! every use; within its TTL it keeps the generation it was fetched with,
+//! so its rendered variants (which may be kept) and ETags stay valid.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -25,11 +29,11 @@ pub(super) fn claim_load(entry: &mut Entry) -> Option<(Arc<Flight>, bool)> {
     if let Some(loading) = &entry.loading {
         return Some((Arc::clone(loading), false));
     }
-    if entry.disk_checked || entry.snap.is_some() {
-        entry.disk_checked = true;
+    let wanted = entry.snap.is_none() && (entry.hollow.is_some() || !entry.disk_checked);
+    entry.disk_checked = true;
+    if !wanted {
         return None;
     }
-    entry.disk_checked = true;
     let flight = Arc::new(Flight::new());
     entry.loading = Some(Arc::clone(&flight));
     Some((flight, true))
@@ -44,6 +48,7 @@ impl IndexCache {
         key: &Key,
         flight: Arc<Flight>,
         start: bool,
+        limit: Instant,
     ) -> Pending {
         if start {
             let job = Job::Load {
@@ -51,10 +56,8 @@ impl IndexCache {
                 key: key.clone(),
                 flight: Arc::clone(&flight),
             };
-            if let Err(e) = self.jobs.try_send(job) {
-                if let Job::Load { index, key, flight } = e.into_inner() {
-                    self.load_saved(index, key, &flight);
-                }
+            if let Err(Job::Load { index, key, flight }) = self.submit(job) {
+                self.load_saved(index, key, &flight);
             }
         }
         Pending {
@@ -62,29 +65,44 @@ impl IndexCache {
             snap: None,
             flight: Some(flight),
             resting: false,
-            deadline: Instant::now() + LOAD_WAIT,
-            load: Some(key.clone()),
+            deadline: (Instant::now() + LOAD_WAIT).min(limit),
+            load: Some((key.clone(), limit)),
         }
     }
 
     /// The lookup that follows a load once it is done (or overdue); `None`
-    /// while it runs, or if `pending` waits for no load.
+    /// while it runs, or if `pending` waits for no load. It goes on with
+    /// the loaded copy, whether or not the cache kept it: a load always
+    /// moves a lookup forward.
     pub(super) fn reload(self: &Arc<Self>, pending: &Pending, force: bool) -> Option<Pending> {
-        let key = pending.load.as_ref()?;
-        let done = pending.flight.as_ref().is_none_or(|f| f.result().is_some());
-        if done {
-            Some(self.begin(pending.index, key, force))
-        } else if Instant::now() >= pending.deadline {
-            log::warn!("saved page of {key:?} not loaded within {LOAD_WAIT:?}; going on without");
-            Some(self.begin_with(pending.index, key, force, false))
-        } else {
-            None
-        }
+        let (key, limit) = pending.load.as_ref()?;
+        let loaded = match pending.flight.as_ref().map(|f| f.result()) {
+            Some(Some(r)) => r.ok(),
+            None => None,
+            Some(None) if Instant::now() >= pending.deadline => {
+                log::warn!(
+                    "saved page of {key:?} not loaded within {LOAD_WAIT:?}; going on without"
+                );
+                None
+            }
+            Some(None) => return None,
+        };
+        Some(self.begin_with(pending.index, key, force, false, loaded, *limit))
     }
 
-    /// The fetch thread's load: reads the saved page, installs it as an
-    /// expired copy (unless a fetch got there first) and completes `flight`.
+    /// The fetch thread's load: reads the saved page, installs it as the
+    /// copy at hand (unless a fetch got there first, or it is too large to
+    /// keep) and completes `flight` with it.
     pub(super) fn load_saved(&self, index: usize, key: Key, flight: &Arc<Flight>) {
+        let slot_key = SlotKey::Doc(index, key.clone());
+        let shard_i = shard_of(&slot_key);
+        let hollow = {
+            let shard = self.lock(shard_i);
+            match shard.map.peek(&slot_key) {
+                Some(super::store::Slot::Doc(e)) => e.hollow.clone(),
+                _ => None,
+            }
+        };
         let snap = match (&self.pages, &key) {
             (Some(store), Key::Project(name)) => {
                 catch_unwind(AssertUnwindSafe(|| store.load(&self.indexes[index], name)))
@@ -94,19 +112,31 @@ impl IndexCache {
                         let now = self.clock.now();
                         let doc = Doc::Page(saved.page);
                         let bytes = estimate(&doc);
+                        // The copy a too-large page was fetched as: as
+                        // fresh as that fetch, same generation.
+                        let same = hollow.filter(|h| h.validators == saved.validators);
+                        let (fetched, ttl, generation) = match same {
+                            Some(h) => (h.fetched, h.ttl, h.generation),
+                            None => (
+                                now.checked_sub(saved.age).unwrap_or(now),
+                                // A local copy is expired from the start:
+                                // refreshed on first use. A fleet's copy
+                                // (from the bucket) is as fresh as its age
+                                // says.
+                                if saved.shared {
+                                    self.indexes[index].ttl
+                                } else {
+                                    Duration::ZERO
+                                },
+                                self.next_generation.fetch_add(1, Ordering::Relaxed),
+                            ),
+                        };
                         Arc::new(Snapshot {
                             doc: Arc::new(doc),
                             validators: saved.validators,
-                            fetched: now.checked_sub(saved.age).unwrap_or(now),
-                            // A local copy is expired from the start:
-                            // refreshed on first use. A fleet's copy (from
-                            // the bucket) is as fresh as its age says.
-                            ttl: if saved.shared {
-                                self.indexes[index].ttl
-                            } else {
-                                Duration::ZERO
-                            },
-                            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+                            fetched,
+                            ttl,
+                            generation,
                             bytes,
                             index: Arc::default(),
                         })
@@ -114,8 +144,6 @@ impl IndexCache {
             }
             _ => None,
         };
-        let slot_key = SlotKey::Doc(index, key);
-        let shard_i = shard_of(&slot_key);
         {
             let mut shard = self.lock(shard_i);
             self.update(&mut shard, &slot_key, |e| {
@@ -123,13 +151,15 @@ impl IndexCache {
                     e.loading = None;
                 }
                 if let (None, Some(s)) = (&e.snap, &snap) {
-                    e.snap = Some(Arc::clone(s));
+                    if self.fits(s.bytes) {
+                        e.snap = Some(Arc::clone(s));
+                        e.hollow = None;
+                    }
                 }
             });
-            self.evict(&mut shard);
+            self.evict(&mut shard, Some(&slot_key));
         }
-        self.trim();
-        // Waiters only need to know it is done; they begin again.
+        self.trim(Some(&slot_key));
         flight
             .complete(snap.ok_or_else(|| Arc::new(OriginError::offline(&self.indexes[index].url))));
     }

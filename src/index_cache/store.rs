@@ -9,6 +9,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use super::{Doc, Entry, IndexCache, Key, Rendered, SHARDS};
+use crate::pypi::model::alloc_cost;
 use crate::pypi::{Coding, PageFormat};
 
 /// What a slot costs beyond its payload: the LRU node, the key, the
@@ -17,7 +18,7 @@ use crate::pypi::{Coding, PageFormat};
 /// bound undercounted threefold.
 const SLOT_OVERHEAD: u64 = 1024;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum SlotKey {
     Doc(usize, Key),
     View(Key, PageFormat, Coding),
@@ -32,7 +33,7 @@ impl Slot {
     pub(super) fn bytes(&self) -> u64 {
         match self {
             Slot::Doc(e) => e.snap.as_ref().map_or(0, |s| s.bytes) + SLOT_OVERHEAD,
-            Slot::View(v) => v.body.len() as u64 + v.etag.len() as u64 + SLOT_OVERHEAD,
+            Slot::View(v) => view_bytes(v) + SLOT_OVERHEAD,
         }
     }
 }
@@ -99,35 +100,40 @@ impl IndexCache {
 
     /// Evicts across all shards (one lock at a time) until the cache is
     /// within its bound: a big page in one shard pushes out the least
-    /// recently used entries of the others.
-    pub(super) fn trim(&self) {
+    /// recently used entries of the others. Never `protect` (the entry
+    /// room is made for).
+    pub(super) fn trim(&self, protect: Option<&SlotKey>) {
         for i in 0..SHARDS {
             if !self.over() {
                 return;
             }
             let mut shard = self.lock(i);
-            self.evict(&mut shard);
+            self.evict(&mut shard, protect);
         }
     }
 
     /// Evicts this shard's least recently used slots while the cache is
-    /// over its bound, skipping entries with a fetch in flight (their
-    /// waiters need them).
-    pub(super) fn evict(&self, shard: &mut Shard) {
-        let mut busy = Vec::new();
+    /// over its bound, skipping `protect` and entries with a fetch or load
+    /// in flight (their waiters join them). Each slot is looked at once, so
+    /// this ends even when nothing can go.
+    pub(super) fn evict(&self, shard: &mut Shard, protect: Option<&SlotKey>) {
+        let mut kept = Vec::new();
         while self.over() {
             let Some((k, slot)) = shard.map.pop_lru() else {
                 break;
             };
-            if matches!(&slot, Slot::Doc(e) if e.flight.is_some()) {
-                busy.push((k, slot));
+            let busy = matches!(&slot, Slot::Doc(e) if e.flight.is_some() || e.loading.is_some());
+            if busy || protect == Some(&k) {
+                kept.push((k, slot));
                 continue;
             }
             self.resize(shard, slot.bytes(), 0);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        for (k, slot) in busy {
-            shard.map.put(k, slot);
+        // Back as the least recently used, in their order.
+        for (k, slot) in kept.into_iter().rev() {
+            shard.map.push(k.clone(), slot);
+            shard.map.demote(&k);
         }
     }
 
@@ -147,17 +153,23 @@ impl IndexCache {
         }
     }
 
+    /// Keeps a rendered variant, unless it is larger than a quarter of the
+    /// bound (then it is served to the requests that asked and dropped).
     pub fn store_view(&self, key: &Key, format: PageFormat, coding: Coding, view: Arc<Rendered>) {
         let slot_key = SlotKey::View(key.clone(), format, coding);
+        if !self.fits(view_bytes(&view)) {
+            self.stats.not_kept.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         {
             let mut shard = self.lock(shard_of(&slot_key));
             let slot = Slot::View(view);
             let new = slot.bytes();
-            let old = shard.map.put(slot_key, slot).map_or(0, |s| s.bytes());
+            let old = shard.map.put(slot_key.clone(), slot).map_or(0, |s| s.bytes());
             self.resize(&mut shard, old, new);
-            self.evict(&mut shard);
+            self.evict(&mut shard, Some(&slot_key));
         }
-        self.trim();
+        self.trim(Some(&slot_key));
     }
 
     /// Drops every cached answer (and view) for `key` in every index.
@@ -177,8 +189,9 @@ impl IndexCache {
             // only its cached copy goes.
             let old = shard.map.peek(&k).map_or(0, Slot::bytes);
             match shard.map.peek_mut(&k) {
-                Some(Slot::Doc(e)) if e.flight.is_some() => {
+                Some(Slot::Doc(e)) if e.flight.is_some() || e.loading.is_some() => {
                     e.snap = None;
+                    e.hollow = None;
                     e.rest_until = None;
                     let new = shard.map.peek(&k).map_or(0, Slot::bytes);
                     self.resize(&mut shard, old, new);
@@ -201,25 +214,24 @@ impl IndexCache {
     }
 }
 
-/// A rough size of a cached answer.
+/// What a rendered variant holds: its body, ETag and signature.
+fn view_bytes(v: &Rendered) -> u64 {
+    alloc_cost(v.body.len())
+        + alloc_cost(v.etag.len())
+        + alloc_cost(v.sig.len() * 8)
+        + alloc_cost(std::mem::size_of::<Rendered>())
+}
+
+/// What a cached answer holds in memory: the parsed document (every
+/// string and map, `ProjectPage::heap_bytes`) and the file-name index
+/// built on a page's first file request (12 bytes per file, as 16).
 pub(super) fn estimate(doc: &Doc) -> u64 {
     match doc {
         Doc::Missing => 0,
-        Doc::List(names) => names.iter().map(|n| n.as_str().len() as u64 + 32).sum(),
-        Doc::Page(p) => {
-            p.files
-                .iter()
-                .map(|f| {
-                    (f.filename.as_str().len() + f.url.as_str().len() + 200) as u64
-                        + f.hashes
-                            .iter()
-                            .map(|(k, v)| (k.len() + v.len() + 48) as u64)
-                            .sum::<u64>()
-                })
-                .sum::<u64>()
-                + p.versions
-                    .as_ref()
-                    .map_or(0, |v| v.iter().map(|s| s.len() as u64 + 32).sum())
+        Doc::List(names) => {
+            alloc_cost(names.capacity() * std::mem::size_of::<crate::pypi::ProjectName>())
+                + names.iter().map(|n| alloc_cost(n.as_str().len())).sum::<u64>()
         }
+        Doc::Page(p) => p.heap_bytes() + alloc_cost(p.files.len() * 16),
     }
 }

@@ -44,6 +44,7 @@ fn rig_swr(
         Staleness {
             after: stale_after,
             while_revalidate,
+            deadline: Duration::from_secs(120),
         },
         offline,
         max_bytes,
@@ -374,6 +375,7 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
         Staleness {
             after: Duration::from_secs(3),
             while_revalidate: Duration::ZERO,
+            deadline: Duration::from_secs(120),
         },
         offline,
         64 << 20,
