@@ -17,13 +17,17 @@ fn main() {
     let names: Vec<String> = std::env::args().skip(1).collect();
     for name in &names {
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(dir.join(format!("{name}.json.gz"))).unwrap())
-            .read_to_end(&mut raw)
-            .unwrap();
+        flate2::read::GzDecoder::new(
+            std::fs::File::open(dir.join(format!("{name}.json.gz"))).unwrap(),
+        )
+        .read_to_end(&mut raw)
+        .unwrap();
         let before = rss_kib();
         let n = 8;
         let pages: Vec<_> = (0..n)
-            .map(|_| roxpi::pypi::parse_project_page(&raw, roxpi::pypi::Format::Json, &url).unwrap())
+            .map(|_| {
+                roxpi::pypi::parse_project_page(&raw, roxpi::pypi::Format::Json, &url).unwrap()
+            })
             .collect();
         let after = rss_kib();
         println!(

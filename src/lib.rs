@@ -38,6 +38,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod flight;
 pub mod histogram;
 pub mod http;
 pub mod index_cache;

@@ -22,7 +22,7 @@ use url::Url;
 use std::sync::Arc;
 
 use crate::origin::{Index, RawPage, Validators};
-use crate::pypi::{parse_project_page, Format, ProjectName, ProjectPage};
+use crate::pypi::{Format, ProjectName, ProjectPage};
 use crate::storage::s3::{self, Bucket};
 
 /// v1: `roxpi-page-v1 <format> <saved secs> <url>`; v2 adds the upstream
@@ -281,7 +281,7 @@ impl PageStore {
         if let Ok(f) = fs::File::options().write(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());
         }
-        let parsed = parse_saved(&data);
+        let parsed = parse_saved(bytes::Bytes::from(data));
         if parsed.is_none() {
             log::warn!("ignoring damaged saved page {}", path.display());
         }
@@ -295,7 +295,8 @@ impl PageStore {
         let key = self.object(&r.bucket, index, name);
         match r.bucket.get_bytes(&key, self.cap) {
             Ok(Some(data)) => {
-                let parsed = parse_saved(&data).map(|p| Persisted { shared: true, ..p });
+                let parsed =
+                    parse_saved(bytes::Bytes::from(data)).map(|p| Persisted { shared: true, ..p });
                 if parsed.is_none() {
                     log::warn!("ignoring damaged saved page {key} in the bucket");
                 }
@@ -364,7 +365,7 @@ fn prune(dir: &Path, keep: Duration) {
 }
 
 /// Parses a saved page (pure).
-fn parse_saved(data: &[u8]) -> Option<Persisted> {
+fn parse_saved(data: bytes::Bytes) -> Option<Persisted> {
     let nl = data.iter().position(|&b| b == b'\n')?;
     let line = std::str::from_utf8(&data[..nl]).ok()?;
     let (magic, rest) = line.split_once(' ')?;
@@ -389,7 +390,8 @@ fn parse_saved(data: &[u8]) -> Option<Persisted> {
         _ => return None,
     };
     let url = Url::parse(&header.url).ok()?;
-    let page = parse_project_page(&data[nl + 1..], format, &url).ok()?;
+    let body = data.slice(nl + 1..);
+    let page = crate::upstream::parse_page(&body, format, &url).ok()?;
     let saved = UNIX_EPOCH + Duration::from_secs(header.saved);
     let age = SystemTime::now().duration_since(saved).unwrap_or_default();
     Some(Persisted {
@@ -457,7 +459,7 @@ mod tests {
             b"roxpi-page-v1 xml 1 https://x/\nbody",
             b"roxpi-page-v1 json 1 https://x/\n{broken",
         ] {
-            assert!(parse_saved(damaged).is_none());
+            assert!(parse_saved(bytes::Bytes::copy_from_slice(damaged)).is_none());
         }
         store.remove(&index(), &name);
         assert!(store.load(&index(), &name).is_none());
@@ -532,7 +534,7 @@ mod tests {
     #[test]
     fn v1_saved_pages_still_load_without_validators() {
         let data = b"roxpi-page-v1 html 1700000000 https://pypi.example/simple/demo/\n<a href='demo-1.0.tar.gz'>demo-1.0.tar.gz</a>";
-        let got = parse_saved(data).expect("v1 parses");
+        let got = parse_saved(bytes::Bytes::copy_from_slice(data)).expect("v1 parses");
         assert_eq!(got.page.files.len(), 1);
         assert_eq!(got.validators, Validators::default());
         for bad in [
@@ -540,7 +542,7 @@ mod tests {
             b"roxpi-page-v2 {not json}\n",
             b"roxpi-page-v2 {\"format\":\"xml\",\"saved\":1,\"url\":\"https://a/\"}\n",
         ] {
-            assert!(parse_saved(bad).is_none());
+            assert!(parse_saved(bytes::Bytes::copy_from_slice(bad)).is_none());
         }
     }
 }

@@ -190,11 +190,7 @@ impl Upstream {
             refused: Arc::clone(&refused),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
-        let pages = PageBudget::for_cache(settings.index_cache_size);
-        log::info!(
-            "upstream pages: at most {} bytes decoded each (a quarter of ROXPI_INDEX_CACHE_SIZE)",
-            pages.max_page
-        );
+        let pages = PageBudget::standard();
         Ok(Upstream {
             agent,
             offline: settings.offline,
@@ -296,7 +292,7 @@ impl Origin for Upstream {
         }
         let validators = validators_of(resp.headers());
         let (format, body, _slot) = read_page(&final_url, resp, &self.pages)?;
-        let page = parse_project_page(&body, format, &final_url)
+        let page = parse_page(&body, format, &final_url)
             .map_err(|e| OriginError::garbage(&final_url, e.to_string()))?;
         Ok(PageFetch::Found(
             page,
@@ -324,7 +320,8 @@ impl Origin for Upstream {
             s => return Err(OriginError::status(&final_url, s)),
         }
         let (format, body, _slot) = read_page(&final_url, resp, &self.pages)?;
-        parse_project_list(&body, format)
+        let list = body.clone();
+        crate::page_budget::on_parse_thread(move || parse_project_list(&list, format))
             .map(Some)
             .map_err(|e| OriginError::garbage(&final_url, e.to_string()))
     }
@@ -414,16 +411,13 @@ fn read_page<'b>(
         let len = (body.len() + n) as u64;
         if len > budget.max_page {
             log::warn!(
-                "page {} is larger than {} bytes decoded (a quarter of ROXPI_INDEX_CACHE_SIZE): refused",
+                "page {} is larger than {} bytes decoded: refused",
                 SafeUrl::new(url),
                 budget.max_page
             );
             return Err(OriginError::garbage(
                 url,
-                format!(
-                    "page larger than {} bytes decoded (raise ROXPI_INDEX_CACHE_SIZE to allow more)",
-                    budget.max_page
-                ),
+                format!("page larger than {} bytes decoded", budget.max_page),
             ));
         }
         if len > SMALL_PAGE && slot.is_none() {
@@ -433,6 +427,16 @@ fn read_page<'b>(
             .map_err(|e| OriginError::garbage(url, format!("cannot hold the page: {e}")))?;
     }
     Ok((format, body.into_bytes(), slot))
+}
+
+/// Parses a project page on the parse thread (`page_budget::on_parse_thread`).
+pub fn parse_page(
+    body: &Bytes,
+    format: Format,
+    url: &Url,
+) -> Result<crate::pypi::ProjectPage, crate::pypi::ParseError> {
+    let (body, url) = (body.clone(), url.clone());
+    crate::page_budget::on_parse_thread(move || parse_project_page(&body, format, &url))
 }
 
 /// Whether the machine has a system CA bundle the platform verifier can use.

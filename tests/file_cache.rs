@@ -772,10 +772,15 @@ fn cache_size_zero_500_distinct_misses_keep_the_thread_count_bounded() {
     within(LIMIT, || {
         let f = FakeIndex::with_wheels(&[2000; 500]);
         // A stalled upstream: every open outlives the 0.9 s the client
-        // waits before its redirect (a thread per request would pile up).
+        // waits before proxpi's redirect (a thread per request would pile
+        // up).
         f.set_file_delay(Duration::from_secs(2));
         let dir = tempfile::tempdir().unwrap();
-        let r = start(&f, &dir.path().join("c"), &[("ROXPI_CACHE_SIZE", "0")]);
+        let r = start(
+            &f,
+            &dir.path().join("c"),
+            &[("ROXPI_CACHE_SIZE", "0"), ("ROXPI_DOWNLOAD_TIMEOUT", "0.9")],
+        );
         assert_eq!(r.get("/index/big/", &[]).status, 200);
         let pid = r.server.pid();
         let done = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,7 @@ mod metadata;
 mod parking;
 mod policy;
 mod process;
+mod real_shapes;
 mod s3;
 mod s3_server;
 mod util;

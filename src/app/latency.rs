@@ -6,7 +6,7 @@ use crate::histogram::Histogram;
 use crate::http::Finished;
 
 pub const KINDS: [&str; 3] = ["page", "file", "metadata"];
-pub const RESULTS: [&str; 8] = [
+pub const RESULTS: [&str; 9] = [
     "hit",
     "miss",
     "stale",
@@ -14,6 +14,7 @@ pub const RESULTS: [&str; 8] = [
     "bucket",
     "redirect",
     "error",
+    "synth",
     "other",
 ];
 
@@ -46,8 +47,9 @@ pub fn result_of(tag: Option<&str>, status: u16, cut: bool) -> usize {
         Some("BUCKET") => 4,
         Some("REDIRECT") => 5,
         Some("ERROR") => 6,
+        Some("SYNTH") => 7,
         _ if status >= 500 => 6,
-        _ => 7,
+        _ => 8,
     }
 }
 
@@ -122,6 +124,7 @@ mod tests {
         assert_eq!(RESULTS[result_of(Some("HIT"), 200, true)], "error");
         assert_eq!(RESULTS[result_of(None, 502, false)], "error");
         assert_eq!(RESULTS[result_of(None, 404, false)], "other");
+        assert_eq!(RESULTS[result_of(Some("SYNTH"), 200, false)], "synth");
         assert_eq!(RESULTS[result_of(Some("REDIRECT"), 302, false)], "redirect");
     }
 }

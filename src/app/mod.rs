@@ -8,6 +8,7 @@ mod error;
 mod files;
 pub mod latency;
 mod pages;
+mod renders;
 mod route;
 mod status;
 
@@ -146,6 +147,8 @@ pub struct App {
     policy: std::sync::RwLock<(Arc<crate::policy::Policy>, u64)>,
     /// Every policy decision that changed an answer.
     pub audit: crate::policy::audit::Audit,
+    /// Renders of big pages, off the request workers.
+    renders: renders::Renders,
     /// When files without an upload time were first seen.
     first_seen: crate::policy::first_seen::FirstSeen,
 }
@@ -267,6 +270,7 @@ impl App {
             kit,
             policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),
             audit: Default::default(),
+            renders: renders::Renders::start()?,
             first_seen,
         })
     }

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::error::{self, Failure};
-use super::{App, Upstream};
+use super::{renders, App, Upstream};
 use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
-use crate::http::{Request, Response};
-use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved};
+use crate::http::{Later, Request, Response, Waker};
+use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved, Snapshot};
+use crate::origin::IndexId;
 use crate::policy::{Policy, Verdict};
 use crate::pypi::{
     negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
@@ -55,11 +56,12 @@ impl App {
     }
 
     /// The page from the indexes' answer: rendered and compressed once per
-    /// generation, with its caching headers.
+    /// generation (a big page on the render pool, the request parked), with
+    /// its caching headers.
     fn render_page(
-        &self,
+        self: &Arc<Self>,
         req: &Request,
-        up: &Upstream,
+        up: &Arc<Upstream>,
         key: Key,
         format: PageFormat,
         coding: Coding,
@@ -74,9 +76,8 @@ impl App {
             }
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
         };
-        let now = Instant::now();
         let wall = SystemTime::now();
-        let (policy, policy_version) = self.policy_for(up);
+        let (_, policy_version) = self.policy_for(up);
         // What synthesis advertises, and the policy, change the rendered
         // page too.
         let sig: Vec<u64> = found
@@ -84,110 +85,182 @@ impl App {
             .map(|(_, s, _)| s.generation)
             .chain([self.files.metadata_generation(), policy_version])
             .collect();
-        let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
-        let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
         let cached = up
             .pages
             .view(&key, format, coding, &sig)
             .filter(|v| v.valid_until.is_none_or(|t| wall < t));
-        let view = match cached {
-            Some(v) => v,
-            None => {
-                let mut valid_until = None;
-                let body = match &key {
-                    Key::Project(name) => {
-                        let pages: Vec<&ProjectPage> = found
-                            .iter()
-                            .filter_map(|(_, s, _)| match &*s.doc {
-                                Doc::Page(p) => Some(p),
-                                _ => None,
-                            })
-                            .collect();
-                        let mut merged = crate::pypi::merge(pages, up.strategy);
-                        let page_id = {
-                            use std::hash::{Hash, Hasher};
-                            let mut h = std::collections::hash_map::DefaultHasher::new();
-                            (up.prefix.as_deref(), name.as_str(), &sig).hash(&mut h);
-                            h.finish()
-                        };
-                        let audit = self.audit.first_render(page_id);
-                        valid_until = self.apply_policy(name, &mut merged, &policy, wall, audit);
-                        for entry in &mut merged.files {
-                            if let Some(hashes) = self.files.advertise_metadata(entry) {
-                                entry.core_metadata = CoreMetadata::Available(hashes);
-                            }
-                        }
-                        render_project(name, &merged, format)
-                    }
-                    Key::List => {
-                        let names =
-                            crate::pypi::name::sorted_unique(found.iter().flat_map(|(_, s, _)| {
-                                match &*s.doc {
-                                    Doc::List(l) => l.clone(),
-                                    _ => Vec::new(),
-                                }
-                            }));
-                        render_list(&names, format)
-                    }
+        if let Some(view) = cached {
+            return page_response(req, &view, &found, format, coding);
+        }
+        let files: usize = found
+            .iter()
+            .map(|(_, s, _)| match &*s.doc {
+                Doc::Page(p) => p.files.len(),
+                _ => 0,
+            })
+            .sum();
+        let inline = files <= renders::INLINE_FILES && !matches!(key, Key::List);
+        if inline {
+            let view = self.build_view(up, &key, format, coding, &found, sig);
+            return page_response(req, &view, &found, format, coding);
+        }
+        // Big: rendered on the pool while the request waits parked.
+        let job = {
+            let (app, up, key, found, sig) = (
+                Arc::clone(self),
+                Arc::clone(up),
+                key.clone(),
+                found.clone(),
+                sig.clone(),
+            );
+            move || app.build_view(&up, &key, format, coding, &found, sig)
+        };
+        let flight = self
+            .renders
+            .render((up.prefix.clone(), key, format, coding, sig), job);
+        let watched = Arc::clone(&flight);
+        let deadline = up.pages.request_deadline();
+        let answer = move |req: &Request| match flight.result() {
+            Some(Some(view)) => page_response(req, &view, &found, format, coding),
+            Some(None) => Response::text(500, "the page could not be rendered\n"),
+            None => Response::text(503, "the page is still being rendered; retry shortly\n")
+                .header("Retry-After", "1"),
+        };
+        if watched.result().is_some() {
+            return answer(req);
+        }
+        Response::later(Later {
+            deadline,
+            subscribe: Box::new(move |waker: Waker| {
+                watched.on_done(Box::new(move || waker.wake()));
+            }),
+            resume: Box::new(answer),
+        })
+    }
+
+    /// Renders (merge, policy, advertised metadata), compresses and keeps
+    /// one variant of a page.
+    fn build_view(
+        &self,
+        up: &Upstream,
+        key: &Key,
+        format: PageFormat,
+        coding: Coding,
+        found: &[Found],
+        sig: Vec<u64>,
+    ) -> Arc<Rendered> {
+        let wall = SystemTime::now();
+        let (policy, _) = self.policy_for(up);
+        let mut valid_until = None;
+        let body = match key {
+            Key::Project(name) => {
+                let pages: Vec<&ProjectPage> = found
+                    .iter()
+                    .filter_map(|(_, s, _)| match &*s.doc {
+                        Doc::Page(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
+                let mut merged = crate::pypi::merge(pages, up.strategy);
+                let page_id = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (up.prefix.as_deref(), name.as_str(), &sig).hash(&mut h);
+                    h.finish()
                 };
-                let body = compress(body, coding);
-                let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
-                let v = Arc::new(Rendered {
-                    sig,
-                    body: Bytes::from(body),
-                    etag,
-                    valid_until,
-                });
-                up.pages.store_view(&key, format, coding, Arc::clone(&v));
-                v
+                let audit = self.audit.first_render(page_id);
+                valid_until = self.apply_policy(name, &mut merged, &policy, wall, audit);
+                for entry in &mut merged.files {
+                    if let Some(hashes) = self.files.advertise_metadata(entry) {
+                        entry.core_metadata = CoreMetadata::Available(hashes);
+                    }
+                }
+                render_project(name, &merged, format)
+            }
+            Key::List => {
+                let names =
+                    crate::pypi::name::sorted_unique(found.iter().flat_map(
+                        |(_, s, _)| match &*s.doc {
+                            Doc::List(l) => l.clone(),
+                            _ => Vec::new(),
+                        },
+                    ));
+                render_list(&names, format)
             }
         };
-        // A page the policy changes with time alone (a held-back file
-        // matures) is cached by clients no longer than until then.
-        let matures = view.valid_until.map_or(u64::MAX, |t| {
-            t.duration_since(wall).unwrap_or_default().as_secs()
+        let body = compress(body, coding);
+        let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+        let v = Arc::new(Rendered {
+            sig,
+            body: Bytes::from(body),
+            etag,
+            valid_until,
         });
-        let max_age = if stale {
-            0
-        } else {
-            found
-                .iter()
-                .map(|(_, s, _)| s.remaining(now).as_secs())
-                .min()
-                .unwrap_or(0)
-                .min(MAX_PAGE_AGE)
-                .min(matures)
-        };
-        let tag = if stale {
-            "STALE"
-        } else if missed {
-            "MISS"
-        } else {
-            "HIT"
-        };
-        let mut r = Response::new(200)
-            .header("Content-Type", format.content_type())
-            .header("Vary", "Accept, Accept-Encoding")
-            .header("ETag", view.etag.clone())
-            .header("Cache-Control", format!("max-age={max_age}"))
-            .header("X-Cache", tag)
-            .log_tag(tag);
-        if stale {
-            let age = found
-                .iter()
-                .map(|(_, s, _)| s.age(now).as_secs())
-                .max()
-                .unwrap_or(0);
-            r = r.header("Age", age.to_string());
-        }
-        if let Some(enc) = coding.header_value() {
-            r = r.header("Content-Encoding", enc);
-        }
-        if etag_matches(req.header("if-none-match"), &view.etag) {
-            return not_modified(r);
-        }
-        r.body(view.body.clone())
+        up.pages.store_view(key, format, coding, Arc::clone(&v));
+        v
     }
+}
+
+/// One index's answer for a page.
+type Found = (IndexId, Arc<Snapshot>, Freshness);
+
+/// A rendered page with its caching headers (or a 304).
+fn page_response(
+    req: &Request,
+    view: &Rendered,
+    found: &[Found],
+    format: PageFormat,
+    coding: Coding,
+) -> Response {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
+    let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
+    // A page the policy changes with time alone (a held-back file
+    // matures) is cached by clients no longer than until then.
+    let matures = view.valid_until.map_or(u64::MAX, |t| {
+        t.duration_since(wall).unwrap_or_default().as_secs()
+    });
+    let max_age = if stale {
+        0
+    } else {
+        found
+            .iter()
+            .map(|(_, s, _)| s.remaining(now).as_secs())
+            .min()
+            .unwrap_or(0)
+            .min(MAX_PAGE_AGE)
+            .min(matures)
+    };
+    let tag = if stale {
+        "STALE"
+    } else if missed {
+        "MISS"
+    } else {
+        "HIT"
+    };
+    let mut r = Response::new(200)
+        .header("Content-Type", format.content_type())
+        .header("Vary", "Accept, Accept-Encoding")
+        .header("ETag", view.etag.clone())
+        .header("Cache-Control", format!("max-age={max_age}"))
+        .header("X-Cache", tag)
+        .log_tag(tag);
+    if stale {
+        let age = found
+            .iter()
+            .map(|(_, s, _)| s.age(now).as_secs())
+            .max()
+            .unwrap_or(0);
+        r = r.header("Age", age.to_string());
+    }
+    if let Some(enc) = coding.header_value() {
+        r = r.header("Content-Encoding", enc);
+    }
+    if etag_matches(req.header("if-none-match"), &view.etag) {
+        return not_modified(r);
+    }
+    r.body(view.body.clone())
 }
 
 impl App {
@@ -299,8 +372,16 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
+/// Rendered pages up to this size are compressed at level 6, larger ones
+/// at level 1. Measured on the fixture pages (`examples/gzip_levels.rs`):
+/// boto3's JSON (1 MiB) 260 KiB in 27 ms at 6, 279 KiB in 4.5 ms at 1;
+/// pydantic-core's (4.6 MiB) 918 KiB in 82 ms at 6, 1006 KiB in 16 ms at
+/// 1. Past a megabyte, level 6 costs five times the CPU for 7–10 % fewer
+/// bytes; below it, both take a few milliseconds.
+const GZIP_BEST_UP_TO: usize = 1 << 20;
+
 fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
-    let level = flate2::Compression::new(6);
+    let level = flate2::Compression::new(if body.len() <= GZIP_BEST_UP_TO { 6 } else { 1 });
     let out = match coding {
         Coding::Identity => return body,
         Coding::Gzip => {

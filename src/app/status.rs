@@ -92,6 +92,8 @@ impl Snapshot {
             m("roxpi_index_coalesced_total", Counter, Index, "coalesced waiters", "requests that joined a page fetch in flight", load(&c.coalesced)),
             m("roxpi_upstream_errors_total", Counter, Index, "upstream errors", "failed upstream page fetches", load(&c.upstream_errors)),
             m("roxpi_index_evictions_total", Counter, Index, "evictions", "index cache evictions", load(&c.evictions)),
+            m("roxpi_index_not_kept_total", Counter, Index, "answered but not kept (too large)", "pages and rendered variants answered but not kept: larger than a quarter of ROXPI_INDEX_CACHE_SIZE", load(&c.not_kept)),
+            m("roxpi_http_overdue_total", Counter, Server, "requests past their deadline (504)", "parked requests still unanswered at the park limit, answered 504", load(&s.overdue)),
             m("roxpi_index_cache_entries", Gauge, Index, "entries", "entries in the index cache", entries as u64),
             m("roxpi_index_cache_bytes", Gauge, Index, "bytes", "bytes held by the index cache", bytes),
             m("roxpi_file_hits_total", Counter, File, "hits", "files served from the cache", load(&f.hits)),

@@ -409,8 +409,11 @@ impl Files {
                 watched.on_done(Box::new(move || waker.wake()));
             }),
             resume: Box::new(move |req: &Request| match flight.outcome() {
+                // Made now, by range reads of the wheel: not a cache hit.
                 Some(metadata::Made::Stored(f)) => {
                     serve::stored(req, f, content_type, &files.stats)
+                        .replace_header("X-Cache", "SYNTH")
+                        .log_tag("SYNTH")
                 }
                 Some(metadata::Made::Broken(_)) => broken_metadata(),
                 Some(metadata::Made::Failed(e)) => (files.config.on_error)(&e),

@@ -146,6 +146,17 @@ impl Response {
         self
     }
 
+    /// `header`, replacing any value set before.
+    pub fn replace_header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Response {
+        let name = name.into();
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        self.header(name, value)
+    }
+
     pub fn body(mut self, body: impl Into<Body>) -> Response {
         self.body = body.into();
         self

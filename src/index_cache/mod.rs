@@ -270,6 +270,30 @@ struct Hollow {
     validators: Validators,
 }
 
+impl Hollow {
+    /// What stays of a page snapshot (`None` for a list or a 404).
+    fn of(snap: &Snapshot) -> Option<Hollow> {
+        matches!(*snap.doc, Doc::Page(_)).then(|| Hollow {
+            fetched: snap.fetched,
+            ttl: snap.ttl,
+            generation: snap.generation,
+            validators: snap.validators.clone(),
+        })
+    }
+}
+
+impl IndexCache {
+    /// What an evicted entry leaves behind: a hollow if its page has a
+    /// saved copy (never for a saved copy not yet refreshed: TTL zero).
+    fn hollow_of(&self, entry: &Entry) -> Option<Hollow> {
+        let snap = entry.snap.as_ref()?;
+        if self.pages.is_none() || snap.ttl.is_zero() {
+            return None;
+        }
+        Hollow::of(snap)
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     snap: Option<Arc<Snapshot>>,
@@ -483,10 +507,9 @@ impl IndexCache {
                                 cache.load_saved(index, key, &flight)
                             }
                         }
-                        cache.last_done_ms.store(
-                            cache.born.elapsed().as_millis() as u64,
-                            Ordering::Relaxed,
-                        );
+                        cache
+                            .last_done_ms
+                            .store(cache.born.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 })?;
         }
@@ -875,14 +898,7 @@ impl IndexCache {
                         // TTL (or it is fetched again).
                         dropped = Some(snap.bytes);
                         entry.snap = None;
-                        entry.hollow = (saved && matches!(*snap.doc, Doc::Page(_))).then(|| {
-                            Hollow {
-                                fetched: snap.fetched,
-                                ttl: snap.ttl,
-                                generation: snap.generation,
-                                validators: snap.validators.clone(),
-                            }
-                        });
+                        entry.hollow = saved.then(|| Hollow::of(snap)).flatten();
                         entry.rest_until = None;
                     }
                     Err(_) => entry.rest_until = Some(self.clock.now() + FAILURE_REST),

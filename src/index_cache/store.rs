@@ -116,10 +116,15 @@ impl IndexCache {
     /// over its bound, skipping `protect` and entries with a fetch or load
     /// in flight (their waiters join them). Each slot is looked at once, so
     /// this ends even when nothing can go.
+    ///
+    /// A page with a saved copy on disk leaves a `Hollow` behind (when it
+    /// was fetched, about a hundred bytes): its next request loads the
+    /// saved copy as fresh as it was, instead of fetching it again. The
+    /// hollow goes at the next eviction that reaches it.
     pub(super) fn evict(&self, shard: &mut Shard, protect: Option<&SlotKey>) {
         let mut kept = Vec::new();
         while self.over() {
-            let Some((k, slot)) = shard.map.pop_lru() else {
+            let Some((k, mut slot)) = shard.map.pop_lru() else {
                 break;
             };
             let busy = matches!(&slot, Slot::Doc(e) if e.flight.is_some() || e.loading.is_some());
@@ -127,8 +132,19 @@ impl IndexCache {
                 kept.push((k, slot));
                 continue;
             }
-            self.resize(shard, slot.bytes(), 0);
+            let before = slot.bytes();
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            if let Slot::Doc(e) = &mut slot {
+                if let Some(hollow) = self.hollow_of(e) {
+                    e.snap = None;
+                    e.hollow = Some(hollow);
+                    let after = slot.bytes();
+                    self.resize(shard, before, after);
+                    shard.map.push(k, slot);
+                    continue;
+                }
+            }
+            self.resize(shard, before, 0);
         }
         // Back as the least recently used, in their order.
         for (k, slot) in kept.into_iter().rev() {
@@ -165,7 +181,10 @@ impl IndexCache {
             let mut shard = self.lock(shard_of(&slot_key));
             let slot = Slot::View(view);
             let new = slot.bytes();
-            let old = shard.map.put(slot_key.clone(), slot).map_or(0, |s| s.bytes());
+            let old = shard
+                .map
+                .put(slot_key.clone(), slot)
+                .map_or(0, |s| s.bytes());
             self.resize(&mut shard, old, new);
             self.evict(&mut shard, Some(&slot_key));
         }
@@ -230,7 +249,10 @@ pub(super) fn estimate(doc: &Doc) -> u64 {
         Doc::Missing => 0,
         Doc::List(names) => {
             alloc_cost(names.capacity() * std::mem::size_of::<crate::pypi::ProjectName>())
-                + names.iter().map(|n| alloc_cost(n.as_str().len())).sum::<u64>()
+                + names
+                    .iter()
+                    .map(|n| alloc_cost(n.as_str().len()))
+                    .sum::<u64>()
         }
         Doc::Page(p) => p.heap_bytes() + alloc_cost(p.files.len() * 16),
     }

@@ -299,7 +299,6 @@ fn string_cost(s: &str) -> u64 {
     alloc_cost(s.len())
 }
 
-
 impl FileEntry {
     /// The heap bytes this entry holds beyond its own struct.
     pub fn heap_bytes(&self) -> u64 {

@@ -340,7 +340,9 @@ mod tests {
         );
         assert_eq!(f.yanked, Yanked::Yes);
         assert_eq!(f.gpg_sig, Some(false));
-        assert!(matches!(&f.core_metadata, CoreMetadata::Available(h) if h.get("sha256").is_some_and(|v| v == "cc")));
+        assert!(
+            matches!(&f.core_metadata, CoreMetadata::Available(h) if h.get("sha256").is_some_and(|v| v == "cc"))
+        );
         let f = &page.files[2];
         assert_eq!(f.filename.as_str(), "torch-2.0+cu118-cp311-none-any.whl");
         assert_eq!(f.yanked, Yanked::Reason("broken build".into()));

@@ -382,7 +382,11 @@ mod tests {
                 "demo-2.0.tar.gz"
             ]
         );
-        assert_eq!(m.files[0].hashes.get("sha256").unwrap(), "aa", "root wins a filename");
+        assert_eq!(
+            m.files[0].hashes.get("sha256").unwrap(),
+            "aa",
+            "root wins a filename"
+        );
         assert_eq!(m.versions.unwrap().len(), 2);
         let f = merge([&root, &extra], Strategy::FirstIndex);
         assert_eq!(f.files.len(), 2);
