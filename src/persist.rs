@@ -274,14 +274,16 @@ impl PageStore {
     /// S3: the fetch threads call it, never a worker).
     pub fn load(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
         let path = self.path(index, name);
-        let Ok(data) = fs::read(&path) else {
+        let read =
+            fs::File::open(&path).and_then(|f| crate::page_budget::PageBuf::read_from(f, self.cap));
+        let Ok(data) = read else {
             return self.load_remote(index, name);
         };
         // Recently used: kept longest (recency is the mtime).
         if let Ok(f) = fs::File::options().write(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());
         }
-        let parsed = parse_saved(bytes::Bytes::from(data));
+        let parsed = parse_saved(data.into_bytes());
         if parsed.is_none() {
             log::warn!("ignoring damaged saved page {}", path.display());
         }

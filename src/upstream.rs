@@ -387,7 +387,7 @@ fn read_page<'b>(
     };
     let mut body = PageBuf::default();
     let mut slot = None;
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut chunk) {
             Ok(0) => break,

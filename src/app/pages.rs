@@ -17,10 +17,11 @@ use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Later, Request, Response, Waker};
 use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved, Snapshot};
 use crate::origin::IndexId;
+use crate::page_budget::PageBuf;
 use crate::policy::{Policy, Verdict};
 use crate::pypi::{
-    negotiate_coding, negotiate_format, render_list, render_project, Coding, CoreMetadata,
-    PageFormat, ProjectName, ProjectPage, Yanked,
+    negotiate_coding, negotiate_format, render_list, write_project, Coding, CoreMetadata,
+    PageFormat, PageView, ProjectName, ProjectPage, Yanked,
 };
 
 /// The most a client may cache an index page (PyPI's value).
@@ -152,7 +153,15 @@ impl App {
         let wall = SystemTime::now();
         let (policy, _) = self.policy_for(up);
         let mut valid_until = None;
-        let body = match key {
+        let files: usize = found
+            .iter()
+            .map(|(_, s, _)| match &*s.doc {
+                Doc::Page(p) => p.files.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut out = Encoder::new(coding, files);
+        let written = match key {
             Key::Project(name) => {
                 let pages: Vec<&ProjectPage> = found
                     .iter()
@@ -170,12 +179,12 @@ impl App {
                 };
                 let audit = self.audit.first_render(page_id);
                 valid_until = self.apply_policy(name, &mut merged, &policy, wall, audit);
-                for entry in &mut merged.files {
-                    if let Some(hashes) = self.files.advertise_metadata(entry) {
-                        entry.core_metadata = CoreMetadata::Available(hashes);
+                for listed in &mut merged.files {
+                    if let Some(hashes) = self.files.advertise_metadata(listed.entry) {
+                        listed.core_metadata = Some(CoreMetadata::Available(hashes));
                     }
                 }
-                render_project(name, &merged, format)
+                write_project(name, &merged, format, &mut out)
             }
             Key::List => {
                 let names =
@@ -185,14 +194,19 @@ impl App {
                             _ => Vec::new(),
                         },
                     ));
-                render_list(&names, format)
+                out.write_all(&render_list(&names, format))
             }
         };
-        let body = compress(body, coding);
+        // Writing into memory fails only on a template bug or a page past
+        // twice `MAX_PAGE` rendered: logged, and served as far as it got.
+        let body = written.and_then(|()| out.finish()).unwrap_or_else(|e| {
+            log::error!("rendering {key:?} failed: {e}");
+            Bytes::new()
+        });
         let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
         let v = Arc::new(Rendered {
             sig,
-            body: Bytes::from(body),
+            body,
             etag,
             valid_until,
         });
@@ -282,7 +296,7 @@ impl App {
     fn apply_policy(
         &self,
         name: &ProjectName,
-        page: &mut ProjectPage,
+        page: &mut PageView<'_>,
         policy: &Policy,
         now: SystemTime,
         audit: bool,
@@ -294,7 +308,6 @@ impl App {
         };
         let quarantined = page
             .project_status
-            .as_ref()
             .is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined"));
         if quarantined {
             if !page.files.is_empty() {
@@ -312,13 +325,14 @@ impl App {
             return None;
         }
         let mut next: Option<SystemTime> = None;
-        page.files
-            .retain_mut(|e| match self.verdict(policy, name, e, now) {
+        page.files.retain_mut(
+            |listed| match self.verdict(policy, name, listed.entry, now) {
                 Verdict::Serve => true,
                 Verdict::Yank(reason) => {
-                    if matches!(e.yanked, Yanked::No) {
-                        record("yank", "yanked", Some(e.filename.as_str()), &reason);
-                        e.yanked = Yanked::Reason(reason);
+                    if matches!(listed.yanked(), Yanked::No) {
+                        let file = listed.entry.filename.as_str();
+                        record("yank", "yanked", Some(file), &reason);
+                        listed.yanked = Some(Yanked::Reason(reason));
                     }
                     true
                 }
@@ -333,14 +347,17 @@ impl App {
                         ),
                         None => "no upload time (untimed = deny)".to_owned(),
                     };
-                    record("cooldown", "hidden", Some(e.filename.as_str()), &reason);
+                    let file = listed.entry.filename.as_str();
+                    record("cooldown", "hidden", Some(file), &reason);
                     false
                 }
                 Verdict::Deny(reason) => {
-                    record("deny", "removed", Some(e.filename.as_str()), &reason);
+                    let file = listed.entry.filename.as_str();
+                    record("deny", "removed", Some(file), &reason);
                     false
                 }
-            });
+            },
+        );
         next
     }
 }
@@ -372,30 +389,67 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
-/// Rendered pages up to this size are compressed at level 6, larger ones
-/// at level 1. Measured on the fixture pages (`examples/gzip_levels.rs`):
-/// boto3's JSON (1 MiB) 260 KiB in 27 ms at 6, 279 KiB in 4.5 ms at 1;
-/// pydantic-core's (4.6 MiB) 918 KiB in 82 ms at 6, 1006 KiB in 16 ms at
-/// 1. Past a megabyte, level 6 costs five times the CPU for 7–10 % fewer
-/// bytes; below it, both take a few milliseconds.
-const GZIP_BEST_UP_TO: usize = 1 << 20;
+/// Pages of up to this many files (about a megabyte rendered) are
+/// compressed at level 6, larger ones at level 1. Measured on the fixture
+/// pages (`examples/gzip_levels.rs`): boto3's JSON (4,318 files, 1 MiB)
+/// 260 KiB in 27 ms at 6, 279 KiB in 4.5 ms at 1; pydantic-core's (15,057
+/// files, 4.6 MiB) 918 KiB in 82 ms at 6, 1006 KiB in 16 ms at 1. Past a
+/// megabyte, level 6 costs five times the CPU for 7–10 % fewer bytes;
+/// below it, both take a few milliseconds.
+const GZIP_BEST_UP_TO_FILES: usize = 3000;
 
+/// Where a page is rendered to: memory, or a compressor writing to memory
+/// (the uncompressed page never exists whole). Deterministic: gzip mtime 0,
+/// no file name.
+enum Encoder {
+    Identity(PageBuf),
+    Gzip(flate2::write::GzEncoder<PageBuf>),
+    Deflate(flate2::write::ZlibEncoder<PageBuf>),
+}
+
+impl Encoder {
+    fn new(coding: Coding, files: usize) -> Encoder {
+        let level = flate2::Compression::new(if files <= GZIP_BEST_UP_TO_FILES { 6 } else { 1 });
+        // A big page's bytes go to an anonymous mapping (`PageBuf`), given
+        // back to the system when the page goes.
+        let out = PageBuf::default();
+        match coding {
+            Coding::Identity => Encoder::Identity(out),
+            Coding::Gzip => Encoder::Gzip(flate2::GzBuilder::new().mtime(0).write(out, level)),
+            Coding::Deflate => Encoder::Deflate(flate2::write::ZlibEncoder::new(out, level)),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Bytes> {
+        match self {
+            Encoder::Identity(v) => v,
+            Encoder::Gzip(e) => e.finish()?,
+            Encoder::Deflate(e) => e.finish()?,
+        }
+        .into_compact_bytes()
+    }
+}
+
+impl Write for Encoder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::Identity(v) => v.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Deflate(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A body compressed as `coding` asks (small pages; tests).
+#[cfg(test)]
 fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
-    let level = flate2::Compression::new(if body.len() <= GZIP_BEST_UP_TO { 6 } else { 1 });
-    let out = match coding {
-        Coding::Identity => return body,
-        Coding::Gzip => {
-            // mtime 0 and no file name: the same page gives the same bytes.
-            let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), level);
-            enc.write_all(&body).and_then(|()| enc.finish())
-        }
-        Coding::Deflate => {
-            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), level);
-            enc.write_all(&body).and_then(|()| enc.finish())
-        }
-    };
-    // Writing into a Vec cannot fail.
-    out.unwrap_or_default()
+    let mut e = Encoder::new(coding, 0);
+    let _ = e.write_all(&body);
+    e.finish().map(|b| b.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ impl Verifier {
         // The first advertised algorithm in preference order decides.
         let chosen = HASH_PREFERENCE
             .iter()
-            .find_map(|name| hashes.get(*name).map(|v| (*name, v.clone())));
+            .find_map(|name| hashes.get(name).map(|v| (*name, v.clone())));
         let (want_sha256, other) = match chosen {
             Some(("sha256", v)) => (Some(v), Other::None),
             Some(("sha512", v)) => (None, Other::Sha512(sha2::Sha512::new(), v)),

@@ -13,4 +13,4 @@ pub use model::{CoreMetadata, FileEntry, Filename, Hashes, ProjectList, ProjectP
 pub use name::ProjectName;
 pub use negotiate::{negotiate_coding, negotiate_format, Coding, PageFormat};
 pub use parse::{parse_project_list, parse_project_page, Format, ParseError};
-pub use render::{merge, render_list, render_project, Strategy};
+pub use render::{merge, render_list, render_project, write_project, Listed, PageView, Strategy};

@@ -9,7 +9,9 @@ use askama::Template;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::Serialize;
 
-use super::model::{CoreMetadata, Filename, Hashes, ProjectPage, ProjectStatus, Yanked};
+use std::io::Write;
+
+use super::model::{CoreMetadata, FileEntry, Filename, Hashes, ProjectPage, ProjectStatus, Yanked};
 use super::name::ProjectName;
 use super::negotiate::PageFormat;
 use super::wire;
@@ -37,13 +39,118 @@ pub fn file_url(filename: &Filename) -> String {
     utf8_percent_encode(filename.as_str(), SEGMENT).to_string()
 }
 
+/// One file as a rendered page shows it: the model's entry, borrowed, with
+/// what the policy (a local yank) and metadata synthesis change. A page of
+/// 15,000 files is rendered without copying one (measured: cloning every
+/// entry to merge cost as much memory again as the page itself).
+#[derive(Clone, Debug)]
+pub struct Listed<'a> {
+    pub entry: &'a FileEntry,
+    /// Replaces the entry's yank state (a local yank).
+    pub yanked: Option<Yanked>,
+    /// Replaces the entry's core-metadata (synthesis).
+    pub core_metadata: Option<CoreMetadata>,
+}
+
+impl<'a> Listed<'a> {
+    pub fn new(entry: &'a FileEntry) -> Listed<'a> {
+        Listed {
+            entry,
+            yanked: None,
+            core_metadata: None,
+        }
+    }
+
+    pub fn yanked(&self) -> &Yanked {
+        self.yanked.as_ref().unwrap_or(&self.entry.yanked)
+    }
+
+    pub fn core_metadata(&self) -> &CoreMetadata {
+        self.core_metadata
+            .as_ref()
+            .unwrap_or(&self.entry.core_metadata)
+    }
+
+    /// The HTML link: the encoded filename and its hash fragment.
+    fn href(&self) -> String {
+        let mut href = file_url(&self.entry.filename);
+        if let Some((k, v)) = self.entry.preferred_hash() {
+            href = format!("{href}#{k}={v}");
+        }
+        href
+    }
+
+    fn yanked_attr(&self) -> Option<&str> {
+        match self.yanked() {
+            Yanked::No => None,
+            Yanked::Yes => Some(""),
+            Yanked::Reason(r) => Some(r),
+        }
+    }
+
+    fn metadata_attr(&self) -> Option<String> {
+        match self.core_metadata() {
+            CoreMetadata::Absent => None,
+            CoreMetadata::Available(h) => Some(hash_attr(h).unwrap_or_else(|| "true".into())),
+        }
+    }
+
+    fn gpg_sig_attr(&self) -> Option<&'static str> {
+        self.entry.gpg_sig.map(|g| if g { "true" } else { "false" })
+    }
+
+    fn wire(&self) -> wire::File<'_> {
+        let f = self.entry;
+        wire::File {
+            filename: Cow::Borrowed(f.filename.as_str()),
+            url: Cow::Owned(file_url(&f.filename)),
+            hashes: Cow::Borrowed(&f.hashes),
+            requires_python: f.requires_python.as_deref().map(Cow::Borrowed),
+            core_metadata: match self.core_metadata() {
+                CoreMetadata::Absent => None,
+                CoreMetadata::Available(h) if h.is_empty() => Some(wire::Metadata::Bool(true)),
+                CoreMetadata::Available(h) => Some(wire::Metadata::Hashes(Cow::Borrowed(h))),
+            },
+            dist_info_metadata: None,
+            data_dist_info_metadata: None,
+            gpg_sig: f.gpg_sig,
+            yanked: match self.yanked() {
+                Yanked::No => None,
+                Yanked::Yes => Some(wire::Yanked::Bool(true)),
+                Yanked::Reason(r) => Some(wire::Yanked::Reason(Cow::Borrowed(r))),
+            },
+            size: f.size,
+            upload_time: f.upload_time.as_deref().map(Cow::Borrowed),
+            provenance: f.provenance.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// A page as it is rendered: the files of one or more index pages,
+/// borrowed from them.
+#[derive(Clone, Debug, Default)]
+pub struct PageView<'a> {
+    pub files: Vec<Listed<'a>>,
+    pub versions: Option<BTreeSet<&'a str>>,
+    pub project_status: Option<&'a ProjectStatus>,
+}
+
+impl<'a> PageView<'a> {
+    /// One index's page as it is.
+    pub fn of(page: &'a ProjectPage) -> PageView<'a> {
+        merge([page], Strategy::FirstIndex)
+    }
+}
+
 /// The API version a rendered page may claim: the highest whose fields are
 /// all really present (PEP 629/700/740/792).
-pub fn api_version(page: &ProjectPage, format: PageFormat) -> &'static str {
+pub fn api_version(page: &PageView<'_>, format: PageFormat) -> &'static str {
     let has_status = page.project_status.is_some();
-    let has_provenance = page.files.iter().any(|f| f.provenance.is_some());
+    let has_provenance = page.files.iter().any(|f| f.entry.provenance.is_some());
     let v11 = match format {
-        PageFormat::Json => page.versions.is_some() && page.files.iter().all(|f| f.size.is_some()),
+        PageFormat::Json => {
+            page.versions.is_some() && page.files.iter().all(|f| f.entry.size.is_some())
+        }
         PageFormat::Html => true,
     };
     match (v11, has_status, has_provenance) {
@@ -55,23 +162,13 @@ pub fn api_version(page: &ProjectPage, format: PageFormat) -> &'static str {
     }
 }
 
-struct HtmlFile {
-    href: String,
-    filename: String,
-    requires_python: Option<String>,
-    yanked: Option<String>,
-    core_metadata: Option<String>,
-    gpg_sig: Option<&'static str>,
-    provenance: Option<String>,
-}
-
 #[derive(Template)]
 #[template(path = "project.html")]
-struct ProjectHtml<'a> {
-    name: &'a str,
-    api_version: &'a str,
+struct ProjectHtml<'v, 'a> {
+    name: &'v str,
+    api_version: &'v str,
     status: Option<&'a ProjectStatus>,
-    files: Vec<HtmlFile>,
+    files: &'v [Listed<'a>],
 }
 
 #[derive(Template)]
@@ -84,100 +181,77 @@ fn hash_attr(hashes: &Hashes) -> Option<String> {
     super::model::preferred(hashes).map(|(k, v)| format!("{k}={v}"))
 }
 
-/// Renders a project page.
-pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat) -> Vec<u8> {
+/// The files of a JSON page, serialised one at a time as they are written.
+struct JsonFiles<'v, 'a>(&'v [Listed<'a>]);
+
+impl Serialize for JsonFiles<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for f in self.0 {
+            seq.serialize_element(&f.wire())?;
+        }
+        seq.end()
+    }
+}
+
+/// `wire::Page` with its files written as they go (same fields, same
+/// order: the same bytes).
+#[derive(Serialize)]
+struct JsonPage<'v, 'a> {
+    meta: Option<wire::Meta<'v>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<Cow<'v, str>>,
+    files: JsonFiles<'v, 'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versions: Option<Vec<&'v str>>,
+    #[serde(rename = "project-status", skip_serializing_if = "Option::is_none")]
+    project_status: Option<wire::Status<'v>>,
+}
+
+/// Writes a project page to `out` as it renders (into a compressor, say):
+/// nothing but `out` holds the whole page.
+pub fn write_project(
+    name: &ProjectName,
+    page: &PageView<'_>,
+    format: PageFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let api_version = api_version(page, format);
     match format {
-        PageFormat::Html => {
-            let files = page
-                .files
-                .iter()
-                .map(|f| {
-                    let mut href = file_url(&f.filename);
-                    if let Some((k, v)) = f.preferred_hash() {
-                        href = format!("{href}#{k}={v}");
-                    }
-                    HtmlFile {
-                        href,
-                        filename: f.filename.to_string(),
-                        requires_python: f.requires_python.clone(),
-                        yanked: match &f.yanked {
-                            Yanked::No => None,
-                            Yanked::Yes => Some(String::new()),
-                            Yanked::Reason(r) => Some(r.clone()),
-                        },
-                        core_metadata: match &f.core_metadata {
-                            CoreMetadata::Absent => None,
-                            CoreMetadata::Available(h) => {
-                                Some(hash_attr(h).unwrap_or_else(|| "true".into()))
-                            }
-                        },
-                        gpg_sig: f.gpg_sig.map(|g| if g { "true" } else { "false" }),
-                        provenance: f.provenance.clone(),
-                    }
-                })
-                .collect();
-            let t = ProjectHtml {
-                name: name.as_str(),
-                api_version,
-                status: page.project_status.as_ref(),
-                files,
-            };
-            // Rendering into a String cannot fail for these templates (no
-            // fallible filters); an error would be a bug, shown as a comment.
-            t.render()
-                .unwrap_or_else(|e| format!("<!-- render error: {e} -->"))
-                .into_bytes()
+        PageFormat::Html => ProjectHtml {
+            name: name.as_str(),
+            api_version,
+            status: page.project_status,
+            files: &page.files,
         }
+        .write_into(out),
         PageFormat::Json => {
-            let files = page
-                .files
-                .iter()
-                .map(|f| wire::File {
-                    filename: Cow::Borrowed(f.filename.as_str()),
-                    url: Cow::Owned(file_url(&f.filename)),
-                    hashes: Cow::Borrowed(&f.hashes),
-                    requires_python: f.requires_python.as_deref().map(Cow::Borrowed),
-                    core_metadata: match &f.core_metadata {
-                        CoreMetadata::Absent => None,
-                        CoreMetadata::Available(h) if h.is_empty() => {
-                            Some(wire::Metadata::Bool(true))
-                        }
-                        CoreMetadata::Available(h) => {
-                            Some(wire::Metadata::Hashes(Cow::Borrowed(h)))
-                        }
-                    },
-                    dist_info_metadata: None,
-                    data_dist_info_metadata: None,
-                    gpg_sig: f.gpg_sig,
-                    yanked: match &f.yanked {
-                        Yanked::No => None,
-                        Yanked::Yes => Some(wire::Yanked::Bool(true)),
-                        Yanked::Reason(r) => Some(wire::Yanked::Reason(Cow::Borrowed(r))),
-                    },
-                    size: f.size,
-                    upload_time: f.upload_time.as_deref().map(Cow::Borrowed),
-                    provenance: f.provenance.as_deref().map(Cow::Borrowed),
-                })
-                .collect();
-            let doc = wire::Page {
+            let doc = JsonPage {
                 meta: Some(wire::Meta {
                     api_version: Some(Cow::Borrowed(api_version)),
                 }),
                 name: Some(Cow::Borrowed(name.as_str())),
-                files,
-                versions: page
-                    .versions
-                    .as_ref()
-                    .map(|v| v.iter().map(|s| Cow::Borrowed(s.as_str())).collect()),
-                project_status: page.project_status.as_ref().map(|s| wire::Status {
+                files: JsonFiles(&page.files),
+                versions: page.versions.as_ref().map(|v| v.iter().copied().collect()),
+                project_status: page.project_status.map(|s| wire::Status {
                     status: Some(Cow::Borrowed(&s.status)),
                     reason: s.reason.as_deref().map(Cow::Borrowed),
                 }),
             };
-            to_json(&doc)
+            serde_json::to_writer(&mut *out, &doc).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")
         }
     }
+}
+
+/// Renders a project page into memory.
+pub fn render_project(name: &ProjectName, page: &ProjectPage, format: PageFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec fails only on a bug (a template error): an
+    // incomplete page is then visible in tests.
+    let _ = write_project(name, &PageView::of(page), format, &mut out);
+    out
 }
 
 /// Renders the project list (names already normalised and sorted).
@@ -217,26 +291,30 @@ pub enum Strategy {
     FirstIndex,
 }
 
-/// Merges the pages of the indexes that have the project, in index order.
+/// Merges the pages of the indexes that have the project, in index order
+/// (borrowed: nothing is copied).
 pub fn merge<'a>(
     pages: impl IntoIterator<Item = &'a ProjectPage>,
     strategy: Strategy,
-) -> ProjectPage {
-    let mut out = ProjectPage::default();
+) -> PageView<'a> {
+    let mut out = PageView::default();
+    let pages: Vec<&ProjectPage> = pages.into_iter().collect();
+    // One page (the usual case): no duplicate check needed.
+    let single = strategy == Strategy::FirstIndex || pages.len() <= 1;
     let mut seen = std::collections::HashSet::new();
     for page in pages {
         for f in &page.files {
-            if seen.insert(f.filename.clone()) {
-                out.files.push(f.clone());
+            if single || seen.insert(f.filename.as_str()) {
+                out.files.push(Listed::new(f));
             }
         }
         if let Some(v) = &page.versions {
             out.versions
                 .get_or_insert_with(BTreeSet::new)
-                .extend(v.iter().cloned());
+                .extend(v.iter().map(String::as_str));
         }
         if out.project_status.is_none() {
-            out.project_status = page.project_status.clone();
+            out.project_status = page.project_status.as_ref();
         }
         if strategy == Strategy::FirstIndex {
             break;
@@ -327,21 +405,21 @@ mod tests {
     #[test]
     fn api_versions() {
         let mut p = sample();
-        assert_eq!(api_version(&p, PageFormat::Json), "1.1");
-        assert_eq!(api_version(&p, PageFormat::Html), "1.0");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Json), "1.1");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Html), "1.0");
         p.files[0].provenance = Some("https://p.example/x".into());
-        assert_eq!(api_version(&p, PageFormat::Json), "1.3");
-        assert_eq!(api_version(&p, PageFormat::Html), "1.3");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Json), "1.3");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Html), "1.3");
         p.project_status = Some(ProjectStatus {
             status: "archived".into(),
             reason: None,
         });
-        assert_eq!(api_version(&p, PageFormat::Json), "1.4");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Json), "1.4");
         p.files[1].size = None;
-        assert_eq!(api_version(&p, PageFormat::Json), "1.0");
+        assert_eq!(api_version(&PageView::of(&p), PageFormat::Json), "1.0");
         let mut q = sample();
         q.versions = None;
-        assert_eq!(api_version(&q, PageFormat::Json), "1.0");
+        assert_eq!(api_version(&PageView::of(&q), PageFormat::Json), "1.0");
     }
 
     #[test]
@@ -373,7 +451,7 @@ mod tests {
             .hashes
             .insert("sha256".into(), "different".into());
         let m = merge([&root, &extra], Strategy::Merge);
-        let names: Vec<&str> = m.files.iter().map(|f| f.filename.as_str()).collect();
+        let names: Vec<&str> = m.files.iter().map(|f| f.entry.filename.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -383,14 +461,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            m.files[0].hashes.get("sha256").unwrap(),
+            m.files[0].entry.hashes.get("sha256").unwrap(),
             "aa",
             "root wins a filename"
         );
         assert_eq!(m.versions.unwrap().len(), 2);
         let f = merge([&root, &extra], Strategy::FirstIndex);
         assert_eq!(f.files.len(), 2);
-        let none = merge([&ProjectPage::default()], Strategy::Merge);
+        let empty = ProjectPage::default();
+        let none = merge([&empty], Strategy::Merge);
         assert!(none.versions.is_none());
     }
 }
