@@ -864,6 +864,39 @@ fn files_stream_through_with_head_and_metadata() {
     });
 }
 
+/// No forced redirect by default: an upstream whose headers take 2 s is
+/// waited for (parked) and streamed; with proxpi's
+/// `ROXPI_DOWNLOAD_TIMEOUT=0.9` the client is sent there instead.
+#[test]
+fn a_slow_upstream_file_is_streamed_by_default_and_redirected_only_when_asked() {
+    within(LIMIT, || {
+        let s = setup(&[]);
+        let a = s.addr();
+        assert_eq!(get(a, "/index/scipy/", &[]).status, 200);
+        s.fake.set_file_delay(Duration::from_secs(2));
+        let t = std::time::Instant::now();
+        let r = get(a, "/index/scipy/scipy-1.9.0.tar.gz", &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.body,
+            s.fake.file("extra", "scipy", "scipy-1.9.0.tar.gz").bytes,
+            "the right bytes"
+        );
+        assert!(t.elapsed() >= Duration::from_secs(2), "it waited for them");
+        drop(s);
+        let s = setup(&[("ROXPI_DOWNLOAD_TIMEOUT", "0.9")]);
+        let a = s.addr();
+        assert_eq!(get(a, "/index/scipy/", &[]).status, 200);
+        s.fake.set_file_delay(Duration::from_secs(2));
+        let r = get(a, "/index/scipy/scipy-1.9.0.tar.gz", &[]);
+        assert_eq!(r.status, 302);
+        assert!(r
+            .header("location")
+            .unwrap()
+            .ends_with("/files/extra/scipy/scipy-1.9.0.tar.gz"));
+    });
+}
+
 #[test]
 fn stalled_file_upstream_redirects_after_download_timeout() {
     within(LIMIT, || {

@@ -308,3 +308,79 @@ fn clients_following_a_slow_download_hold_no_thread() {
         assert!(peak < idle + 50, "{peak} threads ({idle} idle)");
     });
 }
+
+/// Every kind of parked wait ends by its deadline (`ROXPI_REQUEST_DEADLINE`)
+/// with a 504, whatever it waits on: a page fetch, a file download (small
+/// and large), metadata made from a wheel by range reads, and an open on
+/// the open pool (a range of an uncached file).
+#[test]
+fn every_kind_of_parked_wait_is_answered_by_its_deadline() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let files = vec![
+            FakeFile::new("hang-1.0-py3-none-any.whl", vec![1u8; 1000]),
+            FakeFile::new("hang-2.0.tar.gz", vec![2u8; 1 << 20]),
+            FakeFile::new("hang-3.0-py3-none-any.whl", vec![3u8; 1 << 20]),
+            FakeFile::new("hang-4.0.tar.gz", vec![4u8; 1 << 20]),
+        ];
+        // The page answers; the files' URLs (`hang-…`) never do.
+        fake.add_project(
+            "root",
+            "slowfiles",
+            FakeProject {
+                files,
+                versions: vec![],
+                ..Default::default()
+            },
+        );
+        let deadline = Duration::from_secs(2);
+        let (roxpi, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_REQUEST_DEADLINE", "2"),
+                ("ROXPI_READ_TIMEOUT", "60"),
+                ("ROXPI_WORKERS", "2"),
+            ],
+        );
+        let addr = roxpi.addr;
+        assert_eq!(crate::util::get(addr, "/index/slowfiles/").status, 200);
+        let waits: [(&str, &str, Option<&str>); 6] = [
+            ("page", "/index/hang-page/", None),
+            (
+                "file (small)",
+                "/index/slowfiles/hang-1.0-py3-none-any.whl",
+                None,
+            ),
+            ("file (large)", "/index/slowfiles/hang-2.0.tar.gz", None),
+            (
+                "metadata",
+                "/index/slowfiles/hang-3.0-py3-none-any.whl.metadata",
+                None,
+            ),
+            (
+                "pool open",
+                "/index/slowfiles/hang-4.0.tar.gz",
+                Some("bytes=0-99"),
+            ),
+            (
+                "file of a page not fetched yet",
+                "/index/hang-other/hang-5.0.tar.gz",
+                None,
+            ),
+        ];
+        for (kind, path, range) in waits {
+            let headers: Vec<(&str, &str)> = range.map(|r| ("Range", r)).into_iter().collect();
+            let t = Instant::now();
+            let r = crate::util::request(addr, "GET", path, &headers);
+            let took = t.elapsed();
+            eprintln!("{kind}: {} after {took:?}", r.status);
+            assert_eq!(r.status, 504, "{kind}: {}", r.text());
+            assert!(
+                took >= deadline - Duration::from_millis(100) && took < deadline * 2,
+                "{kind}: answered after {took:?}, deadline {deadline:?}"
+            );
+        }
+        assert_eq!(metric(addr, "roxpi_http_waiting_requests"), 0);
+    });
+}
