@@ -97,6 +97,12 @@ fn metadata_is_made_by_range_reads_and_then_advertised_with_its_hash() {
         let got = get_metadata(&r);
         assert_eq!(got.status, 200);
         assert_eq!(got.body, r.metadata, "the wheel's own METADATA");
+        // Made on the spot, not a cache hit: the access log, X-Cache and
+        // /metrics say so.
+        assert_eq!(got.header("x-cache"), Some("SYNTH"));
+        let synth = r#"roxpi_request_duration_seconds_count{route="metadata",cache="synth"}"#;
+        let hit = r#"roxpi_request_duration_seconds_count{route="metadata",cache="hit"}"#;
+        assert_eq!((metric(&r, synth), metric(&r, hit)), (1, 0));
         let read = r.fake.file_bytes();
         eprintln!(
             "metadata of a {} byte wheel by ranges: {read} bytes read upstream",
@@ -115,7 +121,10 @@ fn metadata_is_made_by_range_reads_and_then_advertised_with_its_hash() {
             file_json(&page, WHEEL)["core-metadata"],
             serde_json::json!({"sha256": sha})
         );
-        assert_eq!(get_metadata(&r).body, r.metadata);
+        let again = get_metadata(&r);
+        assert_eq!(again.body, r.metadata);
+        assert_eq!(again.header("x-cache"), Some("HIT"));
+        assert_eq!((metric(&r, synth), metric(&r, hit)), (1, 1));
         assert_eq!(
             r.fake.file_bytes(),
             read,

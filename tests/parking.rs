@@ -384,3 +384,52 @@ fn every_kind_of_parked_wait_is_answered_by_its_deadline() {
         assert_eq!(metric(addr, "roxpi_http_waiting_requests"), 0);
     });
 }
+
+/// `/ready` turns 503 with the reason while the index cache cannot make
+/// progress: every fetch thread waits on a hung upstream and fetches are
+/// queued behind them, none finishing for 10 s. `/health` stays 200.
+#[test]
+fn ready_says_when_the_index_cache_cannot_make_progress() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        let (roxpi, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_REQUEST_DEADLINE", "40"),
+                ("ROXPI_READ_TIMEOUT", "60"),
+            ],
+        );
+        let addr = roxpi.addr;
+        let up = Instant::now();
+        while get(addr, "/ready").status != 200 {
+            assert!(up.elapsed() < Duration::from_secs(10), "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // 40 distinct hung pages: 32 fetch threads taken, 8 queued.
+        let _hung: Vec<TcpStream> = (0..40)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(format!("GET /index/hang-{i}/ HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                    .unwrap();
+                s
+            })
+            .collect();
+        let started = Instant::now();
+        let ready = loop {
+            let r = get(addr, "/ready");
+            if r.status == 503 {
+                break r;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "/ready stayed 200 with every fetch thread stuck"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let took = started.elapsed();
+        let body = String::from_utf8_lossy(&ready.body);
+        assert!(body.contains("page fetches queued"), "{body}");
+        assert!(took >= Duration::from_secs(9), "not before 10 s: {took:?}");
+        assert_eq!(get(addr, "/health").status, 200);
+    });
+}
