@@ -102,7 +102,19 @@ fn metadata_is_made_by_range_reads_and_then_advertised_with_its_hash() {
         assert_eq!(got.header("x-cache"), Some("SYNTH"));
         let synth = r#"roxpi_request_duration_seconds_count{route="metadata",cache="synth"}"#;
         let hit = r#"roxpi_request_duration_seconds_count{route="metadata",cache="hit"}"#;
-        assert_eq!((metric(&r, synth), metric(&r, hit)), (1, 0));
+        // The server records a response once its last byte is sent: a
+        // moment after the client has it.
+        let counts = |want: (u64, u64)| {
+            let t = std::time::Instant::now();
+            loop {
+                let got = (metric(&r, synth), metric(&r, hit));
+                if got == want || t.elapsed() > Duration::from_secs(2) {
+                    return got;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        assert_eq!(counts((1, 0)), (1, 0));
         let read = r.fake.file_bytes();
         eprintln!(
             "metadata of a {} byte wheel by ranges: {read} bytes read upstream",
@@ -124,7 +136,7 @@ fn metadata_is_made_by_range_reads_and_then_advertised_with_its_hash() {
         let again = get_metadata(&r);
         assert_eq!(again.body, r.metadata);
         assert_eq!(again.header("x-cache"), Some("HIT"));
-        assert_eq!((metric(&r, synth), metric(&r, hit)), (1, 1));
+        assert_eq!(counts((1, 1)), (1, 1));
         assert_eq!(
             r.fake.file_bytes(),
             read,

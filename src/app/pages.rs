@@ -15,7 +15,7 @@ use super::{renders, App, Upstream};
 use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Later, Request, Response, Waker};
-use crate::index_cache::{Doc, Freshness, Key, Rendered, Resolved, Snapshot};
+use crate::index_cache::{Doc, Freshness, Key, Peek, Rendered, Resolved, Snapshot, Times};
 use crate::origin::IndexId;
 use crate::page_budget::PageBuf;
 use crate::policy::{Policy, Verdict};
@@ -44,12 +44,13 @@ impl App {
                 return refused;
             }
         }
-        let resolution = up.pages.start_resolution(
-            &key,
-            up.strategy,
-            wants_refresh(req, self.settings.client_refresh),
-            false,
-        );
+        let force = wants_refresh(req, self.settings.client_refresh);
+        if !force {
+            if let Some(r) = self.warm_view(req, &up, &key, format, coding) {
+                return r;
+            }
+        }
+        let resolution = up.pages.start_resolution(&key, up.strategy, force, false);
         let page_up = Arc::clone(&up);
         self.after_resolution(req, up, resolution, move |app, req, resolved| {
             app.render_page(req, &page_up, key, format, coding, resolved)
@@ -91,7 +92,7 @@ impl App {
             .view(&key, format, coding, &sig)
             .filter(|v| v.valid_until.is_none_or(|t| wall < t));
         if let Some(view) = cached {
-            return page_response(req, &view, &found, format, coding);
+            return page_response(req, &view, &times_of(&found), format, coding);
         }
         let files: usize = found
             .iter()
@@ -103,7 +104,7 @@ impl App {
         let inline = files <= renders::INLINE_FILES && !matches!(key, Key::List);
         if inline {
             let view = self.build_view(up, &key, format, coding, &found, sig);
-            return page_response(req, &view, &found, format, coding);
+            return page_response(req, &view, &times_of(&found), format, coding);
         }
         // Big: rendered on the pool while the request waits parked.
         let job = {
@@ -122,7 +123,7 @@ impl App {
         let watched = Arc::clone(&flight);
         let deadline = up.pages.request_deadline();
         let answer = move |req: &Request| match flight.result() {
-            Some(Some(view)) => page_response(req, &view, &found, format, coding),
+            Some(Some(view)) => page_response(req, &view, &times_of(&found), format, coding),
             Some(None) => Response::text(500, "the page could not be rendered\n"),
             None => Response::text(503, "the page is still being rendered; retry shortly\n")
                 .header("Retry-After", "1"),
@@ -137,6 +138,49 @@ impl App {
             }),
             resume: Box::new(answer),
         })
+    }
+
+    /// The warm path: every index's answer is fresh and the variant asked
+    /// for is kept, so the page is answered from it without taking the
+    /// parsed pages (a page too large to keep in memory is not loaded from
+    /// disk for it). `None`: go the whole way.
+    fn warm_view(
+        &self,
+        req: &Request,
+        up: &Upstream,
+        key: &Key,
+        format: PageFormat,
+        coding: Coding,
+    ) -> Option<Response> {
+        let mut found = Vec::new();
+        for id in up.pages.indexes_for(key) {
+            match up.pages.peek(id, key)? {
+                Peek::Missing => {}
+                Peek::Found { generation, times } => {
+                    found.push((generation, times));
+                    if up.strategy == crate::pypi::Strategy::FirstIndex {
+                        break;
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let (_, policy_version) = self.policy_for(up);
+        let sig: Vec<u64> = found
+            .iter()
+            .map(|(g, _)| *g)
+            .chain([self.files.metadata_generation(), policy_version])
+            .collect();
+        let wall = SystemTime::now();
+        let view = up
+            .pages
+            .view(key, format, coding, &sig)
+            .filter(|v| v.valid_until.is_none_or(|t| wall < t))?;
+        up.pages.count_hits(found.len());
+        let times: Vec<Times> = found.into_iter().map(|(_, t)| t).collect();
+        Some(page_response(req, &view, &times, format, coding))
     }
 
     /// Renders (merge, policy, advertised metadata), compresses and keeps
@@ -218,18 +262,30 @@ impl App {
 /// One index's answer for a page.
 type Found = (IndexId, Arc<Snapshot>, Freshness);
 
+/// The times of the indexes' answers a page was built from.
+fn times_of(found: &[Found]) -> Vec<Times> {
+    let now = Instant::now();
+    found
+        .iter()
+        .map(|(_, s, f)| Times {
+            remaining: s.remaining(now),
+            age: s.age(now),
+            freshness: *f,
+        })
+        .collect()
+}
+
 /// A rendered page with its caching headers (or a 304).
 fn page_response(
     req: &Request,
     view: &Rendered,
-    found: &[Found],
+    found: &[Times],
     format: PageFormat,
     coding: Coding,
 ) -> Response {
-    let now = Instant::now();
     let wall = SystemTime::now();
-    let stale = found.iter().any(|(_, _, f)| *f == Freshness::Stale);
-    let missed = found.iter().any(|(_, _, f)| *f == Freshness::Miss);
+    let stale = found.iter().any(|t| t.freshness == Freshness::Stale);
+    let missed = found.iter().any(|t| t.freshness == Freshness::Miss);
     // A page the policy changes with time alone (a held-back file
     // matures) is cached by clients no longer than until then.
     let matures = view.valid_until.map_or(u64::MAX, |t| {
@@ -240,7 +296,7 @@ fn page_response(
     } else {
         found
             .iter()
-            .map(|(_, s, _)| s.remaining(now).as_secs())
+            .map(|t| t.remaining.as_secs())
             .min()
             .unwrap_or(0)
             .min(MAX_PAGE_AGE)
@@ -261,11 +317,7 @@ fn page_response(
         .header("X-Cache", tag)
         .log_tag(tag);
     if stale {
-        let age = found
-            .iter()
-            .map(|(_, s, _)| s.age(now).as_secs())
-            .max()
-            .unwrap_or(0);
+        let age = found.iter().map(|t| t.age.as_secs()).max().unwrap_or(0);
         r = r.header("Age", age.to_string());
     }
     if let Some(enc) = coding.header_value() {

@@ -268,6 +268,9 @@ struct Hollow {
     ttl: Duration,
     generation: u64,
     validators: Validators,
+    /// The copy last loaded or fetched, while a request still holds it:
+    /// the next lookup shares it instead of loading another.
+    live: std::sync::Weak<Snapshot>,
 }
 
 impl Hollow {
@@ -278,6 +281,7 @@ impl Hollow {
             ttl: snap.ttl,
             generation: snap.generation,
             validators: snap.validators.clone(),
+            live: std::sync::Weak::new(),
         })
     }
 }
@@ -290,7 +294,19 @@ impl IndexCache {
         if self.pages.is_none() || snap.ttl.is_zero() {
             return None;
         }
-        Hollow::of(snap)
+        Hollow::of(snap).map(|h| Hollow {
+            live: Arc::downgrade(snap),
+            ..h
+        })
+    }
+}
+
+impl Entry {
+    /// The copy at hand: kept, or a too-large page's copy still in use.
+    fn copy(&self) -> Option<Arc<Snapshot>> {
+        self.snap
+            .clone()
+            .or_else(|| self.hollow.as_ref().and_then(|h| h.live.upgrade()))
     }
 }
 
@@ -445,6 +461,24 @@ pub enum Freshness {
 
 pub type Outcome = Result<(Arc<Snapshot>, Freshness), Arc<OriginError>>;
 
+/// When an answer was fetched, as the caching headers need it.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    /// Left of its TTL.
+    pub remaining: Duration,
+    pub age: Duration,
+    pub freshness: Freshness,
+}
+
+/// A fresh entry seen without taking its answer (`IndexCache::peek`).
+#[derive(Clone, Copy, Debug)]
+pub enum Peek {
+    /// The index has it: this generation, fresh.
+    Found { generation: u64, times: Times },
+    /// The index does not have it (a fresh 404).
+    Missing,
+}
+
 impl IndexCache {
     pub fn new(
         origin: Arc<dyn Origin>,
@@ -545,6 +579,52 @@ impl IndexCache {
         })
     }
 
+    /// A fresh entry's generation and times, without its answer (a page
+    /// too large to keep is not loaded); `None` if there is no fresh entry
+    /// (missing, expired, resting after a failure). Counts as a use.
+    pub fn peek(&self, id: IndexId, key: &Key) -> Option<Peek> {
+        let now = self.clock.now();
+        let slot_key = SlotKey::Doc(id.get(), key.clone());
+        let mut shard = self.lock(shard_of(&slot_key));
+        let Some(store::Slot::Doc(e)) = shard.map.get(&slot_key) else {
+            return None;
+        };
+        if e.rest_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let (generation, fetched, ttl, missing) = match (&e.snap, &e.hollow) {
+            (Some(s), _) => (
+                s.generation,
+                s.fetched,
+                s.ttl,
+                matches!(*s.doc, Doc::Missing),
+            ),
+            (None, Some(h)) => (h.generation, h.fetched, h.ttl, false),
+            (None, None) => return None,
+        };
+        let age = now.saturating_duration_since(fetched);
+        if age >= ttl {
+            return None;
+        }
+        Some(if missing {
+            Peek::Missing
+        } else {
+            Peek::Found {
+                generation,
+                times: Times {
+                    remaining: ttl - age,
+                    age,
+                    freshness: Freshness::Hit,
+                },
+            }
+        })
+    }
+
+    /// Counts page lookups answered by `peek` and a kept variant.
+    pub fn count_hits(&self, n: usize) {
+        self.stats.hits.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// The deadline of a request that starts now (`ROXPI_REQUEST_DEADLINE`).
     pub fn request_deadline(&self) -> Instant {
         Instant::now() + self.staleness.deadline
@@ -598,7 +678,7 @@ impl IndexCache {
                 }
             }
             self.update(&mut shard, &slot_key, |entry| {
-                let snap = entry.snap.clone().or(fallback);
+                let snap = entry.copy().or(fallback);
                 let forced = force
                     && entry
                         .last_forced
@@ -898,7 +978,10 @@ impl IndexCache {
                         // TTL (or it is fetched again).
                         dropped = Some(snap.bytes);
                         entry.snap = None;
-                        entry.hollow = saved.then(|| Hollow::of(snap)).flatten();
+                        entry.hollow = saved.then(|| Hollow::of(snap)).flatten().map(|h| Hollow {
+                            live: Arc::downgrade(snap),
+                            ..h
+                        });
                         entry.rest_until = None;
                     }
                     Err(_) => entry.rest_until = Some(self.clock.now() + FAILURE_REST),

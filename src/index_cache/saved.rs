@@ -29,7 +29,7 @@ pub(super) fn claim_load(entry: &mut Entry) -> Option<(Arc<Flight>, bool)> {
     if let Some(loading) = &entry.loading {
         return Some((Arc::clone(loading), false));
     }
-    let wanted = entry.snap.is_none() && (entry.hollow.is_some() || !entry.disk_checked);
+    let wanted = entry.copy().is_none() && (entry.hollow.is_some() || !entry.disk_checked);
     entry.disk_checked = true;
     if !wanted {
         return None;
@@ -115,15 +115,18 @@ impl IndexCache {
                         // The copy a too-large page was fetched as: as
                         // fresh as that fetch, same generation.
                         let same = hollow.filter(|h| h.validators == saved.validators);
+                        // A copy saved before this process started is
+                        // expired from the start: refreshed on first use
+                        // after a restart. One saved since (a page evicted
+                        // from memory) and a fleet's copy (from the
+                        // bucket) are as fresh as their age says: the disk
+                        // is the index cache's second tier.
+                        let ours = saved.age <= self.born.elapsed();
                         let (fetched, ttl, generation) = match same {
                             Some(h) => (h.fetched, h.ttl, h.generation),
                             None => (
                                 now.checked_sub(saved.age).unwrap_or(now),
-                                // A local copy is expired from the start:
-                                // refreshed on first use. A fleet's copy
-                                // (from the bucket) is as fresh as its age
-                                // says.
-                                if saved.shared {
+                                if saved.shared || ours {
                                     self.indexes[index].ttl
                                 } else {
                                     Duration::ZERO
@@ -154,6 +157,10 @@ impl IndexCache {
                     if self.fits(s.bytes) {
                         e.snap = Some(Arc::clone(s));
                         e.hollow = None;
+                    } else if let Some(h) = &mut e.hollow {
+                        if h.generation == s.generation {
+                            h.live = Arc::downgrade(s);
+                        }
                     }
                 }
             });
