@@ -94,10 +94,10 @@ fn upstream(generated: usize) -> (Server, Site) {
         pages.insert(name.clone(), upstream_page(name, json, &wheel, i % 2 == 1));
         names.push(name.clone());
     }
-    // Renamed copies of the real pages (the larger ones more often), and
-    // a slow copy every ninth.
+    // Renamed copies of the real pages, each in turn (the same spread of
+    // sizes), and a slow copy every ninth.
     for k in 0..generated {
-        let (base, json) = &real[real.len() - 1 - k % (real.len() / 2 + 1)];
+        let (base, json) = &real[k % real.len()];
         let name = if k % 9 == 8 {
             format!("slow-{base}-{k}")
         } else {

