@@ -1053,3 +1053,55 @@ fn validators_survive_a_restart_and_the_first_refresh_is_a_304() {
         assert_eq!(metric(second.addr, "roxpi_index_revalidated_total"), 1);
     });
 }
+
+/// The disk is the index cache's second tier: a page evicted from a small
+/// index cache comes back from its saved copy, as fresh as it was, without
+/// asking the upstream again; after an invalidation the saved copy is only
+/// a fallback and the page is fetched again.
+#[test]
+fn an_evicted_page_comes_back_from_disk_within_its_ttl_and_not_after_an_invalidation() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(proxpi_data());
+        for i in 0..600 {
+            fake.add_project(
+                "root",
+                &format!("filler-{i}"),
+                crate::fake_index::FakeProject::default(),
+            );
+        }
+        let root = fake.url("root");
+        let cache = tempfile::tempdir().unwrap();
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_INDEX_CACHE_SIZE", "1M"),
+        ]);
+        let a = roxpi.addr;
+        let first = get(a, "/index/numpy/", &[]);
+        assert_eq!(first.status, 200);
+        let evictions = metric(a, "roxpi_index_evictions_total");
+        for i in 0..600 {
+            assert_eq!(get(a, &format!("/index/filler-{i}/"), &[]).status, 200);
+        }
+        assert!(
+            metric(a, "roxpi_index_evictions_total") > evictions + 300,
+            "numpy's page was pushed out"
+        );
+        let again = get(a, "/index/numpy/", &[]);
+        assert_eq!(again.body, first.body);
+        assert_eq!(again.header("x-cache"), Some("HIT"));
+        assert_eq!(fake.count("/root/numpy/"), 1, "served from its saved copy");
+        let r = request(a, "DELETE", "/cache/numpy", &[]);
+        assert_eq!(r.status, 200);
+        for i in 0..600 {
+            get(a, &format!("/index/filler-{i}/"), &[]);
+        }
+        let after = get(a, "/index/numpy/", &[]);
+        assert_eq!(after.status, 200);
+        assert_eq!(
+            fake.count("/root/numpy/"),
+            2,
+            "fetched again after the invalidation"
+        );
+    });
+}

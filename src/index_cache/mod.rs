@@ -381,6 +381,8 @@ pub struct IndexCache {
     queued: AtomicU64,
     last_done_ms: AtomicU64,
     born: Instant,
+    /// When the last invalidation was (ms since `born`, 0: none).
+    invalidated_ms: AtomicU64,
     pub stats: CacheStats,
 }
 
@@ -514,6 +516,7 @@ impl IndexCache {
             queued: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
             born: Instant::now(),
+            invalidated_ms: AtomicU64::new(0),
             stats: CacheStats::default(),
         }
     }

@@ -115,13 +115,16 @@ impl IndexCache {
                         // The copy a too-large page was fetched as: as
                         // fresh as that fetch, same generation.
                         let same = hollow.filter(|h| h.validators == saved.validators);
-                        // A copy saved before this process started is
-                        // expired from the start: refreshed on first use
-                        // after a restart. One saved since (a page evicted
-                        // from memory) and a fleet's copy (from the
-                        // bucket) are as fresh as their age says: the disk
-                        // is the index cache's second tier.
-                        let ours = saved.age <= self.born.elapsed();
+                        // A copy saved before this process started, or
+                        // before an invalidation, is expired from the
+                        // start: refreshed on first use. One saved since
+                        // (a page evicted from memory) and a fleet's copy
+                        // (from the bucket) are as fresh as their age
+                        // says: the disk is the index cache's second tier.
+                        let uptime = self.born.elapsed();
+                        let ours = saved.age <= uptime
+                            && (uptime - saved.age).as_millis() as u64
+                                > self.invalidated_ms.load(Ordering::Relaxed);
                         let (fetched, ttl, generation) = match same {
                             Some(h) => (h.fetched, h.ttl, h.generation),
                             None => (

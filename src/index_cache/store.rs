@@ -191,8 +191,14 @@ impl IndexCache {
         self.trim(Some(&slot_key));
     }
 
-    /// Drops every cached answer (and view) for `key` in every index.
+    /// Drops every cached answer (and view) for `key` in every index. Saved
+    /// copies written before now are expired when loaded again (they stay
+    /// the fallback if the upstream fails).
     pub fn invalidate(&self, key: &Key) {
+        self.invalidated_ms.store(
+            self.born.elapsed().as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
         let probe = SlotKey::View(key.clone(), PageFormat::Html, Coding::Identity);
         let mut shard = self.lock(shard_of(&probe));
         let doomed: Vec<SlotKey> = shard
