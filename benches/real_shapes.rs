@@ -80,9 +80,12 @@ fn upstream_page(name: &str, json: &[u8], wheel: &Bytes, html: bool) -> (&'stati
 }
 
 struct Site {
-    /// Project names, and which are slow.
+    /// Project names (`slow-*` answer after 5 s).
     names: Vec<String>,
     wheel: Bytes,
+    /// Page requests the upstream got, and of them for `slow-*` pages.
+    fetches: Arc<AtomicU64>,
+    slow_fetches: Arc<AtomicU64>,
 }
 
 fn upstream(generated: usize) -> (Server, Site) {
@@ -107,6 +110,9 @@ fn upstream(generated: usize) -> (Server, Site) {
         names.push(name);
     }
     let served = wheel.clone();
+    let fetches = Arc::new(AtomicU64::new(0));
+    let slow_fetches = Arc::new(AtomicU64::new(0));
+    let (f, sf) = (Arc::clone(&fetches), Arc::clone(&slow_fetches));
     let server = Server::start(
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::default(),
@@ -116,6 +122,10 @@ fn upstream(generated: usize) -> (Server, Site) {
                 ["files", _] => Response::new(200).body(served.clone()),
                 ["simple", name] => match pages.get(*name) {
                     Some((ct, body)) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        if name.starts_with("slow-") {
+                            sf.fetch_add(1, Ordering::Relaxed);
+                        }
                         let r = Response::new(200)
                             .header("Content-Type", *ct)
                             .body(body.clone());
@@ -142,7 +152,15 @@ fn upstream(generated: usize) -> (Server, Site) {
         },
     )
     .unwrap();
-    (server, Site { names, wheel })
+    (
+        server,
+        Site {
+            names,
+            wheel,
+            fetches,
+            slow_fetches,
+        },
+    )
 }
 
 fn start_roxpi(index: &str, cache: &std::path::Path, size: &str) -> (Child, SocketAddr) {
@@ -151,10 +169,17 @@ fn start_roxpi(index: &str, cache: &std::path::Path, size: &str) -> (Child, Sock
         .env("ROXPI_BIND", "127.0.0.1:0")
         .env("ROXPI_INDEX_URL", index)
         .env("ROXPI_CACHE_DIR", cache)
-        .env("ROXPI_LOG", "warn")
         .env("ROXPI_INDEX_CACHE_SIZE", size)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // SOAK_LOG=<file>: roxpi's log there (at ROXPI_LOG, default warn).
+        .env(
+            "ROXPI_LOG",
+            std::env::var("ROXPI_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stderr(match std::env::var("SOAK_LOG") {
+            Ok(path) => Stdio::from(std::fs::File::create(path).expect("SOAK_LOG")),
+            Err(_) => Stdio::null(),
+        })
         .spawn()
         .expect("run target/release/roxpi (cargo build --release first)");
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -395,7 +420,13 @@ fn main() {
         );
     }
     println!(
-        "\npeak RSS {} MiB (bound: index cache {size} + 96 MiB); {} not 200, {} failed connections; evictions {}",
+        "\nupstream page fetches: {} ({} of slow pages), for {} pages",
+        site.fetches.load(Ordering::Relaxed),
+        site.slow_fetches.load(Ordering::Relaxed),
+        names.len()
+    );
+    println!(
+        "peak RSS {} MiB (bound: index cache {size} + 96 MiB); {} not 200, {} failed connections; evictions {}",
         status_kib(pid, "VmHWM:") / 1024,
         not_ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),

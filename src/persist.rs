@@ -43,6 +43,10 @@ struct Header {
     last_modified: Option<String>,
     #[serde(default)]
     serial: Option<u64>,
+    /// `saved` in milliseconds (written since part 11; `saved` alone is
+    /// up to a second old).
+    #[serde(default)]
+    saved_ms: Option<u64>,
 }
 
 /// Saved pages not refreshed for this long are deleted at startup: the
@@ -201,21 +205,21 @@ impl PageStore {
         }
         let dir = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(dir)?;
-        let secs = SystemTime::now()
+        let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or_default();
         let format = match raw.format {
             Format::Json => "json",
             Format::Html => "html",
         };
         let header = Header {
             format: format.to_owned(),
-            saved: secs,
+            saved: since_epoch.as_secs(),
             url: raw.url.to_string(),
             etag: raw.validators.etag.clone(),
             last_modified: raw.validators.last_modified.clone(),
             serial: raw.validators.serial,
+            saved_ms: Some(since_epoch.as_millis() as u64),
         };
         let head = format!(
             "{MAGIC} {}\n",
@@ -382,6 +386,7 @@ fn parse_saved(data: bytes::Bytes) -> Option<Persisted> {
                 etag: None,
                 last_modified: None,
                 serial: None,
+                saved_ms: None,
             }
         }
         _ => return None,
@@ -394,7 +399,10 @@ fn parse_saved(data: bytes::Bytes) -> Option<Persisted> {
     let url = Url::parse(&header.url).ok()?;
     let body = data.slice(nl + 1..);
     let page = crate::upstream::parse_page(&body, format, &url).ok()?;
-    let saved = UNIX_EPOCH + Duration::from_secs(header.saved);
+    let saved = match header.saved_ms {
+        Some(ms) => UNIX_EPOCH + Duration::from_millis(ms),
+        None => UNIX_EPOCH + Duration::from_secs(header.saved),
+    };
     let age = SystemTime::now().duration_since(saved).unwrap_or_default();
     Some(Persisted {
         page,

@@ -242,6 +242,9 @@ fn real_pages_through(index_cache: &str, bound_mib: u64) {
         slowest < Duration::from_secs(3),
         "slowest answer {slowest:?}"
     );
+    // Within the TTL each page is fetched once: what does not stay in
+    // memory comes back from its saved copy, not from the upstream.
+    assert_eq!(fetches, pages.len(), "upstream page fetches");
     assert!(
         peak_kib <= (bound_mib + 96) * 1024,
         "peak RSS {peak_kib} KiB over the {bound_mib} MiB bound + 96 MiB"

@@ -41,6 +41,7 @@ use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch, Validators};
 use crate::persist::PageStore;
 use crate::pypi::{ProjectName, ProjectPage};
 
+mod large;
 mod resolve;
 mod saved;
 mod store;
@@ -106,6 +107,8 @@ pub struct Snapshot {
     /// The page's files by name, built on first use; shared with the
     /// snapshots a `304` renews (same doc).
     index: Arc<FileIndex>,
+    /// Counts this copy while alive if it is too large to keep (`large`).
+    large: Option<Arc<large::Held>>,
 }
 
 /// A page's files by name: (hash of the filename, position), sorted. A file
@@ -383,6 +386,8 @@ pub struct IndexCache {
     born: Instant,
     /// When the last invalidation was (ms since `born`, 0: none).
     invalidated_ms: AtomicU64,
+    /// Copies of too-large pages alive (`large`).
+    large: Arc<large::LargeCopies>,
     pub stats: CacheStats,
 }
 
@@ -517,6 +522,7 @@ impl IndexCache {
             last_done_ms: AtomicU64::new(0),
             born: Instant::now(),
             invalidated_ms: AtomicU64::new(0),
+            large: Arc::default(),
             stats: CacheStats::default(),
         }
     }
@@ -718,6 +724,16 @@ impl IndexCache {
                     let deadline = self.wait_deadline(snap.is_some());
                     (pending(snap, Some(Arc::clone(f)), false, deadline), None)
                 } else {
+                    log::debug!(
+                        "fetching {key:?}: copy {}, forced {forced}, hollow {}, disk checked {}, loading {}",
+                        match &snap {
+                            None => "none".to_owned(),
+                            Some(s) => format!("age {:?} ttl {:?}", s.age(now), s.ttl),
+                        },
+                        entry.hollow.is_some(),
+                        entry.disk_checked,
+                        entry.loading.is_some(),
+                    );
                     let f = Arc::new(Flight::new());
                     entry.flight = Some(Arc::clone(&f));
                     let deadline = self.wait_deadline(snap.is_some());
@@ -850,6 +866,7 @@ impl IndexCache {
                     generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
                     bytes,
                     index: Arc::default(),
+                    large: (!self.fits(bytes)).then(|| self.large.hold()),
                 }))
             }
             Ok(Fetched::Same(old)) => Ok(Arc::new(Snapshot {
@@ -860,6 +877,7 @@ impl IndexCache {
                 generation: old.generation,
                 bytes: old.bytes,
                 index: Arc::clone(&old.index),
+                large: old.large.clone(),
             })),
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{estimate, shard_of, SlotKey};
-use super::{Doc, Entry, Flight, IndexCache, Job, Key, Pending, Snapshot};
+use super::{Doc, Entry, Flight, Hollow, IndexCache, Job, Key, Pending, Snapshot};
 use crate::origin::{IndexId, OriginError};
 
 /// How long a lookup waits for its saved copy; past it, the lookup goes on
@@ -103,6 +103,11 @@ impl IndexCache {
                 _ => None,
             }
         };
+        if hollow.is_some() {
+            // Too large to keep: one more copy in memory. Wait while
+            // others are in use (bounded).
+            self.large.wait_turn();
+        }
         let snap = match (&self.pages, &key) {
             (Some(store), Key::Project(name)) => {
                 catch_unwind(AssertUnwindSafe(|| store.load(&self.indexes[index], name)))
@@ -137,6 +142,15 @@ impl IndexCache {
                                 self.next_generation.fetch_add(1, Ordering::Relaxed),
                             ),
                         };
+                        log::debug!(
+                            "saved page of {key:?} loaded: age {:?}, {}",
+                            saved.age,
+                            if ttl.is_zero() {
+                                "expired"
+                            } else {
+                                "fresh within its TTL"
+                            }
+                        );
                         Arc::new(Snapshot {
                             doc: Arc::new(doc),
                             validators: saved.validators,
@@ -145,6 +159,7 @@ impl IndexCache {
                             generation,
                             bytes,
                             index: Arc::default(),
+                            large: (!self.fits(bytes)).then(|| self.large.hold()),
                         })
                     })
             }
@@ -160,7 +175,16 @@ impl IndexCache {
                     if self.fits(s.bytes) {
                         e.snap = Some(Arc::clone(s));
                         e.hollow = None;
-                    } else if let Some(h) = &mut e.hollow {
+                    } else {
+                        // Too large to keep: what stays is when it was
+                        // fetched, and the copy while it is in use.
+                        let h = e.hollow.get_or_insert_with(|| Hollow {
+                            fetched: s.fetched,
+                            ttl: s.ttl,
+                            generation: s.generation,
+                            validators: s.validators.clone(),
+                            live: std::sync::Weak::new(),
+                        });
                         if h.generation == s.generation {
                             h.live = Arc::downgrade(s);
                         }
