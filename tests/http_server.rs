@@ -583,3 +583,51 @@ fn idle_connections_close_after_the_keep_alive_timeout() {
         assert!(t.elapsed() < Duration::from_secs(10));
     });
 }
+
+/// A handler that parks a request again and again never holds it past the
+/// server's park limit: it is answered 504 (tag OVERDUE) and counted, so
+/// `/ready` can say so. Another request is answered meanwhile.
+#[test]
+fn a_request_parked_again_and_again_is_answered_at_the_park_limit() {
+    within(Duration::from_secs(30), || {
+        fn forever() -> Response {
+            Response::later(roxpi::http::Later {
+                deadline: Instant::now() + Duration::from_millis(200),
+                subscribe: Box::new(|_| {}),
+                resume: Box::new(|_| forever()),
+            })
+        }
+        let stats = Arc::new(roxpi::http::Stats::default());
+        let config = ServerConfig {
+            workers: 2,
+            park_limit: Duration::from_secs(1),
+            stats: Arc::clone(&stats),
+            ..ServerConfig::default()
+        };
+        let server = Server::start(
+            "127.0.0.1:0".parse().unwrap(),
+            config,
+            |req: &Request| match req.path() {
+                "/forever" => forever(),
+                _ => Response::new(200).body("ok"),
+            },
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        let t = Instant::now();
+        let parked = std::thread::spawn(move || get(addr, "/forever"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(get(addr, "/ok").status, 200, "others are served");
+        let r = parked.join().unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status, 504);
+        assert!(r.header("retry-after").is_some());
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "answered after {took:?}, park limit 1 s"
+        );
+        assert_eq!(stats.overdue.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(stats.recently_overdue().is_some());
+        server.shutdown(Duration::from_millis(100));
+    });
+}
