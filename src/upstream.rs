@@ -139,6 +139,10 @@ impl Upstream {
             .disable_verification(settings.disable_tls_verification)
             .build();
         let config = ureq::Agent::config_builder()
+            // HTTP_PROXY, HTTPS_PROXY and ALL_PROXY from the environment
+            // are ignored: through a proxy, connections would skip the
+            // address policy (a proxy resolves the target itself).
+            .proxy(None)
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(settings.connect_timeout))

@@ -433,3 +433,38 @@ fn ready_says_when_the_index_cache_cannot_make_progress() {
         assert_eq!(get(addr, "/health").status, 200);
     });
 }
+
+/// Proxy variables in the environment are ignored: through a proxy,
+/// upstream connections would skip the address policy. A listener posing
+/// as the proxy gets no connection, and pages come from the index itself.
+#[test]
+fn proxy_variables_in_the_environment_are_ignored() {
+    within(LIMIT, || {
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        proxy.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", proxy.local_addr().unwrap());
+        let fake = FakeIndex::start(crate::fake_index::proxpi_data());
+        let vars = [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ];
+        let env: Vec<(&str, &str)> = vars.iter().map(|v| (*v, url.as_str())).collect();
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &env);
+        let r = get(roxpi.addr, "/index/numpy/");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            fake.count("/root/numpy/"),
+            1,
+            "fetched from the index itself"
+        );
+        let mut connections = 0;
+        while proxy.accept().is_ok() {
+            connections += 1;
+        }
+        assert_eq!(connections, 0, "nothing went through the proxy");
+    });
+}
