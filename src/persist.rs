@@ -278,8 +278,10 @@ impl PageStore {
     /// S3: the fetch threads call it, never a worker).
     pub fn load(&self, index: &Index, name: &ProjectName) -> Option<Persisted> {
         let path = self.path(index, name);
+        // A saved page is a page read within `MAX_PAGE` plus its header.
+        let max = self.cap.min(crate::page_budget::MAX_PAGE + 64 * 1024);
         let read =
-            fs::File::open(&path).and_then(|f| crate::page_budget::PageBuf::read_from(f, self.cap));
+            fs::File::open(&path).and_then(|f| crate::page_budget::PageBuf::read_from(f, max));
         let Ok(data) = read else {
             return self.load_remote(index, name);
         };
