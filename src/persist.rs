@@ -401,11 +401,20 @@ fn parse_saved(data: bytes::Bytes) -> Option<Persisted> {
     let url = Url::parse(&header.url).ok()?;
     let body = data.slice(nl + 1..);
     let page = crate::upstream::parse_page(&body, format, &url).ok()?;
+    // A time from the file is a claim: one past what SystemTime holds (a
+    // damaged header) counts as saved at the epoch, long expired...
     let saved = match header.saved_ms {
-        Some(ms) => UNIX_EPOCH + Duration::from_millis(ms),
-        None => UNIX_EPOCH + Duration::from_secs(header.saved),
-    };
-    let age = SystemTime::now().duration_since(saved).unwrap_or_default();
+        Some(ms) => UNIX_EPOCH.checked_add(Duration::from_millis(ms)),
+        None => UNIX_EPOCH.checked_add(Duration::from_secs(header.saved)),
+    }
+    .unwrap_or(UNIX_EPOCH);
+    // ... and so does one in the future (a damaged header, a clock set
+    // back): never fresh for longer than it should be.
+    let now = SystemTime::now();
+    let age = now
+        .duration_since(saved)
+        .or_else(|_| now.duration_since(UNIX_EPOCH))
+        .unwrap_or_default();
     Some(Persisted {
         page,
         age,
@@ -541,6 +550,22 @@ mod tests {
         let store = PageStore::open(dir.path(), 20_000).unwrap();
         let on_disk: u64 = saved_files(dir.path()).iter().map(|(_, l, _)| l).sum();
         assert!(on_disk <= 20_000 && store.bytes() == on_disk, "{on_disk}");
+    }
+
+    #[test]
+    fn a_saved_time_past_what_system_time_holds_is_long_expired_not_a_panic() {
+        for header in [
+            r#"{"format":"html","saved":18446744073709551615,"url":"https://pypi.example/simple/demo/"}"#,
+            r#"{"format":"html","saved":0,"saved_ms":18446744073709551615,"url":"https://pypi.example/simple/demo/"}"#,
+        ] {
+            let data = format!("{MAGIC} {header}\n<a href='demo-1.0.tar.gz'>demo-1.0.tar.gz</a>");
+            let got = parse_saved(bytes::Bytes::from(data)).expect("parses");
+            assert!(
+                got.age > Duration::from_secs(50 * 365 * 24 * 3600),
+                "{:?}",
+                got.age
+            );
+        }
     }
 
     #[test]
