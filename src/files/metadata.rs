@@ -7,8 +7,8 @@
 //! requests park on it. In order of preference the METADATA comes from
 //! 1. the wheel in the file cache (its zip central directory, then the one
 //!    entry);
-//! 2. range requests to the upstream (the tail, then whatever the central
-//!    directory points at), 64 KiB blocks;
+//! 2. range requests to the upstream (the tail, then exactly what the
+//!    central directory points at, streamed; see `wheel` for the bounds);
 //! 3. when the upstream ignores `Range`, the normal coalesced download of
 //!    the whole wheel into the cache, then (1).
 //!
@@ -24,7 +24,7 @@
 //! mismatch replaces the stored one (`recheck`).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -40,14 +40,11 @@ use super::Source;
 use crate::origin::{Index, Origin, OriginError};
 use crate::pypi::{CoreMetadata, FileEntry, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Stored, StoredBody};
-use crate::wheel::{read_metadata, WheelError};
+use crate::wheel::{read_metadata, InMemory, OnDisk, ReadAt, WheelError};
 
 /// Threads making metadata, and syntheses that may wait for one.
 const THREADS: usize = 4;
 const QUEUE: usize = 64;
-/// Range reads are made in blocks of this size (the first one, the tail,
-/// usually holds the central directory and the METADATA entry).
-const BLOCK: u64 = 64 * 1024;
 /// Wheels whose metadata state is remembered (hash or broken).
 const REMEMBERED: usize = 100_000;
 /// How long a synthesis may wait for a whole-wheel download.
@@ -314,6 +311,12 @@ impl Synthesizer {
                 .fetch_add(reader.fetched, Ordering::Relaxed);
             got.map_err(|e| match e {
                 WheelError::Io(io) if io.kind() == io::ErrorKind::Unsupported => range_ignored(),
+                // An upstream failure stays one (a 502, not a local 503).
+                WheelError::Io(io) => match io.into_inner().map(|e| e.downcast::<OriginError>()) {
+                    Some(Ok(origin)) => Failure::Failed((*origin).into()),
+                    Some(Err(other)) => Failure::Failed(local(io::Error::other(other))),
+                    None => Failure::Failed(local(io::Error::other("reading the wheel failed"))),
+                },
                 other => other.into(),
             })
         });
@@ -435,8 +438,10 @@ impl From<OriginError> for Failure {
 
 fn from_stored(stored: &Stored, filename: &str) -> Result<Vec<u8>, Failure> {
     let result = match &stored.body {
-        StoredBody::Local(file) => read_metadata(&**file, filename),
-        StoredBody::Memory(bytes) => read_metadata(io::Cursor::new(bytes.as_ref()), filename),
+        StoredBody::Local(file) => OnDisk::new(file)
+            .map_err(WheelError::Io)
+            .and_then(|mut disk| read_metadata(&mut disk, filename)),
+        StoredBody::Memory(bytes) => read_metadata(&mut InMemory(bytes), filename),
         StoredBody::Remote(_) => {
             return Err(Failure::Failed(local(io::Error::other(
                 "metadata from a remote stored wheel is not supported",
@@ -446,16 +451,19 @@ fn from_stored(stored: &Stored, filename: &str) -> Result<Vec<u8>, Failure> {
     result.map_err(Failure::from)
 }
 
-/// An upstream file read by ranges, in `BLOCK`s, as `Read + Seek`. A `200`
-/// to a range request (Range ignored) is an `Unsupported` error.
+/// An upstream file read by ranges: the tail first (it tells the length,
+/// and usually holds the central directory and the METADATA entry), then
+/// exactly the ranges the reader asks for, streamed. Only the tail is
+/// kept. A `200` to a range request (Range ignored) is an `Unsupported`
+/// error; every other failure carries its `OriginError`.
 struct RangeReader<'a> {
     origin: &'a dyn Origin,
     index: &'a Index,
     url: &'a Url,
     len: u64,
-    pos: u64,
-    blocks: HashMap<u64, Vec<u8>>,
-    /// Body bytes received.
+    tail_start: u64,
+    tail: Vec<u8>,
+    /// Body bytes asked for.
     fetched: u64,
 }
 
@@ -465,115 +473,106 @@ impl<'a> RangeReader<'a> {
             origin,
             index: &source.index,
             url: &source.url,
-            len: source.size.unwrap_or(0),
-            pos: 0,
-            blocks: HashMap::new(),
+            len: 0,
+            tail_start: 0,
+            tail: Vec::new(),
             fetched: 0,
         };
-        if source.size.is_none() {
-            // The length from the tail's Content-Range.
-            let (start, body, total) = r.get(&format!("bytes=-{BLOCK}"))?;
-            r.len = total;
-            r.blocks.insert(start, body);
+        let tail = crate::wheel::TAIL;
+        let (start, body, total) = r
+            .get(&format!("bytes=-{tail}"), tail)
+            .map_err(|e| match e {
+                Ranged::Ignored => range_ignored(),
+                Ranged::Failed(e) => e.into(),
+            })?;
+        let mut bytes = Vec::with_capacity(usize::try_from(tail).unwrap_or(0));
+        body.take(tail + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::from(OriginError::body(r.url, e.to_string())))?;
+        if start.checked_add(bytes.len() as u64) != Some(total) {
+            return Err(OriginError::body(r.url, "short range body").into());
         }
+        (r.len, r.tail_start, r.tail) = (total, start, bytes);
         Ok(r)
     }
 
-    /// One ranged GET: (first byte, body, total length).
-    fn get(&mut self, range: &str) -> Result<(u64, Vec<u8>, u64), Failure> {
-        let streamed = self.origin.open_file(self.index, self.url, Some(range))?;
+    /// One ranged GET of at most `most` bytes: (first byte, body, total
+    /// length).
+    fn get(&mut self, range: &str, most: u64) -> Result<(u64, Box<dyn Read + Send>, u64), Ranged> {
+        let streamed = self
+            .origin
+            .open_file(self.index, self.url, Some(range))
+            .map_err(Ranged::Failed)?;
         match streamed.status {
             206 => {}
             // The whole file: this upstream ignores Range.
-            200 => return Err(range_ignored()),
-            st => return Err(OriginError::status(self.url, st).into()),
+            200 => return Err(Ranged::Ignored),
+            st => return Err(Ranged::Failed(OriginError::status(self.url, st))),
         }
         let (start, end, total) = streamed
             .content_range
             .as_deref()
             .and_then(parse_content_range)
             .ok_or_else(|| {
-                Failure::from(OriginError::garbage(
+                Ranged::Failed(OriginError::garbage(
                     self.url,
                     "206 without a usable Content-Range",
                 ))
             })?;
-        let want = end - start + 1;
-        if want > BLOCK {
-            // Never more than one block was asked for: a hostile or broken
-            // upstream must not make us allocate what it claims.
-            return Err(OriginError::garbage(self.url, "range answer larger than asked").into());
+        if end - start + 1 > most {
+            // A hostile or broken upstream must not make us read or
+            // allocate what it claims.
+            return Err(Ranged::Failed(OriginError::garbage(
+                self.url,
+                "range answer larger than asked",
+            )));
         }
-        let mut body = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-        streamed
-            .body
-            .take(want + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| Failure::from(OriginError::body(self.url, e.to_string())))?;
-        if body.len() as u64 != want {
-            return Err(OriginError::body(self.url, "short range body").into());
-        }
-        self.fetched += want;
-        Ok((start, body, total))
-    }
-
-    /// The block holding `pos`, fetched if needed.
-    fn block(&mut self, start: u64) -> io::Result<&Vec<u8>> {
-        if !self.blocks.contains_key(&start) {
-            let end = (start + BLOCK).min(self.len) - 1;
-            let (got, body, _) =
-                self.get(&format!("bytes={start}-{end}"))
-                    .map_err(|f| match f {
-                        Failure::Failed(FileError::Local(e)) => {
-                            io::Error::new(e.kind(), e.to_string())
-                        }
-                        Failure::Failed(e) => io::Error::other(e.to_string()),
-                        Failure::Broken(why) => io::Error::other(why),
-                    })?;
-            if got != start {
-                return Err(io::Error::other("range answered from the wrong offset"));
-            }
-            self.blocks.insert(start, body);
-        }
-        self.blocks
-            .get(&start)
-            .ok_or_else(|| io::Error::other("block vanished"))
+        self.fetched += end - start + 1;
+        Ok((start, streamed.body, total))
     }
 }
 
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.len || buf.is_empty() {
-            return Ok(0);
+impl ReadAt for RangeReader<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Box<dyn Read + '_>> {
+        let held = offset.checked_sub(self.tail_start).and_then(|from| {
+            let from = usize::try_from(from).ok()?;
+            let to = from.checked_add(usize::try_from(len).ok()?)?;
+            (to <= self.tail.len()).then_some(from..to)
+        });
+        if let Some(range) = held {
+            return Ok(Box::new(&self.tail[range]));
         }
-        // A suffix-range first block may not be aligned: look it up first.
-        let aligned = self.pos / BLOCK * BLOCK;
-        let start = self
-            .blocks
-            .iter()
-            .find(|(s, b)| **s <= self.pos && self.pos < **s + b.len() as u64)
-            .map_or(aligned, |(s, _)| *s);
-        let pos = self.pos;
-        let block = self.block(start)?;
-        let off = usize::try_from(pos - start).unwrap_or(usize::MAX);
-        let avail = block.get(off..).unwrap_or(&[]);
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.pos += n as u64;
-        Ok(n)
+        let last = offset
+            .checked_add(len)
+            .and_then(|e| e.checked_sub(1))
+            .filter(|l| *l < self.len)
+            .ok_or_else(|| io::Error::other("a read past the end of the wheel"))?;
+        let url = self.url;
+        let (start, body, total) =
+            self.get(&format!("bytes={offset}-{last}"), len)
+                .map_err(|e| match e {
+                    Ranged::Ignored => io::Error::new(io::ErrorKind::Unsupported, "range ignored"),
+                    Ranged::Failed(e) => io::Error::other(e),
+                })?;
+        if start != offset || total != self.len {
+            return Err(io::Error::other(OriginError::garbage(
+                url,
+                "range answered from the wrong offset",
+            )));
+        }
+        Ok(Box::new(body.take(len)))
     }
 }
 
-impl Seek for RangeReader<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let next = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = next.ok_or_else(|| io::Error::other("seek before the start"))?;
-        Ok(self.pos)
-    }
+/// Why a range request gave no range.
+enum Ranged {
+    /// A `200`: the upstream ignores `Range`.
+    Ignored,
+    Failed(OriginError),
 }
 
 /// `bytes START-END/TOTAL` → (start, end, total).

@@ -2,10 +2,10 @@
 //! panic, and what comes out is bounded.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use roxpi::wheel::{read_metadata, MAX_METADATA};
+use roxpi::wheel::{read_metadata, InMemory, MAX_METADATA};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = read_metadata(std::io::Cursor::new(data), "demo-1.0-py3-none-any.whl") {
+    if let Ok(m) = read_metadata(&mut InMemory(data), "demo-1.0-py3-none-any.whl") {
         assert!(m.len() as u64 <= MAX_METADATA);
     }
 });
