@@ -475,7 +475,7 @@ impl Settings {
             )
         })?;
         let root_ttl = parse_seconds(&cli.index_ttl)
-            .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, "seconds, e.g. 1800"))?;
+            .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, SECONDS_RANGE))?;
         let config_file = Some(cli.config.trim())
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
@@ -511,10 +511,9 @@ impl Settings {
                     Duration::from_secs(180)
                 };
                 let ttl = match entry.ttl {
-                    Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t),
-                    Some(t) => {
-                        return Err(err("ROXPI_CONFIG [[index]] ttl", &t.to_string(), "seconds"))
-                    }
+                    Some(t) => seconds(t).ok_or_else(|| {
+                        err("ROXPI_CONFIG [[index]] ttl", &t.to_string(), SECONDS_RANGE)
+                    })?,
                     None => default_ttl,
                 };
                 indexes.push(IndexConfig {
@@ -549,7 +548,7 @@ impl Settings {
                 .map_err(|e| err("ROXPI_EXTRA_INDEX_URLS", &SafeUrl::text(u), e))?;
             let ttl = match extra_ttls.get(i) {
                 Some(t) => parse_seconds(t)
-                    .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, "seconds, e.g. 180"))?,
+                    .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, SECONDS_RANGE))?,
                 None => Duration::from_secs(180),
             };
             indexes.push(IndexConfig::new(url, ttl));
@@ -597,10 +596,9 @@ impl Settings {
                 ));
             }
             let ttl = match r.ttl {
-                Some(t) if t.is_finite() && t >= 0.0 => Duration::from_secs_f64(t),
-                Some(t) => {
-                    return Err(err("ROXPI_CONFIG [[route]] ttl", &t.to_string(), "seconds"))
-                }
+                Some(t) => seconds(t).ok_or_else(|| {
+                    err("ROXPI_CONFIG [[route]] ttl", &t.to_string(), SECONDS_RANGE)
+                })?,
                 None => root_ttl,
             };
             let indexes = r
@@ -648,7 +646,7 @@ impl Settings {
             other => return Err(err("ROXPI_INDEX_STRATEGY", other, "merge or first-index")),
         };
         let secs = |name: &'static str, v: &str| {
-            parse_seconds(v).ok_or_else(|| err(name, v, "seconds, e.g. 2.5"))
+            parse_seconds(v).ok_or_else(|| err(name, v, SECONDS_RANGE))
         };
         let boolean = |name: &'static str, v: &str| {
             parse_bool(v).ok_or_else(|| err(name, v, "1/true/yes/on or 0/false/no/off"))
@@ -911,9 +909,17 @@ pub fn parse_index_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// What a setting in seconds accepts, for its error message.
+const SECONDS_RANGE: &str = "seconds, from 0 to 1000000000 (about 31 years)";
+
 /// Seconds as an integer or decimal (`1800`, `0.9`).
 pub fn parse_seconds(s: &str) -> Option<Duration> {
-    let v: f64 = s.trim().parse().ok()?;
+    seconds(s.trim().parse().ok()?)
+}
+
+/// A number of seconds within 0..=1e9 (TOML gives floats: `1e300`, NaN
+/// and negatives are refused, never passed to `Duration`, which panics).
+pub fn seconds(v: f64) -> Option<Duration> {
     (v.is_finite() && (0.0..=1e9).contains(&v)).then(|| Duration::from_secs_f64(v))
 }
 

@@ -116,6 +116,35 @@ fn deny_mode_refuses_the_young_file_with_the_reason() {
 }
 
 #[test]
+fn upload_times_at_the_end_of_the_calendar_hold_the_file_without_a_500() {
+    within(LIMIT, || {
+        let fake = fake_with_young(Duration::from_secs(3600));
+        let mut project = fake.project("root", "young");
+        project.files[1].upload_time = Some("9999-12-31T00:00:00Z".into());
+        project.files[0].upload_time = Some("10000-01-01T00:00:00Z".into());
+        fake.add_project("root", "young", project);
+        let (server, _cache, _home) = roxpi_on(
+            &fake,
+            &[
+                ("ROXPI_MIN_RELEASE_AGE", "7d"),
+                ("ROXPI_COOLDOWN_MODE", "deny"),
+            ],
+        );
+        for _ in 0..2 {
+            let page = get(server.addr, "/index/young/");
+            assert_eq!(page.status, 200, "{}", page.text());
+            // 2.0 is held until the calendar's end; 1.0's time is not a
+            // date at all, so it counts as untimed (allowed by default).
+            assert!(!page.text().contains("young-2.0"), "{}", page.text());
+            assert!(page.text().contains("young-1.0"), "{}", page.text());
+        }
+        let r = get(server.addr, "/index/young/young-2.0-py3-none-any.whl");
+        assert_eq!(r.status, 403);
+        assert!(r.text().contains("9999-12-31T23:59:59Z"), "{}", r.text());
+    });
+}
+
+#[test]
 fn yanks_and_deny_rules_change_pages_and_refuse_files() {
     within(LIMIT, || {
         let fake = FakeIndex::start(BTreeMap::new());

@@ -397,10 +397,7 @@ impl App {
                         next = Some(next.map_or(t, |n| n.min(t)));
                     }
                     let reason = match until {
-                        Some(t) => format!(
-                            "release cooldown until {}",
-                            humantime::format_rfc3339_seconds(t)
-                        ),
+                        Some(t) => format!("release cooldown until {}", crate::policy::rfc3339(t)),
                         None => "no upload time (untimed = deny)".to_owned(),
                     };
                     let file = listed.entry.filename.as_str();

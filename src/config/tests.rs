@@ -2,6 +2,7 @@
 #[cfg(test)]
 mod settings {
     use super::super::*;
+    use clap::CommandFactory;
     use std::collections::HashMap;
 
     #[test]
@@ -111,6 +112,90 @@ mod settings {
         let mut v = vec!["roxpi"];
         v.extend_from_slice(args);
         Cli::parse_from(v)
+    }
+
+    /// Every setting fed a huge, a negative and a malformed value: an
+    /// error or a value, never a panic; durations name their maximum.
+    #[test]
+    fn huge_negative_and_malformed_values_never_panic() {
+        let values = [
+            "1e300",
+            "18446744073709551616",
+            "18446744073709551615",
+            "-1",
+            "-1e300",
+            "NaN",
+            "inf",
+            "10000y",
+            "\u{7f}\u{0}x",
+            "",
+        ];
+        let flags: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .filter(|l| l != "config" && l != "cache-dir")
+            .collect();
+        assert!(flags.len() > 20, "{flags:?}");
+        for flag in &flags {
+            for v in values {
+                let arg = format!("--{flag}={v}");
+                if let Ok(cli) = Cli::try_parse_from(["roxpi", arg.as_str()]) {
+                    let _ = Settings::from_cli(&cli);
+                }
+            }
+        }
+        let durations = [
+            ("--index-ttl", "ROXPI_INDEX_TTL"),
+            ("--connect-timeout", "ROXPI_CONNECT_TIMEOUT"),
+            ("--read-timeout", "ROXPI_READ_TIMEOUT"),
+            ("--download-timeout", "ROXPI_DOWNLOAD_TIMEOUT"),
+            ("--stale-while-revalidate", "ROXPI_STALE_WHILE_REVALIDATE"),
+        ];
+        for (flag, setting) in durations {
+            for v in ["1e300", "-1", "NaN", "soon"] {
+                let arg = format!("{flag}={v}");
+                let e = Settings::from_cli(&cli(&[&arg])).unwrap_err().to_string();
+                assert!(
+                    e.contains(setting) && e.contains("1000000000"),
+                    "{flag} {v}: {e}"
+                );
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+        }
+        for v in ["10000y", "1e300d"] {
+            let arg = format!("--min-release-age={v}");
+            let e = Settings::from_cli(&cli(&[&arg])).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains("ROXPI_MIN_RELEASE_AGE"), "{v}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn ttls_in_the_file_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, setting) in [
+            (
+                "[[index]]\nurl = \"https://pypi.org/simple/\"\nttl = 18446744073709551615\n",
+                "[[index]] ttl",
+            ),
+            (
+                "[[index]]\nurl = \"https://pypi.org/simple/\"\nttl = -5\n",
+                "[[index]] ttl",
+            ),
+            (
+                "[[route]]\nprefix = \"/x/\"\nindexes = [\"https://pypi.org/simple/\"]\nttl = 1e300\n",
+                "[[route]] ttl",
+            ),
+        ] {
+            let path = dir.path().join("roxpi.toml");
+            std::fs::write(&path, toml).unwrap();
+            let e = Settings::from_cli(&cli(&["--config", path.to_str().unwrap()]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(setting) && e.contains("1000000000"), "{toml}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Verdict {
                 refuse: true,
             } => Some(format!(
                 "held back by the release cooldown until {}",
-                humantime::format_rfc3339_seconds(*t)
+                rfc3339(*t)
             )),
             Verdict::Young {
                 until: None,
@@ -250,7 +250,29 @@ pub fn version_of(project: &ProjectName, filename: &str) -> Option<Version> {
     Version::from_str(&stem[name.len() + 1..]).ok()
 }
 
-/// A PEP 700 `upload-time` (RFC 3339, UTC).
+/// The latest time roxpi keeps or writes: 9999-12-31T23:59:59Z, the end
+/// of RFC 3339. Later times (an upload time near it plus a cooldown) are
+/// clamped to it.
+pub fn latest() -> SystemTime {
+    let end = Duration::from_secs(253_402_300_799);
+    SystemTime::UNIX_EPOCH
+        .checked_add(end)
+        // A 32-bit clock: its own end (2038).
+        .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(i32::MAX as u64))
+}
+
+/// `t` as RFC 3339 in whole seconds, clamped to 1970..=9999 (humantime
+/// panics past 9999).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, latest());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The longest cooldown accepted (`ROXPI_MIN_RELEASE_AGE`,
+/// `min-release-age`): 100 years of 365.25 days, as humantime counts `100y`.
+pub const MAX_AGE: Duration = Duration::from_secs(3_155_760_000);
+
+/// A PEP 700 `upload-time` (RFC 3339, UTC; 1970 to 9999, else untimed).
 pub fn parse_upload_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z'))
         .ok()
@@ -298,7 +320,10 @@ impl Policy {
                 }
             };
             if let Some(born) = born {
-                let until = born + age;
+                // A claim far in the future must not overflow the clock.
+                let until = born
+                    .checked_add(age)
+                    .map_or_else(latest, |t| t.min(latest()));
                 if now < until {
                     return Verdict::Young {
                         until: Some(until),
@@ -336,8 +361,12 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration like 7d, 12h or 0 ({e})"))
+    let age = humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration like 7d, 12h or 0 ({e})"))?;
+    if age > MAX_AGE {
+        return Err(format!("{s:?} is longer than the maximum, 100 years"));
+    }
+    Ok(age)
 }
 
 #[cfg(test)]

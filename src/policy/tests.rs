@@ -342,3 +342,47 @@ fn globs_ages_and_times() {
     );
     assert_eq!(parse_upload_time("yesterday"), None);
 }
+
+/// Every date edge through parsing, the verdict and its refusal text:
+/// no panic, and what is past the clock's end is held, not served.
+#[test]
+fn date_edges() {
+    let p = policy(CooldownMode::Deny, Untimed::Allow);
+    let project = name("demo");
+    let now = SystemTime::now();
+    let cases = [
+        ("9999-12-31T23:59:59Z", true),
+        ("9999-12-31T00:00:00.999999Z", true),
+        ("1970-01-01T00:00:00Z", false),
+        ("2024-02-29T12:00:00Z", false),
+        ("10000-01-01T00:00:00Z", false),
+        ("0000-01-01T00:00:00Z", false),
+        ("1969-12-31T23:59:59Z", false),
+        ("-0001-01-01T00:00:00Z", false),
+        ("2024-13-01T00:00:00Z", false),
+        ("", false),
+    ];
+    for (text, held) in cases {
+        let uploaded = parse_upload_time(text);
+        let v = p.verdict(
+            &Facts {
+                project: &project,
+                filename: "demo-1.0.tar.gz",
+                uploaded,
+                first_seen: None,
+            },
+            now,
+        );
+        assert_eq!(!v.listed(), held, "{text}: {v:?}");
+        if let Some(reason) = v.refusal() {
+            assert!(reason.contains("9999-12-31T23:59:59Z"), "{text}: {reason}");
+        }
+    }
+    assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        rfc3339(latest() + Duration::from_secs(86_400 * 400)),
+        "9999-12-31T23:59:59Z"
+    );
+    assert!(parse_age("10000y").unwrap_err().contains("100 years"));
+    assert_eq!(parse_age("100y").unwrap(), MAX_AGE);
+}

@@ -390,6 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn an_upload_time_of_another_type_leaves_the_file_untimed() {
+        for odd in ["1704067200", "null", "{}", "[1]", "true", "\"\""] {
+            let json = format!(
+                r#"{{"meta":{{"api-version":"1.1"}},"name":"x","files":[
+                  {{"filename":"x-1.0.tar.gz","url":"x-1.0.tar.gz","hashes":{{}},"upload-time":{odd}}},
+                  {{"filename":"x-2.0.tar.gz","url":"x-2.0.tar.gz","hashes":{{}},"upload-time":"2024-01-01T00:00:00Z"}}]}}"#
+            );
+            let page = parse_project_page(json.as_bytes(), Format::Json, &url())
+                .unwrap_or_else(|e| panic!("{odd}: {e}"));
+            assert_eq!(page.files.len(), 2, "{odd}");
+            let first = page.files[0].upload_time.as_deref();
+            assert!(first.is_none() || first == Some(""), "{odd}: {first:?}");
+            assert_eq!(
+                page.files[1].upload_time.as_deref(),
+                Some("2024-01-01T00:00:00Z")
+            );
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let cases: &[(&[u8], Format)] = &[
             (b"{not json", Format::Json),

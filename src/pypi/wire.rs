@@ -90,6 +90,7 @@ pub struct File<'a> {
     #[serde(
         rename = "upload-time",
         default,
+        deserialize_with = "text_or_nothing",
         skip_serializing_if = "Option::is_none"
     )]
     pub upload_time: Option<Cow<'a, str>>,
@@ -107,4 +108,23 @@ pub struct List<'a> {
 #[derive(Serialize, Deserialize)]
 pub struct ListEntry<'a> {
     pub name: Cow<'a, str>,
+}
+
+/// A string, or nothing when the upstream sent another JSON type there (a
+/// number as `upload-time`): one odd field makes the file untimed, not the
+/// whole page unusable.
+fn text_or_nothing<'de, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Lenient::deserialize(d)? {
+        Lenient::Text(t) => Some(Cow::Owned(t)),
+        Lenient::Other(_) => None,
+    })
 }
