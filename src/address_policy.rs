@@ -2,8 +2,11 @@
 //! redirect) must not make roxpi fetch internal URLs, so by default every
 //! address that is loopback, private, link-local (cloud metadata services
 //! live there), shared (CGNAT), unspecified, multicast or otherwise special
-//! is refused — except the classes the configured indexes themselves are
-//! on, and those the operator allows (`ROXPI_UPSTREAM_ALLOW`).
+//! is refused, unless the operator allows its class
+//! (`ROXPI_UPSTREAM_ALLOW`). The configured origins themselves (each
+//! index's, the bucket's and the proxy's scheme, host and port) are
+//! trusted by the upstream client whatever they resolve to; any other
+//! origin on the same address is not.
 //!
 //! Enforced where names become addresses (the upstream client's resolver),
 //! so redirects and file links on any host are covered alike, and a name
@@ -80,16 +83,40 @@ fn classify_v4(ip: Ipv4Addr) -> AddrClass {
     }
 }
 
+/// The IPv4 address an IPv6 address carries and reaches: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still
+/// routed by some stacks), NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low),
+        // `::` and `::1` are themselves, not 0.0.0.0 and 0.0.0.1.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, _, _] => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
+        _ => None,
+    }
+}
+
 fn classify_v6(ip: Ipv6Addr) -> AddrClass {
-    if let Some(v4) = ip.to_ipv4_mapped() {
+    if let Some(v4) = embedded_v4(ip) {
         return classify_v4(v4);
     }
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     if ip.is_loopback() {
         AddrClass::Loopback
     } else if ip.is_unspecified() {
         AddrClass::Unspecified
-    } else if (first & 0xfe00) == 0xfc00 {
+    } else if (first & 0xfe00) == 0xfc00 || (s[0], s[1], s[2]) == (0x64, 0xff9b, 1) {
+        // Unique local, and local-use NAT64 (RFC 8215: 64:ff9b:1::/48).
         AddrClass::Private
     } else if (first & 0xffc0) == 0xfe80 {
         AddrClass::LinkLocal
@@ -184,6 +211,18 @@ mod tests {
             ("2a04:4e42::223", AddrClass::Public),
             ("::ffff:127.0.0.1", AddrClass::Loopback),
             ("::ffff:169.254.169.254", AddrClass::LinkLocal),
+            // IPv4-compatible, NAT64 and 6to4 carry an IPv4 address.
+            ("::7f00:1", AddrClass::Loopback),
+            ("::a01:203", AddrClass::Private),
+            ("::808:808", AddrClass::Public),
+            ("64:ff9b::7f00:1", AddrClass::Loopback),
+            ("64:ff9b::a9fe:a9fe", AddrClass::LinkLocal),
+            ("64:ff9b::808:808", AddrClass::Public),
+            ("64:ff9b:1::1", AddrClass::Private),
+            ("2002:7f00:1::", AddrClass::Loopback),
+            ("2002:a00:1::1", AddrClass::Private),
+            ("2002:a9fe:a9fe::1", AddrClass::LinkLocal),
+            ("2002:808:808::1", AddrClass::Public),
         ];
         for (ip, want) in cases {
             assert_eq!(classify(ip.parse().unwrap()), want, "{ip}");

@@ -189,10 +189,18 @@ pub struct Cli {
     pub s3_path_style: String,
 
     /// Address classes upstream connections may reach besides public ones
-    /// and the configured indexes' own: comma-separated loopback, private,
-    /// link-local, shared, unspecified, special — or `any`.
+    /// (the configured origins are always reachable): comma-separated
+    /// loopback, private, link-local, shared, unspecified, special — or
+    /// `any`.
     #[arg(long, env = "ROXPI_UPSTREAM_ALLOW", default_value = "")]
     pub upstream_allow: String,
+
+    /// An HTTP(S) proxy for every upstream connection (`http://host:port`,
+    /// credentials allowed). Targets are resolved and checked against the
+    /// address policy before the CONNECT. HTTP_PROXY and friends are
+    /// ignored.
+    #[arg(long, env = "ROXPI_UPSTREAM_PROXY", default_value = "")]
+    pub upstream_proxy: String,
 
     /// Request worker threads, or `auto` (one per CPU, at least 2). Workers
     /// never wait on the network, so more than the CPUs only add wake-ups.
@@ -274,6 +282,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ),
     ("ROXPI_OFFLINE", &[]),
     ("ROXPI_UPSTREAM_ALLOW", &[]),
+    ("ROXPI_UPSTREAM_PROXY", &[]),
     ("ROXPI_STORAGE", &[]),
     ("ROXPI_S3_BUCKET", &[]),
     ("ROXPI_S3_PREFIX", &[]),
@@ -436,6 +445,8 @@ pub struct Settings {
     pub upstream_allow: Vec<crate::address_policy::AddrClass>,
     /// `ROXPI_UPSTREAM_ALLOW=any`: no address policy.
     pub upstream_allow_any: bool,
+    /// `ROXPI_UPSTREAM_PROXY`.
+    pub upstream_proxy: Option<Url>,
     pub log_spec: String,
     pub log_json: bool,
     /// ROXPI_CONFIG, for reloads.
@@ -694,6 +705,20 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let upstream_proxy = Some(cli.upstream_proxy.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let bad = |why: &str| err("ROXPI_UPSTREAM_PROXY", &SafeUrl::text(p), why);
+                let url = Url::parse(p).map_err(|_| bad("a URL like http://proxy:3128"))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(bad("an http:// or https:// URL with a host"));
+                }
+                if url.path() != "/" || url.query().is_some() {
+                    return Err(bad("a proxy URL without a path"));
+                }
+                Ok(url)
+            })
+            .transpose()?;
         let storage = match cli.storage.trim().to_ascii_lowercase().as_str() {
             "local" => StorageMode::Local,
             "s3" => StorageMode::S3,
@@ -774,6 +799,7 @@ impl Settings {
             workers,
             upstream_allow,
             upstream_allow_any,
+            upstream_proxy,
             log_spec: translate_log_level(&cli.log),
             log_json,
             config_file,

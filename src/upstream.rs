@@ -15,7 +15,7 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use url::Url;
 
-use crate::address_policy::{classify, AddrClass, AddressPolicy};
+use crate::address_policy::AddressPolicy;
 use bytes::Bytes;
 
 use crate::config::Settings;
@@ -52,16 +52,56 @@ pub struct Upstream {
     pages: PageBudget,
     /// Connections refused by the address policy.
     refused: Arc<AtomicU64>,
+    trusted: Arc<Trusted>,
+    policy: AddressPolicy,
+    /// `ROXPI_UPSTREAM_PROXY` is set: targets are checked before each
+    /// request.
+    proxied: bool,
+}
+
+/// An origin as the policy compares it: lower-case host (IPv6 without
+/// brackets) and port, the scheme's default when none is written.
+pub type TrustedOrigin = (String, u16);
+
+/// The origin of `url`, if it has a host.
+pub fn origin_of(url: &Url) -> Option<TrustedOrigin> {
+    let host = url
+        .host_str()?
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    Some((host, url.port_or_known_default()?))
+}
+
+/// The configured origins trusted whatever they resolve to: those fixed at
+/// start (the default route's indexes, the bucket, the proxy) and those of
+/// the `[[route]]`s in force (replaced on SIGHUP).
+#[derive(Default)]
+struct Trusted {
+    fixed: BTreeSet<TrustedOrigin>,
+    routes: std::sync::RwLock<BTreeSet<TrustedOrigin>>,
+}
+
+impl Trusted {
+    fn contains(&self, o: &TrustedOrigin) -> bool {
+        self.fixed.contains(o)
+            || self
+                .routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(o)
+    }
 }
 
 /// Resolves names, then keeps only the addresses the policy allows: a
-/// configured index's own host is trusted whatever it resolves to; any
-/// other host (a file link, a redirect) must resolve to allowed classes.
+/// configured origin (scheme, host and port) is trusted whatever it
+/// resolves to; any other name or address — another port on the same
+/// host included — must resolve to allowed addresses. (Through a proxy,
+/// only the proxy's own name comes here; `Upstream::check_proxied`
+/// checks each target before the CONNECT.)
 struct PolicyResolver {
     inner: DefaultResolver,
     policy: AddressPolicy,
-    /// Hosts of the configured indexes (lower case).
-    trusted: BTreeSet<String>,
+    trusted: Arc<Trusted>,
     refused: Arc<AtomicU64>,
 }
 
@@ -86,7 +126,16 @@ impl Resolver for PolicyResolver {
             .unwrap_or("")
             .trim_matches(['[', ']'])
             .to_ascii_lowercase();
-        if self.trusted.contains(&host) {
+        let port = uri
+            .port_u16()
+            .or_else(|| match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let origin = (host, port);
+        if self.trusted.contains(&origin) {
             return Ok(all);
         }
         let mut kept = self.empty();
@@ -99,7 +148,9 @@ impl Resolver for PolicyResolver {
             self.refused.fetch_add(1, Ordering::Relaxed);
             let addrs: Vec<String> = all.iter().map(|a| a.ip().to_string()).collect();
             log::warn!(
-                "refused to connect to {host} ({}): outside the upstream address policy ({}; ROXPI_UPSTREAM_ALLOW)",
+                "refused to connect to {}:{} ({}): not a configured origin, and outside the upstream address policy ({}; ROXPI_UPSTREAM_ALLOW)",
+                origin.0,
+                origin.1,
                 addrs.join(", "),
                 self.policy.describe()
             );
@@ -134,15 +185,17 @@ impl Upstream {
             None if system_store_present() => RootCerts::PlatformVerifier,
             None => RootCerts::WebPki,
         };
+        let proxy = settings.upstream_proxy.as_ref().map(proxy_of).transpose()?;
         let tls = TlsConfig::builder()
             .root_certs(roots)
             .disable_verification(settings.disable_tls_verification)
             .build();
         let config = ureq::Agent::config_builder()
             // HTTP_PROXY, HTTPS_PROXY and ALL_PROXY from the environment
-            // are ignored: through a proxy, connections would skip the
-            // address policy (a proxy resolves the target itself).
-            .proxy(None)
+            // are ignored (a proxy resolving targets itself would skip the
+            // address policy); ROXPI_UPSTREAM_PROXY is used, with every
+            // target resolved and checked here before the CONNECT.
+            .proxy(proxy)
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(settings.connect_timeout))
@@ -155,52 +208,90 @@ impl Upstream {
             .tls_config(tls)
             .build();
         let refused = Arc::new(AtomicU64::new(0));
-        let mut classes: Vec<AddrClass> = settings.upstream_allow.clone();
-        let mut trusted = BTreeSet::new();
-        // Every configured index, of the default route and of each
-        // [[route]], is trusted whatever it resolves to.
-        let route_indexes = settings.routes.iter().flat_map(|r| r.indexes.iter());
-        for index in settings.indexes.iter().chain(route_indexes) {
-            match index.url.host() {
-                Some(url::Host::Ipv4(ip)) => classes.push(classify(ip.into())),
-                Some(url::Host::Ipv6(ip)) => classes.push(classify(ip.into())),
-                Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-                    classes.push(AddrClass::Loopback)
-                }
-                _ => {}
-            }
-            if let Some(h) = index.url.host_str() {
-                trusted.insert(h.trim_matches(['[', ']']).to_ascii_lowercase());
-            }
+        let mut fixed = BTreeSet::new();
+        // The default route's indexes, the proxy and the bucket are
+        // trusted by origin; the [[route]]s' indexes below (and on SIGHUP).
+        let proxy = settings.upstream_proxy.as_ref();
+        for url in settings.indexes.iter().map(|i| &i.url).chain(proxy) {
+            fixed.extend(origin_of(url));
         }
-        // The bucket's endpoint is configured like an index: trusted.
         if let Some(s3) = &settings.s3 {
-            if let Some(h) = s3.endpoint.host_str() {
-                let h = h.trim_matches(['[', ']']).to_ascii_lowercase();
-                trusted.insert(format!("{}.{h}", s3.bucket.to_ascii_lowercase()));
-                trusted.insert(h);
+            if let Some((host, port)) = origin_of(&s3.endpoint) {
+                // Virtual-hosted style puts the bucket in front.
+                fixed.insert((format!("{}.{host}", s3.bucket.to_ascii_lowercase()), port));
+                fixed.insert((host, port));
             }
         }
+        let trusted = Arc::new(Trusted {
+            fixed,
+            routes: Default::default(),
+        });
         let policy = if settings.upstream_allow_any {
             AddressPolicy::any()
         } else {
-            AddressPolicy::new(classes)
+            AddressPolicy::new(settings.upstream_allow.iter().copied())
         };
-        log::info!("upstream connections may reach {}", policy.describe());
+        log::info!(
+            "upstream connections may reach the configured origins and {}{}",
+            policy.describe(),
+            match proxy {
+                Some(p) => format!(", through the proxy {}", SafeUrl::new(p)),
+                None => String::new(),
+            }
+        );
         let resolver = PolicyResolver {
             inner: DefaultResolver::default(),
-            policy,
-            trusted,
+            policy: policy.clone(),
+            trusted: Arc::clone(&trusted),
             refused: Arc::clone(&refused),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
         let pages = PageBudget::standard();
-        Ok(Upstream {
+        let upstream = Upstream {
             agent,
             offline: settings.offline,
             pages,
             refused,
-        })
+            trusted,
+            policy,
+            proxied: settings.upstream_proxy.is_some(),
+        };
+        let routes: Vec<Url> = settings
+            .routes
+            .iter()
+            .flat_map(|r| r.indexes.iter().map(|i| i.url.clone()))
+            .collect();
+        upstream.trust_route_indexes(&routes);
+        Ok(upstream)
+    }
+
+    /// Through a proxy, which resolves names itself: `url`'s host is
+    /// resolved here and every address it has must be allowed, unless it
+    /// is a configured origin, before the proxy is asked to CONNECT to it.
+    /// (A name that answers differently to the proxy a moment later is
+    /// the proxy's to refuse.)
+    fn check_proxied(&self, url: &Url) -> Result<(), OriginError> {
+        let origin = origin_of(url).ok_or_else(|| OriginError::garbage(url, "no host"))?;
+        if self.trusted.contains(&origin) {
+            return Ok(());
+        }
+        let addrs: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&(origin.0.as_str(), origin.1))
+                .map_err(|e| OriginError::connect(url, format!("cannot resolve: {}", e.kind())))?
+                .collect();
+        if !addrs.is_empty() && addrs.iter().all(|a| self.policy.allows(a.ip())) {
+            return Ok(());
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+        log::warn!(
+            "refused to ask the proxy for {}:{} ({}): not a configured origin, and outside the upstream address policy ({}; ROXPI_UPSTREAM_ALLOW)",
+            origin.0,
+            origin.1,
+            shown.join(", "),
+            self.policy.describe()
+        );
+        Err(OriginError::forbidden(url))
     }
 
     /// The shared agent (the S3 client sends through it too: same TLS
@@ -222,6 +313,9 @@ impl Upstream {
         }
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
+            if self.proxied {
+                self.check_proxied(&current)?;
+            }
             let mut req = self.agent.get(current.as_str());
             for (k, v) in headers {
                 req = req.header(*k, *v);
@@ -258,9 +352,46 @@ impl Upstream {
     }
 }
 
+/// The ureq proxy for `ROXPI_UPSTREAM_PROXY` (CONNECT).
+fn proxy_of(url: &Url) -> anyhow::Result<ureq::Proxy> {
+    let protocol = match url.scheme() {
+        "http" => ureq::ProxyProtocol::Http,
+        "https" => ureq::ProxyProtocol::Https,
+        other => anyhow::bail!("ROXPI_UPSTREAM_PROXY: unsupported proxy scheme {other:?}"),
+    };
+    let (host, port) = origin_of(url)
+        .ok_or_else(|| anyhow::anyhow!("ROXPI_UPSTREAM_PROXY: no host in {}", SafeUrl::new(url)))?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    // The target's name goes to the proxy (ureq 3.5.2 writes a resolved
+    // target as `ip:port:port`); `Upstream::get` resolves and checks it
+    // first.
+    let mut b = ureq::Proxy::builder(protocol).host(&host).port(port);
+    if !url.username().is_empty() {
+        b = b.username(&decode(url.username()));
+    }
+    if let Some(p) = url.password() {
+        b = b.password(&decode(p));
+    }
+    b.build()
+        .map_err(|e| anyhow::anyhow!("ROXPI_UPSTREAM_PROXY {}: {e}", SafeUrl::new(url)))
+}
+
 impl Origin for Upstream {
     fn refused_addresses(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    fn trust_route_indexes(&self, urls: &[Url]) {
+        let origins = urls.iter().filter_map(origin_of).collect();
+        *self
+            .trusted
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = origins;
     }
 
     fn fetch_project(

@@ -146,6 +146,8 @@ struct State {
     file_bytes: u64,
     /// Answer range requests with the whole file (as some servers do).
     ignore_ranges: bool,
+    /// `Location`s that `/go/<i>` redirects to.
+    redirects: Vec<String>,
 }
 
 /// One request the fake received.
@@ -271,6 +273,7 @@ impl FakeIndex {
             page_bytes: 0,
             file_bytes: 0,
             ignore_ranges: false,
+            redirects: Vec::new(),
         }));
         let s = Arc::clone(&state);
         let config = ServerConfig {
@@ -286,6 +289,13 @@ impl FakeIndex {
             server: Some(server),
             state,
         }
+    }
+
+    /// Adds a `Location` that `/go/<i>` answers with a 302: its path.
+    pub fn add_redirect(&self, location: &str) -> String {
+        let mut s = lock(&self.state);
+        s.redirects.push(location.to_owned());
+        format!("/go/{}", s.redirects.len() - 1)
     }
 
     /// Sets the `X-PyPI-Last-Serial` project pages carry.
@@ -410,10 +420,26 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {
     match parts.as_slice() {
         // /files/<index>/<project>/<filename>[.metadata]
         ["files", index, project, filename] => serve_file(state, req, index, project, filename),
-        // A redirect to the cloud metadata address.
-        [_, "evil-redirect", ""] => {
-            Response::new(302).header("Location", "http://169.254.169.254/latest/meta-data/")
+        // A project page that redirects where `/go/<i>` does.
+        [_, p, ""] if p.starts_with("go-") => {
+            match p[3..]
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| lock(state).redirects.get(i).cloned())
+            {
+                Some(to) => Response::new(302).header("Location", to),
+                None => Response::text(404, "no such redirect\n"),
+            }
         }
+        // A redirect set by the test.
+        ["go", i] => match i
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| lock(state).redirects.get(i).cloned())
+        {
+            Some(to) => Response::new(302).header("Location", to),
+            None => Response::text(404, "no such redirect\n"),
+        },
         // Redirect check: /moved/<...> → /root/<...>
         ["moved", rest @ ..] => {
             Response::new(301).header("Location", format!("/root/{}", rest.join("/")))

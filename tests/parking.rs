@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
-use crate::util::{get, metric, roxpi_on, within};
+use crate::util::{get, metric, roxpi_on, within, Recorder};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -102,43 +102,90 @@ fn hanging_upstream_requests_hold_no_worker() {
     });
 }
 
+/// Every spelling of a second loopback origin (the index is on
+/// `127.0.0.1:X`; the target is port Y): as a link, and as a `Location`.
+fn other_origin_spellings(x: u16, y: u16) -> Vec<String> {
+    vec![
+        format!("http://127.0.0.1:{y}/"),
+        format!("http://[::1]:{y}/"),
+        format!("http://2130706433:{y}/"),
+        format!("http://0x7f000001:{y}/"),
+        format!("http://0177.0.0.1:{y}/"),
+        format!("http://127.1:{y}/"),
+        format!("http://[::ffff:127.0.0.1]:{y}/"),
+        format!("http://[::7f00:1]:{y}/"),
+        format!("http://[64:ff9b::7f00:1]:{y}/"),
+        format!("http://localhost:{y}/"),
+        format!("http://user:pass@127.0.0.1:{y}/"),
+        format!("http://127.0.0.1:{x}@127.0.0.1:{y}/"),
+        format!("//127.0.0.1:{y}/"),
+    ]
+}
+
 #[test]
-fn links_and_redirects_to_private_or_link_local_addresses_are_refused() {
+fn links_and_redirects_to_another_origin_are_refused_in_every_spelling() {
     within(LIMIT, || {
+        let other = Recorder::start(None);
         let fake = FakeIndex::start(BTreeMap::new());
         fake.set_mode(Mode::Json);
-        let mut metadata = FakeFile::new("evil-1.0-py3-none-any.whl", vec![1u8; 100]);
-        metadata.url = Some("http://169.254.169.254/latest/evil-1.0-py3-none-any.whl".into());
-        let mut intranet = FakeFile::new("evil-2.0-py3-none-any.whl", vec![2u8; 100]);
-        intranet.url = Some("http://10.1.2.3/evil-2.0-py3-none-any.whl".into());
+        let spellings = other_origin_spellings(fake.addr.port(), other.addr.port());
+        let mut files = Vec::new();
+        for (i, to) in spellings.iter().enumerate() {
+            let name = format!("evil-{i}.0-py3-none-any.whl");
+            let mut direct = FakeFile::new(&name, vec![1u8; 100]);
+            direct.url = Some(format!("{to}{name}"));
+            files.push(direct);
+            let name = format!("evil-{i}.1-py3-none-any.whl");
+            let mut hop = FakeFile::new(&name, vec![2u8; 100]);
+            let go = fake.add_redirect(&format!("{to}{name}"));
+            hop.url = Some(format!("http://{}{go}", fake.addr));
+            files.push(hop);
+        }
+        let names: Vec<String> = files.iter().map(|f| f.filename.clone()).collect();
         fake.add_project(
             "root",
             "evil",
             FakeProject {
-                files: vec![metadata, intranet],
-                versions: vec![],
+                files,
                 ..Default::default()
             },
         );
         let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
         let addr = roxpi.addr;
-        // The index itself is on loopback: allowed.
+        // The index's own origin is trusted, on loopback.
         assert_eq!(get(addr, "/index/evil/").status, 200);
-        for file in ["evil-1.0-py3-none-any.whl", "evil-2.0-py3-none-any.whl"] {
+        for file in &names {
             let r = get(addr, &format!("/index/evil/{file}"));
-            assert_eq!(
-                r.status,
-                502,
-                "{file}: {}",
-                String::from_utf8_lossy(&r.body)
-            );
-            let body = String::from_utf8_lossy(&r.body);
-            assert!(body.contains("address policy"), "{body}");
+            assert_eq!(r.status, 502, "{file}: {}", r.text());
+            assert!(r.text().contains("address policy"), "{file}: {}", r.text());
         }
-        // A page redirecting to the metadata address.
-        let r = get(addr, "/index/evil-redirect/");
-        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
-        assert!(metric(addr, "roxpi_upstream_refused_addresses_total") >= 3);
+        // Project pages that redirect there.
+        for (i, to) in spellings.iter().enumerate() {
+            let r = get(addr, &format!("/index/go-{i}/"));
+            assert_eq!(r.status, 502, "{to}: {}", r.text());
+            assert!(r.text().contains("address policy"), "{}", r.text());
+        }
+        assert_eq!(other.lines(), Vec::<String>::new(), "no connection");
+        assert!(
+            metric(addr, "roxpi_upstream_refused_addresses_total") >= 3 * spellings.len() as u64
+        );
+        // The files on the index's own origin still work.
+        let mut good = FakeFile::new("good-1.0-py3-none-any.whl", vec![3u8; 100]);
+        good.url = Some(format!(
+            "http://{}{}",
+            fake.addr,
+            fake.add_redirect("/files/root/good/good-1.0-py3-none-any.whl")
+        ));
+        fake.add_project(
+            "root",
+            "good",
+            FakeProject {
+                files: vec![good],
+                ..Default::default()
+            },
+        );
+        let r = get(addr, "/index/good/good-1.0-py3-none-any.whl");
+        assert_eq!(r.status, 200, "{}", r.text());
     });
 }
 
@@ -440,10 +487,21 @@ fn ready_says_when_the_index_cache_cannot_make_progress() {
 #[test]
 fn proxy_variables_in_the_environment_are_ignored() {
     within(LIMIT, || {
-        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        proxy.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", proxy.local_addr().unwrap());
+        let proxy = Recorder::start(None);
+        let other = Recorder::start(None);
+        let url = proxy.url();
         let fake = FakeIndex::start(crate::fake_index::proxpi_data());
+        fake.set_mode(Mode::Json);
+        let mut elsewhere = FakeFile::new("evil-1.0-py3-none-any.whl", vec![1u8; 100]);
+        elsewhere.url = Some(format!("{}/evil-1.0-py3-none-any.whl", other.url()));
+        fake.add_project(
+            "root",
+            "evil",
+            FakeProject {
+                files: vec![elsewhere],
+                ..Default::default()
+            },
+        );
         let vars = [
             "HTTP_PROXY",
             "HTTPS_PROXY",
@@ -461,10 +519,72 @@ fn proxy_variables_in_the_environment_are_ignored() {
             1,
             "fetched from the index itself"
         );
-        let mut connections = 0;
-        while proxy.accept().is_ok() {
-            connections += 1;
+        let r = get(roxpi.addr, "/index/evil/evil-1.0-py3-none-any.whl");
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(r.text().contains("address policy"), "{}", r.text());
+        assert_eq!(
+            proxy.lines(),
+            Vec::<String>::new(),
+            "nothing went through the proxy"
+        );
+        assert_eq!(
+            other.lines(),
+            Vec::<String>::new(),
+            "nor to the other origin"
+        );
+    });
+}
+
+#[test]
+fn through_the_configured_proxy_refused_targets_are_never_connected() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        let proxy = Recorder::start(Some(fake.addr));
+        let other = Recorder::start(None);
+        let targets = [
+            "http://10.1.2.3/".to_owned(),
+            "http://169.254.169.254/latest/".to_owned(),
+            "http://[fd00::1]/".to_owned(),
+            format!("{}/", other.url()),
+        ];
+        let mut files: Vec<FakeFile> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, to)| {
+                let name = format!("evil-{i}.0-py3-none-any.whl");
+                let mut f = FakeFile::new(&name, vec![1u8; 100]);
+                f.url = Some(format!("{to}{name}"));
+                f
+            })
+            .collect();
+        files.push(FakeFile::new("evil-9.0-py3-none-any.whl", vec![9u8; 100]));
+        fake.add_project(
+            "root",
+            "evil",
+            FakeProject {
+                files,
+                ..Default::default()
+            },
+        );
+        let (roxpi, _cache, _home) =
+            roxpi_on(&fake, &[("ROXPI_UPSTREAM_PROXY", proxy.url().as_str())]);
+        let addr = roxpi.addr;
+        let page = get(addr, "/index/evil/");
+        assert_eq!(page.status, 200, "{} {:?}", page.text(), proxy.lines());
+        for (i, to) in targets.iter().enumerate() {
+            let r = get(addr, &format!("/index/evil/evil-{i}.0-py3-none-any.whl"));
+            assert_eq!(r.status, 502, "{to}: {}", r.text());
+            assert!(r.text().contains("address policy"), "{}", r.text());
         }
-        assert_eq!(connections, 0, "nothing went through the proxy");
+        let r = get(addr, "/index/evil/evil-9.0-py3-none-any.whl");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let lines = proxy.lines();
+        assert!(!lines.is_empty(), "the index went through the proxy");
+        let want = format!("CONNECT {} HTTP/1.1", fake.addr);
+        for line in &lines {
+            assert_eq!(line, &want, "only the index was CONNECTed: {lines:?}");
+        }
+        assert_eq!(other.lines(), Vec::<String>::new());
     });
 }

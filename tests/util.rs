@@ -454,3 +454,95 @@ pub fn roxpi_under_ulimit(
         .env("ROXPI_CACHE_DIR", cache);
     cmd
 }
+
+/// A loopback listener that records the first line of every connection
+/// made to it. Given a `forward_to` address, it is a CONNECT proxy that
+/// tunnels to that one address and refuses every other target with a 403;
+/// without, it answers every connection with a 502 and closes it.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(forward_to: Option<SocketAddr>) -> Recorder {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, s) = (std::sync::Arc::clone(&lines), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let l = std::sync::Arc::clone(&l);
+                std::thread::spawn(move || tunnel(conn, &l, forward_to));
+            }
+        });
+        Recorder { addr, lines, stop }
+    }
+
+    /// The first line of each connection so far (`""` when none came).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn tunnel(conn: TcpStream, lines: &std::sync::Mutex<Vec<String>>, forward_to: Option<SocketAddr>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut first = String::new();
+    let _ = reader.read_line(&mut first);
+    lines.lock().unwrap().push(first.trim_end().to_owned());
+    let mut head = String::new();
+    while reader.read_line(&mut head).is_ok_and(|n| n > 2) {
+        head.clear();
+    }
+    let mut out = conn;
+    let target = first.split(' ').nth(1).unwrap_or("");
+    let upstream = match forward_to {
+        Some(to) if first.starts_with("CONNECT ") && target == to.to_string() => {
+            TcpStream::connect(to).ok()
+        }
+        _ => None,
+    };
+    let Some(upstream) = upstream else {
+        let status = if forward_to.is_some() {
+            "403 Forbidden"
+        } else {
+            "502 Bad Gateway"
+        };
+        let _ = out.write_all(
+            format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        return;
+    };
+    let _ = out.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    let _ = out.set_read_timeout(None);
+    let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+    let buffered = reader.buffer().to_vec();
+    let _ = up_w.write_all(&buffered);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut up_r, &mut out);
+        let _ = out.shutdown(std::net::Shutdown::Both);
+    });
+    let mut client = reader.into_inner();
+    let _ = std::io::copy(&mut client, &mut up_w);
+    let _ = up_w.shutdown(std::net::Shutdown::Both);
+}

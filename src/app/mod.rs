@@ -499,6 +499,12 @@ impl App {
                 None => next.push(Arc::new(self.kit.route(r, share)?)),
             }
         }
+        let route_indexes: Vec<url::Url> = new
+            .routes
+            .iter()
+            .flat_map(|r| r.indexes.iter().map(|i| i.url.clone()))
+            .collect();
+        self.kit.origin.trust_route_indexes(&route_indexes);
         *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
         *p = (Arc::clone(&new.policy), p.1 + 1);

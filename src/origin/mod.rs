@@ -287,6 +287,9 @@ pub trait Origin: Send + Sync {
     fn refused_addresses(&self) -> u64 {
         0
     }
+    /// The `[[route]]` indexes now in force (at start and on SIGHUP): their
+    /// origins are trusted like the default route's.
+    fn trust_route_indexes(&self, _urls: &[Url]) {}
 }
 
 #[cfg(test)]
