@@ -217,6 +217,63 @@ deny = [{ project = "evil-*", reason = "known malware" }, { project = "setuptool
 }
 
 #[test]
+fn a_version_rule_covers_every_file_type_and_fails_closed() {
+    within(LIMIT, || {
+        let denied = [
+            "pol-9.7.tbz",
+            "pol-9.7.txz",
+            "pol-9.7.tlz",
+            "pol-9.7.tar.lz",
+            "pol-9.11.tar.lzma",
+            "pol-9.7-py3.8.egg",
+            "pol-9.7.win-amd64-py3.8.exe",
+            "pol-9.7.tar.Z",
+            "pol-9.7.tar.gz",
+            "pol-9.7-py3-none-any.whl",
+            // No readable version: denied by the version rule (fail closed).
+            "pol-nightly.tar.gz",
+        ];
+        let allowed = ["pol-8.0.tar.gz", "pol-8.0.tbz", "pol-8.0-py3-none-any.whl"];
+        let fake = FakeIndex::start(BTreeMap::new());
+        let files = denied
+            .iter()
+            .chain(&allowed)
+            .enumerate()
+            .map(|(i, f)| FakeFile::new(f, blob(100, i as u64)))
+            .collect();
+        fake.add_project(
+            "root",
+            "pol",
+            FakeProject {
+                files,
+                ..Default::default()
+            },
+        );
+        fake.set_mode(Mode::Json);
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            "deny = [{ project = \"pol\", versions = \">=9\" }]\n",
+        );
+        let (server, _cache, _home) = roxpi_on(&fake, &[("ROXPI_CONFIG", path.as_str())]);
+        let addr = server.addr;
+        let page = get(addr, "/simple/pol/").text();
+        for f in denied {
+            assert!(!page.contains(f), "{f} listed: {page}");
+            let r = get(addr, &format!("/simple/pol/{f}"));
+            assert_eq!(r.status, 403, "{f}: {}", r.text());
+        }
+        for f in allowed {
+            assert!(page.contains(f), "{f} hidden: {page}");
+            assert_eq!(get(addr, &format!("/simple/pol/{f}")).status, 200, "{f}");
+        }
+        assert!(get(addr, "/simple/pol/pol-nightly.tar.gz")
+            .text()
+            .contains("cannot be read"),);
+    });
+}
+
+#[test]
 fn a_quarantined_project_serves_no_file_after_refresh_restart_and_offline() {
     within(LIMIT, || {
         let fake = FakeIndex::start(BTreeMap::new());

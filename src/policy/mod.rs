@@ -227,28 +227,7 @@ impl Verdict {
     }
 }
 
-/// The version in a distribution's file name (pure): a wheel's second
-/// field; an sdist's name after the project name.
-pub fn version_of(project: &ProjectName, filename: &str) -> Option<Version> {
-    let lower = filename.to_ascii_lowercase();
-    if let Some(stem) = lower.strip_suffix(".whl") {
-        let v = stem.split('-').nth(1)?;
-        return Version::from_str(v).ok();
-    }
-    let stem = [".tar.gz", ".zip", ".tar.bz2", ".tgz", ".tar.xz", ".tar"]
-        .iter()
-        .find_map(|ext| lower.strip_suffix(ext))?;
-    // The project name as spelt in the file: separators vary (`-_.`).
-    let norm: String = stem
-        .chars()
-        .map(|c| if c == '_' || c == '.' { '-' } else { c })
-        .collect();
-    let name = project.as_str();
-    if !norm.starts_with(name) || norm.as_bytes().get(name.len()) != Some(&b'-') {
-        return None;
-    }
-    Version::from_str(&stem[name.len() + 1..]).ok()
-}
+pub use crate::pypi::filename::version_of;
 
 /// The latest time roxpi keeps or writes: 9999-12-31T23:59:59Z, the end
 /// of RFC 3339. Later times (an upload time near it plus a cooldown) are
@@ -299,6 +278,19 @@ impl Policy {
             .then(|| version_of(f.project, f.filename))
             .flatten();
         for rule in &self.deny {
+            // Fail closed: a file whose version cannot be read is denied
+            // by every version rule of its project.
+            if needs_version
+                && version.is_none()
+                && rule.versions.is_some()
+                && rule.project.matches(f.project)
+            {
+                return Verdict::Deny(format!(
+                    "denied by the site's policy ({}): the version of {} cannot be read from its name",
+                    rule.describe(),
+                    f.filename
+                ));
+            }
             if rule.covers(f.project, version.as_ref()) {
                 return Verdict::Deny(rule.reason.clone().unwrap_or_else(|| {
                     format!("denied by the site's policy ({})", rule.describe())

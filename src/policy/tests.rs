@@ -230,7 +230,21 @@ fn verdicts() {
             "requests-latest.tar.gz",
             Some(1),
             None,
-            Verdict::Serve,
+            // Fail closed: no version, so the version rule denies it.
+            Verdict::Deny(
+                "denied by the site's policy (requests >=9): the version of \
+                 requests-latest.tar.gz cannot be read from its name"
+                    .into(),
+            ),
+        ),
+        (
+            CooldownMode::Hide,
+            Untimed::Allow,
+            "requests",
+            "requests-9.1.tar.lzma",
+            Some(1),
+            None,
+            Verdict::Deny("not yet vetted".into()),
         ),
     ];
     for (mode, untimed, project, file, up, seen, want) in cases {

@@ -2,6 +2,7 @@
 //! project names, the page model, upstream parsing, negotiation, rendering.
 //! No I/O and nothing of HTTP serving lives here.
 
+pub mod filename;
 pub mod model;
 pub mod name;
 pub mod negotiate;
