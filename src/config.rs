@@ -510,9 +510,30 @@ impl Settings {
                 .collect::<Result<Vec<_>, _>>()
         };
         let mut indexes = Vec::new();
-        if cli.index_url.trim().is_empty() && !file.index.is_empty() {
+        let file_indexes = match &file.index {
+            Some(list) if list.is_empty() => {
+                return Err(err(
+                    "ROXPI_CONFIG index",
+                    &file_path,
+                    "at least one [[index]] (or no index key at all)",
+                ))
+            }
+            Some(list) if !cli.index_url.trim().is_empty() => {
+                return Err(ConfigError {
+                    setting: "ROXPI_INDEX_URL",
+                    value: SafeUrl::text(cli.index_url.trim()).to_string(),
+                    expected: format!(
+                        "no index URL while the [[index]] list in ROXPI_CONFIG ({file_path}, {} entries) names the indexes; keep one of the two (PROXPI_INDEX_URL and --index-url set it too)",
+                        list.len()
+                    ),
+                })
+            }
+            Some(list) => list.as_slice(),
+            None => &[],
+        };
+        if !file_indexes.is_empty() {
             // The file's [[index]] entries, root first.
-            for (i, entry) in file.index.iter().enumerate() {
+            for (i, entry) in file_indexes.iter().enumerate() {
                 let url = parse_index_url(&entry.url).map_err(|e| {
                     err("ROXPI_CONFIG [[index]] url", &SafeUrl::text(&entry.url), e)
                 })?;
@@ -573,6 +594,7 @@ impl Settings {
                 expected: e.message,
             }
         })?;
+        let site_indexes = indexes.clone();
         let mut routes = Vec::new();
         for r in &file.route {
             let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
@@ -617,7 +639,7 @@ impl Settings {
                 .iter()
                 .map(|u| {
                     parse_index_url(u)
-                        .map(|url| IndexConfig::new(url, ttl))
+                        .map(|url| guarded(IndexConfig::new(url, ttl), &site_indexes))
                         .map_err(|e| err("ROXPI_CONFIG [[route]] indexes", &SafeUrl::text(u), e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -634,13 +656,12 @@ impl Settings {
             };
             let policy = match &r.policy {
                 Some(fields) => Some(std::sync::Arc::new(
-                    file::build_policy(fields, &overrides, &file_path).map_err(|e| {
-                        ConfigError {
+                    file::build_policy(&file.policy().under_route(fields), &overrides, &file_path)
+                        .map_err(|e| ConfigError {
                             setting: "ROXPI_CONFIG [[route]] policy",
                             value: format!("{} ({})", e.path, r.prefix),
                             expected: e.message,
-                        }
-                    })?,
+                        })?,
                 )),
                 None => None,
             };
@@ -933,6 +954,22 @@ pub fn parse_index_url(s: &str) -> Result<Url, String> {
         url.set_path(&p);
     }
     Ok(url)
+}
+
+/// A route's index with the site's `[[index]]` guards: the `only` and
+/// `never` of the entry with the same URL, and every name another site
+/// index claims (its `only`) added to `never` — a name claimed by a
+/// private index is never taken from another index on any route.
+fn guarded(mut index: IndexConfig, site: &[IndexConfig]) -> IndexConfig {
+    for s in site {
+        if s.url == index.url {
+            index.only.extend(s.only.iter().cloned());
+            index.never.extend(s.never.iter().cloned());
+        } else {
+            index.never.extend(s.only.iter().cloned());
+        }
+    }
+    index
 }
 
 /// What a setting in seconds accepts, for its error message.

@@ -406,6 +406,173 @@ fn a_private_name_is_never_taken_from_the_public_index() {
 }
 
 #[test]
+fn a_route_keeps_the_site_rules_and_the_index_guards() {
+    within(LIMIT, || {
+        let private = FakeIndex::start(BTreeMap::new());
+        let public = FakeIndex::start(BTreeMap::new());
+        for (name, file) in [
+            ("acme-foo", "acme_foo-9.0-py3-none-any.whl"),
+            ("evil-pkg", "evil_pkg-1.0.tar.gz"),
+            ("pol", "pol-9.0.tar.gz"),
+            ("young", "young-2.0-py3-none-any.whl"),
+        ] {
+            let mut f = FakeFile::new(file, blob(100, file.len() as u64));
+            if name == "young" {
+                f.upload_time = uploaded_ago(Duration::from_secs(3600));
+            }
+            public.add_project(
+                "root",
+                name,
+                FakeProject {
+                    files: vec![f],
+                    ..Default::default()
+                },
+            );
+        }
+        public.set_mode(Mode::Json);
+        let conf = tempfile::tempdir().unwrap();
+        // The README's own route example: its cooldown is off.
+        let text = format!(
+            r#"min-release-age = "7d"
+cooldown-mode = "deny"
+deny = [{{ project = "evil-*", reason = "known malware" }}, {{ project = "pol", versions = ">=9" }}]
+
+[[index]]
+url = "{private}"
+only = ["acme-*"]
+
+[[index]]
+url = "{public}"
+
+[[route]]
+prefix = "/pub/simple/"
+indexes = ["{public}"]
+policy = {{ min-release-age = "0" }}
+
+[[route]]
+prefix = "/both/simple/"
+indexes = ["{private}", "{public}"]
+"#,
+            private = private.url("root"),
+            public = public.url("root")
+        );
+        let path = write_config(conf.path(), &text);
+        let cache = tempfile::tempdir().unwrap();
+        let cache_dir = cache.path().display().to_string();
+        let (server, _home) = start_roxpi(&[
+            ("ROXPI_CONFIG", path.as_str()),
+            ("ROXPI_CACHE_DIR", cache_dir.as_str()),
+        ]);
+        let addr = server.addr;
+        for prefix in ["/pub/simple/", "/both/simple/", "/simple/"] {
+            let page = get(addr, &format!("{prefix}evil-pkg/"));
+            assert_eq!(page.status, 403, "{prefix}: {}", page.text());
+            assert!(page.text().contains("known malware"), "{}", page.text());
+            let r = get(addr, &format!("{prefix}evil-pkg/evil_pkg-1.0.tar.gz"));
+            assert_eq!(r.status, 403, "{prefix}");
+            let r = get(addr, &format!("{prefix}pol/pol-9.0.tar.gz"));
+            assert_eq!(r.status, 403, "{prefix}: {}", r.text());
+            // The private index claims acme-*: never from the public one.
+            let r = get(addr, &format!("{prefix}acme-foo/"));
+            assert_eq!(r.status, 404, "{prefix}: {}", r.text());
+        }
+        assert_eq!(
+            public.count("/root/acme-foo/"),
+            0,
+            "{:?}",
+            public.requests()
+        );
+        assert_eq!(public.count("/root/evil-pkg/"), 0);
+        // What a route may change: its cooldown.
+        let young = "young/young-2.0-py3-none-any.whl";
+        assert_eq!(get(addr, &format!("/pub/simple/{young}")).status, 200);
+        assert_eq!(get(addr, &format!("/simple/{young}")).status, 403);
+        assert_eq!(get(addr, &format!("/both/simple/{young}")).status, 403);
+    });
+}
+
+#[test]
+fn index_variables_and_an_index_list_in_the_file_refuse_to_start() {
+    within(LIMIT, || {
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            "[[index]]\nurl = \"https://private.example/simple/\"\nonly = [\"six\"]\n",
+        );
+        for var in ["ROXPI_INDEX_URL", "PROXPI_INDEX_URL"] {
+            let out = Command::new(roxpi_bin())
+                .env_clear()
+                .env("ROXPI_BIND", "127.0.0.1:0")
+                .env("ROXPI_CONFIG", &path)
+                .env(var, "https://pypi.org/simple/")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{var}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            let line = err
+                .lines()
+                .find(|l| l.contains("ROXPI_INDEX_URL"))
+                .unwrap_or_else(|| panic!("{var}: {err}"));
+            assert!(line.contains("[[index]]"), "{var}: {line}");
+        }
+        let empty = write_config(conf.path(), "index = []\n");
+        let out = Command::new(roxpi_bin())
+            .env_clear()
+            .env("ROXPI_BIND", "127.0.0.1:0")
+            .env("ROXPI_CONFIG", &empty)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least one [[index]]"));
+    });
+}
+
+#[test]
+fn a_quarantine_on_any_merged_index_withholds_every_file_of_the_project() {
+    within(LIMIT, || {
+        for quarantined_on in ["root", "extra"] {
+            let fake = FakeIndex::start(BTreeMap::new());
+            fake.set_mode(Mode::Json);
+            for index in ["root", "extra"] {
+                let file = format!("q-1.0.{index}-py3-none-any.whl");
+                let quarantined = index == quarantined_on;
+                fake.add_project(
+                    index,
+                    "q",
+                    FakeProject {
+                        // A quarantining index lists no file (as PyPI).
+                        files: if quarantined {
+                            vec![]
+                        } else {
+                            vec![FakeFile::new(&file, blob(100, 7))]
+                        },
+                        status: quarantined.then(|| "quarantined".to_owned()),
+                        ..Default::default()
+                    },
+                );
+            }
+            let extra = fake.url("extra");
+            let (server, _cache, _home) =
+                roxpi_on(&fake, &[("ROXPI_EXTRA_INDEX_URLS", extra.as_str())]);
+            let addr = server.addr;
+            let json = request(
+                addr,
+                "GET",
+                "/index/q/",
+                &[("Accept", "application/vnd.pypi.simple.v1+json")],
+            )
+            .json();
+            assert_eq!(json["files"].as_array().unwrap().len(), 0, "{json}");
+            assert_eq!(json["project-status"]["status"], "quarantined", "{json}");
+            for index in ["root", "extra"] {
+                let r = get(addr, &format!("/index/q/q-1.0.{index}-py3-none-any.whl"));
+                assert_ne!(r.status, 200, "{quarantined_on}/{index}: {}", r.text());
+            }
+        }
+    });
+}
+
+#[test]
 fn the_config_file_unknown_keys_sighup_and_variables() {
     within(LIMIT, || {
         let fake = fake_with_young(Duration::from_secs(3600));

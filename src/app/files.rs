@@ -52,7 +52,7 @@ impl App {
         let Some((id, entry, part)) = find_file(&found, &file, &synthesizes) else {
             return Response::text(404, format!("{file} is not listed on the project page\n"));
         };
-        if let Some(refused) = self.refused_file(up, &found, id, &name, entry) {
+        if let Some(refused) = self.refused_file(up, &found, &name, entry) {
             return refused;
         }
         let index = &up.pages.indexes()[id.get()];
@@ -77,13 +77,13 @@ impl App {
         &self,
         up: &Upstream,
         found: &[(IndexId, Arc<Snapshot>, Freshness)],
-        id: IndexId,
         name: &ProjectName,
         entry: &FileEntry,
     ) -> Option<Response> {
-        let quarantined = found.iter().any(|(i, snap, _)| {
-            *i == id
-                && matches!(&*snap.doc, Doc::Page(p) if p.project_status.as_ref().is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined")))
+        // Quarantined on any index of the route: no file of the project
+        // (the merged page lists none either).
+        let quarantined = found.iter().any(|(_, snap, _)| {
+            matches!(&*snap.doc, Doc::Page(p) if p.project_status.as_ref().is_some_and(crate::pypi::model::ProjectStatus::is_quarantined))
         });
         let (rule, reason) = if quarantined {
             (

@@ -364,7 +364,7 @@ impl App {
         };
         let quarantined = page
             .project_status
-            .is_some_and(|s| s.status.eq_ignore_ascii_case("quarantined"));
+            .is_some_and(crate::pypi::model::ProjectStatus::is_quarantined);
         if quarantined {
             if !page.files.is_empty() {
                 record(

@@ -25,14 +25,15 @@ pub struct FileConfig {
     pub yank: Vec<RuleEntry>,
     #[serde(default)]
     pub deny: Vec<RuleEntry>,
-    #[serde(default)]
-    pub index: Vec<IndexEntry>,
+    /// `None`: no `[[index]]` (the variables name the indexes); an empty
+    /// list (`index = []`) is an error, never a silent fallback.
+    pub index: Option<Vec<IndexEntry>>,
     #[serde(default)]
     pub route: Vec<RouteEntry>,
 }
 
 /// The policy keys: at the top of the file (the site's policy), or in a
-/// route's `policy` table (that route's own, replacing the site's).
+/// route's `policy` table (see `PolicyFields::under_route`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PolicyFields {
@@ -47,6 +48,30 @@ pub struct PolicyFields {
     pub yank: Vec<RuleEntry>,
     #[serde(default)]
     pub deny: Vec<RuleEntry>,
+}
+
+impl PolicyFields {
+    /// A route's policy: the site's (`self`), with the cooldown keys the
+    /// route names in its `policy` table replacing the site's, and the
+    /// route's `yank` and `deny` rules added to the site's. A route can
+    /// never lift a site rule.
+    pub fn under_route(&self, route: &PolicyFields) -> PolicyFields {
+        fn or_site<T: Clone>(own: &[T], site: &[T]) -> Vec<T> {
+            if own.is_empty() { site } else { own }.to_vec()
+        }
+        PolicyFields {
+            min_release_age: route
+                .min_release_age
+                .clone()
+                .or_else(|| self.min_release_age.clone()),
+            cooldown_mode: route.cooldown_mode.or(self.cooldown_mode),
+            untimed: route.untimed.or(self.untimed),
+            cooldown_exempt: or_site(&route.cooldown_exempt, &self.cooldown_exempt),
+            cooldown: or_site(&route.cooldown, &self.cooldown),
+            yank: self.yank.iter().chain(&route.yank).cloned().collect(),
+            deny: self.deny.iter().chain(&route.deny).cloned().collect(),
+        }
+    }
 }
 
 impl FileConfig {
@@ -119,8 +144,8 @@ pub struct RouteEntry {
     pub strategy: Option<String>,
     /// Seconds, for every index of the route.
     pub ttl: Option<f64>,
-    /// The route's own policy (replacing the site's for its pages and
-    /// files); absent: the site's.
+    /// What the route changes in the site's policy: cooldown keys replace
+    /// the site's, rules add to them (`PolicyFields::under_route`).
     pub policy: Option<PolicyFields>,
 }
 
@@ -271,8 +296,8 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
     #[test]
     fn the_documented_example_parses() {
         let f = FileConfig::parse("roxpi.toml", EXAMPLE).unwrap();
-        assert_eq!(f.index.len(), 2);
-        assert_eq!(f.index[0].only, ["acme-*"]);
+        assert_eq!(f.index.as_ref().unwrap().len(), 2);
+        assert_eq!(f.index.as_ref().unwrap()[0].only, ["acme-*"]);
         assert_eq!(f.route[0].prefix, "/pytorch-cu121/simple/");
         let p = build_policy(&f.policy(), &PolicyOverrides::default(), "roxpi.toml").unwrap();
         assert_eq!(
@@ -291,7 +316,10 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
         let start = policy.find("```toml\n").unwrap() + "```toml\n".len();
         let block = &policy[start..start + policy[start..].find("```").unwrap()];
         let f = FileConfig::parse("README.md", block).unwrap();
-        assert_eq!((f.index.len(), f.route.len()), (2, 1));
+        assert_eq!(
+            (f.index.as_ref().map_or(0, Vec::len), f.route.len()),
+            (2, 1)
+        );
         let p = build_policy(&f.policy(), &PolicyOverrides::default(), "README.md").unwrap();
         assert_eq!((p.yanks.len(), p.deny.len()), (1, 2));
         assert!(f.route[0].policy.is_some());

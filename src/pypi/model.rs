@@ -201,6 +201,13 @@ pub struct ProjectStatus {
     pub reason: Option<String>,
 }
 
+impl ProjectStatus {
+    /// PEP 792 `quarantined`: no file of the project may be installed.
+    pub fn is_quarantined(&self) -> bool {
+        self.status.eq_ignore_ascii_case("quarantined")
+    }
+}
+
 /// One distribution file of a project.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {

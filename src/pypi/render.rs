@@ -313,8 +313,14 @@ pub fn merge<'a>(
                 .get_or_insert_with(BTreeSet::new)
                 .extend(v.iter().map(String::as_str));
         }
-        if out.project_status.is_none() {
-            out.project_status = page.project_status.as_ref();
+        // The first status given, except that a quarantine on any merged
+        // index wins: the project is quarantined on this route (fail
+        // closed; the file route refuses its files alike).
+        let quarantined = |s: Option<&ProjectStatus>| s.is_some_and(ProjectStatus::is_quarantined);
+        if out.project_status.is_none()
+            || quarantined(page.project_status.as_ref()) && !quarantined(out.project_status)
+        {
+            out.project_status = page.project_status.as_ref().or(out.project_status);
         }
         if strategy == Strategy::FirstIndex {
             break;
