@@ -49,6 +49,7 @@ pub mod persist;
 pub mod policy;
 pub mod pypi;
 pub mod redact;
+pub mod socket_budget;
 pub mod startup;
 pub mod storage;
 pub mod upstream;

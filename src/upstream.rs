@@ -16,6 +16,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use url::Url;
 
 use crate::address_policy::AddressPolicy;
+use crate::socket_budget::{Permit, SocketBudget};
 use bytes::Bytes;
 
 use crate::config::Settings;
@@ -40,6 +41,9 @@ fn to_error(url: &Url, e: ureq::Error) -> OriginError {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
             OriginError::forbidden(url)
         }
+        ureq::Error::Io(io) if matches!(io.raw_os_error(), Some(e) if e == rustix::io::Errno::MFILE.raw_os_error() || e == rustix::io::Errno::NFILE.raw_os_error()) => {
+            OriginError::descriptors(url)
+        }
         ureq::Error::Io(io) => OriginError::connect(url, io.kind().to_string()),
         other => OriginError::garbage(url, other.to_string()),
     }
@@ -57,6 +61,12 @@ pub struct Upstream {
     /// `ROXPI_UPSTREAM_PROXY` is set: targets are checked before each
     /// request.
     proxied: bool,
+    /// Open upstream connections for pages and for files, each bounded
+    /// (`socket_budget`); waiting for a permit is bounded by the connect
+    /// timeout.
+    page_sockets: Arc<SocketBudget>,
+    file_sockets: Arc<SocketBudget>,
+    socket_wait: std::time::Duration,
 }
 
 /// An origin as the policy compares it: lower-case host (IPv6 without
@@ -186,6 +196,7 @@ impl Upstream {
             None => RootCerts::WebPki,
         };
         let proxy = settings.upstream_proxy.as_ref().map(proxy_of).transpose()?;
+        let sockets = crate::socket_budget::upstream_sockets(crate::http::raise_nofile_limit());
         let tls = TlsConfig::builder()
             .root_certs(roots)
             .disable_verification(settings.disable_tls_verification)
@@ -201,8 +212,10 @@ impl Upstream {
             .timeout_connect(Some(settings.connect_timeout))
             .timeout_per_read(Some(settings.read_timeout))
             .timeout_recv_response(Some(settings.read_timeout))
-            .max_idle_connections(256)
-            .max_idle_connections_per_host(64)
+            // Idle connections hold descriptors too: a quarter of the
+            // upstream budget.
+            .max_idle_connections((sockets / 4).max(2))
+            .max_idle_connections_per_host((sockets / 4).max(2))
             .user_agent(concat!("roxpi/", env!("CARGO_PKG_VERSION")))
             .accept_encoding("")
             .tls_config(tls)
@@ -255,7 +268,16 @@ impl Upstream {
             trusted,
             policy,
             proxied: settings.upstream_proxy.is_some(),
+            page_sockets: SocketBudget::new((sockets / 2).max(2)),
+            file_sockets: SocketBudget::new((sockets - sockets / 2).max(2)),
+            socket_wait: settings.connect_timeout,
         };
+        log::debug!(
+            "upstream connections: {} for pages, {} for files, {} idle",
+            upstream.page_sockets.cap(),
+            upstream.file_sockets.cap(),
+            (sockets / 4).max(2)
+        );
         let routes: Vec<Url> = settings
             .routes
             .iter()
@@ -307,10 +329,14 @@ impl Upstream {
         index: &Index,
         url: &Url,
         headers: &[(&str, &str)],
-    ) -> Result<(Url, ureq::http::Response<ureq::Body>), OriginError> {
+        sockets: &Arc<SocketBudget>,
+    ) -> Result<(Url, ureq::http::Response<ureq::Body>, Permit), OriginError> {
         if self.offline {
             return Err(OriginError::offline(url));
         }
+        let permit = sockets
+            .acquire(self.socket_wait)
+            .ok_or_else(|| OriginError::busy(url))?;
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             if self.proxied {
@@ -346,7 +372,7 @@ impl Upstream {
                 current = next;
                 continue;
             }
-            return Ok((current, resp));
+            return Ok((current, resp, permit));
         }
         Err(OriginError::garbage(url, "too many redirects"))
     }
@@ -412,7 +438,7 @@ impl Origin for Upstream {
         if let Some(lm) = &known.last_modified {
             headers.push(("If-Modified-Since", lm.as_str()));
         }
-        let (final_url, resp) = self.get(index, &url, &headers)?;
+        let (final_url, resp, _permit) = self.get(index, &url, &headers, &self.page_sockets)?;
         let status = resp.status().as_u16();
         log::debug!(
             "upstream GET {} -> {status} in {:?}",
@@ -441,13 +467,14 @@ impl Origin for Upstream {
     }
 
     fn fetch_list(&self, index: &Index) -> Result<Option<ProjectList>, OriginError> {
-        let (final_url, resp) = self.get(
+        let (final_url, resp, _permit) = self.get(
             index,
             &index.url,
             &[
                 ("Accept", PAGE_ACCEPT),
                 ("Accept-Encoding", "gzip, deflate"),
             ],
+            &self.page_sockets,
         )?;
         match resp.status().as_u16() {
             200 => {}
@@ -471,7 +498,7 @@ impl Origin for Upstream {
         if let Some(r) = range {
             headers.push(("Range", r));
         }
-        let (final_url, resp) = self.get(index, url, &headers)?;
+        let (final_url, resp, permit) = self.get(index, url, &headers, &self.file_sockets)?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -481,7 +508,11 @@ impl Origin for Upstream {
         };
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
         let content_range = header("content-range");
-        let body = Box::new(resp.into_body().into_reader());
+        // The body holds the connection, and so its permit.
+        let body = Box::new(Held {
+            body: resp.into_body().into_reader(),
+            _permit: permit,
+        });
         Ok(Streamed {
             status,
             content_length,
@@ -489,6 +520,18 @@ impl Origin for Upstream {
             final_url,
             body,
         })
+    }
+}
+
+/// A file body with the socket permit of its connection.
+struct Held<R> {
+    body: R,
+    _permit: Permit,
+}
+
+impl<R: Read> Read for Held<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.body.read(buf)
     }
 }
 
@@ -602,5 +645,51 @@ fn validators_of(headers: &ureq::http::HeaderMap) -> Validators {
         etag: text("etag"),
         last_modified: text("last-modified"),
         serial: text("x-pypi-last-serial").and_then(|v| v.parse().ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_are_named() {
+        let url = Url::parse("http://files.invalid/x.whl").unwrap();
+        let io = |e: std::io::Error| to_error(&url, ureq::Error::Io(e));
+        let cases = [
+            (
+                io(std::io::Error::from_raw_os_error(24)),
+                "no file descriptor free",
+            ),
+            (
+                io(std::io::Error::from_raw_os_error(23)),
+                "no file descriptor free",
+            ),
+            (
+                io(std::io::ErrorKind::PermissionDenied.into()),
+                "address policy",
+            ),
+            (io(std::io::ErrorKind::TimedOut.into()), "timed out"),
+            (to_error(&url, ureq::Error::HostNotFound), "host not found"),
+        ];
+        for (e, want) in cases {
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn origins_compare_host_and_port() {
+        let o = |u: &str| origin_of(&Url::parse(u).unwrap());
+        assert_eq!(
+            o("http://127.0.0.1:3141/simple/"),
+            Some(("127.0.0.1".into(), 3141))
+        );
+        assert_eq!(
+            o("https://PyPI.org/simple/"),
+            Some(("pypi.org".into(), 443))
+        );
+        assert_eq!(o("http://[::1]/"), Some(("::1".into(), 80)));
+        assert_eq!(o("http://2130706433:80/"), o("http://127.0.0.1/"));
+        assert_ne!(o("http://127.0.0.1:22/"), o("http://127.0.0.1:3141/"));
     }
 }

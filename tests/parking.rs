@@ -588,3 +588,101 @@ fn through_the_configured_proxy_refused_targets_are_never_connected() {
         assert_eq!(other.lines(), Vec::<String>::new());
     });
 }
+
+/// roxpi under `ulimit -n 256`, on `fake`'s root index.
+fn roxpi_with_256_descriptors(fake: &FakeIndex) -> (crate::util::ChildServer, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\"")
+        .arg(crate::util::roxpi_bin())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", cache.path())
+        .env("ROXPI_BIND", "127.0.0.1:0")
+        .env("ROXPI_INDEX_URL", fake.url("root"))
+        .env("ROXPI_CACHE_DIR", cache.path().join("c"));
+    (crate::util::ChildServer::start(cmd), cache)
+}
+
+#[test]
+fn hung_downloads_under_256_descriptors_leave_page_misses_working() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.set_mode(Mode::Json);
+        // The fake never answers a path with a part starting `hang-`.
+        let hung: Vec<FakeFile> = (0..64)
+            .map(|i| FakeFile::new(&format!("hang-{i}.0-py3-none-any.whl"), vec![i as u8; 100]))
+            .collect();
+        fake.add_project(
+            "root",
+            "hang",
+            FakeProject {
+                files: hung,
+                ..Default::default()
+            },
+        );
+        for i in 0..150 {
+            fake.add_project(
+                "root",
+                &format!("p{i}"),
+                FakeProject {
+                    files: vec![FakeFile::new(&format!("p{i}-1.0.tar.gz"), vec![2u8; 10])],
+                    ..Default::default()
+                },
+            );
+        }
+        let (mut roxpi, _dir) = roxpi_with_256_descriptors(&fake);
+        let stderr = roxpi.capture_stderr();
+        let addr = roxpi.addr;
+        assert_eq!(get(addr, "/index/hang/").status, 200);
+        // 64 downloads that hang, abandoned by their clients after 1 s.
+        let abandoned: Vec<_> = (0..64)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    let req = format!(
+                        "GET /index/hang/hang-{i}.0-py3-none-any.whl HTTP/1.1\r\nHost: x\r\n\r\n"
+                    );
+                    s.write_all(req.as_bytes()).unwrap();
+                    let _ = std::io::Read::read(&mut s, &mut [0u8; 64]);
+                })
+            })
+            .collect();
+        for a in abandoned {
+            a.join().unwrap();
+        }
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", roxpi.pid())).map_or(0, |d| d.count());
+        eprintln!("roxpi holds {fds} descriptors after 64 hung downloads");
+        // Then 150 page misses at once (150 client connections, below
+        // the connection cap of 176), each taking the upstream 200 ms.
+        fake.set_fault(crate::fake_index::Fault::Hang(Duration::from_millis(200)));
+        let askers: Vec<_> = (0..150)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let r = get(addr, &format!("/index/p{i}/"));
+                    (r.status, r.text())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", roxpi.pid())).map_or(0, |d| d.count());
+        eprintln!("roxpi holds {fds} descriptors under 150 page misses");
+        for a in askers {
+            let (status, text) = a.join().unwrap();
+            assert!(!text.contains("uncategorized"), "{text}");
+            assert_eq!(status, 200, "{text}");
+        }
+        assert_eq!(metric(addr, "roxpi_http_accept_errors_total"), 0);
+        drop(roxpi);
+        let log = stderr
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        assert!(!log.contains("uncategorized"), "{log}");
+        assert!(
+            !log.to_ascii_lowercase().contains("too many open files"),
+            "{log}"
+        );
+    });
+}

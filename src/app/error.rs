@@ -45,7 +45,7 @@ fn origin(e: &OriginError) -> (u16, u64) {
         OriginError::Garbage { .. } | OriginError::Body { .. } => (502, 30),
         OriginError::Offline { .. } => (502, 0),
         OriginError::Forbidden { .. } => (502, 0),
-        OriginError::Busy { .. } => (503, 5),
+        OriginError::Busy { .. } | OriginError::Descriptors { .. } => (503, 5),
     }
 }
 

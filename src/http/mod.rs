@@ -422,9 +422,15 @@ const BASE_FDS: u64 = 16;
 /// The connection cap for a descriptor limit: a quarter (16 to 1024) stays
 /// in reserve for upstream sockets, temp files and downloads (pure).
 pub fn connection_cap(nofile: u64) -> usize {
-    let reserve = (nofile / 4).clamp(16, 1024);
+    let reserve = fd_reserve(nofile);
     let cap = nofile.saturating_sub(reserve + BASE_FDS).max(4);
     usize::try_from(cap.min(1 << 20)).unwrap_or(1 << 20)
+}
+
+/// The descriptors kept out of the connection cap (pure): for upstream
+/// sockets (`socket_budget`), temp files and downloads.
+pub fn fd_reserve(nofile: u64) -> u64 {
+    (nofile / 4).clamp(16, 1024)
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {

@@ -164,6 +164,9 @@ pub enum OriginError {
     /// roxpi's own bound on concurrent upstream requests is reached.
     #[error("too many upstream requests at once; {url} not contacted")]
     Busy { url: SafeUrl },
+    /// The process is out of file descriptors for a connection.
+    #[error("no file descriptor free for a connection to upstream {url} (raise the nofile limit)")]
+    Descriptors { url: SafeUrl },
 }
 
 impl OriginError {
@@ -205,6 +208,10 @@ impl OriginError {
 
     pub fn busy(url: &Url) -> OriginError {
         OriginError::Busy { url: url.into() }
+    }
+
+    pub fn descriptors(url: &Url) -> OriginError {
+        OriginError::Descriptors { url: url.into() }
     }
 
     pub fn offline(url: &Url) -> OriginError {
