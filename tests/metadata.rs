@@ -462,3 +462,72 @@ fn lying_and_huge_central_directories_are_refused_within_bounded_memory() {
         assert_eq!(crate::util::metric(addr, "roxpi_metadata_broken_total"), 4);
     });
 }
+
+#[test]
+fn abandoned_syntheses_stop_and_leave_room_for_new_ones() {
+    within(LIMIT, || {
+        let r = rig(&[]);
+        // The fake never answers a path with a part starting `hang-`.
+        let hung: Vec<FakeFile> = (0..150)
+            .map(|i| {
+                let mut body = vec![0u8; 200];
+                body[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                FakeFile::new(&format!("hang-{i}.0-py3-none-any.whl"), body)
+            })
+            .collect();
+        r.fake.add_project(
+            "root",
+            "hang",
+            FakeProject {
+                files: hung,
+                versions: vec![],
+                status: None,
+            },
+        );
+        let addr = r.roxpi.addr;
+        assert_eq!(get(addr, "/index/hang/").status, 200);
+        let clients: Vec<_> = (0..150)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                    let req = format!(
+                        "GET /index/hang/hang-{i}.0-py3-none-any.whl.metadata HTTP/1.1\r\nHost: x\r\n\r\n"
+                    );
+                    s.write_all(req.as_bytes()).unwrap();
+                    let _ = s.read(&mut [0u8; 64]);
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let hung_gets = |fake: &FakeIndex| {
+            fake.requests()
+                .iter()
+                .filter(|q| q.path.starts_with("/files/root/hang/"))
+                .count()
+        };
+        // Past the grace a new synthesis has before its request subscribes.
+        std::thread::sleep(Duration::from_millis(1500));
+        let settled = hung_gets(&r.fake);
+        let t = std::time::Instant::now();
+        let got = get_metadata(&r);
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.body, r.metadata);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let later = hung_gets(&r.fake);
+        eprintln!(
+            "range GETs for abandoned wheels: {settled} when the clients left, {later} 2 s later"
+        );
+        assert_eq!(later, settled, "abandoned work went on asking the upstream");
+        assert!(settled <= 8, "{settled} hung range GETs");
+        assert!(metric(&r, "roxpi_metadata_abandoned_total") >= 64);
+    });
+}

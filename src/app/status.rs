@@ -106,6 +106,7 @@ impl Snapshot {
             m("roxpi_metadata_range_bytes_total", Counter, File, "metadata range bytes read", "bytes read from upstream wheels by range requests for metadata", load(&m8.range_bytes)),
             m("roxpi_metadata_by_download_total", Counter, File, "metadata made after a full download", "metadata made after downloading the whole wheel (the upstream ignored Range)", load(&m8.by_download)),
             m("roxpi_metadata_broken_total", Counter, File, "wheels without readable metadata", "wheels whose METADATA could not be read (404, no longer advertised)", load(&m8.broken)),
+            m("roxpi_metadata_abandoned_total", Counter, File, "syntheses abandoned", "syntheses dropped before or during their range reads because no request waited for them any more", load(&m8.abandoned)),
             m("roxpi_metadata_replaced_total", Counter, File, "metadata replaced after verification", "range-read metadata replaced after the whole wheel was verified", load(&m8.replaced)),
             m("roxpi_file_verify_failures_total", Counter, File, "hash/length mismatches", "downloads refused for a length or hash mismatch", load(&f.verify_failures)),
             m("roxpi_file_write_errors_total", Counter, File, "write errors", "cache write errors (disk full)", load(&f.write_errors)),

@@ -23,13 +23,12 @@
 //! downloaded and verified later, its METADATA is compared again and a
 //! mismatch replaces the stored one (`recheck`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -37,13 +36,18 @@ use url::Url;
 use super::download::{Downloads, Fetch};
 use super::error::FileError;
 use super::Source;
+use crate::http::Waker;
 use crate::origin::{Index, Origin, OriginError};
 use crate::pypi::{CoreMetadata, FileEntry, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Stored, StoredBody};
 use crate::wheel::{read_metadata, InMemory, OnDisk, ReadAt, WheelError};
 
-/// Threads making metadata, and syntheses that may wait for one.
+/// Threads making metadata, and syntheses that may wait for one. While
+/// every thread works on a synthesis nobody waits for any more (its reads
+/// cannot be interrupted), up to `THREADS` more start for new work, and
+/// end when idle.
 const THREADS: usize = 4;
+const MAX_THREADS: usize = 2 * THREADS;
 const QUEUE: usize = 64;
 /// Wheels whose metadata state is remembered (hash or broken).
 const REMEMBERED: usize = 100_000;
@@ -71,41 +75,90 @@ pub enum Made {
 
 type Waiter = Box<dyn FnOnce() + Send>;
 
+/// How long a new synthesis counts as wanted before its first request has
+/// subscribed (it parks right after `begin`).
+const GRACE: Duration = Duration::from_secs(1);
+
 /// One synthesis in progress, shared by every request for it.
-#[derive(Default)]
 pub struct Flight {
-    state: Mutex<(Option<Made>, Vec<Waiter>)>,
+    state: Mutex<FlightState>,
+    begun: Instant,
+}
+
+#[derive(Default)]
+struct FlightState {
+    made: Option<Made>,
+    waiters: Vec<Waiter>,
+    /// Parked requests: woken when done, and asked whether they still
+    /// wait (`wanted`).
+    watchers: Vec<Waker>,
+}
+
+impl Default for Flight {
+    fn default() -> Flight {
+        Flight {
+            state: Mutex::default(),
+            begun: Instant::now(),
+        }
+    }
 }
 
 impl Flight {
-    fn lock(&self) -> MutexGuard<'_, (Option<Made>, Vec<Waiter>)> {
+    fn lock(&self) -> MutexGuard<'_, FlightState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The outcome, once there is one.
     pub fn outcome(&self) -> Option<Made> {
-        self.lock().0.clone()
+        self.lock().made.clone()
     }
 
     /// Calls `f` once the outcome is in (at once if it is).
     pub fn on_done(&self, f: Waiter) {
         let mut st = self.lock();
-        if st.0.is_some() {
+        if st.made.is_some() {
             drop(st);
             f();
         } else {
-            st.1.push(f);
+            st.waiters.push(f);
         }
     }
 
+    /// Wakes `waker` once the outcome is in; while it waits, its request
+    /// keeps the synthesis wanted.
+    pub fn watch(&self, waker: Waker) {
+        let mut st = self.lock();
+        if st.made.is_some() {
+            drop(st);
+            waker.wake();
+        } else {
+            st.watchers.push(waker);
+        }
+    }
+
+    /// Whether anyone still waits for the outcome: a request whose client
+    /// has not hung up, any other waiter, or a synthesis just begun.
+    pub fn wanted(&self) -> bool {
+        let st = self.lock();
+        self.begun.elapsed() < GRACE
+            || !st.waiters.is_empty()
+            || st.watchers.iter().any(Waker::is_waiting)
+    }
+
     fn complete(&self, made: Made) {
-        let waiters = {
+        let (waiters, watchers) = {
             let mut st = self.lock();
-            st.0 = Some(made);
-            std::mem::take(&mut st.1)
+            st.made = Some(made);
+            (
+                std::mem::take(&mut st.waiters),
+                std::mem::take(&mut st.watchers),
+            )
         };
         for w in waiters {
             w();
+        }
+        for w in watchers {
+            w.wake();
         }
     }
 }
@@ -132,6 +185,8 @@ pub struct SynthStats {
     pub broken: AtomicU64,
     /// Range-read metadata replaced after the whole wheel was verified.
     pub replaced: AtomicU64,
+    /// Syntheses dropped because no request waited for them any more.
+    pub abandoned: AtomicU64,
 }
 
 pub struct Synthesizer {
@@ -142,8 +197,65 @@ pub struct Synthesizer {
     /// Changes whenever an advertisement changes (pages are re-rendered).
     generation: AtomicU64,
     flights: Mutex<HashMap<CacheKey, Arc<Flight>>>,
-    jobs: Sender<Job>,
+    pool: Arc<Pool>,
     pub stats: SynthStats,
+}
+
+/// The synthesis threads' queue. Threads hold the pool, not the
+/// synthesizer: when it goes, `closed` ends them.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    jobs: VecDeque<Job>,
+    /// The syntheses the threads work on now.
+    running: Vec<Arc<Flight>>,
+    threads: usize,
+    idle: usize,
+    closed: bool,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next job, or `None` when this thread should end (the pool is
+    /// closed, or it is an extra thread with nothing to do).
+    fn next(&self) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                return None;
+            }
+            if let Some(job) = st.jobs.pop_front() {
+                st.running.push(Arc::clone(&job.flight));
+                return Some(job);
+            }
+            if st.threads > THREADS {
+                st.threads -= 1;
+                return None;
+            }
+            st.idle += 1;
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.idle -= 1;
+        }
+    }
+
+    fn done(&self, flight: &Arc<Flight>) {
+        self.lock().running.retain(|f| !Arc::ptr_eq(f, flight));
+    }
+}
+
+impl Drop for Synthesizer {
+    fn drop(&mut self) {
+        self.pool.lock().closed = true;
+        self.pool.ready.notify_all();
+    }
 }
 
 /// The key the metadata of the wheel stored under `wheel` is kept under.
@@ -168,7 +280,6 @@ impl Synthesizer {
         origin: Arc<dyn Origin>,
         downloads: Arc<Downloads>,
     ) -> io::Result<Arc<Synthesizer>> {
-        let (jobs, queue): (Sender<Job>, Receiver<Job>) = crossbeam_channel::bounded(QUEUE);
         let synth = Arc::new(Synthesizer {
             storage,
             origin,
@@ -178,28 +289,45 @@ impl Synthesizer {
             )),
             generation: AtomicU64::new(0),
             flights: Mutex::new(HashMap::new()),
-            jobs,
+            pool: Arc::new(Pool::default()),
             stats: SynthStats::default(),
         });
-        for i in 0..THREADS {
-            let (weak, rx) = (Arc::downgrade(&synth), queue.clone());
-            std::thread::Builder::new()
-                .name(format!("roxpi-metadata-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        let Some(s) = weak.upgrade() else { return };
-                        let made =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(&job)))
-                                .unwrap_or_else(|_| {
-                                    Made::Failed(Arc::new(local(io::Error::other(
-                                        "internal error while making metadata",
-                                    ))))
-                                });
-                        s.finish(job, made);
-                    }
-                })?;
+        for _ in 0..THREADS {
+            synth.pool.lock().threads += 1;
+            synth.spawn_thread()?;
         }
         Ok(synth)
+    }
+
+    fn spawn_thread(self: &Arc<Self>) -> io::Result<()> {
+        let (weak, pool) = (Arc::downgrade(self), Arc::clone(&self.pool));
+        let n = self.pool.lock().threads;
+        let spawned = std::thread::Builder::new()
+            .name(format!("roxpi-metadata-{n}"))
+            .spawn(move || {
+                while let Some(job) = pool.next() {
+                    let Some(s) = weak.upgrade() else { return };
+                    let flight = Arc::clone(&job.flight);
+                    let made = if flight.wanted() {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(&job)))
+                            .unwrap_or_else(|_| {
+                                Made::Failed(Arc::new(local(io::Error::other(
+                                    "internal error while making metadata",
+                                ))))
+                            })
+                    } else {
+                        s.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                        Made::Failed(Arc::new(FileError::Busy))
+                    };
+                    s.finish(job, made);
+                    pool.done(&flight);
+                }
+            });
+        if let Err(e) = spawned {
+            self.pool.lock().threads -= 1;
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn known(&self) -> MutexGuard<'_, LruCache<CacheKey, Known>> {
@@ -247,7 +375,11 @@ impl Synthesizer {
 
     /// The synthesis for `entry`'s wheel: the one in progress, or a new
     /// one. `Err(Busy)` when the queue is full.
-    pub fn begin(&self, source: Source, entry: &FileEntry) -> Result<Arc<Flight>, FileError> {
+    pub fn begin(
+        self: &Arc<Self>,
+        source: Source,
+        entry: &FileEntry,
+    ) -> Result<Arc<Flight>, FileError> {
         let wheel = wheel_key(entry);
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = flights.get(&wheel) {
@@ -260,9 +392,58 @@ impl Synthesizer {
             filename: entry.filename.as_str().to_owned(),
             flight: Arc::clone(&flight),
         };
-        self.jobs.try_send(job).map_err(|_| FileError::Busy)?;
+        let (dropped, spawn) = {
+            let mut pool = self.pool.lock();
+            // A full queue first sheds what nobody waits for any more.
+            let dropped: Vec<Job> = if pool.jobs.len() >= QUEUE {
+                let (keep, dropped): (Vec<Job>, Vec<Job>) = std::mem::take(&mut pool.jobs)
+                    .into_iter()
+                    .partition(|j| j.flight.wanted());
+                pool.jobs = keep.into();
+                dropped
+            } else {
+                Vec::new()
+            };
+            let accepted = pool.jobs.len() < QUEUE;
+            if accepted {
+                pool.jobs.push_back(job);
+            }
+            // Every thread stuck on abandoned work: one more, bounded.
+            let spawn = accepted
+                && pool.idle == 0
+                && pool.threads < MAX_THREADS
+                && pool.running.iter().all(|f| !f.wanted());
+            if spawn {
+                pool.threads += 1;
+            }
+            (dropped, accepted.then_some(spawn))
+        };
+        for j in &dropped {
+            flights.remove(&j.wheel);
+        }
+        let Some(spawn) = spawn else {
+            drop(flights);
+            self.shed(dropped);
+            return Err(FileError::Busy);
+        };
         flights.insert(wheel, Arc::clone(&flight));
+        drop(flights);
+        self.pool.ready.notify_one();
+        self.shed(dropped);
+        if spawn {
+            if let Err(e) = self.spawn_thread() {
+                log::warn!("cannot start another metadata thread: {e}");
+            }
+        }
         Ok(flight)
+    }
+
+    /// Ends queued syntheses nobody waits for.
+    fn shed(&self, dropped: Vec<Job>) {
+        for job in dropped {
+            self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            job.flight.complete(Made::Failed(Arc::new(FileError::Busy)));
+        }
     }
 
     fn finish(&self, job: Job, made: Made) {
@@ -304,22 +485,29 @@ impl Synthesizer {
         if let Lookup::Hit(wheel) = self.storage.lookup(&job.wheel) {
             return from_stored(&wheel, &job.filename);
         }
-        let by_ranges = RangeReader::new(&*self.origin, &job.source).and_then(|mut reader| {
-            let got = read_metadata(&mut reader, &job.filename);
-            self.stats
-                .range_bytes
-                .fetch_add(reader.fetched, Ordering::Relaxed);
-            got.map_err(|e| match e {
-                WheelError::Io(io) if io.kind() == io::ErrorKind::Unsupported => range_ignored(),
-                // An upstream failure stays one (a 502, not a local 503).
-                WheelError::Io(io) => match io.into_inner().map(|e| e.downcast::<OriginError>()) {
-                    Some(Ok(origin)) => Failure::Failed((*origin).into()),
-                    Some(Err(other)) => Failure::Failed(local(io::Error::other(other))),
-                    None => Failure::Failed(local(io::Error::other("reading the wheel failed"))),
-                },
-                other => other.into(),
-            })
-        });
+        let by_ranges =
+            RangeReader::new(&*self.origin, &job.source, &job.flight).and_then(|mut reader| {
+                let got = read_metadata(&mut reader, &job.filename);
+                self.stats
+                    .range_bytes
+                    .fetch_add(reader.fetched, Ordering::Relaxed);
+                got.map_err(|e| match e {
+                    WheelError::Io(io) if io.kind() == io::ErrorKind::Unsupported => {
+                        range_ignored()
+                    }
+                    // An upstream failure stays one (a 502, not a local 503).
+                    WheelError::Io(io) => {
+                        match io.into_inner().map(|e| e.downcast::<OriginError>()) {
+                            Some(Ok(origin)) => Failure::Failed((*origin).into()),
+                            Some(Err(other)) => Failure::Failed(local(io::Error::other(other))),
+                            None => {
+                                Failure::Failed(local(io::Error::other("reading the wheel failed")))
+                            }
+                        }
+                    }
+                    other => other.into(),
+                })
+            });
         match by_ranges {
             Ok(bytes) => {
                 self.stats.by_ranges.fetch_add(1, Ordering::Relaxed);
@@ -458,6 +646,8 @@ fn from_stored(stored: &Stored, filename: &str) -> Result<Vec<u8>, Failure> {
 /// error; every other failure carries its `OriginError`.
 struct RangeReader<'a> {
     origin: &'a dyn Origin,
+    /// No further range is asked for once nobody waits for the result.
+    flight: &'a Flight,
     index: &'a Index,
     url: &'a Url,
     len: u64,
@@ -468,9 +658,14 @@ struct RangeReader<'a> {
 }
 
 impl<'a> RangeReader<'a> {
-    fn new(origin: &'a dyn Origin, source: &'a Source) -> Result<RangeReader<'a>, Failure> {
+    fn new(
+        origin: &'a dyn Origin,
+        source: &'a Source,
+        flight: &'a Flight,
+    ) -> Result<RangeReader<'a>, Failure> {
         let mut r = RangeReader {
             origin,
+            flight,
             index: &source.index,
             url: &source.url,
             len: 0,
@@ -545,6 +740,9 @@ impl ReadAt for RangeReader<'_> {
         });
         if let Some(range) = held {
             return Ok(Box::new(&self.tail[range]));
+        }
+        if !self.flight.wanted() {
+            return Err(io::Error::other("nobody waits for this metadata any more"));
         }
         let last = offset
             .checked_add(len)
@@ -664,7 +862,8 @@ mod tests {
             hashes: Hashes::new(),
             size: None,
         };
-        let Err(Failure::Failed(e)) = RangeReader::new(&Boasting, &source) else {
+        let Err(Failure::Failed(e)) = RangeReader::new(&Boasting, &source, &Flight::default())
+        else {
             panic!("refused")
         };
         assert!(e.to_string().contains("larger than asked"), "{e}");

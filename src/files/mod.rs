@@ -405,9 +405,7 @@ impl Files {
         let url = entry.url.clone();
         Response::later(Later {
             deadline: Instant::now() + self.config.request_deadline,
-            subscribe: Box::new(move |waker: Waker| {
-                watched.on_done(Box::new(move || waker.wake()));
-            }),
+            subscribe: Box::new(move |waker: Waker| watched.watch(waker)),
             resume: Box::new(move |req: &Request| match flight.outcome() {
                 // Made now, by range reads of the wheel: not a cache hit.
                 Some(metadata::Made::Stored(f)) => {

@@ -61,6 +61,18 @@ impl Waker {
         }
     }
 
+    /// Whether the request this waker wakes still waits: `false` once its
+    /// client hung up (or it was answered, or the server is gone). Work
+    /// that nobody waits for any more can then stop.
+    pub fn is_waiting(&self) -> bool {
+        match &self.0 {
+            WakeTarget::Server { token, shared } => {
+                shared.upgrade().is_some_and(|s| s.waiting.contains(*token))
+            }
+            WakeTarget::Callback(_) => true,
+        }
+    }
+
     /// A waker that calls `f`.
     pub fn from_fn(f: impl Fn() + Send + Sync + 'static) -> Waker {
         Waker(WakeTarget::Callback(Arc::new(f)))
@@ -135,6 +147,10 @@ impl WaitingTable {
             token,
             shared: Arc::downgrade(shared),
         }));
+    }
+
+    fn contains(&self, token: u64) -> bool {
+        self.lock().entries.contains_key(&token)
     }
 
     fn take(&self, shared: &Shared, token: u64) -> Option<Waiting> {
