@@ -98,12 +98,26 @@ fn run() -> anyhow::Result<()> {
             // Reload the policies and routes; a broken file keeps those
             // in force.
             match (&config.config_file, startup.app()) {
+                // An empty file is a half-written or truncated one far
+                // more often than a wish to drop every rule.
+                (Some(path), Some(_)) if std::fs::read_to_string(path).is_ok_and(|t| t.trim().is_empty()) => {
+                    log::warn!(
+                        "SIGHUP: {} is empty; keeping the policies and routes in force (a file holding only a comment clears them)",
+                        path.display()
+                    )
+                }
                 (Some(path), Some(app)) => match Settings::from_cli(&cli)
                     .map_err(anyhow::Error::from)
-                    .and_then(|new| app.reload(&new))
-                {
-                    Ok(()) => log::info!(
+                    .and_then(|new| {
+                        app.reload(&new)?;
+                        Ok(new.policy.is_empty() && new.routes.is_empty())
+                    }) {
+                    Ok(false) => log::info!(
                         "SIGHUP: policies and routes reloaded from {}",
+                        path.display()
+                    ),
+                    Ok(true) => log::warn!(
+                        "SIGHUP: {} holds no rule and no route: no deny, yank or cooldown is in force now",
                         path.display()
                     ),
                     Err(e) => log::error!("SIGHUP: keeping the policies and routes in force: {e}"),

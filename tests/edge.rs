@@ -601,3 +601,46 @@ fn collect_titles(v: &serde_json::Value, out: &mut Vec<String>) {
         }
     }
 }
+
+/// One raw request on a fresh connection: the status, and whether the
+/// server closed the connection after it.
+fn raw(addr: SocketAddr, bytes: &str) -> (u16, bool) {
+    let mut c = Client::new(addr);
+    c.send(bytes.as_bytes());
+    let reply = c.read_reply(false).unwrap();
+    let closed = reply
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    (reply.status, closed)
+}
+
+#[test]
+fn raw_request_edges_are_judged_alike_everywhere() {
+    within(LIMIT, || {
+        let fake = fake(100);
+        let (roxpi, _cache, _home) = roxpi_on(&fake, &[]);
+        let addr = roxpi.addr;
+        // Absolute-form targets (RFC 9112 §3.2.2).
+        let (status, _) = raw(
+            addr,
+            &format!("GET http://{addr}/index/demo/ HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        );
+        assert_eq!(status, 200);
+        // CONNECT: not a forward proxy; the connection closes.
+        let (status, closed) = raw(
+            addr,
+            "CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n",
+        );
+        assert_eq!((status, closed), (501, true));
+        // The accept thread's probe path applies the workers' head rules:
+        // fresh connections, whole heads at once, every time.
+        for _ in 0..50 {
+            let (status, _) = raw(addr, "GET /health HTTP/1.1\r\n\r\n");
+            assert_eq!(status, 400, "no Host");
+            let (status, _) = raw(addr, "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+            assert_eq!(status, 400, "two Hosts");
+            let (status, _) = raw(addr, "GET /health HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(status, 200);
+        }
+    });
+}

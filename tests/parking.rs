@@ -589,22 +589,6 @@ fn through_the_configured_proxy_refused_targets_are_never_connected() {
     });
 }
 
-/// roxpi under `ulimit -n 256`, on `fake`'s root index.
-fn roxpi_with_256_descriptors(fake: &FakeIndex) -> (crate::util::ChildServer, tempfile::TempDir) {
-    let cache = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg("-c")
-        .arg("ulimit -n 256 && exec \"$0\"")
-        .arg(crate::util::roxpi_bin())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", cache.path())
-        .env("ROXPI_BIND", "127.0.0.1:0")
-        .env("ROXPI_INDEX_URL", fake.url("root"))
-        .env("ROXPI_CACHE_DIR", cache.path().join("c"));
-    (crate::util::ChildServer::start(cmd), cache)
-}
-
 #[test]
 fn hung_downloads_under_256_descriptors_leave_page_misses_working() {
     within(LIMIT, || {
@@ -632,7 +616,12 @@ fn hung_downloads_under_256_descriptors_leave_page_misses_working() {
                 },
             );
         }
-        let (mut roxpi, _dir) = roxpi_with_256_descriptors(&fake);
+        let dir = tempfile::tempdir().unwrap();
+        let mut roxpi = crate::util::ChildServer::start(crate::util::roxpi_under_ulimit(
+            "-n 256",
+            &fake,
+            dir.path(),
+        ));
         let stderr = roxpi.capture_stderr();
         let addr = roxpi.addr;
         assert_eq!(get(addr, "/index/hang/").status, 200);

@@ -484,6 +484,21 @@ indexes = ["{private}", "{public}"]
         );
         assert_eq!(public.count("/root/evil-pkg/"), 0);
         // What a route may change: its cooldown.
+        // The guard's decisions are audited and counted.
+        private.add_project(
+            "root",
+            "acme-bar",
+            FakeProject {
+                files: vec![FakeFile::new("acme_bar-1.0.tar.gz", blob(100, 5))],
+                ..Default::default()
+            },
+        );
+        assert_eq!(get(addr, "/both/simple/acme-bar/").status, 200);
+        assert!(
+            crate::util::metric(addr, "roxpi_policy_decisions_total{rule=\"confusion\"}") >= 1,
+            "{}",
+            get(addr, "/metrics").text()
+        );
         let young = "young/young-2.0-py3-none-any.whl";
         assert_eq!(get(addr, &format!("/pub/simple/{young}")).status, 200);
         assert_eq!(get(addr, &format!("/simple/{young}")).status, 403);
@@ -650,6 +665,15 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
             || get(addr, young).status == 403,
             "the policy after the broken file",
         );
+        // An empty file (truncated, half-written) changes nothing either.
+        write_config(conf.path(), "\n");
+        hup(&server);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            get(addr, young).status,
+            403,
+            "an empty file cleared the rules"
+        );
     });
 }
 
@@ -703,6 +727,14 @@ fn invalidation_needs_the_admin_token_when_one_is_set() {
         assert_eq!(ok.status, 200);
         assert_eq!(get(addr, "/index/young/").status, 200);
         assert_eq!(fake.count("/root/young/"), 2, "invalidated with the token");
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let lower = request(
+            addr,
+            "DELETE",
+            "/cache/young",
+            &[("Authorization", "bearer t0k3n-abc")],
+        );
+        assert_eq!(lower.status, 200, "{}", lower.text());
     });
 }
 

@@ -520,7 +520,9 @@ impl App {
         };
         let Some(given) = req
             .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim_start().split_once(' '))
+            // Auth schemes are case-insensitive (RFC 9110 §11.1).
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
         else {
             return false;
         };

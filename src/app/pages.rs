@@ -212,6 +212,12 @@ impl App {
                     h.finish()
                 };
                 let audit = self.audit.first_render(page_id);
+                if audit {
+                    if let Some(note) = up.pages.guard_note(name) {
+                        self.audit
+                            .record("confusion", "withheld", name, None, &note);
+                    }
+                }
                 valid_until = self.apply_policy(name, &mut merged, &policy, wall, audit);
                 for listed in &mut merged.files {
                     if let Some(hashes) = self.files.advertise_metadata(listed.entry) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rustix::net::{RecvFlags, SendFlags};
 
 use super::conn::Conn;
+use super::request::{parse_request, Limits, Method, Parsed};
 use super::response::reason;
 
 /// A probe's answer: a status and a one-line JSON body.
@@ -26,21 +27,19 @@ pub struct ProbeAnswer {
 pub type Probe = Arc<dyn Fn(&str) -> Option<ProbeAnswer> + Send + Sync>;
 
 /// A complete `GET` or `HEAD` request head in `bytes`: whether it is a
-/// HEAD, and its path (without the query). Pure.
-pub fn probe_target(bytes: &[u8]) -> Option<(bool, &str)> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let head = match req.method? {
-        "GET" => false,
-        "HEAD" => true,
+/// HEAD, and its path (without the query). Pure. The head is judged by the
+/// workers' own parser (`parse_request`), so a request they refuse (no
+/// `Host`, two of them…) is never answered here: it goes to a worker.
+pub fn probe_target(bytes: &[u8]) -> Option<(bool, String)> {
+    let Ok(Parsed::Complete { request, .. }) = parse_request(bytes, &Limits::default()) else {
+        return None;
+    };
+    let head = match request.method() {
+        Method::Get => false,
+        Method::Head => true,
         _ => return None,
     };
-    let path = req.path?;
-    Some((head, path.split('?').next().unwrap_or(path)))
+    Some((head, request.path().to_owned()))
 }
 
 /// The bytes of an answer (closing the connection).
@@ -71,7 +70,7 @@ pub(crate) fn try_answer(conn: &Conn, probe: &Probe) -> Option<u16> {
         _ => return None,
     };
     let (head_only, path) = probe_target(&buf[..n])?;
-    let answer = probe(path)?;
+    let answer = probe(&path)?;
     // Consume the request (closing with unread bytes would reset the
     // connection before the client reads the answer).
     let _ = rustix::net::recv(&conn.stream, &mut buf[..n], RecvFlags::DONTWAIT);
@@ -119,6 +118,13 @@ mod tests {
                 Some((true, "/ready")),
             ),
             (b"GET /health HTTP/1.0\r\n\r\n", Some((false, "/health"))),
+            // What a worker answers 400 is never answered here.
+            (b"GET /health HTTP/1.1\r\n\r\n", None),
+            (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", None),
+            (
+                b"GET /health HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                None,
+            ),
             // Not complete yet: left to the workers.
             (b"GET /health HTTP/1.1\r\nHost: x\r\n", None),
             (b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n", None),
@@ -127,7 +133,7 @@ mod tests {
         ];
         for (bytes, want) in cases {
             assert_eq!(
-                probe_target(bytes),
+                probe_target(bytes).as_ref().map(|(h, p)| (*h, p.as_str())),
                 *want,
                 "{:?}",
                 String::from_utf8_lossy(bytes)

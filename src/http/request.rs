@@ -264,10 +264,22 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
     if head_len > limits.max_head {
         return Err(too_large_head(limits));
     }
-    let target = req.path.unwrap_or("/");
-    if target.len() > limits.max_target {
+    let raw_target = req.path.unwrap_or("/");
+    if raw_target.len() > limits.max_target {
         return Err(too_long_target(limits));
     }
+    if req.method == Some("CONNECT") {
+        return Err(HeadError::new(
+            501,
+            "CONNECT is not supported: roxpi is an index server, not a forward proxy",
+        ));
+    }
+    let target = origin_form(raw_target).ok_or_else(|| {
+        HeadError::new(
+            400,
+            "a request target must be a path or an absolute http(s) URL",
+        )
+    })?;
     let version = match req.version {
         Some(0) => Version::Http10,
         _ => Version::Http11,
@@ -334,7 +346,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
     }
     let request = Request {
         method: Method::parse(req.method.unwrap_or("GET")),
-        target: target.to_owned(),
+        target: target.into_owned(),
         version,
         headers: header_list,
         body: buf[head_len..end].to_vec(),
@@ -365,6 +377,30 @@ fn too_large_head(limits: &Limits) -> HeadError {
     HeadError::new(431, format!("request head over {} bytes", limits.max_head))
 }
 
+/// The origin-form (`/path?query`) of a request target: itself, or the
+/// path of an absolute-form target (`http://host/path`, RFC 9112 §3.2.2:
+/// a server must accept it), or `*` (OPTIONS). `None` for anything else.
+fn origin_form(target: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    if target.starts_with('/') || target == "*" {
+        return Some(Cow::Borrowed(target));
+    }
+    let scheme_end = target.find("://")?;
+    if !matches!(
+        target[..scheme_end].to_ascii_lowercase().as_str(),
+        "http" | "https"
+    ) {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some(Cow::Borrowed(&rest[i..])),
+        // `http://host?q` and `http://host`: the path is `/`.
+        Some(i) => Some(Cow::Owned(format!("/{}", &rest[i..]))),
+        None => Some(Cow::Borrowed("/")),
+    }
+}
+
 fn too_long_target(limits: &Limits) -> HeadError {
     HeadError::new(
         414,
@@ -386,6 +422,24 @@ mod tests {
             Ok(Parsed::Partial) => 0,
             Ok(Parsed::ExpectsContinue) => 100,
             Err(e) => e.status,
+        }
+    }
+
+    #[test]
+    fn targets_in_origin_form() {
+        let cases = [
+            ("/index/six/", Some("/index/six/")),
+            ("*", Some("*")),
+            ("http://x/index/six/?a=1", Some("/index/six/?a=1")),
+            ("https://x:5000", Some("/")),
+            ("http://x?a=1", Some("/?a=1")),
+            ("HTTP://x/y", Some("/y")),
+            ("ftp://x/y", None),
+            ("x/y", None),
+            ("pypi.org:443", None),
+        ];
+        for (target, want) in cases {
+            assert_eq!(origin_form(target).as_deref(), want, "{target}");
         }
     }
 
@@ -425,6 +479,15 @@ mod tests {
                 200,
             ),
             ("GET / HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n", 417),
+            // Absolute-form targets are accepted (RFC 9112 §3.2.2).
+            ("GET http://x/index/six/ HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET HTTPS://x:5000/ HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET index/six/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (
+                "CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n",
+                501,
+            ),
             ("GET / HTTP/1.1\r\nHost: x\r\n", 0),
             ("GET / HT", 0),
             ("", 0),

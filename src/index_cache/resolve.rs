@@ -132,6 +132,34 @@ impl IndexCache {
             .collect()
     }
 
+    /// When the dependency-confusion guard keeps indexes from answering
+    /// for `name` (an `only` claim, or a `never` list): why, for the audit.
+    pub fn guard_note(&self, name: &crate::pypi::ProjectName) -> Option<String> {
+        let all = self.indexes();
+        let kept = self.indexes_for(&Key::Project(name.clone()));
+        if kept.len() == all.len() {
+            return None;
+        }
+        let claimed: Vec<String> = all
+            .iter()
+            .filter(|i| i.claims(name))
+            .map(|i| crate::redact::SafeUrl::new(&i.url).to_string())
+            .collect();
+        Some(if claimed.is_empty() {
+            format!(
+                "{} of {} indexes never serve this name",
+                all.len() - kept.len(),
+                all.len()
+            )
+        } else {
+            format!(
+                "claimed by {} (only): {} other index(es) not asked",
+                claimed.join(", "),
+                all.len() - kept.len()
+            )
+        })
+    }
+
     fn begin_next(self: &Arc<Self>, r: &mut Resolution, key: &Key) {
         if let Some(id) = r.order.get(r.next).copied() {
             r.pending
