@@ -544,7 +544,11 @@ impl Settings {
                 };
                 let ttl = match entry.ttl {
                     Some(t) => seconds(t).ok_or_else(|| {
-                        err("ROXPI_CONFIG [[index]] ttl", &t.to_string(), SECONDS_RANGE)
+                        err(
+                            "ROXPI_CONFIG [[index]] ttl",
+                            &format!("{t:?}"),
+                            SECONDS_RANGE,
+                        )
                     })?,
                     None => default_ttl,
                 };
@@ -630,7 +634,11 @@ impl Settings {
             }
             let ttl = match r.ttl {
                 Some(t) => seconds(t).ok_or_else(|| {
-                    err("ROXPI_CONFIG [[route]] ttl", &t.to_string(), SECONDS_RANGE)
+                    err(
+                        "ROXPI_CONFIG [[route]] ttl",
+                        &format!("{t:?}"),
+                        SECONDS_RANGE,
+                    )
                 })?,
                 None => root_ttl,
             };
