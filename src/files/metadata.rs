@@ -491,22 +491,7 @@ impl Synthesizer {
                 self.stats
                     .range_bytes
                     .fetch_add(reader.fetched, Ordering::Relaxed);
-                got.map_err(|e| match e {
-                    WheelError::Io(io) if io.kind() == io::ErrorKind::Unsupported => {
-                        range_ignored()
-                    }
-                    // An upstream failure stays one (a 502, not a local 503).
-                    WheelError::Io(io) => {
-                        match io.into_inner().map(|e| e.downcast::<OriginError>()) {
-                            Some(Ok(origin)) => Failure::Failed((*origin).into()),
-                            Some(Err(other)) => Failure::Failed(local(io::Error::other(other))),
-                            None => {
-                                Failure::Failed(local(io::Error::other("reading the wheel failed")))
-                            }
-                        }
-                    }
-                    other => other.into(),
-                })
+                got.map_err(|e| range_failure(e, &job.source.url))
             });
         match by_ranges {
             Ok(bytes) => {
@@ -595,6 +580,22 @@ fn local(e: io::Error) -> FileError {
 enum Failure {
     Broken(String),
     Failed(FileError),
+}
+
+/// Why metadata by range reads failed. Every read error there is the
+/// upstream's (the reader is remote): a `502`, never a local `503`.
+fn range_failure(e: WheelError, url: &Url) -> Failure {
+    match e {
+        WheelError::Io(io) if io.kind() == io::ErrorKind::Unsupported => range_ignored(),
+        WheelError::Io(io) => {
+            let text = io.to_string();
+            match io.into_inner().map(|e| e.downcast::<OriginError>()) {
+                Some(Ok(origin)) => Failure::Failed((*origin).into()),
+                _ => Failure::Failed(OriginError::body(url, text).into()),
+            }
+        }
+        other => other.into(),
+    }
 }
 
 fn range_ignored() -> Failure {
@@ -847,8 +848,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_range_answer_larger_than_asked_is_refused_before_allocating() {
+    /// Answers the tail of `wheel` (a suffix range) and a 500 to any other.
+    struct TailOnly(Vec<u8>);
+
+    impl Origin for TailOnly {
+        fn fetch_project(
+            &self,
+            index: &Index,
+            _: &crate::pypi::ProjectName,
+            _: &crate::origin::Validators,
+        ) -> Result<crate::origin::PageFetch, OriginError> {
+            Err(OriginError::status(&index.url, 500))
+        }
+
+        fn fetch_list(
+            &self,
+            index: &Index,
+        ) -> Result<Option<crate::pypi::ProjectList>, OriginError> {
+            Err(OriginError::status(&index.url, 500))
+        }
+
+        fn open_file(
+            &self,
+            _: &Index,
+            url: &Url,
+            range: Option<&str>,
+        ) -> Result<crate::origin::Streamed, OriginError> {
+            let Some(n) = range.and_then(|r| r.strip_prefix("bytes=-")) else {
+                return Ok(crate::origin::Streamed {
+                    status: 500,
+                    content_length: None,
+                    content_range: None,
+                    final_url: url.clone(),
+                    body: Box::new(io::empty()),
+                });
+            };
+            let len = self.0.len();
+            let start = len.saturating_sub(n.parse().unwrap());
+            Ok(crate::origin::Streamed {
+                status: 206,
+                content_length: Some((len - start) as u64),
+                content_range: Some(format!("bytes {start}-{}/{len}", len - 1)),
+                final_url: url.clone(),
+                body: Box::new(io::Cursor::new(self.0[start..].to_vec())),
+            })
+        }
+    }
+
+    fn test_source(name: &str) -> Source {
         let index = Index::new(
             crate::origin::IndexId::ROOT,
             &crate::config::IndexConfig::new(
@@ -856,12 +903,48 @@ mod tests {
                 Duration::from_secs(60),
             ),
         );
-        let source = Source {
+        Source {
             index,
-            url: Url::parse("http://index.invalid/f/a-1.0-py3-none-any.whl").unwrap(),
+            url: Url::parse(&format!("http://index.invalid/f/{name}")).unwrap(),
             hashes: Hashes::new(),
             size: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_range_read_is_the_upstreams_failure() {
+        use std::io::Write as _;
+        // METADATA first, then 200 KiB: its entry lies before the tail.
+        let mut z = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("demo-1.0.dist-info/METADATA", stored).unwrap();
+        z.write_all(b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+            .unwrap();
+        z.start_file("demo/data.bin", stored).unwrap();
+        z.write_all(&vec![7u8; 200 * 1024]).unwrap();
+        let wheel = z.finish().unwrap().into_inner();
+        let source = test_source("demo-1.0-py3-none-any.whl");
+        let origin = TailOnly(wheel);
+        let flight = Flight::default();
+        let mut reader =
+            RangeReader::new(&origin, &source, &flight).unwrap_or_else(|_| panic!("tail"));
+        let e = read_metadata(&mut reader, "demo-1.0-py3-none-any.whl").unwrap_err();
+        let Failure::Failed(FileError::Origin(o)) = range_failure(e, &source.url) else {
+            panic!("an upstream failure")
         };
+        assert!(matches!(*o, OriginError::Status { status: 500, .. }), "{o}");
+        // A body cut short is the upstream's too.
+        let cut = WheelError::Io(io::ErrorKind::UnexpectedEof.into());
+        assert!(matches!(
+            range_failure(cut, &source.url),
+            Failure::Failed(FileError::Origin(_))
+        ));
+    }
+
+    #[test]
+    fn a_range_answer_larger_than_asked_is_refused_before_allocating() {
+        let source = test_source("a-1.0-py3-none-any.whl");
         let Err(Failure::Failed(e)) = RangeReader::new(&Boasting, &source, &Flight::default())
         else {
             panic!("refused")
