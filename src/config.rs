@@ -589,11 +589,10 @@ impl Settings {
             };
             indexes.push(IndexConfig::new(url, ttl));
         }
-        let overrides = policy_overrides(cli);
+        let overrides = policy_overrides(cli)?;
         let policy = file::build_policy(&file.policy(), &overrides, &file_path).map_err(|e| {
             ConfigError {
-                setting:
-                    "ROXPI_CONFIG / ROXPI_MIN_RELEASE_AGE / ROXPI_COOLDOWN_MODE / ROXPI_UNTIMED",
+                setting: "ROXPI_CONFIG",
                 value: e.path.clone(),
                 expected: e.message,
             }
@@ -844,13 +843,35 @@ impl Settings {
 /// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
 /// `$HOME/.cache/roxpi`.
 /// The policy settings given as flags or variables.
-fn policy_overrides(cli: &Cli) -> file::PolicyOverrides {
+/// The policy settings given as flags or variables, each checked here so
+/// that an error names that one setting and its value.
+fn policy_overrides(cli: &Cli) -> Result<file::PolicyOverrides, ConfigError> {
     let given = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
-    file::PolicyOverrides {
+    let over = file::PolicyOverrides {
         min_release_age: given(&cli.min_release_age),
         cooldown_mode: given(&cli.cooldown_mode),
         untimed: given(&cli.untimed),
+    };
+    if let Some(age) = &over.min_release_age {
+        crate::policy::parse_age(age).map_err(|e| {
+            err(
+                "ROXPI_MIN_RELEASE_AGE",
+                age,
+                format!("a duration like 7d, 12h or 0, at most 100y ({e})"),
+            )
+        })?;
     }
+    if let Some(mode) = over.cooldown_mode.as_deref() {
+        if !matches!(mode, "hide" | "deny") {
+            return Err(err("ROXPI_COOLDOWN_MODE", mode, "hide or deny"));
+        }
+    }
+    if let Some(untimed) = over.untimed.as_deref() {
+        if !matches!(untimed, "allow" | "first-seen" | "deny") {
+            return Err(err("ROXPI_UNTIMED", untimed, "allow, first-seen or deny"));
+        }
+    }
+    Ok(over)
 }
 
 /// The bucket settings, with credentials from the standard `AWS_*`

@@ -162,6 +162,22 @@ mod settings {
                 assert_eq!(e.lines().count(), 1, "{e}");
             }
         }
+        let e = Settings::from_cli(&cli(&["--min-release-age=14"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ROXPI_MIN_RELEASE_AGE value \"14\"")
+                && e.contains("needs a unit")
+                && !e.contains("ROXPI_UNTIMED"),
+            "{e}"
+        );
+        for (flag, setting) in [
+            ("--cooldown-mode=maybe", "ROXPI_COOLDOWN_MODE"),
+            ("--untimed=sometimes", "ROXPI_UNTIMED"),
+        ] {
+            let e = Settings::from_cli(&cli(&[flag])).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid {setting} value")), "{e}");
+        }
         for v in ["10000y", "1e300d"] {
             let arg = format!("--min-release-age={v}");
             let e = Settings::from_cli(&cli(&[&arg])).unwrap_err();

@@ -353,6 +353,9 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} needs a unit: 14d, 12h or 90m"));
+    }
     let age = humantime::parse_duration(t)
         .map_err(|e| format!("{s:?} is not a duration like 7d, 12h or 0 ({e})"))?;
     if age > MAX_AGE {
