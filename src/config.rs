@@ -33,27 +33,52 @@ pub struct Cli {
     /// Root upstream index (credentials may be embedded:
     /// https://user:pass@host/simple/). Default: the `[[index]]` entries of
     /// ROXPI_CONFIG if any, else PyPI's simple index.
-    #[arg(long, env = "ROXPI_INDEX_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_INDEX_URL",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub index_url: String,
 
     /// The configuration file (TOML): policy, indexes with their guards,
     /// routes. Flags and variables override it; SIGHUP reloads its policy.
-    #[arg(long, env = "ROXPI_CONFIG", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_CONFIG",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub config: String,
 
     /// Release cooldown: files younger than this (7d, 12h; 0 = off) are held
     /// back (overrides `min-release-age` of ROXPI_CONFIG).
-    #[arg(long, env = "ROXPI_MIN_RELEASE_AGE", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_MIN_RELEASE_AGE",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub min_release_age: String,
 
     /// `hide` (young files are not listed, but served when asked) or `deny`
     /// (also refused with 403) (overrides ROXPI_CONFIG).
-    #[arg(long, env = "ROXPI_COOLDOWN_MODE", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_COOLDOWN_MODE",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub cooldown_mode: String,
 
     /// Files without an upload time under a cooldown: `allow`, `first-seen`
     /// or `deny` (overrides ROXPI_CONFIG).
-    #[arg(long, env = "ROXPI_UNTIMED", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_UNTIMED",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub untimed: String,
 
     /// When set, the invalidation DELETEs need `Authorization: Bearer <token>`
@@ -62,6 +87,7 @@ pub struct Cli {
         long,
         env = "ROXPI_ADMIN_TOKEN",
         default_value = "",
+        hide_default_value = true,
         hide_env_values = true
     )]
     pub admin_token: String,
@@ -71,11 +97,21 @@ pub struct Cli {
     pub index_ttl: String,
 
     /// Comma-separated extra indexes.
-    #[arg(long, env = "ROXPI_EXTRA_INDEX_URLS", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_EXTRA_INDEX_URLS",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub extra_index_urls: String,
 
     /// Comma-separated TTLs (seconds) of the extra indexes; 180 each if unset.
-    #[arg(long, env = "ROXPI_EXTRA_INDEX_TTLS", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_EXTRA_INDEX_TTLS",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub extra_index_ttls: String,
 
     /// `merge` (union of files, root first) or `first-index` (the first index
@@ -120,7 +156,12 @@ pub struct Cli {
     /// upstream's response headers before a 302 to the upstream URL (0 =
     /// always redirect). Unset (the default): never redirect; the request
     /// waits parked and is streamed from the download.
-    #[arg(long, env = "ROXPI_DOWNLOAD_TIMEOUT", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_DOWNLOAD_TIMEOUT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub download_timeout: String,
 
     /// Seconds a request waits for an upstream answer (a page with no copy
@@ -134,7 +175,12 @@ pub struct Cli {
     pub cache_size: String,
 
     /// File cache directory (default $XDG_CACHE_HOME/roxpi, else $HOME/.cache/roxpi).
-    #[arg(long, env = "ROXPI_CACHE_DIR", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_CACHE_DIR",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub cache_dir: String,
 
     /// Disable TLS certificate verification for upstream indexes (1/true/yes/on).
@@ -147,7 +193,12 @@ pub struct Cli {
 
     /// PEM bundle of CA certificates for upstream TLS (default: the system
     /// store if present, else built-in roots).
-    #[arg(long, env = "ROXPI_CA_FILE", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_CA_FILE",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub ca_file: String,
 
     /// Serve every file as application/octet-stream (1/true/yes/on).
@@ -166,7 +217,12 @@ pub struct Cli {
 
     /// S3 bucket (for ROXPI_STORAGE=s3 or tiered). Credentials come from
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
-    #[arg(long, env = "ROXPI_S3_BUCKET", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_S3_BUCKET",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub s3_bucket: String,
 
     /// Key prefix in the bucket (`roxpi` and `roxpi/` are the same).
@@ -175,7 +231,12 @@ pub struct Cli {
 
     /// S3 endpoint URL for S3-compatible stores (default: AWS,
     /// https://s3.<region>.amazonaws.com).
-    #[arg(long, env = "ROXPI_S3_ENDPOINT", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_S3_ENDPOINT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub s3_endpoint: String,
 
     /// S3 region (signing scope).
@@ -192,14 +253,24 @@ pub struct Cli {
     /// (the configured origins are always reachable): comma-separated
     /// loopback, private, link-local, shared, unspecified, special — or
     /// `any`.
-    #[arg(long, env = "ROXPI_UPSTREAM_ALLOW", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_UPSTREAM_ALLOW",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub upstream_allow: String,
 
     /// An HTTP(S) proxy for every upstream connection (`http://host:port`,
     /// credentials allowed). Targets are resolved and checked against the
     /// address policy before the CONNECT. HTTP_PROXY and friends are
     /// ignored.
-    #[arg(long, env = "ROXPI_UPSTREAM_PROXY", default_value = "")]
+    #[arg(
+        long,
+        env = "ROXPI_UPSTREAM_PROXY",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub upstream_proxy: String,
 
     /// Request worker threads, or `auto` (one per CPU, at least 2). Workers

@@ -188,6 +188,14 @@ mod settings {
     }
 
     #[test]
+    fn help_never_shows_an_empty_default() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--index-url"), "{help}");
+        assert!(!help.contains("[default: \"\"]"), "{help}");
+        assert!(help.contains("[default: 5G]"), "real defaults stay shown");
+    }
+
+    #[test]
     fn ttls_in_the_file_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         for (toml, setting) in [
