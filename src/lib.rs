@@ -33,6 +33,8 @@
 //! - [`wheel`]: a wheel's METADATA out of its zip (metadata synthesis).
 //! - [`logging`]: flexi_logger set-up (asynchronous writer).
 
+#![forbid(unsafe_code)]
+
 pub mod address_policy;
 pub mod app;
 pub mod clock;

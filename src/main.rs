@@ -2,6 +2,8 @@
 //! until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the
 //! policies and routes of ROXPI_CONFIG (a broken file keeps those in force).
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
