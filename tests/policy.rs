@@ -274,6 +274,53 @@ fn a_version_rule_covers_every_file_type_and_fails_closed() {
 }
 
 #[test]
+fn a_page_versions_decisions_are_audited_once() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.add_project(
+            "root",
+            "pol",
+            FakeProject {
+                files: vec![
+                    FakeFile::new("pol-9.0.tar.gz", blob(100, 1)),
+                    // Not a zip: synthesis marks it broken, which changes
+                    // what the page advertises (not a policy decision).
+                    FakeFile::new("pol-1.0-py3-none-any.whl", blob(100, 2)),
+                ],
+                ..Default::default()
+            },
+        );
+        fake.set_mode(Mode::Json);
+        let conf = tempfile::tempdir().unwrap();
+        let path = write_config(
+            conf.path(),
+            "deny = [{ project = \"pol\", versions = \">=9\" }]\n",
+        );
+        let (mut server, _cache, _home) = roxpi_on(&fake, &[("ROXPI_CONFIG", path.as_str())]);
+        let stderr = server.capture_stderr();
+        let addr = server.addr;
+        let json = ("Accept", "application/vnd.pypi.simple.v1+json");
+        let gzip = ("Accept-Encoding", "gzip");
+        for round in 0..2 {
+            assert_eq!(get(addr, "/simple/pol/").status, 200);
+            assert_eq!(request(addr, "GET", "/simple/pol/", &[json]).status, 200);
+            assert_eq!(request(addr, "GET", "/simple/pol/", &[json, gzip]).status, 200);
+            if round == 0 {
+                let m = get(addr, "/simple/pol/pol-1.0-py3-none-any.whl.metadata");
+                assert_eq!(m.status, 404, "{}", m.text());
+            }
+        }
+        drop(server);
+        let log = stderr.recv_timeout(Duration::from_secs(5)).unwrap();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" audit ") && l.contains("pol-9.0.tar.gz"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+    });
+}
+
+#[test]
 fn a_quarantined_project_serves_no_file_after_refresh_restart_and_offline() {
     within(LIMIT, || {
         let fake = FakeIndex::start(BTreeMap::new());

@@ -188,7 +188,7 @@ impl App {
         sig: Vec<u64>,
     ) -> Arc<Rendered> {
         let wall = SystemTime::now();
-        let (policy, _) = self.policy_for(up);
+        let (policy, policy_version) = self.policy_for(up);
         let mut valid_until = None;
         let files = files_in(found);
         // Buffered: the serialisers write a token at a time, and each write
@@ -205,10 +205,21 @@ impl App {
                     })
                     .collect();
                 let mut merged = crate::pypi::merge(pages, up.strategy);
+                // A page version for the audit: its pages and the policy,
+                // not what synthesis advertises (that changes the bytes,
+                // not a decision) nor the format or coding.
                 let page_id = {
                     use std::hash::{Hash, Hasher};
                     let mut h = std::collections::hash_map::DefaultHasher::new();
-                    (up.prefix.as_deref(), name.as_str(), &sig).hash(&mut h);
+                    let generations: Vec<u64> =
+                        found.iter().map(|(_, s, _)| s.generation).collect();
+                    (
+                        up.prefix.as_deref(),
+                        name.as_str(),
+                        generations,
+                        policy_version,
+                    )
+                        .hash(&mut h);
                     h.finish()
                 };
                 let audit = self.audit.first_render(page_id);
