@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Fault, Mode};
-use crate::util::{blob, get, request, roxpi_bin, roxpi_on, start_roxpi, within, ChildServer};
+use crate::util::{
+    blob, get, request, roxpi_bin, roxpi_on, start_roxpi, wait_for_line, within, ChildServer,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -304,7 +306,10 @@ fn a_page_versions_decisions_are_audited_once() {
         for round in 0..2 {
             assert_eq!(get(addr, "/simple/pol/").status, 200);
             assert_eq!(request(addr, "GET", "/simple/pol/", &[json]).status, 200);
-            assert_eq!(request(addr, "GET", "/simple/pol/", &[json, gzip]).status, 200);
+            assert_eq!(
+                request(addr, "GET", "/simple/pol/", &[json, gzip]).status,
+                200
+            );
             if round == 0 {
                 let m = get(addr, "/simple/pol/pol-1.0-py3-none-any.whl.metadata");
                 assert_eq!(m.status, 404, "{}", m.text());
@@ -664,13 +669,14 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
             conf.path(),
             "min-release-age = \"7d\"\ncooldown-mode = \"hide\"\n",
         );
-        let (server, _cache, _home) = roxpi_on(
+        let (mut server, _cache, _home) = roxpi_on(
             &fake,
             &[
                 ("ROXPI_CONFIG", path.as_str()),
                 ("ROXPI_COOLDOWN_MODE", "deny"),
             ],
         );
+        let log = server.stderr_lines();
         let addr = server.addr;
         let young = "/index/young/young-2.0-py3-none-any.whl";
         assert_eq!(get(addr, young).status, 403, "deny from the variable");
@@ -693,7 +699,11 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
         // SIGHUP with a broken file: the policy in force stays.
         write_config(conf.path(), "min-release-age = \"7d\"\nbogus = 1\n");
         hup(&server);
-        std::thread::sleep(Duration::from_millis(500));
+        wait_for_line(
+            &log,
+            "SIGHUP: keeping the policies",
+            Duration::from_secs(10),
+        );
         assert_eq!(
             get(addr, young).status,
             200,
@@ -715,7 +725,7 @@ fn the_config_file_unknown_keys_sighup_and_variables() {
         // An empty file (truncated, half-written) changes nothing either.
         write_config(conf.path(), "\n");
         hup(&server);
-        std::thread::sleep(Duration::from_millis(500));
+        wait_for_line(&log, "is empty; keeping", Duration::from_secs(10));
         assert_eq!(
             get(addr, young).status,
             403,

@@ -235,6 +235,22 @@ impl ChildServer {
         threads_of(self.pid())
     }
 
+    /// Streams stderr line by line in the background; `wait_for_line`
+    /// waits on it for a log line.
+    pub fn stderr_lines(&mut self) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(e) = self.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        rx
+    }
+
     /// Collects stderr in the background (so the child never blocks on a
     /// full pipe); returns a handle to read it later.
     pub fn capture_stderr(&mut self) -> mpsc::Receiver<String> {
@@ -545,4 +561,18 @@ fn tunnel(conn: TcpStream, lines: &std::sync::Mutex<Vec<String>>, forward_to: Op
     let mut client = reader.into_inner();
     let _ = std::io::copy(&mut client, &mut up_w);
     let _ = up_w.shutdown(std::net::Shutdown::Both);
+}
+
+/// Waits up to `limit` for a line containing `needle` from `lines`
+/// (`ChildServer::stderr_lines`); panics, naming it, if none comes.
+pub fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, limit: Duration) -> String {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needle:?} within {limit:?}"),
+        }
+    }
 }
