@@ -876,5 +876,16 @@ fn two_routes_store_a_shared_wheel_once_and_keep_their_pages_apart() {
         assert!(get(addr, "/metrics")
             .text()
             .contains("roxpi_route_indexes{route=\"/cu121/simple/\"} 1"));
+        // Every route's index cache is counted, and shown per route.
+        let metric = |name: &str| crate::util::metric(addr, name);
+        let route = metric("roxpi_route_index_cache_bytes{route=\"/cu121/simple/\"}");
+        let default = metric("roxpi_route_index_cache_bytes{route=\"/index/, /simple/\"}");
+        assert!(route > 0 && default > 0, "{route} {default}");
+        assert_eq!(metric("roxpi_index_cache_bytes"), route + default);
+        let misses = metric("roxpi_route_index_misses_total{route=\"/cu121/simple/\"}");
+        assert!(misses >= 1);
+        assert!(metric("roxpi_index_misses_total") > misses);
+        let home = get(addr, "/").text();
+        assert!(home.contains(&format!("{route} bytes")), "{home}");
     });
 }

@@ -441,7 +441,11 @@ impl App {
 
     /// The routes, for the home page and `/metrics`: prefix, index URLs
     /// (without credentials), strategy.
-    pub(super) fn routes(&self) -> Vec<(String, Vec<String>, crate::pypi::Strategy)> {
+    /// Every route: its prefix, its indexes, strategy and index cache.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn routes(
+        &self,
+    ) -> Vec<(String, Vec<String>, crate::pypi::Strategy, Arc<IndexCache>)> {
         self.upstreams()
             .iter()
             .map(|u| {
@@ -455,6 +459,7 @@ impl App {
                         .map(|i| i.display().to_string())
                         .collect(),
                     u.strategy,
+                    Arc::clone(&u.pages),
                 )
             })
             .collect()

@@ -51,13 +51,24 @@ impl Snapshot {
     pub fn take(app: &App) -> Snapshot {
         use Kind::{Counter, Gauge};
         use Section::{File, Index, Server};
-        let c = &app.pages.stats;
+        // Every route's index cache: the default's and each [[route]]'s.
+        let routes = app.upstreams();
+        let sum = |field: fn(&crate::index_cache::CacheStats) -> &AtomicU64| -> u64 {
+            routes.iter().map(|u| load(field(&u.pages.stats))).sum()
+        };
         let f = &app.files.stats;
         let s = &app.server;
         let none = crate::files::metadata::SynthStats::default();
         let m8 = app.files.synth_stats().unwrap_or(&none);
         let usage = app.files.usage();
-        let (entries, bytes) = app.pages.usage();
+        let (entries, bytes) = routes.iter().fold((0, 0), |(e, b), u| {
+            let (ue, ub) = u.pages.usage();
+            (e + ue, b + ub)
+        });
+        let fetches: u64 = routes
+            .iter()
+            .map(|u| u.pages.stats.fetch_seconds.count())
+            .sum();
         let m = |name, kind, section, label, help, value| Metric {
             name,
             kind,
@@ -80,22 +91,22 @@ impl Snapshot {
             m("roxpi_http_abandoned_total", Counter, Server, "parked requests abandoned", "parked requests dropped because their client hung up while waiting", load(&s.abandoned)),
             m("roxpi_http_probes_total", Counter, Server, "probes answered by the accept thread", "/health and /ready probes answered by the accept thread (never behind workers or the connection cap)", load(&s.probes)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
-            m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches", c.fetch_seconds.count()),
+            m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches", fetches),
             m("roxpi_upstream_refused_addresses_total", Counter, Index, "upstream addresses refused (policy)", "upstream connections refused by the address policy (private, link-local… links and redirects)", app.origin.refused_addresses()),
-            m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", load(&c.busy)),
-            m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", load(&c.hits)),
-            m("roxpi_index_misses_total", Counter, Index, "misses", "index pages fetched for a request", load(&c.misses)),
-            m("roxpi_index_stale_total", Counter, Index, "stale serves", "stale index pages served", load(&c.stale)),
-            m("roxpi_index_revalidated_total", Counter, Index, "refreshes answered 304", "page refreshes the upstream answered 304 Not Modified (no body, no re-parse)", load(&c.revalidated)),
-            m("roxpi_index_revalidating_total", Counter, Index, "served while revalidating", "expired pages answered at once while refreshed in the background", load(&c.revalidating)),
-            m("roxpi_index_older_serial_total", Counter, Index, "older pages refused (serial)", "upstream pages not taken because their X-PyPI-Last-Serial was lower than the cached copy's", load(&c.older_serial)),
-            m("roxpi_index_coalesced_total", Counter, Index, "coalesced waiters", "requests that joined a page fetch in flight", load(&c.coalesced)),
-            m("roxpi_upstream_errors_total", Counter, Index, "upstream errors", "failed upstream page fetches", load(&c.upstream_errors)),
-            m("roxpi_index_evictions_total", Counter, Index, "evictions", "index cache evictions", load(&c.evictions)),
-            m("roxpi_index_not_kept_total", Counter, Index, "answered but not kept (too large)", "pages and rendered variants answered but not kept: larger than a quarter of ROXPI_INDEX_CACHE_SIZE", load(&c.not_kept)),
+            m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", sum(|c| &c.busy)),
+            m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", sum(|c| &c.hits)),
+            m("roxpi_index_misses_total", Counter, Index, "misses", "index pages fetched for a request", sum(|c| &c.misses)),
+            m("roxpi_index_stale_total", Counter, Index, "stale serves", "stale index pages served", sum(|c| &c.stale)),
+            m("roxpi_index_revalidated_total", Counter, Index, "refreshes answered 304", "page refreshes the upstream answered 304 Not Modified (no body, no re-parse)", sum(|c| &c.revalidated)),
+            m("roxpi_index_revalidating_total", Counter, Index, "served while revalidating", "expired pages answered at once while refreshed in the background", sum(|c| &c.revalidating)),
+            m("roxpi_index_older_serial_total", Counter, Index, "older pages refused (serial)", "upstream pages not taken because their X-PyPI-Last-Serial was lower than the cached copy's", sum(|c| &c.older_serial)),
+            m("roxpi_index_coalesced_total", Counter, Index, "coalesced waiters", "requests that joined a page fetch in flight", sum(|c| &c.coalesced)),
+            m("roxpi_upstream_errors_total", Counter, Index, "upstream errors", "failed upstream page fetches", sum(|c| &c.upstream_errors)),
+            m("roxpi_index_evictions_total", Counter, Index, "evictions", "index cache evictions", sum(|c| &c.evictions)),
+            m("roxpi_index_not_kept_total", Counter, Index, "answered but not kept (too large)", "pages and rendered variants answered but not kept: larger than a quarter of ROXPI_INDEX_CACHE_SIZE", sum(|c| &c.not_kept)),
             m("roxpi_http_overdue_total", Counter, Server, "requests past their deadline (504)", "parked requests still unanswered at the park limit, answered 504", load(&s.overdue)),
-            m("roxpi_index_cache_entries", Gauge, Index, "entries", "entries in the index cache", entries as u64),
-            m("roxpi_index_cache_bytes", Gauge, Index, "bytes", "bytes held by the index cache", bytes),
+            m("roxpi_index_cache_entries", Gauge, Index, "entries", "entries in the index caches of every route", entries as u64),
+            m("roxpi_index_cache_bytes", Gauge, Index, "bytes", "bytes held by the index caches of every route", bytes),
             m("roxpi_file_hits_total", Counter, File, "hits", "files served from the cache", load(&f.hits)),
             m("roxpi_file_misses_total", Counter, File, "misses", "file downloads started", load(&f.misses)),
             m("roxpi_file_coalesced_total", Counter, File, "coalesced waiters", "requests that joined a download in flight", load(&f.coalesced)),
@@ -171,6 +182,41 @@ impl Snapshot {
     }
 }
 
+/// Per-route series of the index caches: name, type, help, value.
+type RouteSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::index_cache::IndexCache) -> u64,
+);
+
+const ROUTE_SERIES: [RouteSeries; 4] = [
+    (
+        "roxpi_route_index_cache_bytes",
+        "gauge",
+        "Bytes held by each route's index cache.",
+        |c| c.usage().1,
+    ),
+    (
+        "roxpi_route_index_cache_entries",
+        "gauge",
+        "Entries in each route's index cache.",
+        |c| c.usage().0 as u64,
+    ),
+    (
+        "roxpi_route_index_hits_total",
+        "counter",
+        "Index pages each route answered from its cache.",
+        |c| load(&c.stats.hits),
+    ),
+    (
+        "roxpi_route_index_misses_total",
+        "counter",
+        "Index pages each route fetched for a request.",
+        |c| load(&c.stats.misses),
+    ),
+];
+
 #[derive(Template)]
 #[template(path = "home.html")]
 struct HomeHtml<'a> {
@@ -183,7 +229,7 @@ struct HomeHtml<'a> {
     server_stats: Vec<(&'static str, String)>,
     policy: Vec<(String, String)>,
     audit: Vec<(&'static str, u64)>,
-    routes: Vec<(String, String, &'static str)>,
+    routes: Vec<(String, String, &'static str, String)>,
     token: bool,
 }
 
@@ -225,12 +271,19 @@ pub fn home(app: &App) -> Response {
         routes: app
             .routes()
             .into_iter()
-            .map(|(prefix, indexes, strategy)| {
+            .map(|(prefix, indexes, strategy, cache)| {
                 let strategy = match strategy {
                     Strategy::Merge => "merge",
                     Strategy::FirstIndex => "first-index",
                 };
-                (prefix, indexes.join(", "), strategy)
+                let (entries, bytes) = cache.usage();
+                let stats = &cache.stats;
+                let use_ = format!(
+                    "{entries} pages, {bytes} bytes; {} hits, {} misses",
+                    load(&stats.hits),
+                    load(&stats.misses)
+                );
+                (prefix, indexes.join(", "), strategy, use_)
             })
             .collect(),
         audit: app.audit.counts(),
@@ -261,9 +314,17 @@ pub fn metrics(app: &App) -> Response {
             out.push_str(&format!(
                 "# HELP {name} Routes (the default /index/ and /simple/, and each [[route]] of ROXPI_CONFIG): how many indexes each has.\n# TYPE {name} gauge\n"
             ));
-            for (prefix, indexes, _) in app.routes() {
+            let routes = app.routes();
+            for (prefix, indexes, _, _) in &routes {
                 let label = prefix.replace('\\', "\\\\").replace('"', "\\\"");
                 out.push_str(&format!("{name}{{route=\"{label}\"}} {}\n", indexes.len()));
+            }
+            for (name, kind, help, pick) in ROUTE_SERIES {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                for (prefix, _, _, cache) in &routes {
+                    let label = prefix.replace('\\', "\\\\").replace('"', "\\\"");
+                    out.push_str(&format!("{name}{{route=\"{label}\"}} {}\n", pick(cache)));
+                }
             }
             let name = "roxpi_policy_decisions_total";
             out.push_str(&format!(
