@@ -14,6 +14,7 @@ use crate::pypi::Strategy;
 use crate::redact::SafeUrl;
 
 pub mod file;
+mod sources;
 
 /// PyPI's simple index, the default upstream.
 pub const PYPI: &str = "https://pypi.org/simple/";
@@ -548,6 +549,9 @@ fn err(setting: &'static str, value: &str, expected: impl Into<String>) -> Confi
 }
 
 impl Settings {
+    /// The settings from flags and variables (`cli`) and the file they
+    /// name (`ROXPI_CONFIG`). Flags and variables win over the file; the
+    /// indexes are named in one place only (see `sources::default_indexes`).
     pub fn from_cli(cli: &Cli) -> Result<Settings, ConfigError> {
         let bind = cli.bind.trim().parse().map_err(|_| {
             err(
@@ -558,108 +562,8 @@ impl Settings {
         })?;
         let root_ttl = parse_seconds(&cli.index_ttl)
             .ok_or_else(|| err("ROXPI_INDEX_TTL", &cli.index_ttl, SECONDS_RANGE))?;
-        let config_file = Some(cli.config.trim())
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
-        let file = match &config_file {
-            Some(p) => file::FileConfig::read(p).map_err(|e| ConfigError {
-                setting: "ROXPI_CONFIG",
-                value: p.display().to_string(),
-                expected: format!("a valid roxpi.toml: {}", e.message),
-            })?,
-            None => file::FileConfig::default(),
-        };
-        let file_path = config_file
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
-        let glob_list = |globs: &[String], setting: &'static str| {
-            globs
-                .iter()
-                .map(|g| {
-                    crate::policy::ProjectGlob::parse(g).map_err(|e| err(setting, &file_path, e))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let mut indexes = Vec::new();
-        let file_indexes = match &file.index {
-            Some(list) if list.is_empty() => {
-                return Err(err(
-                    "ROXPI_CONFIG index",
-                    &file_path,
-                    "at least one [[index]] (or no index key at all)",
-                ))
-            }
-            Some(list) if !cli.index_url.trim().is_empty() => {
-                return Err(ConfigError {
-                    setting: "ROXPI_INDEX_URL",
-                    value: SafeUrl::text(cli.index_url.trim()).to_string(),
-                    expected: format!(
-                        "no index URL while the [[index]] list in ROXPI_CONFIG ({file_path}, {} entries) names the indexes; keep one of the two (PROXPI_INDEX_URL and --index-url set it too)",
-                        list.len()
-                    ),
-                })
-            }
-            Some(list) => list.as_slice(),
-            None => &[],
-        };
-        if !file_indexes.is_empty() {
-            // The file's [[index]] entries, root first.
-            for (i, entry) in file_indexes.iter().enumerate() {
-                let url = parse_index_url(&entry.url).map_err(|e| {
-                    err("ROXPI_CONFIG [[index]] url", &SafeUrl::text(&entry.url), e)
-                })?;
-                let default_ttl = if i == 0 {
-                    root_ttl
-                } else {
-                    Duration::from_secs(180)
-                };
-                let ttl = match entry.ttl {
-                    Some(t) => seconds(t).ok_or_else(|| {
-                        err(
-                            "ROXPI_CONFIG [[index]] ttl",
-                            &format!("{t:?}"),
-                            SECONDS_RANGE,
-                        )
-                    })?,
-                    None => default_ttl,
-                };
-                indexes.push(IndexConfig {
-                    url,
-                    ttl,
-                    only: glob_list(&entry.only, "ROXPI_CONFIG [[index]] only")?,
-                    never: glob_list(&entry.never, "ROXPI_CONFIG [[index]] never")?,
-                });
-            }
-        } else {
-            let root = match cli.index_url.trim() {
-                "" => PYPI,
-                u => u,
-            };
-            indexes.push(IndexConfig::new(
-                parse_index_url(root)
-                    .map_err(|e| err("ROXPI_INDEX_URL", &SafeUrl::text(root), e))?,
-                root_ttl,
-            ));
-        }
-        let extra_urls: Vec<&str> = split_list(&cli.extra_index_urls);
-        let extra_ttls: Vec<&str> = split_list(&cli.extra_index_ttls);
-        if !extra_ttls.is_empty() && extra_ttls.len() != extra_urls.len() {
-            return Err(err(
-                "ROXPI_EXTRA_INDEX_TTLS",
-                &cli.extra_index_ttls,
-                format!("one TTL per extra index URL ({} URLs)", extra_urls.len()),
-            ));
-        }
-        for (i, u) in extra_urls.iter().enumerate() {
-            let url = parse_index_url(u)
-                .map_err(|e| err("ROXPI_EXTRA_INDEX_URLS", &SafeUrl::text(u), e))?;
-            let ttl = match extra_ttls.get(i) {
-                Some(t) => parse_seconds(t)
-                    .ok_or_else(|| err("ROXPI_EXTRA_INDEX_TTLS", t, SECONDS_RANGE))?,
-                None => Duration::from_secs(180),
-            };
-            indexes.push(IndexConfig::new(url, ttl));
-        }
+        let (config_file, file, file_path) = sources::read_file(cli)?;
+        let indexes = sources::default_indexes(cli, &file, &file_path, root_ttl)?;
         let overrides = policy_overrides(cli)?;
         let policy = file::build_policy(&file.policy(), &overrides, &file_path).map_err(|e| {
             ConfigError {
@@ -668,88 +572,7 @@ impl Settings {
                 expected: e.message,
             }
         })?;
-        let site_indexes = indexes.clone();
-        let mut routes = Vec::new();
-        for r in &file.route {
-            let prefix = format!("/{}/", r.prefix.trim().trim_matches('/'));
-            let reserved = [
-                "/",
-                "/index/",
-                "/simple/",
-                "/cache/",
-                "/health/",
-                "/ready/",
-                "/metrics/",
-            ];
-            if prefix == "//" || reserved.contains(&prefix.as_str()) || prefix.contains("//") {
-                return Err(err(
-                    "ROXPI_CONFIG [[route]] prefix",
-                    &r.prefix,
-                    "a path of its own, e.g. /pytorch-cu121/simple/ (not /, /index/, /simple/, /cache/…)",
-                ));
-            }
-            if routes.iter().any(|x: &RouteConfig| x.prefix == prefix) {
-                return Err(err(
-                    "ROXPI_CONFIG [[route]] prefix",
-                    &r.prefix,
-                    "a prefix used once",
-                ));
-            }
-            if r.indexes.is_empty() {
-                return Err(err(
-                    "ROXPI_CONFIG [[route]] indexes",
-                    &r.prefix,
-                    "at least one index URL",
-                ));
-            }
-            let ttl = match r.ttl {
-                Some(t) => seconds(t).ok_or_else(|| {
-                    err(
-                        "ROXPI_CONFIG [[route]] ttl",
-                        &format!("{t:?}"),
-                        SECONDS_RANGE,
-                    )
-                })?,
-                None => root_ttl,
-            };
-            let indexes = r
-                .indexes
-                .iter()
-                .map(|u| {
-                    parse_index_url(u)
-                        .map(|url| guarded(IndexConfig::new(url, ttl), &site_indexes))
-                        .map_err(|e| err("ROXPI_CONFIG [[route]] indexes", &SafeUrl::text(u), e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let strategy = match r.strategy.as_deref().map(str::trim) {
-                None | Some("merge") => Strategy::Merge,
-                Some("first-index") => Strategy::FirstIndex,
-                Some(other) => {
-                    return Err(err(
-                        "ROXPI_CONFIG [[route]] strategy",
-                        other,
-                        "merge or first-index",
-                    ))
-                }
-            };
-            let policy = match &r.policy {
-                Some(fields) => Some(std::sync::Arc::new(
-                    file::build_policy(&file.policy().under_route(fields), &overrides, &file_path)
-                        .map_err(|e| ConfigError {
-                            setting: "ROXPI_CONFIG [[route]] policy",
-                            value: format!("{} ({})", e.path, r.prefix),
-                            expected: e.message,
-                        })?,
-                )),
-                None => None,
-            };
-            routes.push(RouteConfig {
-                prefix,
-                indexes,
-                strategy,
-                policy,
-            });
-        }
+        let routes = sources::routes(&file, &file_path, &indexes, &overrides, root_ttl)?;
         let strategy = match cli.index_strategy.trim() {
             "merge" => Strategy::Merge,
             "first-index" | "first_index" => Strategy::FirstIndex,
@@ -761,89 +584,8 @@ impl Settings {
         let boolean = |name: &'static str, v: &str| {
             parse_bool(v).ok_or_else(|| err(name, v, "1/true/yes/on or 0/false/no/off"))
         };
-        let workers = match cli.workers.trim() {
-            "auto" => Some(crate::http::default_workers()),
-            w => w.parse::<usize>().ok(),
-        };
-        let workers = workers.filter(|w| (1..=4096).contains(w)).ok_or_else(|| {
-            err(
-                "ROXPI_WORKERS",
-                &cli.workers,
-                "auto, or a number of threads from 1 to 4096",
-            )
-        })?;
-        let log_json = match cli.log_format.trim().to_ascii_lowercase().as_str() {
-            "text" | "console" => false,
-            "json" => true,
-            _ => return Err(err("ROXPI_LOG_FORMAT", &cli.log_format, "text or json")),
-        };
-        let ca_file = Some(cli.ca_file.trim())
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-        if let Some(p) = &ca_file {
-            if !p.is_file() {
-                return Err(err(
-                    "ROXPI_CA_FILE",
-                    &p.display().to_string(),
-                    "a readable PEM file",
-                ));
-            }
-        }
-        let allow = split_list(&cli.upstream_allow);
-        let upstream_allow_any = allow.iter().any(|a| a.eq_ignore_ascii_case("any"));
-        let upstream_allow = allow
-            .iter()
-            .filter(|a| !a.eq_ignore_ascii_case("any"))
-            .map(|a| {
-                crate::address_policy::AddrClass::parse(a).ok_or_else(|| {
-                    err(
-                        "ROXPI_UPSTREAM_ALLOW",
-                        a,
-                        "any, or a list of loopback, private, link-local, shared, unspecified, special",
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let upstream_proxy = Some(cli.upstream_proxy.trim())
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let bad = |why: &str| err("ROXPI_UPSTREAM_PROXY", &SafeUrl::text(p), why);
-                let url = Url::parse(p).map_err(|_| bad("a URL like http://proxy:3128"))?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                    return Err(bad("an http:// or https:// URL with a host"));
-                }
-                if url.path() != "/" || url.query().is_some() {
-                    return Err(bad("a proxy URL without a path"));
-                }
-                Ok(url)
-            })
-            .transpose()?;
-        let storage = match cli.storage.trim().to_ascii_lowercase().as_str() {
-            "local" => StorageMode::Local,
-            "s3" => StorageMode::S3,
-            "tiered" => StorageMode::Tiered,
-            _ => return Err(err("ROXPI_STORAGE", &cli.storage, "local, s3 or tiered")),
-        };
-        let s3 = match storage {
-            StorageMode::Local => None,
-            StorageMode::S3 | StorageMode::Tiered => {
-                Some(s3_settings(cli, |n| std::env::var(n).ok())?)
-            }
-        };
-        let cache_size = parse_size(&cli.cache_size).ok_or_else(|| {
-            err(
-                "ROXPI_CACHE_SIZE",
-                &cli.cache_size,
-                "bytes, e.g. 5G or 500M; 0 disables the file cache",
-            )
-        })?;
-        if storage == StorageMode::Tiered && cache_size == 0 {
-            return Err(err(
-                "ROXPI_CACHE_SIZE",
-                &cli.cache_size,
-                "the L1 cap of ROXPI_STORAGE=tiered, above 0 (ROXPI_STORAGE=s3 keeps no local copy)",
-            ));
-        }
+        let (upstream_allow, upstream_allow_any) = sources::upstream_allow(cli)?;
+        let (storage, s3, cache_size) = sources::storage(cli)?;
         Ok(Settings {
             bind,
             indexes,
@@ -854,18 +596,7 @@ impl Settings {
                 &cli.stale_while_revalidate,
             )?,
             synthesize_metadata: boolean("ROXPI_SYNTHESIZE_METADATA", &cli.synthesize_metadata)?,
-            client_refresh: match cli.client_refresh.trim().to_ascii_lowercase().as_str() {
-                "no-cache" => ClientRefresh::NoCache,
-                "off" => ClientRefresh::Off,
-                "any" => ClientRefresh::Any,
-                _ => {
-                    return Err(err(
-                        "ROXPI_CLIENT_REFRESH",
-                        &cli.client_refresh,
-                        "no-cache, off or any",
-                    ))
-                }
-            },
+            client_refresh: sources::client_refresh(cli)?,
             index_cache_size: parse_size(&cli.index_cache_size).ok_or_else(|| {
                 err(
                     "ROXPI_INDEX_CACHE_SIZE",
@@ -885,7 +616,7 @@ impl Settings {
                 "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
                 &cli.disable_index_ssl_verification,
             )?,
-            ca_file,
+            ca_file: sources::ca_file(cli)?,
             binary_file_mime_type: boolean(
                 "ROXPI_BINARY_FILE_MIME_TYPE",
                 &cli.binary_file_mime_type,
@@ -895,12 +626,12 @@ impl Settings {
             s3,
             cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
-            workers,
+            workers: sources::workers(cli)?,
             upstream_allow,
             upstream_allow_any,
-            upstream_proxy,
+            upstream_proxy: sources::upstream_proxy(cli)?,
             log_spec: translate_log_level(&cli.log),
-            log_json,
+            log_json: sources::log_json(cli)?,
             config_file,
             policy: std::sync::Arc::new(policy),
             routes,
@@ -911,9 +642,6 @@ impl Settings {
     }
 }
 
-/// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
-/// `$HOME/.cache/roxpi`.
-/// The policy settings given as flags or variables.
 /// The policy settings given as flags or variables, each checked here so
 /// that an error names that one setting and its value.
 fn policy_overrides(cli: &Cli) -> Result<file::PolicyOverrides, ConfigError> {
@@ -1011,6 +739,8 @@ pub fn s3_settings(
     })
 }
 
+/// The cache directory: the setting, else `$XDG_CACHE_HOME/roxpi`, else
+/// `$HOME/.cache/roxpi`.
 pub fn cache_dir(
     setting: &str,
     env: impl Fn(&str) -> Option<std::ffi::OsString>,
