@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lru::LruCache;
 use sha2::{Digest, Sha256};
@@ -36,7 +36,6 @@ use url::Url;
 use super::download::{Downloads, Fetch};
 use super::error::FileError;
 use super::Source;
-use crate::http::Waker;
 use crate::origin::{Index, Origin, OriginError};
 use crate::pypi::{CoreMetadata, FileEntry, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Stored, StoredBody};
@@ -73,95 +72,12 @@ pub enum Made {
     Failed(Arc<FileError>),
 }
 
-type Waiter = Box<dyn FnOnce() + Send>;
-
 /// How long a new synthesis counts as wanted before its first request has
 /// subscribed (it parks right after `begin`).
 const GRACE: Duration = Duration::from_secs(1);
 
 /// One synthesis in progress, shared by every request for it.
-pub struct Flight {
-    state: Mutex<FlightState>,
-    begun: Instant,
-}
-
-#[derive(Default)]
-struct FlightState {
-    made: Option<Made>,
-    waiters: Vec<Waiter>,
-    /// Parked requests: woken when done, and asked whether they still
-    /// wait (`wanted`).
-    watchers: Vec<Waker>,
-}
-
-impl Default for Flight {
-    fn default() -> Flight {
-        Flight {
-            state: Mutex::default(),
-            begun: Instant::now(),
-        }
-    }
-}
-
-impl Flight {
-    fn lock(&self) -> MutexGuard<'_, FlightState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The outcome, once there is one.
-    pub fn outcome(&self) -> Option<Made> {
-        self.lock().made.clone()
-    }
-
-    /// Calls `f` once the outcome is in (at once if it is).
-    pub fn on_done(&self, f: Waiter) {
-        let mut st = self.lock();
-        if st.made.is_some() {
-            drop(st);
-            f();
-        } else {
-            st.waiters.push(f);
-        }
-    }
-
-    /// Wakes `waker` once the outcome is in; while it waits, its request
-    /// keeps the synthesis wanted.
-    pub fn watch(&self, waker: Waker) {
-        let mut st = self.lock();
-        if st.made.is_some() {
-            drop(st);
-            waker.wake();
-        } else {
-            st.watchers.push(waker);
-        }
-    }
-
-    /// Whether anyone still waits for the outcome: a request whose client
-    /// has not hung up, any other waiter, or a synthesis just begun.
-    pub fn wanted(&self) -> bool {
-        let st = self.lock();
-        self.begun.elapsed() < GRACE
-            || !st.waiters.is_empty()
-            || st.watchers.iter().any(Waker::is_waiting)
-    }
-
-    fn complete(&self, made: Made) {
-        let (waiters, watchers) = {
-            let mut st = self.lock();
-            st.made = Some(made);
-            (
-                std::mem::take(&mut st.waiters),
-                std::mem::take(&mut st.watchers),
-            )
-        };
-        for w in waiters {
-            w();
-        }
-        for w in watchers {
-            w.wake();
-        }
-    }
-}
+pub type Flight = crate::flight::Flight<Made>;
 
 /// A wheel to make metadata for.
 struct Job {
@@ -308,7 +224,7 @@ impl Synthesizer {
                 while let Some(job) = pool.next() {
                     let Some(s) = weak.upgrade() else { return };
                     let flight = Arc::clone(&job.flight);
-                    let made = if flight.wanted() {
+                    let made = if flight.wanted(GRACE) {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run(&job)))
                             .unwrap_or_else(|_| {
                                 Made::Failed(Arc::new(local(io::Error::other(
@@ -398,7 +314,7 @@ impl Synthesizer {
             let dropped: Vec<Job> = if pool.jobs.len() >= QUEUE {
                 let (keep, dropped): (Vec<Job>, Vec<Job>) = std::mem::take(&mut pool.jobs)
                     .into_iter()
-                    .partition(|j| j.flight.wanted());
+                    .partition(|j| j.flight.wanted(GRACE));
                 pool.jobs = keep.into();
                 dropped
             } else {
@@ -412,7 +328,7 @@ impl Synthesizer {
             let spawn = accepted
                 && pool.idle == 0
                 && pool.threads < MAX_THREADS
-                && pool.running.iter().all(|f| !f.wanted());
+                && pool.running.iter().all(|f| !f.wanted(GRACE));
             if spawn {
                 pool.threads += 1;
             }
@@ -742,7 +658,7 @@ impl ReadAt for RangeReader<'_> {
         if let Some(range) = held {
             return Ok(Box::new(&self.tail[range]));
         }
-        if !self.flight.wanted() {
+        if !self.flight.wanted(GRACE) {
             return Err(io::Error::other("nobody waits for this metadata any more"));
         }
         let last = offset

@@ -405,8 +405,8 @@ impl Files {
         let url = entry.url.clone();
         Response::later(Later {
             deadline: Instant::now() + self.config.request_deadline,
-            subscribe: Box::new(move |waker: Waker| watched.watch(waker)),
-            resume: Box::new(move |req: &Request| match flight.outcome() {
+            subscribe: Box::new(move |waker: Waker| watched.watch(Box::new(waker))),
+            resume: Box::new(move |req: &Request| match flight.result() {
                 // Made now, by range reads of the wheel: not a cache hit.
                 Some(metadata::Made::Stored(f)) => {
                     serve::stored(req, f, content_type, &files.stats)

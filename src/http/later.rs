@@ -79,6 +79,15 @@ impl Waker {
     }
 }
 
+impl crate::flight::Watcher for Waker {
+    fn wake(&self) {
+        Waker::wake(self);
+    }
+    fn is_waiting(&self) -> bool {
+        Waker::is_waiting(self)
+    }
+}
+
 /// Drives a response to its final form on the calling thread, waiting for
 /// each `Later` until it is woken or its deadline passes: what the server
 /// does without a thread, done with one (tests, tools).

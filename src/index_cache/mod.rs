@@ -29,7 +29,7 @@
 use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -183,84 +183,9 @@ pub struct Rendered {
 type FlightResult = Result<Arc<Snapshot>, Arc<OriginError>>;
 
 /// Called when a flight completes (a parked request's waker).
-pub type OnReady = Box<dyn FnOnce() + Send>;
+pub type OnReady = crate::flight::OnDone;
 
-struct FlightState {
-    result: Option<FlightResult>,
-    /// Called once the result is in.
-    waiters: Vec<OnReady>,
-}
-
-struct Flight {
-    state: Mutex<FlightState>,
-    done: Condvar,
-}
-
-impl Flight {
-    fn new() -> Flight {
-        Flight {
-            state: Mutex::new(FlightState {
-                result: None,
-                waiters: Vec::new(),
-            }),
-            done: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, FlightState> {
-        // One assignment per update: a poisoned lock is consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn complete(&self, r: FlightResult) {
-        let waiters = {
-            let mut st = self.lock();
-            st.result = Some(r);
-            std::mem::take(&mut st.waiters)
-        };
-        self.done.notify_all();
-        // Outside the lock: a waiter may look at this flight again.
-        for w in waiters {
-            w();
-        }
-    }
-
-    /// The result, if it is in.
-    fn result(&self) -> Option<FlightResult> {
-        self.lock().result.clone()
-    }
-
-    /// Calls `f` once the result is in (at once if it is).
-    fn on_complete(&self, f: OnReady) {
-        let mut st = self.lock();
-        if st.result.is_some() {
-            drop(st);
-            f();
-        } else {
-            st.waiters.push(f);
-        }
-    }
-
-    /// Waits up to `limit`; `None` on timeout.
-    fn wait(&self, limit: Duration) -> Option<FlightResult> {
-        let deadline = Instant::now() + limit;
-        let mut guard = self.lock();
-        loop {
-            if let Some(r) = guard.result.as_ref() {
-                return Some(r.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            guard = self
-                .done
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-}
+type Flight = crate::flight::Flight<FlightResult>;
 
 /// What is left of a page too large to keep in memory: when it was
 /// fetched, so that its saved copy on disk answers within its TTL (with the
@@ -449,7 +374,7 @@ impl Pending {
     /// if there is none or it is done).
     pub fn on_ready(&self, f: OnReady) {
         match &self.flight {
-            Some(flight) => flight.on_complete(f),
+            Some(flight) => flight.on_done(f),
             None => f(),
         }
     }
