@@ -190,7 +190,8 @@ type RouteSeries = (
     fn(&crate::index_cache::IndexCache) -> u64,
 );
 
-const ROUTE_SERIES: [RouteSeries; 4] = [
+const ROUTE_SERIES: [RouteSeries; 5] = [
+    ("roxpi_route_index_large_copies", "gauge", "Copies of pages too large to keep that requests of each route still hold (loads of such pages wait while 2 are alive).", |c| c.large_copies() as u64),
     (
         "roxpi_route_index_cache_bytes",
         "gauge",

@@ -40,6 +40,11 @@ impl LargeCopies {
         self.alive.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Copies alive now.
+    pub(super) fn alive(&self) -> usize {
+        *self.lock()
+    }
+
     /// Counts a new copy.
     pub(super) fn hold(self: &Arc<Self>) -> Arc<Held> {
         *self.lock() += 1;
@@ -64,11 +69,6 @@ impl LargeCopies {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-    }
-
-    #[cfg(test)]
-    pub(super) fn alive(&self) -> usize {
-        *self.lock()
     }
 }
 

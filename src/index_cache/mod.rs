@@ -199,6 +199,9 @@ struct Hollow {
     /// The copy last loaded or fetched, while a request still holds it:
     /// the next lookup shares it instead of loading another.
     live: std::sync::Weak<Snapshot>,
+    /// What the page takes in memory: a reload of a page too large to keep
+    /// waits its turn (`large`); one of an evicted page never does.
+    bytes: u64,
 }
 
 impl Hollow {
@@ -210,6 +213,7 @@ impl Hollow {
             generation: snap.generation,
             validators: snap.validators.clone(),
             live: std::sync::Weak::new(),
+            bytes: snap.bytes,
         })
     }
 }

@@ -103,9 +103,10 @@ impl IndexCache {
                 _ => None,
             }
         };
-        if hollow.is_some() {
+        if hollow.as_ref().is_some_and(|h| !self.fits(h.bytes)) {
             // Too large to keep: one more copy in memory. Wait while
-            // others are in use (bounded).
+            // others are in use (bounded). (A page evicted to make room
+            // fits, and loads at once.)
             self.large.wait_turn();
         }
         let snap = match (&self.pages, &key) {
@@ -184,6 +185,7 @@ impl IndexCache {
                             generation: s.generation,
                             validators: s.validators.clone(),
                             live: std::sync::Weak::new(),
+                            bytes: s.bytes,
                         });
                         if h.generation == s.generation {
                             h.live = Arc::downgrade(s);

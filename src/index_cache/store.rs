@@ -231,6 +231,11 @@ impl IndexCache {
     }
 
     /// Entries and bytes held (for the home page).
+    /// Copies of pages too large to keep that requests still hold.
+    pub fn large_copies(&self) -> usize {
+        self.large.alive()
+    }
+
     pub fn usage(&self) -> (usize, u64) {
         (0..SHARDS).fold((0, 0), |(n, b), i| {
             let s = self.lock(i);

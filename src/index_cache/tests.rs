@@ -571,3 +571,48 @@ fn files_are_found_by_name_through_the_index() {
     assert!(Arc::ptr_eq(&snap.index, &fresh.index));
     assert!(fresh.file("p1-1.7.tar.gz").is_some());
 }
+
+#[test]
+fn an_evicted_page_reloads_without_waiting_for_large_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig_with(0, false, Duration::from_secs(3), 1);
+    let cache = IndexCache::new(
+        r.origin.clone(),
+        r.clock.clone(),
+        r.cache.indexes().to_vec(),
+        Staleness {
+            after: Duration::from_secs(3),
+            while_revalidate: Duration::ZERO,
+            deadline: Duration::from_secs(120),
+        },
+        false,
+        0,
+        Some(PageStore::open(dir.path(), 64 << 20).unwrap()),
+    )
+    .start()
+    .unwrap();
+    // Pages of ~100 KiB each: the smallest cache (1 MiB) evicts early ones.
+    let names: Vec<String> = (0..400).map(|i| format!("f{i:04}-1.0.tar.gz")).collect();
+    let files: Vec<&str> = names.iter().map(String::as_str).collect();
+    for i in 0..40 {
+        r.origin.set_page(&format!("p{i}"), page(&files));
+        assert!(cache
+            .wait(cache.begin(IndexId::ROOT, &key(i), false))
+            .is_ok());
+    }
+    assert!(
+        cache.stats.evictions.load(Ordering::Relaxed) > 0,
+        "p0 evicted"
+    );
+    // Two copies of too-large pages held elsewhere: loads of such pages
+    // wait their turn, but p0 fits and must not.
+    let (_a, _b) = (cache.large.hold(), cache.large.hold());
+    let t = std::time::Instant::now();
+    let got = cache.wait(cache.begin(IndexId::ROOT, &key(0), false));
+    assert!(got.is_ok());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "an evicted page waited {:?}",
+        t.elapsed()
+    );
+}
