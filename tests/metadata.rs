@@ -448,6 +448,7 @@ fn lying_and_huge_central_directories_are_refused_within_bounded_memory() {
         }
         assert_eq!(get(addr, "/health").status, 200, "the process lives");
         let peak = roxpi.status_kib("VmHWM:");
+        eprintln!("4 hostile wheels at once: peak RSS {peak} KiB, {idle} KiB idle before");
         assert!(
             peak < idle + 64 * 1024,
             "peak RSS {peak} KiB against {idle} KiB idle"
