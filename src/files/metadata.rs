@@ -728,46 +728,13 @@ mod tests {
         assert_eq!(m.as_str().len(), 64);
     }
 
-    /// Answers every range with a 206 claiming a huge range and no body.
-    struct Boasting;
+    /// An upstream that answers file requests with `F` (and nothing else).
+    struct Files<F>(F);
 
-    impl Origin for Boasting {
-        fn fetch_project(
-            &self,
-            index: &Index,
-            _: &crate::pypi::ProjectName,
-            _: &crate::origin::Validators,
-        ) -> Result<crate::origin::PageFetch, OriginError> {
-            Err(OriginError::status(&index.url, 500))
-        }
-
-        fn fetch_list(
-            &self,
-            index: &Index,
-        ) -> Result<Option<crate::pypi::ProjectList>, OriginError> {
-            Err(OriginError::status(&index.url, 500))
-        }
-
-        fn open_file(
-            &self,
-            _: &Index,
-            url: &Url,
-            _: Option<&str>,
-        ) -> Result<crate::origin::Streamed, OriginError> {
-            Ok(crate::origin::Streamed {
-                status: 206,
-                content_length: None,
-                content_range: Some("bytes 0-999999999999999/1000000000000000".into()),
-                final_url: url.clone(),
-                body: Box::new(io::empty()),
-            })
-        }
-    }
-
-    /// Answers the tail of `wheel` (a suffix range) and a 500 to any other.
-    struct TailOnly(Vec<u8>);
-
-    impl Origin for TailOnly {
+    impl<F> Origin for Files<F>
+    where
+        F: Fn(&Url, Option<&str>) -> crate::origin::Streamed + Send + Sync,
+    {
         fn fetch_project(
             &self,
             index: &Index,
@@ -790,25 +757,44 @@ mod tests {
             url: &Url,
             range: Option<&str>,
         ) -> Result<crate::origin::Streamed, OriginError> {
-            let Some(n) = range.and_then(|r| r.strip_prefix("bytes=-")) else {
-                return Ok(crate::origin::Streamed {
-                    status: 500,
-                    content_length: None,
-                    content_range: None,
-                    final_url: url.clone(),
-                    body: Box::new(io::empty()),
-                });
-            };
-            let len = self.0.len();
-            let start = len.saturating_sub(n.parse().unwrap());
-            Ok(crate::origin::Streamed {
-                status: 206,
-                content_length: Some((len - start) as u64),
-                content_range: Some(format!("bytes {start}-{}/{len}", len - 1)),
-                final_url: url.clone(),
-                body: Box::new(io::Cursor::new(self.0[start..].to_vec())),
-            })
+            Ok((self.0)(url, range))
         }
+    }
+
+    fn streamed(
+        url: &Url,
+        status: u16,
+        content_range: Option<String>,
+        body: Vec<u8>,
+    ) -> crate::origin::Streamed {
+        crate::origin::Streamed {
+            status,
+            content_length: Some(body.len() as u64),
+            content_range,
+            final_url: url.clone(),
+            body: Box::new(io::Cursor::new(body)),
+        }
+    }
+
+    /// Answers every range with a 206 claiming a huge range and no body.
+    fn boasting() -> Files<impl Fn(&Url, Option<&str>) -> crate::origin::Streamed> {
+        Files(|url: &Url, _: Option<&str>| {
+            let claim = "bytes 0-999999999999999/1000000000000000".to_owned();
+            streamed(url, 206, Some(claim), Vec::new())
+        })
+    }
+
+    /// Answers the tail of `wheel` (a suffix range) and a 500 to any other.
+    fn tail_only(wheel: Vec<u8>) -> Files<impl Fn(&Url, Option<&str>) -> crate::origin::Streamed> {
+        Files(move |url: &Url, range: Option<&str>| {
+            let Some(n) = range.and_then(|r| r.strip_prefix("bytes=-")) else {
+                return streamed(url, 500, None, Vec::new());
+            };
+            let len = wheel.len();
+            let start = len.saturating_sub(n.parse().unwrap_or(0));
+            let range = format!("bytes {start}-{}/{len}", len - 1);
+            streamed(url, 206, Some(range), wheel[start..].to_vec())
+        })
     }
 
     fn test_source(name: &str) -> Source {
@@ -841,7 +827,7 @@ mod tests {
         z.write_all(&vec![7u8; 200 * 1024]).unwrap();
         let wheel = z.finish().unwrap().into_inner();
         let source = test_source("demo-1.0-py3-none-any.whl");
-        let origin = TailOnly(wheel);
+        let origin = tail_only(wheel);
         let flight = Flight::default();
         let mut reader =
             RangeReader::new(&origin, &source, &flight).unwrap_or_else(|_| panic!("tail"));
@@ -861,7 +847,7 @@ mod tests {
     #[test]
     fn a_range_answer_larger_than_asked_is_refused_before_allocating() {
         let source = test_source("a-1.0-py3-none-any.whl");
-        let Err(Failure::Failed(e)) = RangeReader::new(&Boasting, &source, &Flight::default())
+        let Err(Failure::Failed(e)) = RangeReader::new(&boasting(), &source, &Flight::default())
         else {
             panic!("refused")
         };

@@ -368,7 +368,13 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
             &raw,
         )
         .unwrap();
-    let cache = IndexCache::new(
+    let cache = with_store(&r, dir, offline, 64 << 20);
+    Rig { cache, ..r }
+}
+
+/// A cache over `r`'s origin and indexes that saves pages in `dir`.
+fn with_store(r: &Rig, dir: &std::path::Path, offline: bool, max_bytes: u64) -> Arc<IndexCache> {
+    IndexCache::new(
         r.origin.clone(),
         r.clock.clone(),
         r.cache.indexes().to_vec(),
@@ -378,12 +384,11 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
             deadline: Duration::from_secs(120),
         },
         offline,
-        64 << 20,
-        Some(PageStore::open(dir, 1 << 20).unwrap()),
+        max_bytes,
+        Some(PageStore::open(dir, 64 << 20).unwrap()),
     )
     .start()
-    .unwrap();
-    Rig { cache, ..r }
+    .unwrap()
 }
 
 #[test]
@@ -576,21 +581,7 @@ fn files_are_found_by_name_through_the_index() {
 fn an_evicted_page_reloads_without_waiting_for_large_copies() {
     let dir = tempfile::tempdir().unwrap();
     let r = rig_with(0, false, Duration::from_secs(3), 1);
-    let cache = IndexCache::new(
-        r.origin.clone(),
-        r.clock.clone(),
-        r.cache.indexes().to_vec(),
-        Staleness {
-            after: Duration::from_secs(3),
-            while_revalidate: Duration::ZERO,
-            deadline: Duration::from_secs(120),
-        },
-        false,
-        0,
-        Some(PageStore::open(dir.path(), 64 << 20).unwrap()),
-    )
-    .start()
-    .unwrap();
+    let cache = with_store(&r, dir.path(), false, 0);
     // Pages of ~100 KiB each: the smallest cache (1 MiB) evicts early ones.
     let names: Vec<String> = (0..400).map(|i| format!("f{i:04}-1.0.tar.gz")).collect();
     let files: Vec<&str> = names.iter().map(String::as_str).collect();
