@@ -1,6 +1,6 @@
 //! Times rendering and gzip levels on the real fixture pages:
 //! `cargo run --release --example gzip_levels`. The numbers behind the
-//! level roxpi compresses index pages with (README, "Index cache").
+//! level roxpi compresses index pages with (docs/architecture.md, "Memory").
 use std::io::{Read, Write};
 use std::time::Instant;
 

@@ -308,19 +308,18 @@ indexes = ["https://download.pytorch.org/whl/cu121/"]
         assert_eq!((p.yanks.len(), p.deny.len()), (1, 2));
     }
 
-    /// The example in the README's Policy section is a valid file.
+    /// The example in docs/policy.md is a valid file.
     #[test]
-    fn the_readme_example_is_valid() {
-        let readme = include_str!("../../README.md");
-        let policy = &readme[readme.find("## Policy").unwrap()..];
+    fn the_documented_example_file_is_valid() {
+        let policy = include_str!("../../docs/policy.md");
         let start = policy.find("```toml\n").unwrap() + "```toml\n".len();
         let block = &policy[start..start + policy[start..].find("```").unwrap()];
-        let f = FileConfig::parse("README.md", block).unwrap();
+        let f = FileConfig::parse("docs/policy.md", block).unwrap();
         assert_eq!(
             (f.index.as_ref().map_or(0, Vec::len), f.route.len()),
             (2, 1)
         );
-        let p = build_policy(&f.policy(), &PolicyOverrides::default(), "README.md").unwrap();
+        let p = build_policy(&f.policy(), &PolicyOverrides::default(), "docs/policy.md").unwrap();
         assert_eq!((p.yanks.len(), p.deny.len()), (1, 2));
         assert!(f.route[0].policy.is_some());
     }

@@ -398,6 +398,44 @@ mod alias_tests {
     use super::super::*;
     use clap::CommandFactory;
 
+    /// docs/configuration.md has a row for every setting of `--help`,
+    /// with its default and every alias roxpi accepts for it.
+    #[test]
+    fn the_configuration_doc_lists_every_setting_with_its_default_and_aliases() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let Some(env) = arg.get_env().map(|e| e.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with("| ") && l.contains(&format!("`{env}`")))
+                .unwrap_or_else(|| panic!("{env} has no row in docs/configuration.md"));
+            // `| flag / variable | aliases | default | meaning |`
+            let cells: Vec<&str> = row.split('|').map(str::trim).skip(1).collect();
+            let aliases = SETTINGS
+                .iter()
+                .find(|(n, _)| *n == env)
+                .map_or(&[][..], |(_, a)| *a);
+            for alias in aliases {
+                assert!(
+                    cells[1].contains(alias),
+                    "{env}: alias {alias} missing: {row}"
+                );
+            }
+            let shown = !arg.is_hide_default_value_set();
+            for default in arg.get_default_values() {
+                let d = default.to_string_lossy();
+                if shown && !d.is_empty() {
+                    assert!(cells[2].contains(&*d), "{env}: default {d} missing: {row}");
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked} settings");
+    }
+
     #[test]
     fn every_setting_has_its_variable_and_documented_aliases() {
         let envs: Vec<String> = Cli::command()
