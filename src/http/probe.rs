@@ -42,6 +42,19 @@ pub fn probe_target(bytes: &[u8]) -> Option<(bool, String)> {
     Some((head, request.path().to_owned()))
 }
 
+/// The path of a `GET` or `HEAD` request line at the start of `bytes`
+/// (without the query), read without allocating. Pure.
+fn probe_line_path(bytes: &[u8]) -> Option<&str> {
+    let line = bytes.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if !matches!(parts.next()?, "GET" | "HEAD") {
+        return None;
+    }
+    let target = parts.next()?;
+    Some(target.split('?').next().unwrap_or(target))
+}
+
 /// The bytes of an answer (closing the connection).
 pub fn answer_bytes(a: &ProbeAnswer, head_only: bool) -> Vec<u8> {
     let mut out = format!(
@@ -69,8 +82,10 @@ pub(crate) fn try_answer(conn: &Conn, probe: &Probe) -> Option<u16> {
         Ok((n, _)) if n > 0 => n,
         _ => return None,
     };
-    let (head_only, path) = probe_target(&buf[..n])?;
-    let answer = probe(&path)?;
+    // The request line first, without allocating: most connections are
+    // not probes, and their heads are parsed once, by a worker.
+    let answer = probe(probe_line_path(&buf[..n])?)?;
+    let (head_only, _) = probe_target(&buf[..n])?;
     // Consume the request (closing with unread bytes would reset the
     // connection before the client reads the answer).
     let _ = rustix::net::recv(&conn.stream, &mut buf[..n], RecvFlags::DONTWAIT);
@@ -135,6 +150,26 @@ mod tests {
             assert_eq!(
                 probe_target(bytes).as_ref().map(|(h, p)| (*h, p.as_str())),
                 *want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_give_their_path_without_a_parse() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", Some("/health")),
+            (b"HEAD /ready?x=1 HTTP/1.1\r\n", Some("/ready")),
+            (b"POST /health HTTP/1.1\r\n", None),
+            (b"GET", None),
+            (b"\xff\xfe", None),
+            (b"", None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                probe_line_path(bytes),
+                want,
                 "{:?}",
                 String::from_utf8_lossy(bytes)
             );
