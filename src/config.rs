@@ -420,29 +420,7 @@ pub fn apply_env_aliases() {
     }
 }
 
-/// One upstream index.
-#[derive(Clone, Debug)]
-pub struct IndexConfig {
-    /// The URL, ending in `/`, with any credentials.
-    pub url: Url,
-    pub ttl: Duration,
-    /// Dependency-confusion guard: this index serves only these projects,
-    /// and they are taken from no other index (empty: any project).
-    pub only: Vec<crate::policy::ProjectGlob>,
-    /// This index never serves these projects.
-    pub never: Vec<crate::policy::ProjectGlob>,
-}
-
-impl IndexConfig {
-    pub fn new(url: Url, ttl: Duration) -> IndexConfig {
-        IndexConfig {
-            url,
-            ttl,
-            only: Vec::new(),
-            never: Vec::new(),
-        }
-    }
-}
+pub use crate::origin::IndexConfig;
 
 /// A secret setting: never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -468,12 +446,7 @@ pub struct RouteConfig {
 
 /// Which client requests force a page refresh.
 /// Where files are kept (`ROXPI_STORAGE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StorageMode {
-    Local,
-    S3,
-    Tiered,
-}
+pub use crate::storage::Mode as StorageMode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientRefresh {

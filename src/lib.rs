@@ -12,9 +12,9 @@
 //! - [`files`]: everything about a file request: keys, hits, ranges, the
 //!   one coalesced and verified download per file, stream-through,
 //!   redirects.
-//! - [`storage`]: the `Storage` trait and its backends (local LRU disk,
-//!   staging for `ROXPI_CACHE_SIZE=0`).
-//! - [`persist`]: the last good copy of each page on disk.
+//! - [`storage`]: the `Storage` trait and its three storages: the local
+//!   LRU disk, the bucket (`s3`) and the two composed (`tiered`). Files
+//!   and saved pages (a namespace) live there.
 //! - [`policy`]: the site's rules (cooldown, yanks, deny lists), decided
 //!   per file; the audit trail.
 //! - [`origin`]: the `Origin` trait the caches fetch through, the
@@ -47,7 +47,6 @@ pub mod index_cache;
 pub mod logging;
 pub mod origin;
 pub mod page_budget;
-pub mod persist;
 pub mod policy;
 pub mod pypi;
 pub mod redact;
@@ -57,8 +56,18 @@ pub mod storage;
 pub mod upstream;
 pub mod wheel;
 
-/// The composition root: the app wired to the real upstream (`Upstream`),
-/// with `server` as the HTTP server's stats block (shown on `/metrics`).
+/// Locks `m`, recovering it from poison. roxpi's locks guard state that
+/// is consistent between statements (no code that can panic runs while it
+/// is half-changed), so a holder that panicked leaves nothing half-done:
+/// the one rule for every lock, instead of a helper per module.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The composition root: the app wired to the real upstream (`Upstream`)
+/// and the storage the settings ask for (with the bucket for `s3` and
+/// `tiered`), with `server` as the HTTP server's stats block (shown on
+/// `/metrics`).
 pub fn wire(
     settings: config::Settings,
     server: std::sync::Arc<http::Stats>,
@@ -68,11 +77,17 @@ pub fn wire(
         Some(s3) => Some(storage::s3::open_checked(s3.clone(), upstream.agent())?),
         None => None,
     };
-    Ok(std::sync::Arc::new(app::App::with_bucket(
+    let store = storage::open(
+        &settings.cache_dir,
+        settings.cache_size,
+        settings.storage,
+        bucket,
+    )?;
+    Ok(std::sync::Arc::new(app::App::with_store(
         settings,
         upstream,
         server,
         std::sync::Arc::new(clock::SystemClock),
-        bucket,
+        store,
     )?))
 }

@@ -22,9 +22,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::files::{Files, FilesConfig};
 use crate::http::{Later, Method, ProbeAnswer, Request, Response, Waker};
+use crate::index_cache::SavedPages;
 use crate::index_cache::{IndexCache, Key, Resolution, Resolved};
 use crate::origin::{Index, IndexId, Origin};
-use crate::persist::PageStore;
 
 const SUCCESS: &str = "{\"status\":\"success\",\"data\":null}";
 /// Threads opening upstream bodies for ranges and stream-through.
@@ -60,10 +60,9 @@ struct RouteKit {
     clock: Arc<dyn Clock>,
     staleness: crate::index_cache::Staleness,
     offline: bool,
-    cache_dir: std::path::PathBuf,
-    cache_size: u64,
     index_cache_size: u64,
-    bucket: Option<Arc<crate::storage::s3::Bucket>>,
+    /// Where saved pages are kept (the file store).
+    store: crate::files::Store,
 }
 
 impl RouteKit {
@@ -76,24 +75,10 @@ impl RouteKit {
         }
     }
 
-    /// Saved pages in `dir` (a quarter of the file cache cap, shared by the
-    /// routes, at least 1 MiB each), also in the bucket if there is one.
-    fn saved(&self, dir: std::path::PathBuf, share: u64) -> Option<PageStore> {
-        if self.cache_size == 0 {
-            return None;
-        }
-        let cap = (self.cache_size / 4 / share).max(1 << 20);
-        let opened = PageStore::open(&dir, cap).and_then(|p| match &self.bucket {
-            Some(b) => p.with_bucket(Arc::clone(b)),
-            None => Ok(p),
-        });
-        match opened {
-            Ok(p) => Some(p),
-            Err(e) => {
-                log::warn!("pages will not survive a restart: {e}");
-                None
-            }
-        }
+    /// Saved pages: a namespace of the file store (none when the file
+    /// cache is off).
+    fn saved(&self) -> Option<SavedPages> {
+        self.store.clone().map(SavedPages::new)
     }
 
     /// A `[[route]]`: its own index cache and saved pages.
@@ -104,7 +89,6 @@ impl RouteKit {
             .enumerate()
             .map(|(i, c)| Index::new(IndexId(i), c))
             .collect();
-        let id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(r.prefix.as_bytes())[..8]);
         let pages = IndexCache::new(
             Arc::clone(&self.origin),
             Arc::clone(&self.clock),
@@ -112,7 +96,7 @@ impl RouteKit {
             self.staleness,
             self.offline,
             self.budget(share),
-            self.saved(self.cache_dir.join("route-pages").join(id), share),
+            self.saved(),
         )
         .start()?;
         log::info!("route {}: {} index(es)", r.prefix, r.indexes.len());
@@ -170,28 +154,27 @@ impl App {
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<App> {
-        App::with_bucket(settings, origin, server, clock, None)
+        let store =
+            crate::files::store(&settings.cache_dir, settings.cache_size, settings.storage)?;
+        App::with_store(settings, origin, server, clock, store)
     }
 
-    /// The app with `bucket` behind its file cache (`ROXPI_STORAGE=s3` or
-    /// `tiered`) and its saved pages.
-    pub fn with_bucket(
+    /// The app with `store` for its files and saved pages (`crate::wire`
+    /// gives it the bucket's for `ROXPI_STORAGE=s3` or `tiered`).
+    pub fn with_store(
         settings: Settings,
         origin: Arc<dyn Origin>,
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
-        bucket: Option<Arc<crate::storage::s3::Bucket>>,
+        store: crate::files::Store,
     ) -> anyhow::Result<App> {
-        let files = Files::open(
+        let files = Files::start(
             files_config(&settings),
-            &settings.cache_dir,
-            settings.cache_size,
-            settings.storage,
-            bucket.clone(),
+            store.clone(),
             Arc::clone(&origin),
             Arc::clone(&clock),
         )?;
-        App::assemble(settings, files, origin, server, clock, bucket)
+        App::assemble(settings, files, origin, server, clock, store)
     }
 
     /// The app around a ready `Files` (tests give it their own storage).
@@ -201,7 +184,7 @@ impl App {
         origin: Arc<dyn Origin>,
         server: Arc<crate::http::Stats>,
         clock: Arc<dyn Clock>,
-        bucket: Option<Arc<crate::storage::s3::Bucket>>,
+        store: crate::files::Store,
     ) -> anyhow::Result<App> {
         let indexes: Vec<Index> = settings
             .indexes
@@ -219,10 +202,8 @@ impl App {
                 deadline: settings.request_deadline,
             },
             offline: settings.offline,
-            cache_dir: settings.cache_dir.clone(),
-            cache_size: settings.cache_size,
             index_cache_size: settings.index_cache_size,
-            bucket: bucket.clone(),
+            store,
         };
         let mut upstreams = Vec::new();
         for r in &settings.routes {
@@ -245,7 +226,7 @@ impl App {
             kit.staleness,
             settings.offline,
             kit.budget(share),
-            kit.saved(settings.cache_dir.join("pages"), share),
+            kit.saved(),
         )
         .start()?;
         upstreams.insert(
@@ -551,9 +532,8 @@ impl App {
         let first_seen = (uploaded.is_none()
             && policy.cooldown.untimed == crate::policy::Untimed::FirstSeen)
             .then(|| {
-                let sha = entry.hashes.get("sha256").map(String::as_str);
-                let key = crate::storage::CacheKey::derive(sha, &entry.url);
-                self.first_seen.get_or_record(&key, now)
+                self.first_seen
+                    .get_or_record(&crate::files::metadata::wheel_key(entry), now)
             });
         policy.verdict(
             &crate::policy::Facts {

@@ -125,31 +125,32 @@ impl Snapshot {
             m("roxpi_file_open_busy_total", Counter, File, "opens refused (pool full)", "upstream opens refused because the open pool was full", load(&f.busy)),
             m("roxpi_file_downloads_in_flight", Gauge, File, "downloads in progress", "file downloads in progress (each shared by all its requesters)", app.files.in_flight() as u64),
             m("roxpi_file_evictions_total", Counter, File, "evictions", "files evicted from the cache", usage.evictions),
-            m("roxpi_file_cache_files", Gauge, File, "files", "files in the cache", usage.files as u64),
-            m("roxpi_file_cache_bytes", Gauge, File, "bytes cached", "bytes of cached files", usage.used),
+            m("roxpi_file_cache_files", Gauge, File, "files", "files in the cache", (usage.files - usage.pages) as u64),
+            m("roxpi_file_cache_bytes", Gauge, File, "bytes cached", "bytes of cached files", usage.used - usage.page_bytes),
+            m("roxpi_saved_pages", Gauge, File, "saved pages", "last good copies of project pages kept with the files (within the same cap)", usage.pages as u64),
+            m("roxpi_saved_page_bytes", Gauge, File, "bytes of saved pages", "bytes of saved pages (within the file cache cap)", usage.page_bytes),
             m("roxpi_file_cache_reserved_bytes", Gauge, File, "bytes reserved for downloads", "bytes reserved for downloads in flight", usage.reserved),
             m("roxpi_file_cache_cap_bytes", Gauge, File, "cap", "the file cache cap", usage.cap),
         ];
         let mut metrics = metrics;
-        if let Some(b) = app.files.bucket() {
-            let st = &b.stats;
+        if let Some(r) = app.files.remote() {
             #[rustfmt::skip]
             metrics.extend([
-                m("roxpi_file_bucket_hits_total", Counter, File, "files read from the bucket", "files read from the bucket (verified before serving)", load(&f.bucket_hits)),
-                m("roxpi_file_bucket_fallbacks_total", Counter, File, "bucket failures served from upstream", "bucket reads that failed (S3 error): the file came from the upstream", load(&f.bucket_fallbacks)),
-                m("roxpi_file_bucket_mismatches_total", Counter, File, "bucket objects not matching their key", "bucket objects whose bytes did not match their key's hash: never served", load(&f.bucket_mismatches)),
-                m("roxpi_file_uploads_total", Counter, File, "files put into the bucket", "new downloads put into the bucket", load(&f.uploads)),
-                m("roxpi_file_upload_failures_total", Counter, File, "uploads given up", "uploads to the bucket given up after retries", load(&f.upload_failures)),
-                m("roxpi_file_uploads_pending", Gauge, File, "uploads waiting for a retry", "uploads to the bucket waiting for a retry (the local copy is kept)", app.files.pending_uploads() as u64),
-                m("roxpi_s3_get_requests_total", Counter, File, "S3 GETs", "S3 GetObject requests", load(&st.gets)),
-                m("roxpi_s3_get_misses_total", Counter, File, "S3 GETs answered 404", "S3 GetObject requests answered 404 (not in the bucket)", load(&st.get_misses)),
-                m("roxpi_s3_puts_total", Counter, File, "S3 PUTs", "objects put with one PutObject", load(&st.puts)),
-                m("roxpi_s3_multipart_uploads_total", Counter, File, "S3 multipart uploads", "objects put with a multipart upload", load(&st.multipart_uploads)),
-                m("roxpi_s3_aborted_uploads_total", Counter, File, "S3 multipart uploads aborted", "failed multipart uploads aborted (no parts left behind)", load(&st.aborted_uploads)),
-                m("roxpi_s3_errors_total", Counter, File, "S3 errors", "S3 requests that failed or were refused", load(&st.errors)),
-                m("roxpi_s3_skipped_reads_total", Counter, File, "S3 reads skipped (S3 not answering)", "bucket reads not tried because S3 did not answer within the last 10 s (served from the upstream)", load(&st.skipped)),
-                m("roxpi_s3_read_bytes_total", Counter, File, "bytes read from S3", "bytes read from the bucket", load(&st.bytes_read)),
-                m("roxpi_s3_written_bytes_total", Counter, File, "bytes written to S3", "bytes written to the bucket", load(&st.bytes_written)),
+                m("roxpi_file_bucket_hits_total", Counter, File, "files read from the bucket", "files read from the bucket (verified before serving)", r.hits),
+                m("roxpi_file_bucket_fallbacks_total", Counter, File, "bucket failures served from upstream", "bucket reads that failed (S3 error): the file came from the upstream", r.fallbacks),
+                m("roxpi_file_bucket_mismatches_total", Counter, File, "bucket objects not matching their key", "bucket objects whose bytes did not match their key's hash: never served", r.mismatches),
+                m("roxpi_file_uploads_total", Counter, File, "files put into the bucket", "new downloads put into the bucket", r.uploads),
+                m("roxpi_file_upload_failures_total", Counter, File, "uploads given up", "uploads to the bucket given up after retries", r.upload_failures),
+                m("roxpi_file_uploads_pending", Gauge, File, "uploads waiting", "uploads to the bucket waiting in the queue (saved pages, and files whose first put failed: the local copy is kept)", r.uploads_pending),
+                m("roxpi_s3_get_requests_total", Counter, File, "S3 GETs", "S3 GetObject requests", r.gets),
+                m("roxpi_s3_get_misses_total", Counter, File, "S3 GETs answered 404", "S3 GetObject requests answered 404 (not in the bucket)", r.get_misses),
+                m("roxpi_s3_puts_total", Counter, File, "S3 PUTs", "objects put with one PutObject", r.puts),
+                m("roxpi_s3_multipart_uploads_total", Counter, File, "S3 multipart uploads", "objects put with a multipart upload", r.multipart_uploads),
+                m("roxpi_s3_aborted_uploads_total", Counter, File, "S3 multipart uploads aborted", "failed multipart uploads aborted (no parts left behind)", r.aborted_uploads),
+                m("roxpi_s3_errors_total", Counter, File, "S3 errors", "S3 requests that failed or were refused", r.errors),
+                m("roxpi_s3_skipped_reads_total", Counter, File, "S3 reads skipped (S3 not answering)", "bucket reads not tried because S3 did not answer within the last 10 s (served from the upstream)", r.skipped),
+                m("roxpi_s3_read_bytes_total", Counter, File, "bytes read from S3", "bytes read from the bucket", r.bytes_read),
+                m("roxpi_s3_written_bytes_total", Counter, File, "bytes written to S3", "bytes written to the bucket", r.bytes_written),
             ]);
         }
         Snapshot { metrics }
@@ -244,12 +245,8 @@ pub fn home(app: &App) -> Response {
             app.settings.cache_dir.display().to_string()
         },
     )];
-    if let Some(b) = app.files.bucket() {
-        let role = match app.settings.storage {
-            crate::config::StorageMode::Tiered => "bucket (L2, behind the cache dir as L1)",
-            _ => "bucket (the cache dir stages only)",
-        };
-        file_stats.push((role, b.describe()));
+    if let Some(r) = app.files.remote() {
+        file_stats.push((r.role, r.describe));
     }
     file_stats.extend(snapshot.rows(Section::File));
     let page = HomeHtml {

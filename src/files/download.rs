@@ -22,8 +22,7 @@
 //! never held together; neither is held across network or disk I/O.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,13 +31,14 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::error::{FileError, Mismatch};
 use super::inflight::{InFlight, Phase};
-use super::verify::Verifier;
 use super::{FileStats, Source};
 use crate::clock::Clock;
 use crate::origin::{Origin, OriginError};
 use crate::redact::SafeUrl;
-use crate::storage::s3::{self, Bucket};
-use crate::storage::{CacheKey, Lookup, Storage, Stored, StoredBody};
+use crate::storage::verify::{copy_verified, Copy, Verifier};
+use crate::storage::{
+    commit_or_serve, CacheKey, Item, LoadError, Lookup, Storage, Stored, StoredBody, Want,
+};
 
 /// Download threads (each holds one upstream connection). uv fetches 50
 /// files at once; fewer threads would queue its downloads behind each other
@@ -47,7 +47,6 @@ pub const DOWNLOAD_THREADS: usize = 64;
 /// Downloads that may wait for a download thread; beyond, the request is
 /// redirected to the upstream, or refused (503) when it cannot be.
 const DOWNLOAD_QUEUE: usize = 256;
-const CHUNK: usize = 256 * 1024;
 const BYPASS_FOR: Duration = Duration::from_secs(60);
 
 /// What a requester gets.
@@ -70,13 +69,9 @@ struct Job {
 
 pub struct Downloads {
     storage: Arc<dyn Storage>,
-    /// The bucket (`s3`, `tiered`): read before the upstream, written after.
-    bucket: Option<Arc<Bucket>>,
-    /// Uploads to retry (tiered: the L1 copy stays meanwhile).
-    retries: Arc<super::upload::Retries>,
-    /// Bucket objects this process read whole and verified, or uploaded:
-    /// ranges of them are ranged GETs (`bucket_ranges`).
-    verified: Mutex<lru::LruCache<CacheKey, Arc<Verified>>>,
+    /// Whether the storage has a remote tier (read before the upstream,
+    /// written after).
+    remote: bool,
     origin: Arc<dyn Origin>,
     clock: Arc<dyn Clock>,
     inflight: Mutex<HashMap<CacheKey, Arc<InFlight>>>,
@@ -90,47 +85,21 @@ pub struct Downloads {
     on_commit: std::sync::OnceLock<CommitHook>,
 }
 
-/// A bucket object known to hold the file its key names.
-pub struct Verified {
-    object: String,
-    len: u64,
-    etag: String,
-    sha256: Arc<str>,
-    at: std::time::SystemTime,
-}
-
-/// Verified objects remembered (a few hundred bytes each).
-const VERIFIED: usize = 4096;
-
 /// Called with a committed download's key and source.
 pub type CommitHook = Box<dyn Fn(&CacheKey, &Source) + Send + Sync>;
 
 impl Downloads {
     pub fn start(
         storage: Arc<dyn Storage>,
-        bucket: Option<Arc<Bucket>>,
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
         stats: Arc<FileStats>,
         threads: usize,
     ) -> io::Result<Arc<Downloads>> {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(DOWNLOAD_QUEUE);
-        let retries = super::upload::Retries::new();
-        if let Some(b) = &bucket {
-            super::upload::Retries::start(
-                &retries,
-                Arc::clone(&storage),
-                Arc::clone(b),
-                Arc::clone(&stats),
-            )?;
-        }
         let d = Arc::new(Downloads {
+            remote: storage.remote().is_some(),
             storage,
-            bucket,
-            retries,
-            verified: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(VERIFIED).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
             origin,
             clock,
             inflight: Mutex::new(HashMap::new()),
@@ -162,7 +131,7 @@ impl Downloads {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<InFlight>>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inflight)
     }
 
     /// A cached file, the download in progress, or a new download.
@@ -173,7 +142,7 @@ impl Downloads {
         }
         {
             let now = self.clock.now();
-            let mut bypass = self.bypass.lock().unwrap_or_else(|p| p.into_inner());
+            let mut bypass = crate::lock(&self.bypass);
             bypass.retain(|_, t| now.saturating_duration_since(*t) < BYPASS_FOR);
             if bypass.contains_key(source.url.as_str()) {
                 return Fetch::StreamThrough;
@@ -245,10 +214,7 @@ impl Downloads {
                 self.stats.write_health.failed(e);
             }
             if matches!(f, FileError::Local(_) | FileError::NoLength) {
-                self.bypass
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(source.url.as_str().to_owned(), self.clock.now());
+                crate::lock(&self.bypass).insert(source.url.as_str().to_owned(), self.clock.now());
             }
             log::warn!("download of {} failed: {f}", SafeUrl::new(&source.url));
             // Out of the map first: a request that comes once the readers
@@ -280,68 +246,20 @@ impl Downloads {
         }
     }
 
-    /// Whether a bucket is behind the local side.
-    pub fn has_bucket(&self) -> bool {
-        self.bucket.is_some()
+    /// Whether a remote tier (the bucket) is behind the local side.
+    pub fn has_remote(&self) -> bool {
+        self.remote
     }
 
-    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
-        self.bucket.as_ref()
-    }
-
-    fn remember(
-        &self,
-        key: &CacheKey,
-        object: &str,
-        len: u64,
-        etag: Option<String>,
-        sha256: Arc<str>,
-    ) {
-        let Some(etag) = etag else { return };
-        let v = Verified {
-            object: object.to_owned(),
-            len,
-            etag,
-            sha256,
-            at: std::time::SystemTime::now(),
-        };
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key.clone(), Arc::new(v));
-    }
-
-    /// A file not held locally whose bucket object this process verified:
+    /// A file not held locally whose remote object this process verified:
     /// a `Stored` whose ranges are ranged GETs (opened off the worker).
-    pub fn bucket_ranges(&self, key: &CacheKey) -> Option<Stored> {
-        let bucket = self.bucket.as_ref()?;
-        let v = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()?;
-        if let Lookup::Hit(_) = self.storage.lookup(key) {
-            return None;
-        }
-        Some(Stored {
-            len: v.len,
-            sha256: Arc::clone(&v.sha256),
-            modified: v.at,
-            body: StoredBody::Remote(Arc::new(s3::ObjectRanges {
-                bucket: Arc::clone(bucket),
-                object: v.object.clone(),
-                etag: v.etag.clone(),
-            })),
-        })
+    pub fn remote_ranges(&self, key: &CacheKey) -> Option<Stored> {
+        self.storage.ranges(key)
     }
 
-    /// Forgets a verified object (it failed a ranged read).
-    pub fn forget_verified(&self, key: &CacheKey) {
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop(key);
+    /// Forgets a verified remote object (it failed a ranged read).
+    pub fn forget_remote(&self, key: &CacheKey) {
+        self.storage.forget(key);
     }
 
     /// Downloads in progress (from the upstream or the bucket).
@@ -349,198 +267,97 @@ impl Downloads {
         self.map().len()
     }
 
-    /// Uploads waiting for a retry.
-    pub fn pending_uploads(&self) -> usize {
-        self.retries.len()
-    }
-
-    /// The file from the bucket if it has it (verified first), else from
-    /// the upstream, then into the bucket. The in-flight entry stays until
-    /// the upload is done, so requests meanwhile join it instead of missing
-    /// the bucket.
+    /// The file from the remote tier if it has it (verified first), else
+    /// from the upstream, then into the remote tier. The in-flight entry
+    /// stays until that is done, so requests meanwhile join it instead of
+    /// missing the bucket.
     fn download(
         &self,
         key: &CacheKey,
         source: &Source,
         inflight: &Arc<InFlight>,
     ) -> Result<(), FileError> {
-        let Some(bucket) = &self.bucket else {
-            return self.fetch_upstream(key, source, inflight).map(|_| ());
-        };
-        let object = s3::object_for_file(bucket.prefix(), key, &s3::object_filename(&source.url));
-        match self.read_bucket(bucket, &object, key, source, inflight) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(BucketRead::S3(e)) => {
-                self.stats.bucket_fallbacks.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "bucket read of {object} failed ({e}): fetching {} from the upstream",
+        let item = Item::file(key.clone(), &source.url);
+        if self.remote {
+            let want = Want {
+                len: source.size,
+                hashes: &source.hashes,
+                max: u64::MAX,
+            };
+            let started = || inflight.set(|s| s.reading_bucket = true);
+            match self.storage.load(&item, &want, &started) {
+                Ok(Some(stored)) => {
+                    inflight.set(|s| s.from_bucket = true);
+                    self.done(inflight, stored);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(LoadError::Remote(e)) => log::warn!(
+                    "{e}: fetching {} from the upstream",
                     SafeUrl::new(&source.url)
-                );
-            }
-            Err(BucketRead::Tampered(m)) => {
-                self.stats.bucket_mismatches.fetch_add(1, Ordering::Relaxed);
-                log::error!(
-                    "object {object} in the bucket is not the file its key names ({m}): not served; fetching {} from the upstream to replace it",
+                ),
+                Err(LoadError::Tampered(m)) => log::error!(
+                    "the bucket's object for {} is not the file its key names ({m}): not served; fetching it from the upstream to replace it",
                     SafeUrl::new(&source.url)
-                );
+                ),
+                Err(LoadError::Local(e)) => return Err(FileError::local(e)),
             }
-            Err(BucketRead::Local(e)) => return Err(FileError::local(e)),
         }
-        let (file, len) = self.fetch_upstream(key, source, inflight)?;
-        if let Some(etag) = self.upload(bucket, &object, key, &file, len) {
-            let sha = inflight.sha256().unwrap_or_else(|| "".into());
-            self.remember(key, &object, len, Some(etag), sha);
-        }
+        let stored = self.fetch_upstream(&item, source, inflight)?;
+        self.storage.share(&item, &stored);
         Ok(())
     }
 
-    /// Reads `object` into the local side, verified before any byte is
-    /// served (`Ok(false)`: the bucket does not have it).
-    fn read_bucket(
-        &self,
-        bucket: &Bucket,
-        object: &str,
-        key: &CacheKey,
-        source: &Source,
-        inflight: &Arc<InFlight>,
-    ) -> Result<bool, BucketRead> {
-        let Some(obj) = bucket.get(object, None).map_err(BucketRead::S3)? else {
-            return Ok(false);
-        };
-        if let Some(want) = source.size.filter(|w| *w != obj.len) {
-            return Err(BucketRead::Tampered(Mismatch::Length {
-                got: obj.len,
-                want,
-            }));
-        }
-        inflight.set(|s| s.reading_bucket = true);
-        let temp = self
-            .storage
-            .create(key, obj.len)
-            .map_err(BucketRead::Local)?;
-        let mut verifier = Verifier::new(&source.hashes);
-        let written = match copy_verified(obj.body, &temp, &mut verifier, obj.len, |_| {}) {
-            Ok(w) => w,
-            Err(Copy::Read(e, written)) => {
-                bucket.stats.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(BucketRead::S3(s3::S3Error::Unreachable {
-                    op: "GetObject",
-                    detail: format!("cut after {written} bytes: {e}"),
-                }));
-            }
-            Err(Copy::TooLong) => return Err(BucketRead::Tampered(Mismatch::TooLong(obj.len))),
-            Err(Copy::Write(e)) => return Err(BucketRead::Local(e)),
-        };
-        bucket
-            .stats
-            .bytes_read
-            .fetch_add(written, Ordering::Relaxed);
-        if written != obj.len {
-            return Err(BucketRead::S3(s3::S3Error::Unreachable {
-                op: "GetObject",
-                detail: format!("ended at {written} of {} bytes", obj.len),
-            }));
-        }
-        let sha256 = verifier.finish().map_err(BucketRead::Tampered)?;
-        self.stats.bucket_hits.fetch_add(1, Ordering::Relaxed);
-        let total = obj.len;
-        self.remember(key, object, total, obj.etag, sha256.as_str().into());
-        inflight.set(|s| s.from_bucket = true);
-        self.publish(temp, &sha256, inflight, total, key);
-        Ok(true)
-    }
-
     /// Commits a complete, verified temp file (when it is to be kept) and
-    /// marks the download done; returns the file to read it from.
+    /// marks the download done. A failed commit still serves the file.
     fn publish(
         &self,
         temp: crate::storage::TempFile,
         sha256: &str,
         inflight: &Arc<InFlight>,
-        total: u64,
-        key: &CacheKey,
-    ) -> Arc<std::fs::File> {
-        let mut file = Arc::clone(&temp.file);
-        let mut wrote = true;
-        if temp.is_kept() {
-            match self.storage.commit(temp, sha256) {
-                Ok(stored) => {
-                    if let StoredBody::Local(committed) = stored.body {
-                        file = committed;
-                    }
-                }
-                Err(e) => {
-                    // Complete and verified: serve it, just do not keep it.
-                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.write_health.failed(&e);
-                    wrote = false;
-                    log::warn!("cannot commit {}: {e}", key.as_str());
-                }
+    ) -> Stored {
+        let (stored, error) = commit_or_serve(&*self.storage, temp, sha256);
+        match error {
+            Some(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_health.failed(&e);
+                log::warn!("cannot commit {sha256}: {e}");
             }
-        }
-        if wrote {
             // The whole file was written (and kept, if it was to be).
-            self.stats.write_health.succeeded();
+            None => self.stats.write_health.succeeded(),
         }
-        let sha: Arc<str> = sha256.into();
-        let done = Arc::clone(&file);
-        inflight.set(|s| {
-            s.phase = Phase::Done { file: done, total };
-            s.sha256 = Some(sha);
-        });
-        file
+        self.done(inflight, stored.clone());
+        stored
     }
 
-    /// Puts a new download into the bucket. A failure never loses the
-    /// local copy: a kept (L1) file is queued for a retry; a staged one is
-    /// retried here a few times, then logged and counted. Returns the new
-    /// object's ETag.
-    fn upload(
-        &self,
-        bucket: &Bucket,
-        object: &str,
-        key: &CacheKey,
-        file: &std::fs::File,
-        len: u64,
-    ) -> Option<String> {
-        const TRIES: u32 = 3;
-        for attempt in 1..=TRIES {
-            match bucket.put_file(object, file, len) {
-                Ok(etag) => {
-                    self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-                    return etag;
-                }
-                Err(e) => {
-                    let kept = matches!(self.storage.lookup(key), Lookup::Hit(_));
-                    if kept {
-                        log::warn!(
-                            "upload of {object} failed ({e}): retried later from the local copy"
-                        );
-                        self.retries.push(key.clone(), object.to_owned());
-                        return None;
-                    }
-                    if attempt == TRIES {
-                        self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-                        log::error!("upload of {object} failed {TRIES} times ({e}): not in the bucket; the next request fetches it again");
-                        return None;
-                    }
-                    log::warn!("upload of {object} failed ({e}): trying again");
-                    std::thread::sleep(Duration::from_millis(500 << attempt));
-                }
-            }
-        }
-        None
+    /// Marks the download done: every reader reads `stored` to its end.
+    fn done(&self, inflight: &Arc<InFlight>, stored: Stored) {
+        let StoredBody::Local(file) = stored.body else {
+            // Never: the local side commits to files.
+            inflight.set(|s| {
+                s.phase = Phase::Failed(FileError::local(io::Error::other(
+                    "the storage returned no local file",
+                )))
+            });
+            return;
+        };
+        inflight.set(|s| {
+            s.phase = Phase::Done {
+                file,
+                total: stored.len,
+            };
+            s.sha256 = Some(stored.sha256);
+        });
     }
 
     /// Downloads from the upstream into the local side, streamed to every
     /// reader, verified; returns the file and its length.
     fn fetch_upstream(
         &self,
-        key: &CacheKey,
+        item: &Item,
         source: &Source,
         inflight: &Arc<InFlight>,
-    ) -> Result<(Arc<std::fs::File>, u64), FileError> {
+    ) -> Result<Stored, FileError> {
         let asked = Instant::now();
         let streamed = self.origin.open_file(&source.index, &source.url, None);
         self.stats.fetch_seconds.observe(asked.elapsed());
@@ -558,7 +375,7 @@ impl Downloads {
             (None, Some(want)) => want,
             (None, None) => return Err(FileError::NoLength),
         };
-        let temp = self.storage.create(key, total).map_err(FileError::local)?;
+        let temp = self.storage.create(item, total).map_err(FileError::local)?;
         inflight.set(|s| {
             s.phase = Phase::Streaming {
                 file: Arc::clone(&temp.file),
@@ -593,59 +410,8 @@ impl Downloads {
             );
         }
         let sha256 = verifier.finish()?;
-        Ok((self.publish(temp, &sha256, inflight, total, key), total))
+        Ok(self.publish(temp, &sha256, inflight))
     }
-}
-
-/// Why copying a body into a temp file stopped.
-enum Copy {
-    /// Reading the body failed after this many bytes.
-    Read(io::Error, u64),
-    /// More bytes than the length.
-    TooLong,
-    /// Writing the temp file failed.
-    Write(io::Error),
-}
-
-/// Copies `body` into `temp`, at most `len` bytes, hashing as it goes;
-/// calls `progress` with the bytes written after each chunk. Returns the
-/// bytes written (the caller checks them against `len`).
-fn copy_verified(
-    mut body: Box<dyn Read + Send>,
-    temp: &crate::storage::TempFile,
-    verifier: &mut Verifier,
-    len: u64,
-    mut progress: impl FnMut(u64),
-) -> Result<u64, Copy> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut written: u64 = 0;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => return Ok(written),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Copy::Read(e, written)),
-        };
-        if written + n as u64 > len {
-            return Err(Copy::TooLong);
-        }
-        verifier.update(&buf[..n]);
-        temp.file
-            .write_all_at(&buf[..n], written)
-            .map_err(Copy::Write)?;
-        written += n as u64;
-        progress(written);
-    }
-}
-
-/// Why reading from the bucket failed.
-enum BucketRead {
-    /// S3 errored or was cut: the upstream serves instead.
-    S3(s3::S3Error),
-    /// The object is not the file its key names: never served.
-    Tampered(Mismatch),
-    /// The local side cannot take it.
-    Local(io::Error),
 }
 
 /// Marks the download failed if its thread unwinds.

@@ -6,20 +6,7 @@ use std::sync::Arc;
 
 use crate::origin::OriginError;
 
-/// A length or hash that does not match what the index advertised.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Mismatch {
-    #[error("upstream sends {got} bytes, the index says {want}")]
-    Length { got: u64, want: u64 },
-    #[error("upstream sent more than {0} bytes")]
-    TooLong(u64),
-    #[error("{algorithm} {got} != advertised {want}")]
-    Hash {
-        algorithm: &'static str,
-        got: String,
-        want: String,
-    },
-}
+pub use crate::storage::verify::Mismatch;
 
 /// Why a download (or a stream-through) failed. Cheap to clone: every
 /// waiter of a download gets the same error.

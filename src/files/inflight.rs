@@ -22,10 +22,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::FileError;
-use super::verify::Verifier;
 use super::Source;
 use crate::http::StreamReady;
 use crate::origin::Origin;
+use crate::storage::verify::Verifier;
 
 const CHUNK: usize = 256 * 1024;
 

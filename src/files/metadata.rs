@@ -449,7 +449,14 @@ impl Synthesizer {
     fn store(&self, wheel: &CacheKey, bytes: &[u8]) -> io::Result<Stored> {
         let key = metadata_key(wheel);
         let sha = hex::encode(Sha256::digest(bytes));
-        let temp = self.storage.create(&key, bytes.len() as u64)?;
+        let item = crate::storage::Item::File {
+            key,
+            filename: "METADATA".into(),
+        };
+        let temp = self.storage.create(&item, bytes.len() as u64)?;
+        if !temp.is_kept() {
+            return Err(io::Error::other("no room to keep the metadata"));
+        }
         (&*temp.file).write_all(bytes)?;
         let stored = self.storage.commit(temp, &sha)?;
         self.remember(wheel, Known::Made(sha));
@@ -484,7 +491,7 @@ impl Synthesizer {
     }
 }
 
-/// The cache key of a listed wheel (as the download path derives it).
+/// The cache key of a listed file (as the download path derives it).
 pub fn wheel_key(entry: &FileEntry) -> CacheKey {
     CacheKey::derive(entry.hashes.get("sha256").map(String::as_str), &entry.url)
 }

@@ -22,8 +22,6 @@ pub mod inflight;
 pub mod metadata;
 mod opener;
 mod serve;
-mod upload;
-pub mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,8 +37,25 @@ use crate::clock::Clock;
 use crate::http::{Body, FileRange, Later, Method, ReadyStream, Request, Response, Stream, Waker};
 use crate::origin::{Index, Origin};
 use crate::pypi::{CoreMetadata, FileEntry, Filename, Hashes};
-use crate::storage::s3::Bucket;
 use crate::storage::{CacheKey, Lookup, Storage, Usage};
+
+/// Where files (and saved pages) are kept: `None` when the file cache is
+/// off. Built by `store` or by the composition root (`crate::wire`, with a
+/// bucket).
+pub type Store = Option<Arc<dyn Storage>>;
+
+/// The store of `mode` without a bucket (`s3` and `tiered` get theirs in
+/// `crate::wire`).
+pub fn store(
+    cache_dir: &std::path::Path,
+    cache_size: u64,
+    mode: crate::storage::Mode,
+) -> anyhow::Result<Store> {
+    crate::storage::open(cache_dir, cache_size, mode, None)
+}
+
+/// The remote tier's numbers (`storage::RemoteReport`).
+pub use crate::storage::RemoteReport;
 use inflight::InFlight;
 use opener::{Opener, Ticket};
 
@@ -71,16 +86,6 @@ pub struct FileStats {
     pub upstream_failures: AtomicU64,
     /// Opens refused because the open pool was full.
     pub busy: AtomicU64,
-    /// Files read from the bucket (verified).
-    pub bucket_hits: AtomicU64,
-    /// Bucket reads that failed (S3 error): served from the upstream.
-    pub bucket_fallbacks: AtomicU64,
-    /// Bucket objects that did not match their key: never served.
-    pub bucket_mismatches: AtomicU64,
-    /// Files put into the bucket.
-    pub uploads: AtomicU64,
-    /// Uploads given up (logged).
-    pub upload_failures: AtomicU64,
     /// Whether the cache takes writes (`/ready`).
     pub write_health: WriteHealth,
     /// Upstream file downloads: time to the response headers.
@@ -166,8 +171,7 @@ impl Files {
     /// `storage` is `None` when the file cache is off.
     pub fn start(
         config: FilesConfig,
-        storage: Option<Arc<dyn Storage>>,
-        bucket: Option<Arc<Bucket>>,
+        storage: Store,
         origin: Arc<dyn Origin>,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Files> {
@@ -176,7 +180,6 @@ impl Files {
         let downloads = match storage {
             Some(storage) => Some(Downloads::start(
                 storage,
-                bucket,
                 Arc::clone(&origin),
                 clock,
                 Arc::clone(&stats),
@@ -215,42 +218,19 @@ impl Files {
         })
     }
 
-    /// `start` with the storage the settings ask for (`storage::open`);
-    /// `bucket` for `s3` and `tiered`.
-    pub fn open(
-        config: FilesConfig,
-        cache_dir: &std::path::Path,
-        cache_size: u64,
-        mode: crate::config::StorageMode,
-        bucket: Option<Arc<Bucket>>,
-        origin: Arc<dyn Origin>,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Files> {
-        if mode != crate::config::StorageMode::Local && bucket.is_none() {
-            anyhow::bail!("ROXPI_STORAGE={mode:?} needs a bucket (ROXPI_S3_BUCKET)");
-        }
-        let storage = crate::storage::open(cache_dir, cache_size, mode)?;
-        Ok(Files::start(config, storage, bucket, origin, clock)?)
+    /// Whether a remote tier (the bucket) is behind the local side.
+    pub fn has_remote(&self) -> bool {
+        self.downloads.as_ref().is_some_and(|d| d.has_remote())
     }
 
-    /// Whether a bucket is behind the local side.
-    pub fn has_bucket(&self) -> bool {
-        self.bucket().is_some()
-    }
-
-    /// The bucket behind the local side (`s3`, `tiered`).
-    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
-        self.downloads.as_ref().and_then(|d| d.bucket())
+    /// The remote tier's numbers (`s3`, `tiered`).
+    pub fn remote(&self) -> Option<RemoteReport> {
+        self.downloads.as_ref().and_then(|d| d.storage().remote())
     }
 
     /// Downloads in progress.
     pub fn in_flight(&self) -> usize {
         self.downloads.as_ref().map_or(0, |d| d.in_flight())
-    }
-
-    /// Uploads to the bucket waiting for a retry.
-    pub fn pending_uploads(&self) -> usize {
-        self.downloads.as_ref().map_or(0, |d| d.pending_uploads())
     }
 
     /// What the file cache holds (all zero when it is off).
@@ -316,7 +296,7 @@ impl Files {
             .filter(|_| req.header("range").is_some())
         {
             // A range of a file only the bucket holds: a ranged GET.
-            if let Some(stored) = d.bucket_ranges(&key) {
+            if let Some(stored) = d.remote_ranges(&key) {
                 return self.serve_remote(req, key, stored, source, content_type);
             }
         }
@@ -328,7 +308,7 @@ impl Files {
             Fetch::Hit(f) => serve::stored(req, f, content_type, &self.stats),
             Fetch::StreamThrough => self.stream_through(req, source, content_type),
             Fetch::Download { inflight, joined } => {
-                if req.header("range").is_some() && !self.has_bucket() {
+                if req.header("range").is_some() && !self.has_remote() {
                     // The whole file keeps downloading in the background.
                     return self.stream_through(req, source, content_type);
                 }
@@ -433,7 +413,7 @@ impl Files {
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
         // With a bucket, a range is answered from the whole verified file
         // (it may come from the bucket, which is read verified first).
-        let ranged = req.header("range").is_some() && self.has_bucket();
+        let ranged = req.header("range").is_some() && self.has_remote();
         let state = if small || ranged {
             inflight
                 .wait_done(Duration::ZERO)
@@ -553,13 +533,12 @@ impl Files {
                     reader,
                 }))),
                 Err(e) => {
-                    files.stats.bucket_fallbacks.fetch_add(1, Ordering::Relaxed);
                     log::warn!(
                         "ranged bucket read of {} failed ({e}): streaming it from the upstream",
                         crate::redact::SafeUrl::new(&source.url)
                     );
                     if let Some(d) = &files.downloads {
-                        d.forget_verified(&key);
+                        d.forget_remote(&key);
                     }
                     Ok(files.stream_through(req, source, wait.content_type))
                 }
@@ -717,7 +696,7 @@ fn fetch_whole(origin: &dyn Origin, source: &Source) -> Result<bytes::Bytes, Fil
     };
     let mut body = Vec::new();
     let limit = SMALL_FILE + 1;
-    verify::VerifiedRead::new(streamed.body.take(limit), expected, &source.hashes)
+    crate::storage::verify::VerifiedRead::new(streamed.body.take(limit), expected, &source.hashes)
         .read_to_end(&mut body)
         .map_err(|e| {
             let url = &streamed.final_url;

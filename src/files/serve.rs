@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 use url::Url;
 
 use super::error::{FileError, Mismatch};
-use super::verify::VerifiedRead;
 use super::{FileStats, Source};
 use crate::http::conditional::{etag_matches, if_range_allows, parse_range, RangeRequest};
 use crate::http::{Body, FileRange, Method, Request, Response, Stream};
 use crate::origin::{OriginError, Streamed};
+use crate::storage::verify::VerifiedRead;
 use crate::storage::{Stored, StoredBody};
 
 /// Content-Type of a distribution file (never a Content-Encoding).

@@ -64,7 +64,6 @@ fn rig_on(storage: Arc<dyn Storage>, dir: tempfile::TempDir) -> Rig {
     let clock = Arc::new(ManualClock::default());
     let downloads = Downloads::start(
         storage,
-        None,
         origin.clone(),
         clock.clone(),
         Arc::new(FileStats::default()),
@@ -216,9 +215,10 @@ impl Storage for FullDisk {
     fn lookup(&self, _key: &CacheKey) -> crate::storage::Lookup {
         crate::storage::Lookup::Miss
     }
-    fn create(&self, _key: &CacheKey, _len: u64) -> std::io::Result<TempFile> {
+    fn create(&self, _item: &crate::storage::Item, _len: u64) -> std::io::Result<TempFile> {
         Err(std::io::Error::from_raw_os_error(28))
     }
+    fn remove(&self, _item: &crate::storage::Item) {}
     fn commit(&self, _temp: TempFile, _sha256: &str) -> std::io::Result<Stored> {
         Err(std::io::Error::from_raw_os_error(28))
     }

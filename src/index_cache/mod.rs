@@ -19,7 +19,7 @@
 //!   `X-PyPI-Last-Serial` is lower than the copy's is not taken.
 //! - Negative cache: "not found" is kept for at most 60 s.
 //! - Forced revalidation (client `no-cache`) at most once per 10 s per entry.
-//! - Saved pages (`persist`) are loaded by the fetch threads on first use
+//! - Saved pages (`saved_pages`) are loaded by the fetch threads on first use
 //!   after a restart, never by the caller (`saved`).
 //!
 //! Lock rules: a shard lock is held only for map operations — never across
@@ -38,14 +38,15 @@ use lru::LruCache;
 
 use crate::clock::Clock;
 use crate::origin::{Index, IndexId, Origin, OriginError, PageFetch, Validators};
-use crate::persist::PageStore;
 use crate::pypi::{ProjectName, ProjectPage};
 
 mod large;
 mod resolve;
 mod saved;
+mod saved_pages;
 mod store;
 pub use resolve::{Resolution, Resolved};
+pub use saved_pages::SavedPages;
 
 /// What a parsed page holds in memory (for tools and benches).
 pub fn page_bytes(page: &ProjectPage) -> u64 {
@@ -223,7 +224,7 @@ impl IndexCache {
     /// saved copy (never for a saved copy not yet refreshed: TTL zero).
     fn hollow_of(&self, entry: &Entry) -> Option<Hollow> {
         let snap = entry.snap.as_ref()?;
-        if self.pages.is_none() || snap.ttl.is_zero() {
+        if self.saved.is_none() || snap.ttl.is_zero() {
             return None;
         }
         Hollow::of(snap).map(|h| Hollow {
@@ -301,7 +302,7 @@ pub struct IndexCache {
     indexes: Arc<[Index]>,
     staleness: Staleness,
     offline: bool,
-    pages: Option<PageStore>,
+    saved: Option<SavedPages>,
     /// Bytes held across all shards, and the bound on them.
     total: AtomicU64,
     cap: u64,
@@ -423,7 +424,7 @@ impl IndexCache {
         staleness: Staleness,
         offline: bool,
         max_bytes: u64,
-        pages: Option<PageStore>,
+        saved: Option<SavedPages>,
     ) -> IndexCache {
         let shards = (0..SHARDS)
             .map(|_| {
@@ -441,7 +442,7 @@ impl IndexCache {
             indexes: indexes.into(),
             staleness,
             offline,
-            pages,
+            saved,
             total: AtomicU64::new(0),
             cap: max_bytes.max(MIN_CAP),
             next_generation: AtomicU64::new(1),
@@ -597,7 +598,7 @@ impl IndexCache {
         let now = self.clock.now();
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
-        let may_load = load && self.pages.is_some() && matches!(key, Key::Project(_));
+        let may_load = load && self.saved.is_some() && matches!(key, Key::Project(_));
         let pending = |snap: Option<Arc<Snapshot>>, flight, resting, deadline: Instant| Pending {
             index: id,
             snap,
@@ -856,7 +857,7 @@ impl IndexCache {
                     }
                 }
                 PageFetch::Found(page, raw) => {
-                    if let Some(store) = &self.pages {
+                    if let Some(store) = &self.saved {
                         if let Err(e) = store.save(idx, name, &raw) {
                             log::warn!("cannot save the page of {name}: {e}");
                         }
@@ -864,7 +865,7 @@ impl IndexCache {
                     Fetched::New(Doc::Page(page), raw.validators)
                 }
                 PageFetch::NotFound => {
-                    if let Some(store) = &self.pages {
+                    if let Some(store) = &self.saved {
                         store.remove(idx, name);
                     }
                     Fetched::New(Doc::Missing, Validators::default())
@@ -886,7 +887,7 @@ impl IndexCache {
 
     /// A `304` confirmed the saved copy too: it stays recently used.
     fn touch_saved(&self, idx: &Index, name: &ProjectName) {
-        if let Some(store) = &self.pages {
+        if let Some(store) = &self.saved {
             store.touch(idx, name);
         }
     }
@@ -904,7 +905,7 @@ impl IndexCache {
     fn finish(&self, index: usize, key: Key, flight: &Arc<Flight>, result: FlightResult) {
         let slot_key = SlotKey::Doc(index, key);
         let shard_i = shard_of(&slot_key);
-        let saved = self.pages.is_some();
+        let saved = self.saved.is_some();
         let mut dropped = None;
         {
             let mut shard = self.lock(shard_i);

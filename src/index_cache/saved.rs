@@ -1,4 +1,4 @@
-//! Saved pages (`persist`) come back off the request path. The first lookup
+//! Saved pages (`saved_pages`) come back off the request path. The first lookup
 //! of a project after a restart finds no copy in memory: it starts a load on
 //! the fetch threads (one per entry; concurrent lookups join it) and waits
 //! for it like for a fetch — parked, no worker held. The loaded copy is
@@ -109,7 +109,7 @@ impl IndexCache {
             // fits, and loads at once.)
             self.large.wait_turn();
         }
-        let snap = match (&self.pages, &key) {
+        let snap = match (&self.saved, &key) {
             (Some(store), Key::Project(name)) => {
                 catch_unwind(AssertUnwindSafe(|| store.load(&self.indexes[index], name)))
                     .ok()

@@ -353,7 +353,8 @@ fn a_full_fetch_queue_refuses_at_once_instead_of_queueing() {
 /// A cache over a saved-page store in `dir` holding one saved page of `p1`.
 fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
     let r = rig_with(64 << 20, offline, Duration::from_secs(3), 1);
-    let store = PageStore::open(dir, 1 << 20).unwrap();
+    let storage = local(dir);
+    let store = SavedPages::new(storage.clone());
     let body = r#"{"meta":{"api-version":"1.1"},"name":"p1","files":[{"filename":"p1-1.0.tar.gz","url":"http://files.invalid/p1-1.0.tar.gz","hashes":{}}]}"#;
     let raw = crate::origin::RawPage {
         format: crate::pypi::Format::Json,
@@ -368,12 +369,22 @@ fn rig_with_saved_page(dir: &std::path::Path, offline: bool) -> Rig {
             &raw,
         )
         .unwrap();
-    let cache = with_store(&r, dir, offline, 64 << 20);
+    let cache = with_store(&r, storage, offline, 64 << 20);
     Rig { cache, ..r }
 }
 
+/// A local storage in `dir`.
+fn local(dir: &std::path::Path) -> Arc<dyn crate::storage::Storage> {
+    Arc::new(crate::storage::local::LocalStorage::open(dir, 64 << 20).unwrap())
+}
+
 /// A cache over `r`'s origin and indexes that saves pages in `dir`.
-fn with_store(r: &Rig, dir: &std::path::Path, offline: bool, max_bytes: u64) -> Arc<IndexCache> {
+fn with_store(
+    r: &Rig,
+    storage: Arc<dyn crate::storage::Storage>,
+    offline: bool,
+    max_bytes: u64,
+) -> Arc<IndexCache> {
     IndexCache::new(
         r.origin.clone(),
         r.clock.clone(),
@@ -385,7 +396,7 @@ fn with_store(r: &Rig, dir: &std::path::Path, offline: bool, max_bytes: u64) -> 
         },
         offline,
         max_bytes,
-        Some(PageStore::open(dir, 64 << 20).unwrap()),
+        Some(SavedPages::new(storage)),
     )
     .start()
     .unwrap()
@@ -581,7 +592,7 @@ fn files_are_found_by_name_through_the_index() {
 fn an_evicted_page_reloads_without_waiting_for_large_copies() {
     let dir = tempfile::tempdir().unwrap();
     let r = rig_with(0, false, Duration::from_secs(3), 1);
-    let cache = with_store(&r, dir.path(), false, 0);
+    let cache = with_store(&r, local(dir.path()), false, 0);
     // Pages of ~100 KiB each: the smallest cache (1 MiB) evicts early ones.
     let names: Vec<String> = (0..400).map(|i| format!("f{i:04}-1.0.tar.gz")).collect();
     let files: Vec<&str> = names.iter().map(String::as_str).collect();

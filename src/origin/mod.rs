@@ -14,7 +14,6 @@ use std::time::Duration;
 use base64::Engine;
 use url::Url;
 
-use crate::config::IndexConfig;
 use crate::pypi::{Format, ProjectList, ProjectName, ProjectPage};
 use crate::redact::SafeUrl;
 
@@ -34,6 +33,30 @@ impl IndexId {
 impl fmt::Display for IndexId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// One upstream index.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// The URL, ending in `/`, with any credentials.
+    pub url: Url,
+    pub ttl: Duration,
+    /// Dependency-confusion guard: this index serves only these projects,
+    /// and they are taken from no other index (empty: any project).
+    pub only: Vec<crate::policy::ProjectGlob>,
+    /// This index never serves these projects.
+    pub never: Vec<crate::policy::ProjectGlob>,
+}
+
+impl IndexConfig {
+    pub fn new(url: Url, ttl: Duration) -> IndexConfig {
+        IndexConfig {
+            url,
+            ttl,
+            only: Vec::new(),
+            never: Vec::new(),
+        }
     }
 }
 

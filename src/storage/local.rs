@@ -9,8 +9,10 @@
 //! - `tmp/` — downloads in progress (count toward the cap); emptied at start.
 //! - `staging/` — files larger than the cap, streamed and not kept (their
 //!   names are unlinked at once); emptied at start.
-//! - `pages/` — the last good copy of each project page (owned by
-//!   `persist`, not by this backend).
+//! - `pages/<k0k1>/<key>_<len>_<sha256>` — saved pages (`Item::Page`):
+//!   the same LRU and bound as the files, apart only so that an operator
+//!   sees them. The per-index folders of roxpi before 0.6 (`pages/<id>/`,
+//!   `route-pages/`) are removed at start.
 //!
 //! Rules: space is reserved before a download starts (in-flight bytes count,
 //! so the cap holds at every moment); commit = `fsync` file, atomic rename,
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use lru::LruCache;
 
-use super::{CacheKey, Lookup, Space, Storage, Stored, StoredBody, TempFile, Usage};
+use super::{CacheKey, Item, Lookup, Space, Storage, Stored, StoredBody, TempFile, Usage};
 
 const TOUCH_EVERY: Duration = Duration::from_secs(3600);
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by roxpi.\n# For information about cache directory tags see https://bford.info/cachedir/\n";
@@ -47,6 +49,8 @@ struct Meta {
     /// The bytes of a small hot file (≤ `HOT_FILE`), kept instead of a
     /// handle: a hit is then one `writev` of head and body.
     bytes: Option<Bytes>,
+    /// A saved page (under `pages/`), not a file.
+    page: bool,
 }
 
 /// Files up to this size are kept in memory while hot (see `Meta::bytes`).
@@ -70,7 +74,11 @@ fn open_handles() -> std::num::NonZeroUsize {
 
 struct Lru {
     map: LruCache<CacheKey, Meta>,
+    /// Bytes of every entry (files and saved pages: one bound).
     used: u64,
+    /// Saved pages among them: how many, and their bytes.
+    pages: usize,
+    page_bytes: u64,
     reserved: u64,
     /// Keys whose `Meta::handle` is set, least recently used first out.
     handles: LruCache<CacheKey, ()>,
@@ -81,12 +89,36 @@ struct Lru {
 }
 
 impl Lru {
+    /// Adds an entry to the books (replacing any under the same key).
+    fn insert(&mut self, key: CacheKey, meta: Meta) -> Option<Meta> {
+        self.count(&meta, true);
+        let old = self.map.put(key, meta);
+        if let Some(old) = &old {
+            self.count(old, false);
+        }
+        old
+    }
+
+    /// Counts an entry in or out.
+    fn count(&mut self, m: &Meta, add: bool) {
+        let (n, bytes) = (usize::from(m.page), if m.page { m.len } else { 0 });
+        if add {
+            self.used += m.len;
+            self.pages += n;
+            self.page_bytes += bytes;
+        } else {
+            self.used -= m.len;
+            self.pages -= n;
+            self.page_bytes -= bytes;
+        }
+    }
+
     /// Removes an entry and its handle; returns it.
     fn remove(&mut self, key: &CacheKey) -> Option<Meta> {
         self.handles.pop(key);
         let m = self.map.pop(key)?;
         self.forget_hot(key, &m);
-        self.used -= m.len;
+        self.count(&m, false);
         Some(m)
     }
 
@@ -159,6 +191,7 @@ impl Space for Shared {
 
 pub struct LocalStorage {
     files: PathBuf,
+    pages: PathBuf,
     tmp: PathBuf,
     staging: PathBuf,
     cap: u64,
@@ -230,9 +263,11 @@ impl LocalStorage {
             fs::write(&tag, CACHEDIR_TAG).map_err(io_err)?;
         }
         let (files, tmp, staging) = (dir.join("files"), dir.join("tmp"), dir.join("staging"));
-        for d in [&files, &tmp, &staging] {
+        let pages = dir.join("pages");
+        for d in [&files, &pages, &tmp, &staging] {
             fs::create_dir_all(d).map_err(io_err)?;
         }
+        remove_old_pages(dir, &pages);
         // Leftovers of a previous run: nothing there is complete.
         for d in [&tmp, &staging] {
             for entry in fs::read_dir(d).map_err(io_err)?.flatten() {
@@ -241,10 +276,12 @@ impl LocalStorage {
             }
         }
         let mut found = Vec::new();
-        let subs: Vec<fs::DirEntry> = match keeps {
-            true => fs::read_dir(&files).map_err(io_err)?.flatten().collect(),
-            false => Vec::new(),
-        };
+        let mut subs: Vec<fs::DirEntry> = Vec::new();
+        if keeps {
+            for d in [&files, &pages] {
+                subs.extend(fs::read_dir(d).map_err(io_err)?.flatten());
+            }
+        }
         for sub in subs {
             let sub_name = sub.file_name().to_string_lossy().into_owned();
             let sub_ok = sub_name.len() == 2 && sub_name.bytes().all(|b| b.is_ascii_hexdigit());
@@ -273,6 +310,8 @@ impl LocalStorage {
         let mut lru = Lru {
             map: LruCache::unbounded(),
             used: 0,
+            pages: 0,
+            page_bytes: 0,
             reserved: 0,
             handles: LruCache::new(open_handles()),
             hot: LruCache::unbounded(),
@@ -281,22 +320,21 @@ impl LocalStorage {
         };
         let now = Instant::now();
         for (modified, key, len, sha256, path) in found {
-            lru.used += len;
             let meta = Meta {
                 len,
                 sha256: sha256.into(),
+                page: path.starts_with(&pages),
                 path,
                 touched: now,
                 modified,
                 handle: None,
                 bytes: None,
             };
-            if let Some(old) = lru.map.put(key, meta) {
-                lru.used -= old.len;
-            }
+            lru.insert(key, meta);
         }
         let storage = LocalStorage {
             files,
+            pages,
             tmp,
             staging,
             cap,
@@ -339,7 +377,7 @@ impl LocalStorage {
             };
             lru.handles.pop(&key);
             lru.forget_hot(&key, &meta);
-            lru.used -= meta.len;
+            lru.count(&meta, false);
             lru.reserved += meta.len;
             freed += meta.len;
             self.shared.evictions.fetch_add(1, Ordering::Relaxed);
@@ -389,6 +427,22 @@ impl LocalStorage {
     fn tmp_name(&self, key: &CacheKey) -> String {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         format!("{}.{}.{n}.part", key.as_str(), std::process::id())
+    }
+}
+
+/// Removes the saved pages of roxpi before 0.6 (one folder per index,
+/// named by 16 hex digits; `route-pages/`): their bytes were counted apart.
+fn remove_old_pages(dir: &Path, pages: &Path) {
+    let old = fs::read_dir(pages)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().len() == 16)
+        .map(|e| e.path())
+        .chain(Some(dir.join("route-pages")).filter(|p| p.is_dir()));
+    for p in old {
+        log::info!("removing saved pages of an older roxpi: {}", p.display());
+        let _ = fs::remove_dir_all(&p);
     }
 }
 
@@ -474,7 +528,8 @@ impl Storage for LocalStorage {
         })
     }
 
-    fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile> {
+    fn create(&self, item: &Item, len: u64) -> io::Result<TempFile> {
+        let key = item.key();
         if len > self.cap || !self.keeps {
             return self.staged(key, len);
         }
@@ -507,6 +562,7 @@ impl Storage for LocalStorage {
                 file: Arc::new(file),
                 len,
                 key: key.clone(),
+                page: !item.is_file(),
                 path: Some(path),
                 space: Some((space, len)),
             }),
@@ -519,11 +575,18 @@ impl Storage for LocalStorage {
 
     fn commit(&self, mut temp: TempFile, sha256: &str) -> io::Result<Stored> {
         let Some(tmp_path) = temp.path.clone() else {
-            return Err(io::Error::other("a staged file is never committed"));
+            // Staged: served from the temp file itself, never kept.
+            return Ok(Stored {
+                body: StoredBody::Local(Arc::clone(&temp.file)),
+                len: temp.len,
+                sha256: sha256.into(),
+                modified: SystemTime::now(),
+            });
         };
         temp.file.sync_all()?;
         let key = temp.key.clone();
-        let dir = self.files.join(&key.as_str()[..2]);
+        let root = if temp.page { &self.pages } else { &self.files };
+        let dir = root.join(&key.as_str()[..2]);
         fs::create_dir_all(&dir)?;
         let final_path = dir.join(format!("{}_{}_{sha256}", key.as_str(), temp.len));
         fs::rename(&tmp_path, &final_path)?;
@@ -537,9 +600,8 @@ impl Storage for LocalStorage {
         let replaced = {
             let mut lru = self.shared.lock();
             lru.reserved = lru.reserved.saturating_sub(reserved);
-            lru.used += temp.len;
             let old = lru.remove(&key);
-            lru.map.put(
+            lru.insert(
                 key,
                 Meta {
                     len: temp.len,
@@ -549,6 +611,7 @@ impl Storage for LocalStorage {
                     modified: SystemTime::now(),
                     handle: None,
                     bytes: None,
+                    page: temp.page,
                 },
             );
             old.map(|m| m.path)
@@ -569,11 +632,18 @@ impl Storage for LocalStorage {
         })
     }
 
+    fn remove(&self, item: &Item) {
+        let gone = self.shared.lock().remove(item.key()).map(|m| m.path);
+        remove_all(gone.into_iter().collect());
+    }
+
     fn usage(&self) -> Usage {
         let lru = self.shared.lock();
         Usage {
             files: lru.map.len(),
             used: lru.used,
+            pages: lru.pages,
+            page_bytes: lru.page_bytes,
             reserved: lru.reserved,
             cap: self.cap,
             evictions: self.shared.evictions.load(Ordering::Relaxed),

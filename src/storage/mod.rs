@@ -9,7 +9,11 @@
 //! without credentials. A key is always 64 lower-case hex digits.
 
 pub mod local;
+pub mod remote;
 pub mod s3;
+pub mod tiered;
+mod uploads;
+pub mod verify;
 
 use std::fs::File;
 use std::io;
@@ -41,8 +45,12 @@ impl CacheKey {
         let _ = u.set_username("");
         let _ = u.set_password(None);
         u.set_fragment(None);
-        let digest = Sha256::digest(format!("url:{u}").as_bytes());
-        CacheKey(hex::encode(digest).into())
+        CacheKey::digest(&format!("url:{u}"))
+    }
+
+    /// The key of anything else: the sha256 of a label (`page:…`).
+    pub fn digest(label: &str) -> CacheKey {
+        CacheKey(hex::encode(Sha256::digest(label.as_bytes())).into())
     }
 
     /// Parses a key found on disk.
@@ -99,6 +107,8 @@ pub struct TempFile {
     pub file: Arc<File>,
     pub len: u64,
     pub key: CacheKey,
+    /// A saved page (kept under `pages/`), not a file.
+    page: bool,
     /// `None` for a staged file (larger than the cap, never kept; its name
     /// is unlinked at creation).
     path: Option<std::path::PathBuf>,
@@ -112,6 +122,7 @@ impl TempFile {
             file,
             len,
             key,
+            page: false,
             path: None,
             space: None,
         }
@@ -134,47 +145,215 @@ impl Drop for TempFile {
     }
 }
 
+/// Commits `temp`; if that fails, the complete and verified bytes are still
+/// served, from the temp file (not kept), and the error is returned too.
+pub fn commit_or_serve(
+    storage: &dyn Storage,
+    temp: TempFile,
+    sha256: &str,
+) -> (Stored, Option<io::Error>) {
+    let (file, len) = (Arc::clone(&temp.file), temp.len);
+    match storage.commit(temp, sha256) {
+        Ok(stored) => (stored, None),
+        Err(e) => (
+            Stored {
+                body: StoredBody::Local(file),
+                len,
+                sha256: sha256.into(),
+                modified: SystemTime::now(),
+            },
+            Some(e),
+        ),
+    }
+}
+
 /// What the home page shows.
 #[derive(Clone, Debug, Default)]
 pub struct Usage {
+    /// Entries: files and saved pages.
     pub files: usize,
+    /// Bytes of every entry (the one bound).
     pub used: u64,
+    /// Saved pages among the entries, and their bytes.
+    pub pages: usize,
+    pub page_bytes: u64,
     pub reserved: u64,
     pub cap: u64,
     pub evictions: u64,
 }
 
-pub trait Storage: Send + Sync {
-    /// A committed file, refreshed as most recently used.
-    fn lookup(&self, key: &CacheKey) -> Lookup;
-    /// A new temp file with `len` bytes reserved (or staged, not kept, when
-    /// larger than the cap).
-    fn create(&self, key: &CacheKey, len: u64) -> io::Result<TempFile>;
-    /// Publishes a complete, verified temp file under its key.
-    fn commit(&self, temp: TempFile, sha256: &str) -> io::Result<Stored>;
-    fn usage(&self) -> Usage;
+/// Where files are kept (`ROXPI_STORAGE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The local LRU only.
+    Local,
+    /// The bucket; the cache dir only stages.
+    S3,
+    /// The local LRU (L1) in front of the bucket (L2).
+    Tiered,
 }
 
-/// The local side for the settings: the LRU in `dir` capped at `cap` bytes
-/// (`local`, and L1 of `tiered`), a staging-only dir (`s3`: the bucket
-/// holds the files), or none at all (`local` with cap 0: files are
-/// streamed through, verified).
+/// What an entry is, for the tiers that name objects (the bucket's
+/// layout): a package file or a saved page. Both live under their key in
+/// the same storage: one LRU, one bound, one upload queue.
+#[derive(Clone, Debug)]
+pub enum Item {
+    File {
+        key: CacheKey,
+        filename: String,
+    },
+    Page {
+        key: CacheKey,
+        index: String,
+        project: String,
+    },
+}
+
+impl Item {
+    /// A package file, named in the bucket by the last segment of its URL.
+    pub fn file(key: CacheKey, url: &Url) -> Item {
+        Item::File {
+            key,
+            filename: s3::object_filename(url),
+        }
+    }
+
+    pub fn key(&self) -> &CacheKey {
+        match self {
+            Item::File { key, .. } | Item::Page { key, .. } => key,
+        }
+    }
+
+    pub fn is_file(&self) -> bool {
+        matches!(self, Item::File { .. })
+    }
+}
+
+/// What a loaded object must be: its length (if known), the advertised
+/// hashes, and a bound for one without a known length.
+pub struct Want<'a> {
+    pub len: Option<u64>,
+    pub hashes: &'a crate::pypi::Hashes,
+    pub max: u64,
+}
+
+/// Why loading from a slower tier failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The tier failed (S3 error, cut body): the caller goes to the origin.
+    #[error("{0}")]
+    Remote(String),
+    /// The object is not the bytes its key names: never served.
+    #[error("{0}")]
+    Tampered(verify::Mismatch),
+    /// The local side cannot take it.
+    #[error("{0}")]
+    Local(io::Error),
+}
+
+/// A remote tier's numbers, for the home page and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteReport {
+    /// `bucket … at …`.
+    pub describe: String,
+    /// What the tier is to the cache dir.
+    pub role: &'static str,
+    pub hits: u64,
+    pub fallbacks: u64,
+    pub mismatches: u64,
+    pub uploads: u64,
+    pub upload_failures: u64,
+    pub uploads_pending: u64,
+    pub gets: u64,
+    pub get_misses: u64,
+    pub puts: u64,
+    pub multipart_uploads: u64,
+    pub aborted_uploads: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// One storage: the local LRU (`local`), the bucket (`s3`), or both
+/// (`tiered`). Lookups never wait on the network (a request worker calls
+/// them); `load` and `share` may (download and fetch threads only).
+pub trait Storage: Send + Sync {
+    /// A committed file held locally, refreshed as most recently used.
+    fn lookup(&self, key: &CacheKey) -> Lookup;
+    /// A new temp file with `len` bytes reserved (or staged, not kept, when
+    /// it cannot be kept).
+    fn create(&self, item: &Item, len: u64) -> io::Result<TempFile>;
+    /// Publishes a complete, verified temp file under its key. A staged
+    /// temp file is not kept: its `Stored` reads the temp file itself.
+    fn commit(&self, temp: TempFile, sha256: &str) -> io::Result<Stored>;
+    fn usage(&self) -> Usage;
+    /// Removes the item from every tier.
+    fn remove(&self, item: &Item);
+    /// The item from a slower tier, verified against `want` before it is
+    /// returned (`Ok(None)`: no tier holds it). `started` is called once
+    /// an object is found and being read. Blocks on the network.
+    fn load(
+        &self,
+        item: &Item,
+        want: &Want,
+        started: &dyn Fn(),
+    ) -> Result<Option<Stored>, LoadError> {
+        let _ = (item, want, started);
+        Ok(None)
+    }
+    /// After a commit: puts `stored` into the slower tiers (a file before
+    /// its download ends, a page in the background). Never loses the local
+    /// copy.
+    fn share(&self, item: &Item, stored: &Stored) {
+        let _ = (item, stored);
+    }
+    /// A file not held locally whose remote object this process verified:
+    /// ranges of it are read from there.
+    fn ranges(&self, key: &CacheKey) -> Option<Stored> {
+        let _ = key;
+        None
+    }
+    /// Forgets what `ranges` knew of `key` (a ranged read failed).
+    fn forget(&self, key: &CacheKey) {
+        let _ = key;
+    }
+    /// The remote tier's numbers, if there is one.
+    fn remote(&self) -> Option<RemoteReport> {
+        None
+    }
+}
+
+/// The storage the settings ask for: the LRU in `dir` capped at `cap`
+/// bytes (`local`), the bucket with `dir` for staging (`s3`), the LRU in
+/// front of the bucket (`tiered`), or none at all (`local` with cap 0:
+/// files are streamed through, verified, and nothing is kept).
 pub fn open(
     dir: &Path,
     cap: u64,
-    mode: crate::config::StorageMode,
-) -> Result<Option<Arc<dyn Storage>>, local::OpenError> {
-    use crate::config::StorageMode;
-    match mode {
-        StorageMode::S3 => Ok(Some(Arc::new(local::LocalStorage::staging_only(dir)?))),
-        StorageMode::Local if cap == 0 => {
+    mode: Mode,
+    bucket: Option<Arc<s3::Bucket>>,
+) -> anyhow::Result<Option<Arc<dyn Storage>>> {
+    let bucket = || {
+        bucket.clone().ok_or_else(|| {
+            anyhow::anyhow!("ROXPI_STORAGE={mode:?} needs a bucket (ROXPI_S3_BUCKET)")
+        })
+    };
+    Ok(match mode {
+        Mode::Local if cap == 0 => {
             log::info!("file cache disabled (ROXPI_CACHE_SIZE=0): files are streamed through");
-            Ok(None)
+            None
         }
-        StorageMode::Local | StorageMode::Tiered => {
-            Ok(Some(Arc::new(local::LocalStorage::open(dir, cap)?)))
-        }
-    }
+        Mode::Local => Some(Arc::new(local::LocalStorage::open(dir, cap)?)),
+        Mode::S3 => Some(Arc::new(remote::S3Storage::start(
+            bucket()?,
+            Arc::new(local::LocalStorage::staging_only(dir)?),
+        )?)),
+        Mode::Tiered => Some(Arc::new(tiered::Tiered::start(
+            Arc::new(local::LocalStorage::open(dir, cap)?),
+            bucket()?,
+        )?)),
+    })
 }
 
 #[cfg(test)]

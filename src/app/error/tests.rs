@@ -10,7 +10,6 @@ use sha2::Digest;
 use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config::{Cli, Settings};
-use crate::files::Files;
 use crate::http::{settle, Body, Request, Response};
 use crate::origin::fake::{Fail, FakeOrigin, FileAnswer, PageAnswer};
 use crate::pypi::{FileEntry, Filename, Hashes, ProjectPage};
@@ -106,38 +105,12 @@ fn app(origin: &Arc<FakeOrigin>, dir: &std::path::Path, full_disk: bool) -> Arc<
     ]);
     let settings = Settings::from_cli(&cli).unwrap();
     let clock = Arc::new(SystemClock);
-    let files = if full_disk {
-        Files::start(
-            super::super::files_config(&settings),
-            crate::files::tests::full_disk(),
-            None,
-            origin.clone(),
-            clock.clone(),
-        )
-        .unwrap()
+    let store = if full_disk {
+        crate::files::tests::full_disk()
     } else {
-        Files::open(
-            super::super::files_config(&settings),
-            &settings.cache_dir,
-            settings.cache_size,
-            settings.storage,
-            None,
-            origin.clone(),
-            clock.clone(),
-        )
-        .unwrap()
+        crate::files::store(&settings.cache_dir, settings.cache_size, settings.storage).unwrap()
     };
-    Arc::new(
-        App::assemble(
-            settings,
-            files,
-            origin.clone(),
-            Default::default(),
-            clock,
-            None,
-        )
-        .unwrap(),
-    )
+    Arc::new(App::with_store(settings, origin.clone(), Default::default(), clock, store).unwrap())
 }
 
 /// What a client gets once the answer is ready.

@@ -8,8 +8,15 @@ mod disk {
         CacheKey::parse(&format!("{i:02x}").repeat(32)).unwrap()
     }
 
+    fn file(k: &CacheKey) -> Item {
+        Item::File {
+            key: k.clone(),
+            filename: "f.whl".into(),
+        }
+    }
+
     fn put(s: &LocalStorage, k: &CacheKey, len: usize) -> Stored {
-        let t = s.create(k, len as u64).unwrap();
+        let t = s.create(&file(k), len as u64).unwrap();
         (&*t.file).write_all(&vec![7u8; len]).unwrap();
         s.commit(t, &"ab".repeat(32)).unwrap()
     }
@@ -55,7 +62,7 @@ mod disk {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::open(dir.path(), 300).unwrap();
         put(&s, &key(1), 100);
-        let t = s.create(&key(2), 250).unwrap();
+        let t = s.create(&file(&key(2)), 250).unwrap();
         let u = s.usage();
         assert!(u.used + u.reserved <= 300, "{u:?}");
         assert!(
@@ -77,7 +84,7 @@ mod disk {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::open(dir.path(), 100).unwrap();
         put(&s, &key(1), 50);
-        let t = s.create(&key(2), 1000).unwrap();
+        let t = s.create(&file(&key(2)), 1000).unwrap();
         assert!(!t.is_kept());
         assert!(hit(&s, &key(1)), "staging evicts nothing");
         assert_eq!(
@@ -85,7 +92,11 @@ mod disk {
             0,
             "anonymous"
         );
-        assert!(s.commit(t, &"ab".repeat(32)).is_err());
+        // Committed, it is served from the temp file and never kept.
+        let stored = s.commit(t, &"ab".repeat(32)).unwrap();
+        assert_eq!(stored.len, 1000);
+        assert!(!hit(&s, &key(2)));
+        assert_eq!(s.usage().used, 50);
     }
 
     #[test]
@@ -95,7 +106,7 @@ mod disk {
             let s = LocalStorage::open(dir.path(), 1000).unwrap();
             put(&s, &key(1), 10);
             put(&s, &key(2), 20);
-            let _t = s.create(&key(3), 30).unwrap();
+            let _t = s.create(&file(&key(3)), 30).unwrap();
             std::mem::forget(_t); // as if killed mid-download
             let k2 = key(2);
             dir.path()

@@ -1,15 +1,31 @@
-//! Checking a download against what the index advertised: sha256 when
+//! Checking bytes against what the index advertised (one place for the
+//! upstream, the bucket and stream-through): sha256 when
 //! advertised (always computed: it is the cache key and the ETag), else the
 //! strongest sha2 hash in `HASH_PREFERENCE` order; an unknown algorithm
 //! gets only the length check.
 
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 use sha2::Digest;
 
-use super::error::Mismatch;
 use crate::pypi::model::HASH_PREFERENCE;
 use crate::pypi::Hashes;
+
+/// A length or hash that does not match what the index advertised.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("upstream sends {got} bytes, the index says {want}")]
+    Length { got: u64, want: u64 },
+    #[error("upstream sent more than {0} bytes")]
+    TooLong(u64),
+    #[error("{algorithm} {got} != advertised {want}")]
+    Hash {
+        algorithm: &'static str,
+        got: String,
+        want: String,
+    },
+}
 
 /// Hashes a body as it passes and checks it at the end.
 pub struct Verifier {
@@ -164,6 +180,50 @@ impl<R: Read> Read for VerifiedRead<R> {
             self.out = std::mem::replace(&mut self.held, chunk);
             self.out_pos = 0;
         }
+    }
+}
+
+/// Bytes copied at a time.
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Why copying a body into a temp file stopped.
+pub enum Copy {
+    /// Reading the body failed after this many bytes.
+    Read(io::Error, u64),
+    /// More bytes than the length.
+    TooLong,
+    /// Writing the temp file failed.
+    Write(io::Error),
+}
+
+/// Copies `body` into `temp`, at most `len` bytes, hashing as it goes;
+/// calls `progress` with the bytes written after each chunk. Returns the
+/// bytes written (the caller checks them against `len`).
+pub fn copy_verified(
+    mut body: Box<dyn Read + Send>,
+    temp: &super::TempFile,
+    verifier: &mut Verifier,
+    len: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, Copy> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut written: u64 = 0;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => return Ok(written),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e, written)),
+        };
+        if written + n as u64 > len {
+            return Err(Copy::TooLong);
+        }
+        verifier.update(&buf[..n]);
+        temp.file
+            .write_all_at(&buf[..n], written)
+            .map_err(Copy::Write)?;
+        written += n as u64;
+        progress(written);
     }
 }
 
