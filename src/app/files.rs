@@ -63,7 +63,7 @@ impl App {
             synthesized: part == Part::MadeMetadata,
             filename: &file,
         };
-        self.files.serve(req, wanted)
+        self.files.serve(req, wanted).respond(super::file_error)
     }
 }
 

@@ -323,7 +323,6 @@ pub(crate) fn files_config(settings: &Settings) -> FilesConfig {
         // Synthesis keeps what it makes in the local cache; `s3` has none.
         synthesize_metadata: settings.synthesize_metadata
             && settings.storage != crate::config::StorageMode::S3,
-        on_error: file_error,
     }
 }
 

@@ -807,7 +807,7 @@ mod tests {
     fn test_source(name: &str) -> Source {
         let index = Index::new(
             crate::origin::IndexId::ROOT,
-            &crate::config::IndexConfig::new(
+            &crate::origin::IndexConfig::new(
                 Url::parse("http://index.invalid/simple/").unwrap(),
                 Duration::from_secs(60),
             ),

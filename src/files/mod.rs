@@ -34,7 +34,9 @@ pub use error::{FileError, Mismatch};
 pub use serve::file_content_type;
 
 use crate::clock::Clock;
-use crate::http::{Body, FileRange, Later, Method, ReadyStream, Request, Response, Stream, Waker};
+use crate::http::{
+    Body, FileRange, Method, Outcome, Parked, ReadyStream, Request, Response, Stream, Waker,
+};
 use crate::origin::{Index, Origin};
 use crate::pypi::{CoreMetadata, FileEntry, Filename, Hashes};
 use crate::storage::{CacheKey, Lookup, Storage, Usage};
@@ -127,6 +129,10 @@ impl WriteHealth {
     }
 }
 
+/// What the file route answers: a response, a typed failure (the app maps
+/// it to a status), or a parked wait that resumes into another answer.
+pub type Answer = Outcome<FileError>;
+
 /// How files are served (from the settings).
 #[derive(Clone, Debug)]
 pub struct FilesConfig {
@@ -141,8 +147,6 @@ pub struct FilesConfig {
     pub open_threads: usize,
     /// Make `.metadata` for wheels listed without it (needs the file cache).
     pub synthesize_metadata: bool,
-    /// How a failure is answered (the app's one status mapping).
-    pub on_error: fn(&FileError) -> Response,
 }
 
 /// A file a project page lists, as the app found it.
@@ -244,7 +248,7 @@ impl Files {
     /// The file (or its `.metadata`): from the cache, from the download in
     /// progress, or streamed through from the upstream. Waiting for the
     /// upstream parks the request (`Response::later`): no thread waits.
-    pub fn serve(self: &Arc<Self>, req: &Request, wanted: Wanted<'_>) -> Response {
+    pub fn serve(self: &Arc<Self>, req: &Request, wanted: Wanted<'_>) -> Answer {
         let Wanted {
             index,
             entry,
@@ -278,7 +282,7 @@ impl Files {
             // HEAD never starts a download.
             if let Some(Lookup::Hit(f)) = self.downloads.as_ref().map(|d| d.storage().lookup(&key))
             {
-                return serve::stored(req, f, content_type, &self.stats);
+                return serve::stored(req, f, content_type, &self.stats).into();
             }
             if let Some(size) = size {
                 return Response::new(200)
@@ -286,7 +290,8 @@ impl Files {
                     .body(Body::Stream(Stream {
                         len: Some(size),
                         reader: Box::new(std::io::empty()),
-                    }));
+                    }))
+                    .into();
             }
             return self.stream_through(req, source, content_type);
         }
@@ -305,7 +310,7 @@ impl Files {
             None => Fetch::StreamThrough,
         };
         match fetched {
-            Fetch::Hit(f) => serve::stored(req, f, content_type, &self.stats),
+            Fetch::Hit(f) => serve::stored(req, f, content_type, &self.stats).into(),
             Fetch::StreamThrough => self.stream_through(req, source, content_type),
             Fetch::Download { inflight, joined } => {
                 if req.header("range").is_some() && !self.has_remote() {
@@ -315,7 +320,7 @@ impl Files {
                 let tag = if joined { "COALESCED" } else { "MISS" };
                 match self.wait_for(&source, content_type, tag) {
                     Ok(wait) => self.await_download(req, inflight, source, wait),
-                    Err(redirect) => redirect,
+                    Err(redirect) => redirect.into(),
                 }
             }
         }
@@ -356,19 +361,19 @@ impl Files {
         index: &Index,
         entry: &FileEntry,
         filename: &Filename,
-    ) -> Response {
+    ) -> Answer {
         let Some(synth) = &self.synth else {
-            return Response::text(404, "no metadata for this file\n");
+            return Response::text(404, "no metadata for this file\n").into();
         };
         let content_type = file_content_type(filename.as_str(), true);
         if let Some(stored) = synth.stored(entry) {
-            return serve::stored(req, stored, content_type, &self.stats);
+            return serve::stored(req, stored, content_type, &self.stats).into();
         }
         if synth.is_broken(entry) {
-            return broken_metadata();
+            return broken_metadata().into();
         }
         if self.config.offline {
-            return (self.config.on_error)(&crate::origin::OriginError::offline(&entry.url).into());
+            return Outcome::Failed(crate::origin::OriginError::offline(&entry.url).into());
         }
         let source = Source {
             index: index.clone(),
@@ -378,12 +383,12 @@ impl Files {
         };
         let flight = match synth.begin(source, entry) {
             Ok(f) => f,
-            Err(e) => return (self.config.on_error)(&e),
+            Err(e) => return Outcome::Failed(e),
         };
         let files = Arc::clone(self);
         let watched = Arc::clone(&flight);
         let url = entry.url.clone();
-        Response::later(Later {
+        Outcome::Parked(Parked {
             deadline: Instant::now() + self.config.request_deadline,
             subscribe: Box::new(move |waker: Waker| watched.watch(Box::new(waker))),
             resume: Box::new(move |req: &Request| match flight.result() {
@@ -392,10 +397,11 @@ impl Files {
                     serve::stored(req, f, content_type, &files.stats)
                         .replace_header("X-Cache", "SYNTH")
                         .log_tag("SYNTH")
+                        .into()
                 }
-                Some(metadata::Made::Broken(_)) => broken_metadata(),
-                Some(metadata::Made::Failed(e)) => (files.config.on_error)(&e),
-                None => (files.config.on_error)(&crate::origin::OriginError::timeout(&url).into()),
+                Some(metadata::Made::Broken(_)) => broken_metadata().into(),
+                Some(metadata::Made::Failed(e)) => Outcome::Failed((*e).clone()),
+                None => Outcome::Failed(crate::origin::OriginError::timeout(&url).into()),
             }),
         })
     }
@@ -408,7 +414,7 @@ impl Files {
         inflight: Arc<InFlight>,
         source: Source,
         wait: Wait,
-    ) -> Response {
+    ) -> Answer {
         let seen = inflight.version();
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
         // With a bucket, a range is answered from the whole verified file
@@ -440,15 +446,15 @@ impl Files {
                     modified: std::time::SystemTime::now(),
                     body: crate::storage::StoredBody::Local(file),
                 };
-                serve::stored(req, stored, wait.content_type, &self.stats)
+                serve::stored(req, stored, wait.content_type, &self.stats).into()
             }
-            Ok(Some(Started::Whole(file, len))) => {
-                serve::fresh(wait.content_type, wait.tag).body(FileRange {
+            Ok(Some(Started::Whole(file, len))) => serve::fresh(wait.content_type, wait.tag)
+                .body(FileRange {
                     file,
                     offset: 0,
                     len,
                 })
-            }
+                .into(),
             Ok(Some(Started::Growing(reader))) => {
                 // Sent by the workers as the download grows; no thread
                 // waits for its bytes.
@@ -456,13 +462,15 @@ impl Files {
                 let (reader, ready) = reader
                     .with_fallback(Arc::clone(&self.origin), source)
                     .nonblocking();
-                serve::fresh(wait.content_type, wait.tag).body(Body::Ready(Box::new(ReadyStream {
-                    stream: Stream {
-                        len: Some(len),
-                        reader: Box::new(reader),
-                    },
-                    ready,
-                })))
+                serve::fresh(wait.content_type, wait.tag)
+                    .body(Body::Ready(Box::new(ReadyStream {
+                        stream: Stream {
+                            len: Some(len),
+                            reader: Box::new(reader),
+                        },
+                        ready,
+                    })))
+                    .into()
             }
             Ok(None) if Instant::now() >= wait.deadline && !inflight.reading_bucket() => {
                 self.late(&wait, &source.url)
@@ -477,7 +485,7 @@ impl Files {
                 }
                 let files = Arc::clone(self);
                 let watched = Arc::clone(&inflight);
-                Response::later(Later {
+                Outcome::Parked(Parked {
                     deadline: wait.deadline,
                     subscribe: Box::new(move |waker: Waker| {
                         watched.on_change(seen, Box::new(move || waker.wake()));
@@ -490,8 +498,8 @@ impl Files {
             Err(FileError::Local(_) | FileError::NoLength) => {
                 self.stream_through(req, source, wait.content_type)
             }
-            Err(FileError::Busy) if wait.can_redirect => serve::redirect(&source.url),
-            Err(e) => (self.config.on_error)(&e),
+            Err(FileError::Busy) if wait.can_redirect => serve::redirect(&source.url).into(),
+            Err(e) => Outcome::Failed(e),
         }
     }
 
@@ -505,13 +513,13 @@ impl Files {
         stored: crate::storage::Stored,
         source: Source,
         content_type: &'static str,
-    ) -> Response {
+    ) -> Answer {
         let (head, offset, len) = match serve::plan(req, &stored, content_type, &self.stats) {
-            serve::Planned::Answer(r) => return r,
+            serve::Planned::Answer(r) => return r.into(),
             serve::Planned::Part { head, offset, len } => (head, offset, len),
         };
         let crate::storage::StoredBody::Remote(ranges) = stored.body else {
-            return serve::stored(req, stored, content_type, &self.stats);
+            return serve::stored(req, stored, content_type, &self.stats).into();
         };
         let wait = Wait {
             deadline: Instant::now() + self.config.request_deadline,
@@ -528,10 +536,12 @@ impl Files {
             source,
             wait,
             move |opened, req, source, wait| match opened {
-                Ok(reader) => Ok(head.body(Body::Stream(Stream {
-                    len: Some(len),
-                    reader,
-                }))),
+                Ok(reader) => head
+                    .body(Body::Stream(Stream {
+                        len: Some(len),
+                        reader,
+                    }))
+                    .into(),
                 Err(e) => {
                     log::warn!(
                         "ranged bucket read of {} failed ({e}): streaming it from the upstream",
@@ -540,18 +550,18 @@ impl Files {
                     if let Some(d) = &files.downloads {
                         d.forget_remote(&key);
                     }
-                    Ok(files.stream_through(req, source, wait.content_type))
+                    files.stream_through(req, source, wait.content_type)
                 }
             },
         )
     }
 
     /// The upstream did not answer in time: send the client there, or 504.
-    fn late(&self, wait: &Wait, url: &Url) -> Response {
+    fn late(&self, wait: &Wait, url: &Url) -> Answer {
         if wait.can_redirect {
-            serve::redirect(url)
+            serve::redirect(url).into()
         } else {
-            (self.config.on_error)(&crate::origin::OriginError::timeout(url).into())
+            Outcome::Failed(crate::origin::OriginError::timeout(url).into())
         }
     }
 
@@ -595,10 +605,10 @@ impl Files {
         req: &Request,
         source: Source,
         content_type: &'static str,
-    ) -> Response {
+    ) -> Answer {
         let wait = match self.wait_for(&source, content_type, "MISS") {
             Ok(wait) => wait,
-            Err(redirect) => return redirect,
+            Err(redirect) => return redirect.into(),
         };
         let range = req.header("range").map(str::to_owned);
         let small = source.size.is_some_and(|s| s <= SMALL_FILE);
@@ -609,16 +619,29 @@ impl Files {
             let job = source.clone();
             let ticket = self.opener.submit(move || fetch_whole(&*origin, &job));
             return self.await_ticket(req, ticket, source, wait, |bytes, _req, _source, wait| {
-                Ok(serve::fresh(wait.content_type, wait.tag).body(bytes?))
+                match bytes {
+                    Ok(bytes) => serve::fresh(wait.content_type, wait.tag).body(bytes).into(),
+                    Err(e) => Outcome::Failed(e),
+                }
             });
         }
         let job = source.clone();
         let ticket = self
             .opener
             .submit(move || origin.open_file(&job.index, &job.url, range.as_deref()));
-        self.await_ticket(req, ticket, source, wait, |opened, req, source, wait| {
-            serve::relayed(req, opened?, &source, wait.content_type)
-        })
+        self.await_ticket(
+            req,
+            ticket,
+            source,
+            wait,
+            |opened, req, source, wait| match opened
+                .map_err(FileError::from)
+                .and_then(|o| serve::relayed(req, o, &source, wait.content_type))
+            {
+                Ok(r) => r.into(),
+                Err(e) => Outcome::Failed(e),
+            },
+        )
     }
 
     /// Answers with `finish` once the pool job is done; parks until then.
@@ -629,30 +652,27 @@ impl Files {
         source: Source,
         wait: Wait,
         finish: F,
-    ) -> Response
+    ) -> Answer
     where
         T: Send + 'static,
-        F: FnOnce(T, &Request, Source, &Wait) -> Result<Response, FileError> + Send + 'static,
+        F: FnOnce(T, &Request, Source, &Wait) -> Answer + Send + 'static,
     {
         let Some(ticket) = ticket else {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             if wait.can_redirect {
-                return serve::redirect(&source.url);
+                return serve::redirect(&source.url).into();
             }
-            return (self.config.on_error)(&FileError::Busy);
+            return Outcome::Failed(FileError::Busy);
         };
         if let Some(done) = ticket.take() {
-            return match finish(done, req, source, &wait) {
-                Ok(r) => r,
-                Err(e) => (self.config.on_error)(&e),
-            };
+            return finish(done, req, source, &wait);
         }
         if Instant::now() >= wait.deadline {
             return self.late(&wait, &source.url);
         }
         let files = Arc::clone(self);
         let watched = ticket.clone();
-        Response::later(Later {
+        Outcome::Parked(Parked {
             deadline: wait.deadline,
             subscribe: Box::new(move |waker: Waker| {
                 watched.on_done(Box::new(move || waker.wake()));

@@ -11,8 +11,8 @@ use url::Url;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::IndexConfig;
 use crate::origin::fake::{Fail, FakeOrigin, FileAnswer};
+use crate::origin::IndexConfig;
 use crate::origin::{IndexId, OriginError};
 use crate::storage::local::LocalStorage;
 use crate::storage::{Stored, TempFile};

@@ -37,6 +37,51 @@ pub struct Later {
     pub resume: Resume,
 }
 
+/// A handler's answer before failures are mapped to statuses: ready, a
+/// typed failure, or parked and resumed into another outcome. Handlers
+/// below the app return it, so that the app alone maps failures (its one
+/// status table, given to `respond`) and every wait parks the same way.
+pub enum Outcome<E> {
+    Ready(Response),
+    Failed(E),
+    Parked(Parked<E>),
+}
+
+/// An outcome to come: `Later`, resumed into an `Outcome`.
+pub struct Parked<E> {
+    pub deadline: Instant,
+    pub subscribe: Box<dyn FnOnce(Waker) + Send>,
+    pub resume: ResumeOutcome<E>,
+}
+
+/// Computes an outcome once woken or at the deadline.
+pub type ResumeOutcome<E> = Box<dyn FnOnce(&Request) -> Outcome<E> + Send>;
+
+impl<E: 'static> Outcome<E> {
+    /// The response: failures mapped by `map`, a parked outcome parked as
+    /// a `Later` whose answer is mapped the same way.
+    pub fn respond(self, map: fn(&E) -> Response) -> Response {
+        match self {
+            Outcome::Ready(r) => r,
+            Outcome::Failed(e) => map(&e),
+            Outcome::Parked(p) => {
+                let resume = p.resume;
+                Response::later(Later {
+                    deadline: p.deadline,
+                    subscribe: p.subscribe,
+                    resume: Box::new(move |req: &Request| resume(req).respond(map)),
+                })
+            }
+        }
+    }
+}
+
+impl<E> From<Response> for Outcome<E> {
+    fn from(r: Response) -> Outcome<E> {
+        Outcome::Ready(r)
+    }
+}
+
 /// Wakes one waiting request. Cheap to clone; waking twice is harmless.
 #[derive(Clone)]
 pub struct Waker(WakeTarget);

@@ -60,7 +60,7 @@ mod request;
 mod response;
 mod worker;
 
-pub use later::{settle, Later, Resume, Waker};
+pub use later::{settle, Later, Outcome, Parked, Resume, Waker};
 pub use probe::{answer_bytes, probe_target, Probe, ProbeAnswer};
 pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
 pub use response::{Body, FileRange, ReadyStream, Response, Stream, StreamReady};

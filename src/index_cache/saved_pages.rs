@@ -175,10 +175,14 @@ fn read_stored(stored: &Stored) -> Option<bytes::Bytes> {
     match &stored.body {
         StoredBody::Memory(b) => Some(b.clone()),
         StoredBody::Local(f) => {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; usize::try_from(stored.len).ok()?];
-            f.read_exact_at(&mut buf, 0).ok()?;
-            Some(bytes::Bytes::from(buf))
+            // Into pages' own memory (mapped when large), not the heap.
+            let part = crate::storage::FilePart {
+                file: f,
+                at: 0,
+                end: stored.len,
+            };
+            let buf = crate::page_budget::PageBuf::read_from(part, MAX_SAVED).ok()?;
+            Some(buf.into_bytes())
         }
         StoredBody::Remote(_) => None,
     }

@@ -1,8 +1,8 @@
 //! Unit tests of the index cache against a fake origin and a manual clock.
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::IndexConfig;
 use crate::origin::fake::{Fail, FakeOrigin, PageAnswer};
+use crate::origin::IndexConfig;
 use crate::pypi::{Coding, FileEntry, Filename, PageFormat, Strategy};
 
 const TTL: Duration = Duration::from_secs(60);

@@ -16,7 +16,8 @@ mod uploads;
 pub mod verify;
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -164,6 +165,33 @@ pub fn commit_or_serve(
             },
             Some(e),
         ),
+    }
+}
+
+/// A section of a file, read with `pread` (the file is shared).
+pub struct FilePart<'a> {
+    pub file: &'a File,
+    pub at: u64,
+    pub end: u64,
+}
+
+impl Read for FilePart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than its recorded length",
+            ));
+        }
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

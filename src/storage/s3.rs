@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use rusty_s3::actions::{CompleteMultipartUploadResponse, CreateMultipartUpload, 
 use rusty_s3::{Credentials, UrlStyle};
 use url::Url;
 
-use super::CacheKey;
+use super::{CacheKey, FilePart};
 
 /// From this length on, uploads are multipart.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -192,33 +191,6 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-/// A section of a file, read with `pread` (the file is shared).
-struct FilePart<'a> {
-    file: &'a File,
-    at: u64,
-    end: u64,
-}
-
-impl Read for FilePart<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.end - self.at)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shorter than its recorded length",
-            ));
-        }
-        self.at += n as u64;
-        Ok(n)
-    }
 }
 
 impl Bucket {
