@@ -1,8 +1,11 @@
 //! One result that many wait for (single-flight), the one kind used for
-//! page fetches, syntheses and renders: whoever starts the work completes
-//! the flight once; everyone else registers a callback, watches it with a
-//! parked request's waker, blocks for it (`wait`, off the request workers
-//! only), or reads the result. Callbacks and wakers run outside the lock.
+//! page fetches, downloads, syntheses and renders: whoever starts the work
+//! completes the flight once; everyone else registers a callback, watches
+//! it with a parked request's waker, blocks for it (`wait`, off the request
+//! workers only), or reads the result. A flight may also carry progress
+//! (`P`: a download's growing file): every update and the completion count
+//! as a change, which `on_change` callbacks and `wait_for` see. Callbacks
+//! and wakers run outside the lock.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,61 +20,135 @@ pub trait Watcher: Send {
     fn is_waiting(&self) -> bool;
 }
 
-pub struct Flight<T> {
-    state: Mutex<State<T>>,
-    done: Condvar,
+pub struct Flight<T, P = ()> {
+    state: Mutex<State<T, P>>,
+    /// Notified at every change.
+    changed: Condvar,
     begun: Instant,
 }
 
-struct State<T> {
+struct State<T, P> {
     result: Option<T>,
+    progress: P,
+    /// Counts changes (updates and the completion).
+    version: u64,
     waiters: Vec<OnDone>,
     watchers: Vec<Box<dyn Watcher>>,
+    /// Called once at the next change.
+    on_change: Vec<OnDone>,
 }
 
-impl<T: Clone> Default for Flight<T> {
+impl<T: Clone, P: Default> Default for Flight<T, P> {
     fn default() -> Self {
         Flight::new()
     }
 }
 
-impl<T: Clone> Flight<T> {
-    pub fn new() -> Flight<T> {
+impl<T: Clone, P: Default> Flight<T, P> {
+    pub fn new() -> Flight<T, P> {
         Flight {
             state: Mutex::new(State {
                 result: None,
+                progress: P::default(),
+                version: 0,
                 waiters: Vec::new(),
                 watchers: Vec::new(),
+                on_change: Vec::new(),
             }),
-            done: Condvar::new(),
+            changed: Condvar::new(),
             begun: Instant::now(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
+    fn lock(&self) -> MutexGuard<'_, State<T, P>> {
         // One assignment per update: a poisoned lock is consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Sets the result (the first one wins) and calls every waiter.
     pub fn complete(&self, result: T) {
-        let (waiters, watchers) = {
+        let (waiters, watchers, changes) = {
             let mut st = self.lock();
             if st.result.is_none() {
                 st.result = Some(result);
             }
+            st.version += 1;
             (
                 std::mem::take(&mut st.waiters),
                 std::mem::take(&mut st.watchers),
+                std::mem::take(&mut st.on_change),
             )
         };
-        self.done.notify_all();
+        self.changed.notify_all();
         // Outside the lock: a waiter may look at this flight again.
-        for w in waiters {
+        for w in waiters.into_iter().chain(changes) {
             w();
         }
         for w in watchers {
             w.wake();
+        }
+    }
+
+    /// Changes the progress (before the result is in) and tells everyone
+    /// waiting for a change.
+    pub fn update(&self, f: impl FnOnce(&mut P)) {
+        let changes = {
+            let mut st = self.lock();
+            f(&mut st.progress);
+            st.version += 1;
+            std::mem::take(&mut st.on_change)
+        };
+        self.changed.notify_all();
+        for w in changes {
+            w();
+        }
+    }
+
+    /// Reads the result and the progress together.
+    pub fn with<R>(&self, f: impl FnOnce(Option<&T>, &P) -> R) -> R {
+        let st = self.lock();
+        f(st.result.as_ref(), &st.progress)
+    }
+
+    /// The change counter, to pass to `on_change`.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
+    /// Calls `f` at the next change after `seen` (at once if there was one).
+    pub fn on_change(&self, seen: u64, f: OnDone) {
+        let mut st = self.lock();
+        if st.version != seen {
+            drop(st);
+            f();
+        } else {
+            st.on_change.push(f);
+        }
+    }
+
+    /// Blocks until `pick` finds what it waits for in the result, the
+    /// progress and the change counter (`Some`), or `limit` passed
+    /// (`None`). Never on a request worker.
+    pub fn wait_for<R>(
+        &self,
+        limit: Duration,
+        mut pick: impl FnMut(Option<&T>, &P, u64) -> Option<R>,
+    ) -> Option<R> {
+        let deadline = Instant::now() + limit;
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = pick(st.result.as_ref(), &st.progress, st.version) {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -116,22 +193,7 @@ impl<T: Clone> Flight<T> {
     /// Blocks up to `limit` for the result; `None` on timeout. Never on a
     /// request worker.
     pub fn wait(&self, limit: Duration) -> Option<T> {
-        let deadline = Instant::now() + limit;
-        let mut st = self.lock();
-        loop {
-            if let Some(r) = st.result.as_ref() {
-                return Some(r.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            st = self
-                .done
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_for(limit, |result, _, _| result.cloned())
     }
 }
 

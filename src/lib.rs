@@ -64,6 +64,16 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `lock` for reading an `RwLock`.
+pub fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `lock` for writing an `RwLock`.
+pub fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The composition root: the app wired to the real upstream (`Upstream`)
 /// and the storage the settings ask for (with the bucket for `s3` and
 /// `tiered`), with `server` as the HTTP server's stats block (shown on

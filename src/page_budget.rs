@@ -79,7 +79,7 @@ impl PageBudget {
 
     fn lock(&self) -> MutexGuard<'_, usize> {
         // A counter: a poisoned lock is consistent.
-        self.taken.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.taken)
     }
 
     /// A big-page slot, waiting at most the budget's wait; `None` if none

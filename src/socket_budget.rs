@@ -30,7 +30,7 @@ impl SocketBudget {
     }
 
     fn lock(&self) -> MutexGuard<'_, usize> {
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.used)
     }
 
     /// A permit, waiting at most `wait` for one to be freed.

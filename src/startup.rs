@@ -29,7 +29,7 @@ impl Startup {
     /// The app has started: serve everything, wake the waiting requests.
     pub fn ready(&self, app: Arc<App>) {
         let _ = self.app.set(app);
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        let waiting = std::mem::take(&mut *crate::lock(&self.waiting));
         for w in waiting {
             w.wake();
         }
@@ -48,7 +48,7 @@ impl Startup {
         Response::later(Later {
             deadline: Instant::now() + WAIT,
             subscribe: Box::new(move |waker: Waker| {
-                let mut waiting = watched.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let mut waiting = crate::lock(&watched.waiting);
                 if watched.app.get().is_some() {
                     drop(waiting);
                     waker.wake();

@@ -93,12 +93,7 @@ struct Trusted {
 
 impl Trusted {
     fn contains(&self, o: &TrustedOrigin) -> bool {
-        self.fixed.contains(o)
-            || self
-                .routes
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(o)
+        self.fixed.contains(o) || crate::read(&self.routes).contains(o)
     }
 }
 
@@ -413,11 +408,7 @@ impl Origin for Upstream {
 
     fn trust_route_indexes(&self, urls: &[Url]) {
         let origins = urls.iter().filter_map(origin_of).collect();
-        *self
-            .trusted
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = origins;
+        *crate::write(&self.trusted.routes) = origins;
     }
 
     fn fetch_project(

@@ -355,22 +355,16 @@ impl App {
         Response::later(Later {
             deadline,
             subscribe: Box::new(move |waker: Waker| {
-                if let Some(r) = lock(&subscribed).as_ref() {
+                if let Some(r) = crate::lock(&subscribed).as_ref() {
                     r.on_ready(move || waker.wake());
                 }
             }),
-            resume: Box::new(move |req: &Request| match lock(&slot).take() {
+            resume: Box::new(move |req: &Request| match crate::lock(&slot).take() {
                 Some(res) => app.after_resolution(req, up, res, then),
                 None => Response::text(500, "resumed twice\n"),
             }),
         })
     }
-}
-
-/// A slot shared by a parked request's subscribe and resume functions.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Take-once data: a poisoned lock is consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `/health`: alive (answered by the accept thread too; never blocks).
@@ -447,7 +441,7 @@ impl App {
 
     /// The policy in force and its version (it changes on reload).
     pub fn policy(&self) -> (Arc<crate::policy::Policy>, u64) {
-        let p = self.policy.read().unwrap_or_else(|p| p.into_inner());
+        let p = crate::read(&self.policy);
         (Arc::clone(&p.0), p.1)
     }
 
@@ -455,14 +449,14 @@ impl App {
     /// of the policies (it changes on reload).
     pub(super) fn policy_for(&self, up: &Upstream) -> (Arc<crate::policy::Policy>, u64) {
         let (site, version) = self.policy();
-        let own = up.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let own = crate::read(&up.policy).clone();
         (own.unwrap_or(site), version)
     }
 
     /// The routes in force (the default first): one reference count, no
     /// copy, per request.
     fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
-        Arc::clone(&self.upstreams.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&crate::read(&self.upstreams))
     }
 
     /// Puts the policies and routes of `new` in force (SIGHUP): the site's
@@ -478,7 +472,7 @@ impl App {
             let kept = current[1..].iter().find(|u| u.shape == shape(r));
             match kept {
                 Some(u) => {
-                    *u.policy.write().unwrap_or_else(|p| p.into_inner()) = r.policy.clone();
+                    *crate::write(&u.policy) = r.policy.clone();
                     next.push(Arc::clone(u));
                 }
                 None => next.push(Arc::new(self.kit.route(r, share)?)),
@@ -490,8 +484,8 @@ impl App {
             .flat_map(|r| r.indexes.iter().map(|i| i.url.clone()))
             .collect();
         self.kit.origin.trust_route_indexes(&route_indexes);
-        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        let mut p = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        *crate::write(&self.upstreams) = Arc::new(next);
+        let mut p = crate::write(&self.policy);
         *p = (Arc::clone(&new.policy), p.1 + 1);
         Ok(())
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
@@ -34,13 +34,6 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Renders {
     jobs: Sender<Job>,
     inflight: Arc<Mutex<HashMap<RenderKey, Arc<RenderFlight>>>>,
-}
-
-fn lock(
-    m: &Mutex<HashMap<RenderKey, Arc<RenderFlight>>>,
-) -> MutexGuard<'_, HashMap<RenderKey, Arc<RenderFlight>>> {
-    // Inserts and removes only: a poisoned lock is consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Renders {
@@ -70,7 +63,7 @@ impl Renders {
         render: impl FnOnce() -> Arc<Rendered> + Send + 'static,
     ) -> Arc<RenderFlight> {
         let flight = {
-            let mut map = lock(&self.inflight);
+            let mut map = crate::lock(&self.inflight);
             if let Some(f) = map.get(&key) {
                 return Arc::clone(f);
             }
@@ -86,7 +79,7 @@ impl Renders {
             }
             // Out of the map first: a request after this one renders again
             // only if the cache did not keep the result.
-            lock(&inflight).remove(&key);
+            crate::lock(&inflight).remove(&key);
             done.complete(out);
         });
         if let Err(e) = self.jobs.try_send(job) {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::error::{FileError, Mismatch};
-use super::inflight::{InFlight, Phase};
+use super::inflight::{Done, InFlight};
 use super::{FileStats, Source};
 use crate::clock::Clock;
 use crate::origin::{Origin, OriginError};
@@ -182,7 +182,7 @@ impl Downloads {
         };
         // A full queue is answered at once, never by waiting.
         if self.jobs.try_send(job).is_err() {
-            inflight.set(|s| s.phase = Phase::Failed(FileError::Busy));
+            inflight.finish(Err(FileError::Busy));
             self.map().remove(key);
         }
         Fetch::Download {
@@ -221,7 +221,7 @@ impl Downloads {
             // saw the failure starts a new download instead of joining
             // this failed one.
             self.forget(&key, &inflight);
-            inflight.set(|s| s.phase = Phase::Failed(f.clone()));
+            inflight.finish(Err(f.clone()));
         }
         guard.armed = false;
         // After the commit is visible.
@@ -284,10 +284,10 @@ impl Downloads {
                 hashes: &source.hashes,
                 max: u64::MAX,
             };
-            let started = || inflight.set(|s| s.reading_bucket = true);
+            let started = || inflight.update(|p| p.reading_bucket = true);
             match self.storage.load(&item, &want, &started) {
                 Ok(Some(stored)) => {
-                    inflight.set(|s| s.from_bucket = true);
+                    inflight.update(|p| p.from_bucket = true);
                     self.done(inflight, stored);
                     return Ok(());
                 }
@@ -334,20 +334,16 @@ impl Downloads {
     fn done(&self, inflight: &Arc<InFlight>, stored: Stored) {
         let StoredBody::Local(file) = stored.body else {
             // Never: the local side commits to files.
-            inflight.set(|s| {
-                s.phase = Phase::Failed(FileError::local(io::Error::other(
-                    "the storage returned no local file",
-                )))
-            });
+            inflight.finish(Err(FileError::local(io::Error::other(
+                "the storage returned no local file",
+            ))));
             return;
         };
-        inflight.set(|s| {
-            s.phase = Phase::Done {
-                file,
-                total: stored.len,
-            };
-            s.sha256 = Some(stored.sha256);
-        });
+        inflight.finish(Ok(Done {
+            file,
+            total: stored.len,
+            sha256: stored.sha256,
+        }));
     }
 
     /// Downloads from the upstream into the local side, streamed to every
@@ -376,12 +372,7 @@ impl Downloads {
             (None, None) => return Err(FileError::NoLength),
         };
         let temp = self.storage.create(item, total).map_err(FileError::local)?;
-        inflight.set(|s| {
-            s.phase = Phase::Streaming {
-                file: Arc::clone(&temp.file),
-                total,
-            }
-        });
+        inflight.update(|p| p.file = Some((Arc::clone(&temp.file), total)));
         let mut verifier = Verifier::new(&source.hashes);
         let url = &streamed.final_url;
         let mut counted = 0;
@@ -390,7 +381,7 @@ impl Downloads {
                 .bytes_fetched
                 .fetch_add(written - counted, Ordering::Relaxed);
             counted = written;
-            inflight.set(|s| s.written = written);
+            inflight.update(|p| p.written = written);
         })
         .map_err(|e| -> FileError {
             match e {
@@ -423,11 +414,9 @@ struct FailGuard<'a> {
 impl Drop for FailGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.inflight.set(|s| {
-                s.phase = Phase::Failed(FileError::local(io::Error::other(
-                    "download thread panicked",
-                )))
-            });
+            self.inflight.finish(Err(FileError::local(io::Error::other(
+                "download thread panicked",
+            ))));
         }
     }
 }

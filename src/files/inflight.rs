@@ -1,6 +1,6 @@
-//! One download in progress: its state behind a mutex and a condvar, and
-//! `GrowingReader`, which lets every requester stream the file while it
-//! lands on disk.
+//! One download in progress: a `Flight` whose progress is the growing
+//! file, and `GrowingReader`, which lets every requester stream the file
+//! while it lands on disk.
 //!
 //! - The downloader advances the byte counter only after a write returned,
 //!   then notifies. Readers `pread` up to that counter minus the last byte:
@@ -18,150 +18,94 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::error::FileError;
 use super::Source;
+use crate::flight::Flight;
 use crate::http::StreamReady;
 use crate::origin::Origin;
 use crate::storage::verify::Verifier;
 
 const CHUNK: usize = 256 * 1024;
 
-pub(super) enum Phase {
-    /// Waiting for the upstream's response headers.
-    Starting,
-    Streaming {
-        file: Arc<File>,
-        total: u64,
-    },
-    Done {
-        file: Arc<File>,
-        total: u64,
-    },
-    Failed(FileError),
+/// A finished download: the verified file.
+#[derive(Clone)]
+pub(super) struct Done {
+    pub(super) file: Arc<File>,
+    pub(super) total: u64,
+    pub(super) sha256: Arc<str>,
 }
 
-pub(super) struct State {
-    pub(super) phase: Phase,
+/// A download on its way.
+#[derive(Default)]
+pub(super) struct Progress {
+    /// The file being written and its length, once the upstream answered.
+    pub(super) file: Option<(Arc<File>, u64)>,
     /// Bytes written to the file (and returned by `write`).
     pub(super) written: u64,
     /// The file is being read from the bucket (verified before anyone
     /// gets a byte): waiters keep waiting instead of being redirected.
     pub(super) reading_bucket: bool,
-    /// The verified sha256, once done.
-    pub(super) sha256: Option<Arc<str>>,
     /// The file came from the bucket (not the upstream).
     pub(super) from_bucket: bool,
-    /// Counts changes, so a watcher can tell whether it missed one.
-    version: u64,
-    /// Called once at the next change (parked requests' wakers).
-    watchers: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-/// One download in progress.
+/// One download in progress: the one single-flight type, with the growing
+/// file as its progress.
 pub struct InFlight {
-    state: Mutex<State>,
-    cv: Condvar,
+    flight: Flight<Result<Done, FileError>, Progress>,
 }
 
 impl InFlight {
     pub(super) fn new() -> InFlight {
         InFlight {
-            state: Mutex::new(State {
-                phase: Phase::Starting,
-                written: 0,
-                reading_bucket: false,
-                sha256: None,
-                from_bucket: false,
-                version: 0,
-                watchers: Vec::new(),
-            }),
-            cv: Condvar::new(),
+            flight: Flight::new(),
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain data updated in one assignment; poisoning cannot tear it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Changes the progress; wakes every reader.
+    pub(super) fn update(&self, f: impl FnOnce(&mut Progress)) {
+        self.flight.update(f);
     }
 
-    pub(super) fn set(&self, f: impl FnOnce(&mut State)) {
-        let watchers = {
-            let mut st = self.lock();
-            f(&mut st);
-            st.version += 1;
-            std::mem::take(&mut st.watchers)
-        };
-        self.cv.notify_all();
-        for w in watchers {
-            w();
-        }
+    /// The download's end (the first one wins); wakes every reader.
+    pub(super) fn finish(&self, result: Result<Done, FileError>) {
+        self.flight.complete(result);
     }
 
     /// Whether the download failed.
     pub fn is_failed(&self) -> bool {
-        matches!(self.lock().phase, Phase::Failed(_))
+        self.flight.with(|r, _| matches!(r, Some(Err(_))))
     }
 
     /// Whether the file is being read from the bucket.
     pub fn reading_bucket(&self) -> bool {
-        self.lock().reading_bucket
+        self.flight.with(|_, p| p.reading_bucket)
     }
 
     /// Whether the file came from the bucket.
     pub fn from_bucket(&self) -> bool {
-        self.lock().from_bucket
+        self.flight.with(|_, p| p.from_bucket)
     }
 
     /// The verified sha256 of a completed download.
     pub fn sha256(&self) -> Option<Arc<str>> {
-        self.lock().sha256.clone()
+        self.flight.with(|r, _| {
+            r.and_then(|r| r.as_ref().ok())
+                .map(|d| Arc::clone(&d.sha256))
+        })
     }
 
     /// The change counter, to pass to `on_change`.
     pub fn version(&self) -> u64 {
-        self.lock().version
+        self.flight.version()
     }
 
     /// Calls `f` at the next change after `seen` (at once if there was one).
     pub fn on_change(&self, seen: u64, f: Box<dyn FnOnce() + Send>) {
-        let mut st = self.lock();
-        if st.version != seen {
-            drop(st);
-            f();
-        } else {
-            st.watchers.push(f);
-        }
-    }
-
-    /// Waits until `ready` picks an answer from the state (`Some`), the
-    /// download failed (`Err`), or `limit` passed (`Ok(None)`).
-    fn wait_for<T>(
-        &self,
-        limit: Duration,
-        ready: impl Fn(&Phase) -> Option<T>,
-    ) -> Result<Option<T>, FileError> {
-        let deadline = Instant::now() + limit;
-        let mut st = self.lock();
-        loop {
-            if let Phase::Failed(f) = &st.phase {
-                return Err(f.clone());
-            }
-            if let Some(t) = ready(&st.phase) {
-                return Ok(Some(t));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            st = self
-                .cv
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.flight.on_change(seen, f);
     }
 
     /// Waits until the upstream answered (`Ok(Some)`: a reader of the
@@ -170,28 +114,46 @@ impl InFlight {
         self: &Arc<Self>,
         limit: Duration,
     ) -> Result<Option<GrowingReader>, FileError> {
-        self.wait_for(limit, |phase| match phase {
-            Phase::Streaming { file, total } | Phase::Done { file, total } => Some(GrowingReader {
-                inflight: Arc::clone(self),
-                file: Arc::clone(file),
-                total: *total,
-                pos: 0,
-                fallback: None,
-                relay: None,
-                nonblocking: None,
-            }),
-            Phase::Starting | Phase::Failed(_) => None,
-        })
+        let started = self.flight.wait_for(limit, |r, p, _| match r {
+            Some(Err(e)) => Some(Err(e.clone())),
+            Some(Ok(d)) => Some(Ok((Arc::clone(&d.file), d.total))),
+            None => p.file.clone().map(Ok),
+        });
+        let Some(started) = started else {
+            return Ok(None);
+        };
+        let (file, total) = started?;
+        Ok(Some(GrowingReader {
+            inflight: Arc::clone(self),
+            file,
+            total,
+            pos: 0,
+            fallback: None,
+            relay: None,
+            nonblocking: None,
+        }))
     }
 
     /// Waits until the download is complete and verified (`Ok(Some)`: the
     /// file and its length), failed (`Err`), or `limit` passed (`Ok(None)`).
     pub fn wait_done(&self, limit: Duration) -> Result<Option<(Arc<File>, u64)>, FileError> {
-        self.wait_for(limit, |phase| match phase {
-            Phase::Done { file, total } => Some((Arc::clone(file), *total)),
-            _ => None,
-        })
+        let done = self.flight.wait_for(limit, |r, _, _| r.cloned());
+        match done {
+            None => Ok(None),
+            Some(Ok(d)) => Ok(Some((d.file, d.total))),
+            Some(Err(e)) => Err(e),
+        }
     }
+}
+
+/// What a read of a growing file does next.
+enum Step {
+    /// Bytes up to here may be read.
+    Read(u64),
+    End,
+    Fail(FileError),
+    /// Nothing to read yet (non-blocking): the change counter seen.
+    WouldBlock(u64),
 }
 
 /// Reads a file while it is being downloaded; the last byte only after
@@ -363,43 +325,49 @@ impl Read for GrowingReader {
         if self.relay.is_some() {
             return self.read_relay(buf);
         }
-        let available = {
-            let mut st = self.inflight.lock();
-            loop {
-                let allowed = match &st.phase {
-                    Phase::Done { .. } => self.total,
-                    Phase::Streaming { .. } | Phase::Starting => {
-                        st.written.min(self.total.saturating_sub(1))
-                    }
-                    Phase::Failed(FileError::Local(_)) if self.fallback.is_some() => {
-                        if let Some(r) = self.nonblocking.as_ref().filter(|_| !self.may_block()) {
-                            // The relay blocks: hand over to a thread first.
-                            r.blocking.store(true, Ordering::Release);
-                            return Err(io::ErrorKind::WouldBlock.into());
+        let nonblocking = self.nonblocking.is_some() && !self.may_block();
+        let (pos, total) = (self.pos, self.total);
+        let step = loop {
+            // Blocking readers wake at least every second (bounded waits).
+            let step =
+                self.inflight
+                    .flight
+                    .wait_for(Duration::from_secs(1), |r, p, version| match r {
+                        Some(Ok(_)) if pos < total => Some(Step::Read(total)),
+                        Some(Ok(_)) => Some(Step::End),
+                        Some(Err(f)) => Some(Step::Fail(f.clone())),
+                        None => {
+                            let allowed = p.written.min(total.saturating_sub(1));
+                            if pos < allowed {
+                                Some(Step::Read(allowed))
+                            } else {
+                                nonblocking.then_some(Step::WouldBlock(version))
+                            }
                         }
-                        drop(st);
-                        self.start_relay()?;
-                        return self.read_relay(buf);
-                    }
-                    Phase::Failed(f) => return Err(io::Error::other(f.to_string())),
-                };
-                if self.pos < allowed {
-                    break allowed;
-                }
-                if matches!(st.phase, Phase::Done { .. }) {
-                    return Ok(0);
-                }
-                if let Some(r) = self.nonblocking.as_ref().filter(|_| !self.may_block()) {
-                    // Nothing yet: the worker waits for the next change.
-                    r.seen.store(st.version, Ordering::Release);
+                    });
+            if let Some(step) = step {
+                break step;
+            }
+        };
+        let available = match step {
+            Step::Read(allowed) => allowed,
+            Step::End => return Ok(0),
+            Step::Fail(FileError::Local(_)) if self.fallback.is_some() => {
+                if let Some(r) = self.nonblocking.as_ref().filter(|_| nonblocking) {
+                    // The relay blocks: hand over to a thread first.
+                    r.blocking.store(true, Ordering::Release);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
-                st = self
-                    .inflight
-                    .cv
-                    .wait_timeout(st, Duration::from_secs(1))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                self.start_relay()?;
+                return self.read_relay(buf);
+            }
+            Step::Fail(f) => return Err(io::Error::other(f.to_string())),
+            Step::WouldBlock(version) => {
+                // Nothing yet: the worker waits for the next change.
+                if let Some(r) = &self.nonblocking {
+                    r.seen.store(version, Ordering::Release);
+                }
+                return Err(io::ErrorKind::WouldBlock.into());
             }
         };
         let want = usize::try_from(available - self.pos)

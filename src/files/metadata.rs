@@ -137,7 +137,7 @@ struct PoolState {
 
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// The next job, or `None` when this thread should end (the pool is
@@ -247,7 +247,7 @@ impl Synthesizer {
     }
 
     fn known(&self) -> MutexGuard<'_, LruCache<CacheKey, Known>> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.known)
     }
 
     fn remember(&self, wheel: &CacheKey, k: Known) {
@@ -297,7 +297,7 @@ impl Synthesizer {
         entry: &FileEntry,
     ) -> Result<Arc<Flight>, FileError> {
         let wheel = wheel_key(entry);
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let mut flights = crate::lock(&self.flights);
         if let Some(f) = flights.get(&wheel) {
             return Ok(Arc::clone(f));
         }
@@ -363,10 +363,7 @@ impl Synthesizer {
     }
 
     fn finish(&self, job: Job, made: Made) {
-        self.flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.wheel);
+        crate::lock(&self.flights).remove(&job.wheel);
         job.flight.complete(made);
     }
 

@@ -5,7 +5,7 @@
 //! passes; the work goes on in the pool either way. A full queue is
 //! answered at once (`None` from `submit`).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -28,11 +28,6 @@ pub struct Ticket<T> {
     slot: Arc<Mutex<Slot<T>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Set-once data: a poisoned lock is consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl<T> Clone for Ticket<T> {
     fn clone(&self) -> Ticket<T> {
         Ticket {
@@ -44,12 +39,12 @@ impl<T> Clone for Ticket<T> {
 impl<T> Ticket<T> {
     /// The result, if the job is done (taken: a second call gets `None`).
     pub fn take(&self) -> Option<T> {
-        lock(&self.slot).result.take()
+        crate::lock(&self.slot).result.take()
     }
 
     /// Calls `f` when the job is done (at once if it is).
     pub fn on_done(&self, f: Box<dyn FnOnce() + Send>) {
-        let mut slot = lock(&self.slot);
+        let mut slot = crate::lock(&self.slot);
         if slot.result.is_some() {
             drop(slot);
             f();
@@ -89,7 +84,7 @@ impl Opener {
         let job: Job = Box::new(move || {
             let r = f();
             let watchers = {
-                let mut s = lock(&done);
+                let mut s = crate::lock(&done);
                 s.result = Some(r);
                 std::mem::take(&mut s.watchers)
             };

@@ -172,7 +172,7 @@ pub(crate) struct WaitingTable {
 impl WaitingTable {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // Inserts and removes only: a poisoned lock is consistent.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.table)
     }
 
     /// Parks `waiting` until `deadline` and subscribes its waker.

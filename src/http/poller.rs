@@ -117,14 +117,14 @@ impl Poller {
         let shard = &self.parked[(token % SHARDS as u64) as usize];
         // A panic while the map was held cannot leave it inconsistent (it
         // only inserts and removes), so a poisoned lock is used as is.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(shard)
     }
 
     /// Takes every parked entry that `pick` selects, shard by shard.
     fn take_all(&self, pick: impl Fn(&Parked) -> bool) -> Vec<Parked> {
         let mut taken = Vec::new();
         for shard in &self.parked {
-            let mut parked = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut parked = crate::lock(shard);
             let keys: Vec<u64> = parked
                 .iter()
                 .filter(|(_, p)| pick(p))
@@ -207,10 +207,7 @@ impl Poller {
 
     /// How many connections are parked.
     pub fn parked(&self) -> usize {
-        self.parked
-            .iter()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.parked.iter().map(|m| crate::lock(m).len()).sum()
     }
 
     /// Wakes one worker for an item just put on the work channel.

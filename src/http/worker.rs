@@ -604,7 +604,7 @@ impl TransferPool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         // Two counters updated together under the lock; never poisoned in
         // a way that matters, so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Threads running now (for statistics and tests).

@@ -37,7 +37,7 @@ impl Drop for Held {
 impl LargeCopies {
     fn lock(&self) -> MutexGuard<'_, usize> {
         // A counter: a poisoned lock is consistent.
-        self.alive.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.alive)
     }
 
     /// Copies alive now.

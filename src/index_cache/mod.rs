@@ -572,7 +572,7 @@ impl IndexCache {
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         // Shard state is a map plus a byte count updated together; a panic
         // cannot happen between those updates, so poisoning is ignored.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.shards[i])
     }
 
     /// Starts a lookup: returns at once, starting an upstream fetch when the

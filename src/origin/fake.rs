@@ -81,7 +81,7 @@ fn fail(url: &Url, f: Fail) -> OriginError {
 
 impl FakeOrigin {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     pub fn set_page(&self, name: &str, answer: PageAnswer) {

@@ -26,7 +26,7 @@ impl Audit {
     /// Whether this page version (`id`: route, name and signature hashed)
     /// is rendered for the first time: its decisions are logged then only.
     pub fn first_render(&self, id: u64) -> bool {
-        let mut seen = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::lock(&self.rendered);
         if seen.contains(&id) {
             return false;
         }

@@ -55,7 +55,7 @@ impl FirstSeen {
 
     /// When `key` was first seen; `now` (recorded) if never before.
     pub fn get_or_record(&self, key: &CacheKey, now: SystemTime) -> SystemTime {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::lock(&self.seen);
         if let Some(t) = seen.get(key) {
             return *t;
         }
@@ -63,7 +63,7 @@ impl FirstSeen {
         drop(seen);
         if let Some(path) = &self.path {
             let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            let mut log = crate::lock(&self.log);
             if log.is_none() {
                 *log = OpenOptions::new().create(true).append(true).open(path).ok();
             }

@@ -178,7 +178,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Lru> {
         // Counters and map are updated together without panicking code in
         // between; a poisoned lock is still consistent.
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.lru)
     }
 }
 

@@ -244,7 +244,7 @@ impl Bucket {
     }
 
     fn skip(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
-        self.skip_until.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.skip_until)
     }
 
     /// S3 answered (whatever the status): reads use it again.
