@@ -215,16 +215,10 @@ fn route(
                 .map_err(|e| err("ROXPI_CONFIG [[route]] indexes", &SafeUrl::text(u), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let strategy = match r.strategy.as_deref().map(str::trim) {
-        None | Some("merge") => Strategy::Merge,
-        Some("first-index") => Strategy::FirstIndex,
-        Some(other) => {
-            return Err(err(
-                "ROXPI_CONFIG [[route]] strategy",
-                other,
-                "merge or first-index",
-            ))
-        }
+    let strategy = match r.strategy.as_deref() {
+        None => Strategy::Merge,
+        Some(s) => super::parse_strategy(s)
+            .ok_or_else(|| err("ROXPI_CONFIG [[route]] strategy", s, super::STRATEGIES))?,
     };
     let policy = match &r.policy {
         Some(fields) => Some(std::sync::Arc::new(

@@ -196,6 +196,32 @@ mod settings {
     }
 
     #[test]
+    fn routes_and_the_global_setting_accept_the_same_strategies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roxpi.toml");
+        for (spelling, want) in [
+            ("merge", Some(Strategy::Merge)),
+            ("first-index", Some(Strategy::FirstIndex)),
+            ("first_index", Some(Strategy::FirstIndex)),
+            ("random", None),
+        ] {
+            let global = Settings::from_cli(&cli(&["--index-strategy", spelling]));
+            assert_eq!(global.as_ref().ok().map(|s| s.strategy), want, "{spelling}");
+            std::fs::write(
+                &path,
+                format!("[[route]]\nprefix = \"/x/\"\nindexes = [\"https://pypi.org/simple/\"]\nstrategy = \"{spelling}\"\n"),
+            )
+            .unwrap();
+            let route = Settings::from_cli(&cli(&["--config", path.to_str().unwrap()]));
+            match (route, want) {
+                (Ok(s), Some(want)) => assert_eq!(s.routes[0].strategy, want, "{spelling}"),
+                (Err(e), None) => assert!(e.to_string().contains("[[route]] strategy"), "{e}"),
+                (got, want) => panic!("{spelling}: {:?} for {want:?}", got.map(|s| s.routes.len())),
+            }
+        }
+    }
+
+    #[test]
     fn ttls_in_the_file_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         for (toml, setting) in [

@@ -422,6 +422,19 @@ pub fn apply_env_aliases() {
 
 pub use crate::origin::IndexConfig;
 
+/// The strategies, as an error message lists them.
+const STRATEGIES: &str = "merge or first-index";
+
+/// `merge` or `first-index` (also `first_index`, groxpi's spelling): one
+/// parser for `ROXPI_INDEX_STRATEGY` and `[[route]] strategy`.
+fn parse_strategy(s: &str) -> Option<Strategy> {
+    match s.trim() {
+        "merge" => Some(Strategy::Merge),
+        "first-index" | "first_index" => Some(Strategy::FirstIndex),
+        _ => None,
+    }
+}
+
 /// A secret setting: never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -546,11 +559,8 @@ impl Settings {
             }
         })?;
         let routes = sources::routes(&file, &file_path, &indexes, &overrides, root_ttl)?;
-        let strategy = match cli.index_strategy.trim() {
-            "merge" => Strategy::Merge,
-            "first-index" | "first_index" => Strategy::FirstIndex,
-            other => return Err(err("ROXPI_INDEX_STRATEGY", other, "merge or first-index")),
-        };
+        let strategy = parse_strategy(&cli.index_strategy)
+            .ok_or_else(|| err("ROXPI_INDEX_STRATEGY", &cli.index_strategy, STRATEGIES))?;
         let secs = |name: &'static str, v: &str| {
             parse_seconds(v).ok_or_else(|| err(name, v, SECONDS_RANGE))
         };
