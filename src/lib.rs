@@ -18,8 +18,8 @@
 //! - [`policy`]: the site's rules (cooldown, yanks, deny lists), decided
 //!   per file; the audit trail.
 //! - [`origin`]: the `Origin` trait the caches fetch through, the
-//!   configured indexes and the typed upstream error.
-//! - [`upstream`]: the real `Origin`: one ureq agent.
+//!   configured indexes, the typed upstream error, and the real `Origin`
+//!   over HTTP (`origin::http`: one ureq agent).
 //! - [`address_policy`]: which addresses upstream connections may reach.
 //! - [`page_budget`]: the memory bound for upstream pages being read.
 //! - [`pypi`]: domain types and pure protocol code (names, page model,
@@ -53,7 +53,6 @@ pub mod redact;
 pub mod socket_budget;
 pub mod startup;
 pub mod storage;
-pub mod upstream;
 pub mod wheel;
 
 /// Locks `m`, recovering it from poison. roxpi's locks guard state that
@@ -74,7 +73,7 @@ pub fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> 
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The composition root: the app wired to the real upstream (`Upstream`)
+/// The composition root: the app wired to the real upstream (`HttpOrigin`)
 /// and the storage the settings ask for (with the bucket for `s3` and
 /// `tiered`), with `server` as the HTTP server's stats block (shown on
 /// `/metrics`).
@@ -82,7 +81,7 @@ pub fn wire(
     settings: config::Settings,
     server: std::sync::Arc<http::Stats>,
 ) -> anyhow::Result<std::sync::Arc<app::App>> {
-    let upstream = std::sync::Arc::new(upstream::Upstream::new(&settings)?);
+    let upstream = std::sync::Arc::new(origin::http::HttpOrigin::new(&settings.http_params())?);
     let bucket = match &settings.s3 {
         Some(s3) => Some(storage::s3::open_checked(s3.clone(), upstream.agent())?),
         None => None,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::error::{self, Failure};
-use super::{App, Upstream};
+use super::{App, IndexGroup};
 use crate::files::Wanted;
 use crate::http::{Request, Response};
 use crate::index_cache::{Doc, Freshness, Key, Resolved, Snapshot};
@@ -19,7 +19,7 @@ impl App {
     pub(super) fn file(
         self: &Arc<Self>,
         req: &Request,
-        up: Arc<Upstream>,
+        up: Arc<IndexGroup>,
         name: ProjectName,
         file: Filename,
     ) -> Response {
@@ -27,7 +27,9 @@ impl App {
             return refused;
         }
         let key = Key::Project(name.clone());
-        let resolution = up.pages.start_resolution(&key, up.strategy, false, true);
+        let resolution = up
+            .index_cache
+            .start_resolution(&key, up.strategy, false, true);
         let file_up = Arc::clone(&up);
         self.after_resolution(req, up, resolution, move |app, req, resolved| {
             app.file_on_pages(req, &file_up, name, file, resolved)
@@ -38,7 +40,7 @@ impl App {
     fn file_on_pages(
         &self,
         req: &Request,
-        up: &Upstream,
+        up: &IndexGroup,
         name: ProjectName,
         file: Filename,
         resolved: Resolved,
@@ -55,7 +57,7 @@ impl App {
         if let Some(refused) = self.refused_file(up, &found, &name, entry) {
             return refused;
         }
-        let index = &up.pages.indexes()[id.get()];
+        let index = &up.index_cache.indexes()[id.get()];
         let wanted = Wanted {
             index,
             entry,
@@ -75,7 +77,7 @@ impl App {
     /// lock file made before keeps installing.)
     fn refused_file(
         &self,
-        up: &Upstream,
+        up: &IndexGroup,
         found: &[(IndexId, Arc<Snapshot>, Freshness)],
         name: &ProjectName,
         entry: &FileEntry,

@@ -32,10 +32,10 @@ const OPEN_THREADS: usize = 16;
 
 /// One set of indexes behind a path prefix: the default route or a
 /// `[[route]]`. All share the one content-addressed file store.
-pub(crate) struct Upstream {
+pub(crate) struct IndexGroup {
     /// `None` for the default (`/index/`, `/simple/`).
     pub prefix: Option<String>,
-    pub pages: Arc<IndexCache>,
+    pub index_cache: Arc<IndexCache>,
     pub strategy: crate::pypi::Strategy,
     /// The route's own policy; `None`: the site's.
     pub policy: std::sync::RwLock<Option<Arc<crate::policy::Policy>>>,
@@ -44,7 +44,7 @@ pub(crate) struct Upstream {
     shape: String,
 }
 
-/// The shape of a route's configuration (see `Upstream::shape`).
+/// The shape of a route's configuration (see `IndexGroup::shape`).
 fn shape(r: &crate::config::RouteConfig) -> String {
     let indexes: Vec<(String, u128)> = r
         .indexes
@@ -82,7 +82,7 @@ impl RouteKit {
     }
 
     /// A `[[route]]`: its own index cache and saved pages.
-    fn route(&self, r: &crate::config::RouteConfig, share: u64) -> anyhow::Result<Upstream> {
+    fn route(&self, r: &crate::config::RouteConfig, share: u64) -> anyhow::Result<IndexGroup> {
         let indexes: Vec<Index> = r
             .indexes
             .iter()
@@ -100,9 +100,9 @@ impl RouteKit {
         )
         .start()?;
         log::info!("route {}: {} index(es)", r.prefix, r.indexes.len());
-        Ok(Upstream {
+        Ok(IndexGroup {
             prefix: Some(r.prefix.clone()),
-            pages,
+            index_cache: pages,
             strategy: r.strategy,
             policy: std::sync::RwLock::new(r.policy.clone()),
             shape: shape(r),
@@ -113,7 +113,8 @@ impl RouteKit {
 pub struct App {
     requests: AtomicU64,
     settings: Settings,
-    pages: Arc<IndexCache>,
+    /// The default route's index cache (`groups()[0]`).
+    default_cache: Arc<IndexCache>,
     files: Arc<Files>,
     /// The HTTP server's counters, shown on `/` and `/metrics`.
     server: Arc<crate::http::Stats>,
@@ -122,7 +123,7 @@ pub struct App {
     /// The default route (`/index/`, `/simple/`) first, then the
     /// `[[route]]`s of ROXPI_CONFIG: each with its own indexes (replaced
     /// on reload).
-    upstreams: std::sync::RwLock<Arc<Vec<Arc<Upstream>>>>,
+    upstreams: std::sync::RwLock<Arc<Vec<Arc<IndexGroup>>>>,
     /// What building a route needs (at start and on reload).
     kit: RouteKit,
     /// Request latency by route kind and cache result (`observe`).
@@ -138,7 +139,7 @@ pub struct App {
 }
 
 impl App {
-    /// Wires the app to `origin` (the real `Upstream`, or a fake in tests);
+    /// Wires the app to `origin` (the real `IndexGroup`, or a fake in tests);
     /// `server` is the stats block given to the HTTP server.
     pub fn new(
         settings: Settings,
@@ -231,9 +232,9 @@ impl App {
         .start()?;
         upstreams.insert(
             0,
-            Arc::new(Upstream {
+            Arc::new(IndexGroup {
                 prefix: None,
-                pages: Arc::clone(&pages),
+                index_cache: Arc::clone(&pages),
                 strategy: settings.strategy,
                 policy: std::sync::RwLock::new(None),
                 shape: String::new(),
@@ -242,7 +243,7 @@ impl App {
         Ok(App {
             requests: AtomicU64::new(0),
             settings,
-            pages,
+            default_cache: pages,
             files: Arc::new(files),
             server,
             origin,
@@ -290,15 +291,15 @@ impl App {
                 .header("WWW-Authenticate", "Bearer realm=\"roxpi\"")
             }
             Route::InvalidateList => {
-                for u in self.upstreams().iter() {
-                    u.pages.invalidate(&Key::List);
+                for u in self.groups().iter() {
+                    u.index_cache.invalidate(&Key::List);
                 }
                 json_success()
             }
             Route::InvalidateProject(name) => {
                 let key = Key::Project(name);
-                for u in self.upstreams().iter() {
-                    u.pages.invalidate(&key);
+                for u in self.groups().iter() {
+                    u.index_cache.invalidate(&key);
                 }
                 json_success()
             }
@@ -338,14 +339,14 @@ impl App {
     fn after_resolution<F>(
         self: &Arc<Self>,
         req: &Request,
-        up: Arc<Upstream>,
+        up: Arc<IndexGroup>,
         mut res: Resolution,
         then: F,
     ) -> Response
     where
         F: FnOnce(&Arc<App>, &Request, Resolved) -> Response + Send + 'static,
     {
-        if let Some(done) = up.pages.poll_resolution(&mut res) {
+        if let Some(done) = up.index_cache.poll_resolution(&mut res) {
             return then(self, req, done);
         }
         let deadline = res.deadline();
@@ -394,9 +395,9 @@ pub fn probe_response(a: &ProbeAnswer) -> Response {
 impl App {
     /// The route of a request: a `[[route]]` whose prefix it starts with,
     /// else the default one.
-    fn route(&self, req: &Request) -> (Arc<Upstream>, Route) {
+    fn route(&self, req: &Request) -> (Arc<IndexGroup>, Route) {
         let path = req.path();
-        let upstreams = self.upstreams();
+        let upstreams = self.groups();
         for u in &upstreams[1..] {
             let Some(prefix) = &u.prefix else { continue };
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {
@@ -420,20 +421,20 @@ impl App {
     pub(super) fn routes(
         &self,
     ) -> Vec<(String, Vec<String>, crate::pypi::Strategy, Arc<IndexCache>)> {
-        self.upstreams()
+        self.groups()
             .iter()
             .map(|u| {
                 (
                     u.prefix
                         .clone()
                         .unwrap_or_else(|| "/index/, /simple/".into()),
-                    u.pages
+                    u.index_cache
                         .indexes()
                         .iter()
                         .map(|i| i.display().to_string())
                         .collect(),
                     u.strategy,
-                    Arc::clone(&u.pages),
+                    Arc::clone(&u.index_cache),
                 )
             })
             .collect()
@@ -447,7 +448,7 @@ impl App {
 
     /// The policy for a route (its own, else the site's) and the version
     /// of the policies (it changes on reload).
-    pub(super) fn policy_for(&self, up: &Upstream) -> (Arc<crate::policy::Policy>, u64) {
+    pub(super) fn policy_for(&self, up: &IndexGroup) -> (Arc<crate::policy::Policy>, u64) {
         let (site, version) = self.policy();
         let own = crate::read(&up.policy).clone();
         (own.unwrap_or(site), version)
@@ -455,7 +456,7 @@ impl App {
 
     /// The routes in force (the default first): one reference count, no
     /// copy, per request.
-    fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+    fn groups(&self) -> Arc<Vec<Arc<IndexGroup>>> {
         Arc::clone(&crate::read(&self.upstreams))
     }
 
@@ -465,7 +466,7 @@ impl App {
     /// a new or changed one starts empty; a removed one goes. (Indexes of
     /// the default route, storage and the other settings need a restart.)
     pub fn reload(&self, new: &Settings) -> anyhow::Result<()> {
-        let current = self.upstreams();
+        let current = self.groups();
         let share = 1 + new.routes.len() as u64;
         let mut next = vec![Arc::clone(&current[0])];
         for r in &new.routes {
@@ -579,7 +580,7 @@ impl App {
         let routes = self.upstreams.try_read().ok()?;
         routes
             .iter()
-            .find_map(|u| u.pages.stalled())
+            .find_map(|u| u.index_cache.stalled())
             .map(|r| format!("index cache: {r}"))
     }
 }

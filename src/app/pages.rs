@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::error::{self, Failure};
-use super::{renders, App, Upstream};
+use super::{renders, App, IndexGroup};
 use crate::config::ClientRefresh;
 use crate::http::conditional::{etag_matches, not_modified};
 use crate::http::{Later, Request, Response, Waker};
@@ -29,7 +29,7 @@ const MAX_PAGE_AGE: u64 = 600;
 
 impl App {
     /// A project page or the project list.
-    pub(super) fn page(self: &Arc<Self>, req: &Request, up: Arc<Upstream>, key: Key) -> Response {
+    pub(super) fn page(self: &Arc<Self>, req: &Request, up: Arc<IndexGroup>, key: Key) -> Response {
         let format_param = query_param(req.query(), "format");
         let Some(format) = negotiate_format(format_param.as_deref(), req.header("accept")) else {
             return Response::text(406, "no acceptable representation: this index serves text/html, application/vnd.pypi.simple.v1+html and application/vnd.pypi.simple.v1+json\n")
@@ -50,7 +50,9 @@ impl App {
                 return r;
             }
         }
-        let resolution = up.pages.start_resolution(&key, up.strategy, force, false);
+        let resolution = up
+            .index_cache
+            .start_resolution(&key, up.strategy, force, false);
         let page_up = Arc::clone(&up);
         self.after_resolution(req, up, resolution, move |app, req, resolved| {
             app.render_page(req, &page_up, key, format, coding, resolved)
@@ -63,7 +65,7 @@ impl App {
     fn render_page(
         self: &Arc<Self>,
         req: &Request,
-        up: &Arc<Upstream>,
+        up: &Arc<IndexGroup>,
         key: Key,
         format: PageFormat,
         coding: Coding,
@@ -88,7 +90,7 @@ impl App {
             .chain([self.files.metadata_generation(), policy_version])
             .collect();
         let cached = up
-            .pages
+            .index_cache
             .view(&key, format, coding, &sig)
             .filter(|v| v.valid_until.is_none_or(|t| wall < t));
         if let Some(view) = cached {
@@ -114,7 +116,7 @@ impl App {
             .renders
             .render((up.prefix.clone(), key, format, coding, sig), job);
         let watched = Arc::clone(&flight);
-        let deadline = up.pages.request_deadline();
+        let deadline = up.index_cache.request_deadline();
         let answer = move |req: &Request| match flight.result() {
             Some(Some(view)) => page_response(req, &view, &times_of(&found), format, coding),
             Some(None) => Response::text(500, "the page could not be rendered\n"),
@@ -140,14 +142,14 @@ impl App {
     fn warm_view(
         &self,
         req: &Request,
-        up: &Upstream,
+        up: &IndexGroup,
         key: &Key,
         format: PageFormat,
         coding: Coding,
     ) -> Option<Response> {
         let mut found = Vec::new();
-        for id in up.pages.indexes_for(key) {
-            match up.pages.peek(id, key)? {
+        for id in up.index_cache.indexes_for(key) {
+            match up.index_cache.peek(id, key)? {
                 Peek::Missing => {}
                 Peek::Found { generation, times } => {
                     found.push((generation, times));
@@ -168,10 +170,10 @@ impl App {
             .collect();
         let wall = SystemTime::now();
         let view = up
-            .pages
+            .index_cache
             .view(key, format, coding, &sig)
             .filter(|v| v.valid_until.is_none_or(|t| wall < t))?;
-        up.pages.count_hits(found.len());
+        up.index_cache.count_hits(found.len());
         let times: Vec<Times> = found.into_iter().map(|(_, t)| t).collect();
         Some(page_response(req, &view, &times, format, coding))
     }
@@ -180,7 +182,7 @@ impl App {
     /// one variant of a page.
     fn build_view(
         &self,
-        up: &Upstream,
+        up: &IndexGroup,
         key: &Key,
         format: PageFormat,
         coding: Coding,
@@ -224,7 +226,7 @@ impl App {
                 };
                 let audit = self.audit.first_render(page_id);
                 if audit {
-                    if let Some(note) = up.pages.guard_note(name) {
+                    if let Some(note) = up.index_cache.guard_note(name) {
                         self.audit
                             .record("confusion", "withheld", name, None, &note);
                     }
@@ -264,7 +266,8 @@ impl App {
             etag,
             valid_until,
         });
-        up.pages.store_view(key, format, coding, Arc::clone(&v));
+        up.index_cache
+            .store_view(key, format, coding, Arc::clone(&v));
         v
     }
 }
@@ -352,7 +355,7 @@ fn page_response(
 
 impl App {
     /// A 403 for a project the policy denies whole (audited).
-    pub(super) fn denied_project(&self, up: &Upstream, name: &ProjectName) -> Option<Response> {
+    pub(super) fn denied_project(&self, up: &IndexGroup, name: &ProjectName) -> Option<Response> {
         let reason = self.policy_for(up).0.project_denied(name)?;
         self.audit.record("deny", "refused", name, None, &reason);
         Some(

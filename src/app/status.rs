@@ -52,9 +52,12 @@ impl Snapshot {
         use Kind::{Counter, Gauge};
         use Section::{File, Index, Server};
         // Every route's index cache: the default's and each [[route]]'s.
-        let routes = app.upstreams();
+        let routes = app.groups();
         let sum = |field: fn(&crate::index_cache::CacheStats) -> &AtomicU64| -> u64 {
-            routes.iter().map(|u| load(field(&u.pages.stats))).sum()
+            routes
+                .iter()
+                .map(|u| load(field(&u.index_cache.stats)))
+                .sum()
         };
         let f = &app.files.stats;
         let s = &app.server;
@@ -62,12 +65,12 @@ impl Snapshot {
         let m8 = app.files.synth_stats().unwrap_or(&none);
         let usage = app.files.usage();
         let (entries, bytes) = routes.iter().fold((0, 0), |(e, b), u| {
-            let (ue, ub) = u.pages.usage();
+            let (ue, ub) = u.index_cache.usage();
             (e + ue, b + ub)
         });
         let fetches: u64 = routes
             .iter()
-            .map(|u| u.pages.stats.fetch_seconds.count())
+            .map(|u| u.index_cache.stats.fetch_seconds.count())
             .sum();
         let m = |name, kind, section, label, help, value| Metric {
             name,
@@ -252,7 +255,7 @@ pub fn home(app: &App) -> Response {
     let page = HomeHtml {
         version: env!("CARGO_PKG_VERSION"),
         indexes: app
-            .pages
+            .default_cache
             .indexes()
             .iter()
             .map(|i| (i.id.to_string(), i.display().to_string(), i.ttl.as_secs()))
@@ -306,7 +309,7 @@ pub fn metrics(app: &App) -> Response {
             out.push_str(&format!(
                 "# HELP {name} Upstream requests: a page fetch whole, a file download to its response headers.\n# TYPE {name} histogram\n"
             ));
-            app.pages.stats.fetch_seconds.render(name, "kind=\"page\"", out);
+            app.default_cache.stats.fetch_seconds.render(name, "kind=\"page\"", out);
             app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
             let name = "roxpi_route_indexes";
             out.push_str(&format!(

@@ -535,6 +535,29 @@ fn err(setting: &'static str, value: &str, expected: impl Into<String>) -> Confi
 }
 
 impl Settings {
+    /// What the HTTP origin takes from the settings.
+    pub fn http_params(&self) -> crate::origin::http::HttpParams {
+        crate::origin::http::HttpParams {
+            ca_file: self.ca_file.clone(),
+            proxy: self.upstream_proxy.clone(),
+            disable_tls_verification: self.disable_tls_verification,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            indexes: self.indexes.iter().map(|i| i.url.clone()).collect(),
+            route_indexes: self
+                .routes
+                .iter()
+                .flat_map(|r| r.indexes.iter().map(|i| i.url.clone()))
+                .collect(),
+            bucket: self
+                .s3
+                .as_ref()
+                .map(|s3| (s3.endpoint.clone(), s3.bucket.clone())),
+            allow: (!self.upstream_allow_any).then(|| self.upstream_allow.clone()),
+            offline: self.offline,
+        }
+    }
+
     /// The settings from flags and variables (`cli`) and the file they
     /// name (`ROXPI_CONFIG`). Flags and variables win over the file; the
     /// indexes are named in one place only (see `sources::default_indexes`).

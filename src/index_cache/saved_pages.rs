@@ -216,7 +216,7 @@ fn parse_saved(data: bytes::Bytes) -> Option<Persisted> {
     };
     let url = Url::parse(&header.url).ok()?;
     let body = data.slice(nl + 1..);
-    let page = crate::upstream::parse_page(&body, format, &url).ok()?;
+    let page = crate::origin::http::parse_page(&body, format, &url).ok()?;
     // A time from the file is a claim: one past what SystemTime holds (a
     // damaged header) counts as saved at the epoch, long expired...
     let saved = match header.saved_ms {

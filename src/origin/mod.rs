@@ -6,6 +6,7 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod http;
 
 use std::fmt;
 use std::io::Read;

@@ -1,4 +1,4 @@
-//! The upstream client, the real `Origin`: one shared ureq agent (built
+//! The HTTP origin, the real `Origin`: one shared ureq agent (built
 //! without its `gzip` feature, so file bytes are never decoded behind our
 //! back), connect and per-read timeouts, many idle connections per host,
 //! custom CA or disabled verification. Redirects are followed here, so that
@@ -19,11 +19,31 @@ use crate::address_policy::AddressPolicy;
 use crate::socket_budget::{Permit, SocketBudget};
 use bytes::Bytes;
 
-use crate::config::Settings;
 use crate::origin::{Index, Origin, OriginError, PageFetch, RawPage, Streamed, Validators};
 use crate::page_budget::{BigSlot, PageBudget, PageBuf, SMALL_PAGE};
 use crate::pypi::{parse_project_list, parse_project_page, Format, ProjectList, ProjectName};
 use crate::redact::SafeUrl;
+
+/// What the HTTP origin needs from the settings (built by `config`).
+#[derive(Clone, Debug, Default)]
+pub struct HttpParams {
+    /// PEM roots instead of the system's (`ROXPI_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `ROXPI_UPSTREAM_PROXY`.
+    pub proxy: Option<Url>,
+    pub disable_tls_verification: bool,
+    pub connect_timeout: std::time::Duration,
+    pub read_timeout: std::time::Duration,
+    /// The default route's indexes (trusted by origin).
+    pub indexes: Vec<Url>,
+    /// The `[[route]]`s' indexes (trusted by origin; replaced on SIGHUP).
+    pub route_indexes: Vec<Url>,
+    /// The bucket's endpoint and name (trusted by origin).
+    pub bucket: Option<(Url, String)>,
+    /// Address classes upstream connections may reach; `None`: any.
+    pub allow: Option<Vec<crate::address_policy::AddrClass>>,
+    pub offline: bool,
+}
 
 /// What roxpi asks an index for: JSON first (PEP 700 fields exist only there).
 pub const PAGE_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
@@ -49,7 +69,7 @@ fn to_error(url: &Url, e: ureq::Error) -> OriginError {
     }
 }
 
-pub struct Upstream {
+pub struct HttpOrigin {
     agent: ureq::Agent,
     offline: bool,
     /// The memory bound for pages being read and parsed.
@@ -101,7 +121,7 @@ impl Trusted {
 /// configured origin (scheme, host and port) is trusted whatever it
 /// resolves to; any other name or address — another port on the same
 /// host included — must resolve to allowed addresses. (Through a proxy,
-/// only the proxy's own name comes here; `Upstream::check_proxied`
+/// only the proxy's own name comes here; `HttpOrigin::check_proxied`
 /// checks each target before the CONNECT.)
 struct PolicyResolver {
     inner: DefaultResolver,
@@ -168,8 +188,8 @@ impl Resolver for PolicyResolver {
     }
 }
 
-impl Upstream {
-    pub fn new(settings: &Settings) -> anyhow::Result<Upstream> {
+impl HttpOrigin {
+    pub fn new(settings: &HttpParams) -> anyhow::Result<HttpOrigin> {
         use ureq::tls::{Certificate, RootCerts, TlsConfig};
         let roots = match &settings.ca_file {
             Some(path) => {
@@ -190,7 +210,7 @@ impl Upstream {
             None if system_store_present() => RootCerts::PlatformVerifier,
             None => RootCerts::WebPki,
         };
-        let proxy = settings.upstream_proxy.as_ref().map(proxy_of).transpose()?;
+        let proxy = settings.proxy.as_ref().map(proxy_of).transpose()?;
         let sockets = crate::socket_budget::upstream_sockets(crate::http::raise_nofile_limit());
         let tls = TlsConfig::builder()
             .root_certs(roots)
@@ -219,14 +239,14 @@ impl Upstream {
         let mut fixed = BTreeSet::new();
         // The default route's indexes, the proxy and the bucket are
         // trusted by origin; the [[route]]s' indexes below (and on SIGHUP).
-        let proxy = settings.upstream_proxy.as_ref();
-        for url in settings.indexes.iter().map(|i| &i.url).chain(proxy) {
+        let proxy = settings.proxy.as_ref();
+        for url in settings.indexes.iter().chain(proxy) {
             fixed.extend(origin_of(url));
         }
-        if let Some(s3) = &settings.s3 {
-            if let Some((host, port)) = origin_of(&s3.endpoint) {
+        if let Some((endpoint, bucket)) = &settings.bucket {
+            if let Some((host, port)) = origin_of(endpoint) {
                 // Virtual-hosted style puts the bucket in front.
-                fixed.insert((format!("{}.{host}", s3.bucket.to_ascii_lowercase()), port));
+                fixed.insert((format!("{}.{host}", bucket.to_ascii_lowercase()), port));
                 fixed.insert((host, port));
             }
         }
@@ -234,10 +254,9 @@ impl Upstream {
             fixed,
             routes: Default::default(),
         });
-        let policy = if settings.upstream_allow_any {
-            AddressPolicy::any()
-        } else {
-            AddressPolicy::new(settings.upstream_allow.iter().copied())
+        let policy = match &settings.allow {
+            None => AddressPolicy::any(),
+            Some(classes) => AddressPolicy::new(classes.iter().copied()),
         };
         log::info!(
             "upstream connections may reach the configured origins and {}{}",
@@ -255,14 +274,14 @@ impl Upstream {
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
         let pages = PageBudget::standard();
-        let upstream = Upstream {
+        let upstream = HttpOrigin {
             agent,
             offline: settings.offline,
             pages,
             refused,
             trusted,
             policy,
-            proxied: settings.upstream_proxy.is_some(),
+            proxied: settings.proxy.is_some(),
             page_sockets: SocketBudget::new((sockets / 2).max(2)),
             file_sockets: SocketBudget::new((sockets - sockets / 2).max(2)),
             socket_wait: settings.connect_timeout,
@@ -273,12 +292,7 @@ impl Upstream {
             upstream.file_sockets.cap(),
             (sockets / 4).max(2)
         );
-        let routes: Vec<Url> = settings
-            .routes
-            .iter()
-            .flat_map(|r| r.indexes.iter().map(|i| i.url.clone()))
-            .collect();
-        upstream.trust_route_indexes(&routes);
+        upstream.trust_route_indexes(&settings.route_indexes);
         Ok(upstream)
     }
 
@@ -388,7 +402,7 @@ fn proxy_of(url: &Url) -> anyhow::Result<ureq::Proxy> {
             .into_owned()
     };
     // The target's name goes to the proxy (ureq 3.5.2 writes a resolved
-    // target as `ip:port:port`); `Upstream::get` resolves and checks it
+    // target as `ip:port:port`); `HttpOrigin::get` resolves and checks it
     // first.
     let mut b = ureq::Proxy::builder(protocol).host(&host).port(port);
     if !url.username().is_empty() {
@@ -401,7 +415,7 @@ fn proxy_of(url: &Url) -> anyhow::Result<ureq::Proxy> {
         .map_err(|e| anyhow::anyhow!("ROXPI_UPSTREAM_PROXY {}: {e}", SafeUrl::new(url)))
 }
 
-impl Origin for Upstream {
+impl Origin for HttpOrigin {
     fn refused_addresses(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
