@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     }
 }
 
+// Long: startup in order: settings, logging, listener, startup server, app, serve, shutdown.
 fn run() -> anyhow::Result<()> {
     roxpi::config::apply_env_aliases();
     let cli = Cli::parse_args();

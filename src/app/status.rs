@@ -48,6 +48,7 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 impl Snapshot {
+    // Long: one table: a row per metric.
     pub fn take(app: &App) -> Snapshot {
         use Kind::{Counter, Gauge};
         use Section::{File, Index, Server};

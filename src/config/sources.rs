@@ -49,6 +49,7 @@ fn glob_list(
         .collect()
 }
 
+// Long: one precedence: flags, variables, aliases, then the file.
 /// The default route's indexes: the file's `[[index]]` list, or
 /// `ROXPI_INDEX_URL` (PyPI when unset) — never both — then the extras.
 pub(super) fn default_indexes(

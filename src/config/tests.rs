@@ -3,6 +3,7 @@
 mod settings {
     use super::super::*;
     use clap::CommandFactory;
+    use clap::Parser;
     use std::collections::HashMap;
 
     #[test]
@@ -313,6 +314,7 @@ mod settings {
 #[cfg(test)]
 mod s3 {
     use super::super::*;
+    use clap::Parser;
     use std::collections::HashMap;
 
     fn cli(args: &[&str]) -> Cli {

@@ -1,3 +1,4 @@
+// Size: the file route's one decision tree (hit, download, stream-through, ranges, parking); its parts live in download/inflight/serve/opener.
 //! Everything about a file request, behind one owner (`Files`): cache-key
 //! derivation, HEAD, cache hits (with ranges and conditional requests), the
 //! one coalesced and verified download per file (`download`, `inflight`,
@@ -406,6 +407,7 @@ impl Files {
         })
     }
 
+    // Long: one match: every state a download can be in, and its answer.
     /// Answers from a download once it has started (or, for a small file,
     /// finished and been verified); parks the request until then.
     fn await_download(

@@ -314,6 +314,7 @@ impl Outgoing {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "body stream stalled"))
     }
 
+    // Long: the connection state machine: one arm per state.
     /// One write (or one stream read). `WouldBlock` means the socket is full.
     fn step(&mut self, sock: &TcpStream) -> io::Result<Step> {
         let head_left = &self.head[self.head_pos..];

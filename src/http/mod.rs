@@ -433,6 +433,7 @@ pub fn fd_reserve(nofile: u64) -> u64 {
     (nofile / 4).clamp(16, 1024)
 }
 
+// Long: one loop: accept, limits, probes, hand-over, errors.
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
     let tick = Timespec {
         tv_sec: 0,

@@ -1,3 +1,4 @@
+// Size: one state machine (a connection's request, response and keep-alive turns) and its pool.
 //! Request workers and transfer threads.
 //!
 //! A request worker takes a connection that has bytes to read, reads and

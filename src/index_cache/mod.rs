@@ -1,3 +1,4 @@
+// Size: one concept (the sharded map of pages, its flights and byte accounting); its parts live in large/resolve/saved/store.
 //! The in-memory index cache: parsed pages per (index, project) and the
 //! project list per index, each with its own TTL, plus the rendered and
 //! compressed variants served to clients. One mutex-sharded LRU bounded in
@@ -349,6 +350,16 @@ enum Job {
 
 /// A lookup in progress: the current copy and, if a refresh is running,
 /// the flight to wait for.
+/// What `plan` decided: the copy to answer with, the flight to wait for
+/// (if any), and the refresh to start (if any).
+struct Plan {
+    snap: Option<Arc<Snapshot>>,
+    wait: Option<Arc<Flight>>,
+    resting: bool,
+    deadline: Instant,
+    start: Option<(Arc<Flight>, Option<Arc<Snapshot>>)>,
+}
+
 pub struct Pending {
     index: IndexId,
     snap: Option<Arc<Snapshot>>,
@@ -599,15 +610,7 @@ impl IndexCache {
         let slot_key = SlotKey::Doc(index, key.clone());
         let shard_i = shard_of(&slot_key);
         let may_load = load && self.saved.is_some() && matches!(key, Key::Project(_));
-        let pending = |snap: Option<Arc<Snapshot>>, flight, resting, deadline: Instant| Pending {
-            index: id,
-            snap,
-            flight,
-            resting,
-            deadline: deadline.min(limit),
-            load: None,
-        };
-        let (pending, start) = {
+        let plan = {
             let mut shard = self.lock(shard_i);
             if may_load {
                 if let Some((flight, start)) = self.update(&mut shard, &slot_key, saved::claim_load)
@@ -617,63 +620,23 @@ impl IndexCache {
                 }
             }
             self.update(&mut shard, &slot_key, |entry| {
-                let snap = entry.copy().or(fallback);
-                let forced = force
-                    && entry
-                        .last_forced
-                        .is_none_or(|t| now.saturating_duration_since(t) >= FORCE_INTERVAL);
-                if forced {
-                    entry.last_forced = Some(now);
-                }
-                let expired = snap.as_ref().is_none_or(|s| !s.is_fresh(now));
-                let resting = entry.rest_until.is_some_and(|t| now < t) && snap.is_some();
-                // Recently expired: answer with the copy, refresh behind. A
-                // saved copy loaded from disk (TTL zero: refreshed on first
-                // use) and a deleted one never qualify.
-                let revalidate_behind = expired
-                    && !forced
-                    && !self.offline
-                    && snap.as_ref().is_some_and(|s| {
-                        !s.ttl.is_zero()
-                            && s.age(now) < s.ttl.saturating_add(self.staleness.while_revalidate)
-                    });
-                if revalidate_behind && !resting {
-                    if entry.flight.is_some() {
-                        return (pending(snap, None, false, Instant::now()), None);
-                    }
-                    let f = Arc::new(Flight::new());
-                    entry.flight = Some(Arc::clone(&f));
-                    self.stats.revalidating.fetch_add(1, Ordering::Relaxed);
-                    let prev = snap.clone();
-                    return (pending(snap, None, false, Instant::now()), Some((f, prev)));
-                }
-                if self.offline || !(expired || forced) || (resting && !forced) {
-                    (pending(snap, None, resting, Instant::now()), None)
-                } else if let Some(f) = &entry.flight {
-                    self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                    let deadline = self.wait_deadline(snap.is_some());
-                    (pending(snap, Some(Arc::clone(f)), false, deadline), None)
-                } else {
-                    log::debug!(
-                        "fetching {key:?}: copy {}, forced {forced}, hollow {}, disk checked {}, loading {}",
-                        match &snap {
-                            None => "none".to_owned(),
-                            Some(s) => format!("age {:?} ttl {:?}", s.age(now), s.ttl),
-                        },
-                        entry.hollow.is_some(),
-                        entry.disk_checked,
-                        entry.loading.is_some(),
-                    );
-                    let f = Arc::new(Flight::new());
-                    entry.flight = Some(Arc::clone(&f));
-                    let deadline = self.wait_deadline(snap.is_some());
-                    let prev = snap.clone();
-                    (
-                        pending(snap, Some(Arc::clone(&f)), false, deadline),
-                        Some((f, prev)),
-                    )
-                }
+                self.plan(entry, key, entry.copy().or(fallback), force, now)
             })
+        };
+        let Plan {
+            snap,
+            wait,
+            resting,
+            deadline,
+            start,
+        } = plan;
+        let pending = Pending {
+            index: id,
+            snap,
+            flight: wait,
+            resting,
+            deadline: deadline.min(limit),
+            load: None,
         };
         if let Some((flight, prev)) = start {
             let job = Job::Fetch {
@@ -690,6 +653,89 @@ impl IndexCache {
             }
         }
         pending
+    }
+
+    /// What a lookup does with its entry, decided under the shard lock:
+    /// answer with the copy (fresh, resting, offline), answer with it and
+    /// refresh behind, join the refresh in flight, or start one.
+    fn plan(
+        &self,
+        entry: &mut Entry,
+        key: &Key,
+        snap: Option<Arc<Snapshot>>,
+        force: bool,
+        now: Instant,
+    ) -> Plan {
+        let answer = |snap, resting| Plan {
+            snap,
+            wait: None,
+            resting,
+            deadline: Instant::now(),
+            start: None,
+        };
+        let forced = force
+            && entry
+                .last_forced
+                .is_none_or(|t| now.saturating_duration_since(t) >= FORCE_INTERVAL);
+        if forced {
+            entry.last_forced = Some(now);
+        }
+        let expired = snap.as_ref().is_none_or(|s| !s.is_fresh(now));
+        let resting = entry.rest_until.is_some_and(|t| now < t) && snap.is_some();
+        // Recently expired: answer with the copy, refresh behind. A saved
+        // copy loaded from disk (TTL zero: refreshed on first use) and a
+        // deleted one never qualify.
+        let revalidate_behind = expired
+            && !forced
+            && !self.offline
+            && snap.as_ref().is_some_and(|s| {
+                !s.ttl.is_zero()
+                    && s.age(now) < s.ttl.saturating_add(self.staleness.while_revalidate)
+            });
+        if revalidate_behind && !resting {
+            if entry.flight.is_some() {
+                return answer(snap, false);
+            }
+            let f = Arc::new(Flight::new());
+            entry.flight = Some(Arc::clone(&f));
+            self.stats.revalidating.fetch_add(1, Ordering::Relaxed);
+            let prev = snap.clone();
+            return Plan {
+                start: Some((f, prev)),
+                ..answer(snap, false)
+            };
+        }
+        if self.offline || !(expired || forced) || (resting && !forced) {
+            return answer(snap, resting);
+        }
+        let deadline = self.wait_deadline(snap.is_some());
+        if let Some(f) = &entry.flight {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            return Plan {
+                wait: Some(Arc::clone(f)),
+                deadline,
+                ..answer(snap, false)
+            };
+        }
+        log::debug!(
+            "fetching {key:?}: copy {}, forced {forced}, hollow {}, disk checked {}, loading {}",
+            match &snap {
+                None => "none".to_owned(),
+                Some(s) => format!("age {:?} ttl {:?}", s.age(now), s.ttl),
+            },
+            entry.hollow.is_some(),
+            entry.disk_checked,
+            entry.loading.is_some(),
+        );
+        let f = Arc::new(Flight::new());
+        entry.flight = Some(Arc::clone(&f));
+        let prev = snap.clone();
+        Plan {
+            wait: Some(Arc::clone(&f)),
+            deadline,
+            start: Some((f, prev)),
+            ..answer(snap, false)
+        }
     }
 
     /// The latest moment to answer a lookup that waits for a refresh.

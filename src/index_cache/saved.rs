@@ -90,6 +90,7 @@ impl IndexCache {
         Some(self.begin_with(pending.index, key, force, false, loaded, *limit))
     }
 
+    // Long: one load and its freshness rules, under one reading of the entry.
     /// The fetch thread's load: reads the saved page, installs it as the
     /// copy at hand (unless a fetch got there first, or it is too large to
     /// keep) and completes `flight` with it.

@@ -1,3 +1,4 @@
+// Size: the index cache's tests, one rig shared by all of them.
 //! Unit tests of the index cache against a fake origin and a manual clock.
 use super::*;
 use crate::clock::ManualClock;

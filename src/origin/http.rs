@@ -1,3 +1,4 @@
+// Size: one concept (the HTTP origin: agent, address policy, trust, redirects, page and file fetches).
 //! The HTTP origin, the real `Origin`: one shared ureq agent (built
 //! without its `gzip` feature, so file bytes are never decoded behind our
 //! back), connect and per-read timeouts, many idle connections per host,
@@ -189,6 +190,7 @@ impl Resolver for PolicyResolver {
 }
 
 impl HttpOrigin {
+    // Long: builds the one agent: roots, proxy, timeouts, trust and address policy, in order.
     pub fn new(settings: &HttpParams) -> anyhow::Result<HttpOrigin> {
         use ureq::tls::{Certificate, RootCerts, TlsConfig};
         let roots = match &settings.ca_file {

@@ -1,3 +1,4 @@
+// Size: one concept (the local LRU on disk: layout, restart scan, reserve, commit, hot files).
 //! The local disk backend: a size-capped LRU of files under the cache dir.
 //!
 //! Layout (nothing else in the cache dir is ever scanned or deleted):
@@ -11,7 +12,7 @@
 //!   names are unlinked at once); emptied at start.
 //! - `pages/<k0k1>/<key>_<len>_<sha256>` — saved pages (`Item::Page`):
 //!   the same LRU and bound as the files, apart only so that an operator
-//!   sees them. The per-index folders of roxpi before 0.6 (`pages/<id>/`,
+//!   sees them. The per-index folders of earlier builds (`pages/<id>/`,
 //!   `route-pages/`) are removed at start.
 //!
 //! Rules: space is reserved before a download starts (in-flight bytes count,
@@ -243,6 +244,7 @@ impl LocalStorage {
         LocalStorage::open_with(dir, 0, false)
     }
 
+    // Long: opening in order: lock, tag, folders, leftovers, scan, books, trim.
     fn open_with(dir: &Path, cap: u64, keeps: bool) -> Result<LocalStorage, OpenError> {
         let io_err = |e| OpenError::Io(dir.to_owned(), e);
         fs::create_dir_all(dir).map_err(io_err)?;
@@ -275,37 +277,10 @@ impl LocalStorage {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let mut found = Vec::new();
-        let mut subs: Vec<fs::DirEntry> = Vec::new();
-        if keeps {
-            for d in [&files, &pages] {
-                subs.extend(fs::read_dir(d).map_err(io_err)?.flatten());
-            }
-        }
-        for sub in subs {
-            let sub_name = sub.file_name().to_string_lossy().into_owned();
-            let sub_ok = sub_name.len() == 2 && sub_name.bytes().all(|b| b.is_ascii_hexdigit());
-            if !sub_ok || !sub.path().is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(sub.path()).map_err(io_err)?.flatten() {
-                let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let meta = entry.metadata();
-                match (parse_name(&name), meta) {
-                    (Some((key, len, sha)), Ok(m))
-                        if m.is_file() && m.len() == len && key.as_str().starts_with(&sub_name) =>
-                    {
-                        let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                        found.push((mtime, key, len, sha, path));
-                    }
-                    _ => {
-                        log::warn!("removing {} (not a complete cached file)", path.display());
-                        let _ = fs::remove_file(&path);
-                    }
-                }
-            }
-        }
+        let mut found = match keeps {
+            true => scan_kept(&[&files, &pages]).map_err(io_err)?,
+            false => Vec::new(),
+        };
         found.sort_by_key(|(mtime, ..)| *mtime);
         let mut lru = Lru {
             map: LruCache::unbounded(),
@@ -430,7 +405,45 @@ impl LocalStorage {
     }
 }
 
-/// Removes the saved pages of roxpi before 0.6 (one folder per index,
+/// A kept entry found at start: its mtime, key, length, sha256 and path.
+type Found = (SystemTime, CacheKey, u64, String, PathBuf);
+
+/// Every complete entry under `dirs` (`<k0k1>/<key>_<len>_<sha256>`);
+/// anything else in their subfolders is removed.
+fn scan_kept(dirs: &[&Path]) -> io::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    let mut subs: Vec<fs::DirEntry> = Vec::new();
+    for d in dirs {
+        subs.extend(fs::read_dir(d)?.flatten());
+    }
+    for sub in subs {
+        let sub_name = sub.file_name().to_string_lossy().into_owned();
+        let sub_ok = sub_name.len() == 2 && sub_name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !sub_ok || !sub.path().is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(sub.path())?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata();
+            match (parse_name(&name), meta) {
+                (Some((key, len, sha)), Ok(m))
+                    if m.is_file() && m.len() == len && key.as_str().starts_with(&sub_name) =>
+                {
+                    let mtime = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    found.push((mtime, key, len, sha, path));
+                }
+                _ => {
+                    log::warn!("removing {} (not a complete cached file)", path.display());
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the saved pages of earlier builds (one folder per index,
 /// named by 16 hex digits; `route-pages/`): their bytes were counted apart.
 fn remove_old_pages(dir: &Path, pages: &Path) {
     let old = fs::read_dir(pages)
@@ -441,7 +454,7 @@ fn remove_old_pages(dir: &Path, pages: &Path) {
         .map(|e| e.path())
         .chain(Some(dir.join("route-pages")).filter(|p| p.is_dir()));
     for p in old {
-        log::info!("removing saved pages of an older roxpi: {}", p.display());
+        log::info!("removing saved pages of an earlier build: {}", p.display());
         let _ = fs::remove_dir_all(&p);
     }
 }

@@ -1,3 +1,4 @@
+// Size: one protocol (S3 requests: signing, GET, PUT, multipart, errors, the startup check).
 //! The S3 bucket: request signing with rusty-s3 (sans-IO, presigned URLs),
 //! sent with the shared ureq agent. No async runtime.
 //!
