@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Fault};
 use crate::util::{
-    blob, get, have, have_file, metric, request, roxpi_on, roxpi_under_ulimit, walk, within,
-    ChildServer, Client,
+    blob, get, have, have_file, metric, request, roxpi_on, roxpi_under_ulimit, wait_until, walk,
+    within, ChildServer, Client,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -43,11 +43,9 @@ fn fake(len: usize) -> FakeIndex {
 /// Once ready: a page, the file (twice: miss, then hit) and the probes.
 fn serves_a_page_and_a_file(addr: SocketAddr, fake: &FakeIndex) {
     assert_eq!(get(addr, "/health").status, 200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(addr, "/ready").status != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::util::wait_until(Duration::from_secs(30), "ready", || {
+        get(addr, "/ready").status == 200
+    });
     let page = get(addr, "/index/demo/");
     assert_eq!(page.status, 200);
     assert!(page.text().contains(WHEEL), "{}", page.text());
@@ -270,12 +268,15 @@ fn health_answers_at_once_under_a_stampede() {
                 c
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until(Duration::from_secs(10), "64 parked requests", || {
+            metric(addr, "roxpi_http_waiting_requests") >= 64
+        });
         let hung_p99 = probe_p99(addr);
         drop(hung);
         f.set_fault(Fault::None);
 
         // 2. 500 slow readers of the 16 MB file (they read nothing).
+        let accepted = metric(addr, "roxpi_http_connections_accepted_total");
         let readers: Vec<TcpStream> = (0..500)
             .map(|_| {
                 let mut s = TcpStream::connect(addr).unwrap();
@@ -286,7 +287,9 @@ fn health_answers_at_once_under_a_stampede() {
                 s
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until(Duration::from_secs(10), "500 readers accepted", || {
+            metric(addr, "roxpi_http_connections_accepted_total") >= accepted + 500
+        });
         let readers_p99 = probe_p99(addr);
         drop(readers);
         println!(
@@ -311,10 +314,14 @@ fn probes_are_answered_beyond_the_connection_cap() {
         let server = ChildServer::start(cmd);
         let addr = server.addr;
         let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        std::thread::sleep(Duration::from_millis(300));
-        // A page request is shed now…
-        let shed = request(addr, "GET", "/index/demo/", &[]);
-        assert_eq!(shed.status, 503, "{}", shed.text());
+        // A page request is shed once the server has taken them (over the
+        // cap, /metrics is shed too: the 503 is the one observable)…
+        let mut shed = request(addr, "GET", "/index/demo/", &[]);
+        wait_until(Duration::from_secs(5), "a page request shed", || {
+            shed = request(addr, "GET", "/index/demo/", &[]);
+            shed.status == 503
+        });
+        assert!(shed.text().contains("connections"), "{}", shed.text());
         // …a probe is not.
         for _ in 0..20 {
             assert_eq!(probe(addr, "/health").0, 200);
@@ -429,7 +436,6 @@ fn metrics_follow_prometheus_conventions_and_promtool_accepts_them() {
             assert_eq!(get(addr, &format!("/index/demo/{WHEEL}")).status, 200);
         }
         // The histograms saw them (observed once each response is done).
-        let deadline = Instant::now() + Duration::from_secs(10);
         let count = |route: &str, cache: &str| {
             metric(
                 addr,
@@ -438,9 +444,9 @@ fn metrics_follow_prometheus_conventions_and_promtool_accepts_them() {
                 ),
             )
         };
-        while count("file", "hit") < 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::util::wait_until(Duration::from_secs(10), "the file hit observed", || {
+            count("file", "hit") >= 1
+        });
         assert_eq!(count("page", "miss"), 1);
         assert_eq!(count("page", "hit"), 1);
         assert_eq!(count("file", "miss"), 1);

@@ -182,12 +182,10 @@ fn a_client_that_disconnects_does_not_stop_the_download() {
             let mut some = [0u8; 1000];
             c.reader.read_exact(&mut some).unwrap();
         } // gone
-        let deadline = Instant::now() + Duration::from_secs(20);
         let path = format!("/index/big/{}", big_wheel(0));
-        while request(r.addr(), "HEAD", &path, &[]).header("x-cache") != Some("HIT") {
-            assert!(Instant::now() < deadline, "the download never finished");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::util::wait_until(Duration::from_secs(20), "the download finished", || {
+            request(r.addr(), "HEAD", &path, &[]).header("x-cache") == Some("HIT")
+        });
         let hit = r.file(0);
         assert_eq!(hit.header("x-cache"), Some("HIT"));
         assert_eq!(hit.body, f.file("root", "big", &big_wheel(0)).bytes);
@@ -463,14 +461,11 @@ fn ranges_and_conditional_requests() {
         assert_eq!(tail.header("content-range"), Some("bytes 9900-9999/10000"));
         assert_eq!(tail.body, &data[9900..]);
         // The full download started in the background (HEAD never starts one).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while request(r.addr(), "HEAD", &path, &[]).header("x-cache") != Some("HIT") {
-            assert!(
-                Instant::now() < deadline,
-                "the background download never committed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::util::wait_until(
+            Duration::from_secs(10),
+            "the background download committed",
+            || request(r.addr(), "HEAD", &path, &[]).header("x-cache") == Some("HIT"),
+        );
         let full = r.get(&path, &[("Accept-Encoding", "gzip")]);
         assert_eq!(full.header("x-cache"), Some("HIT"));
         assert_eq!(full.header("accept-ranges"), Some("bytes"));

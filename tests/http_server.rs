@@ -429,7 +429,15 @@ fn trickling_clients_are_dropped_and_do_not_block_others() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(700));
+        // Every trickler is connected and has sent its first bytes.
+        let server = f.server();
+        crate::util::wait_until(Duration::from_secs(5), "the tricklers accepted", || {
+            server
+                .stats()
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 4
+        });
         for _ in 0..20 {
             let t = Instant::now();
             assert_eq!(get(addr, "/ok").status, 200);
@@ -499,7 +507,14 @@ fn slow_downloads_do_not_starve_small_requests() {
                 .unwrap();
             slow.push(s);
         }
-        std::thread::sleep(Duration::from_millis(300));
+        let server = f.server();
+        crate::util::wait_until(Duration::from_secs(5), "the 100 downloads accepted", || {
+            server
+                .stats()
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 100
+        });
         for _ in 0..20 {
             let t = Instant::now();
             assert_eq!(get(f.addr, "/ok").status, 200);
@@ -552,16 +567,11 @@ fn connections_beyond_the_cap_get_503_then_service_resumes() {
         assert_eq!(r.header("retry-after"), Some("1"));
         drop(held);
         // The slots come back once the server sees the closes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        crate::util::wait_until(Duration::from_secs(10), "service to resume", || {
             let mut c = Client::new(f.addr);
             c.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n");
-            match c.read_reply(false) {
-                Ok(r) if r.status == 200 => break,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("service did not resume: {other:?}"),
-            }
-        }
+            matches!(c.read_reply(false), Ok(r) if r.status == 200)
+        });
     });
 }
 
@@ -616,7 +626,9 @@ fn a_request_parked_again_and_again_is_answered_at_the_park_limit() {
         let addr = server.local_addr();
         let t = Instant::now();
         let parked = std::thread::spawn(move || get(addr, "/forever"));
-        std::thread::sleep(Duration::from_millis(300));
+        crate::util::wait_until(Duration::from_secs(5), "the request parked", || {
+            stats.waiting.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        });
         assert_eq!(get(addr, "/ok").status, 200, "others are served");
         let r = parked.join().unwrap();
         let took = t.elapsed();

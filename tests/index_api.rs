@@ -1019,7 +1019,7 @@ fn within_the_window_an_expired_page_is_answered_at_once_while_the_upstream_hang
         assert!(slowest < Duration::from_secs(1), "{slowest:?}");
         // The refresh runs in the background: it reaches the upstream a
         // moment after the answers, once.
-        crate::s3_server::wait_until(Duration::from_secs(2), "the background refresh", || {
+        crate::util::wait_until(Duration::from_secs(2), "the background refresh", || {
             s.fake.count("/root/numpy/") >= 2
         });
         assert_eq!(s.fake.count("/root/numpy/"), 2, "one background refresh");

@@ -325,11 +325,9 @@ fn metadata_read_by_ranges_is_replaced_when_the_verified_wheel_differs() {
             get(r.roxpi.addr, &format!("/index/big-demo/{WHEEL}")).body,
             r.wheel
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while metric(&r, "roxpi_metadata_replaced_total") < 1 {
-            assert!(std::time::Instant::now() < deadline, "never re-checked");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::util::wait_until(Duration::from_secs(10), "the re-check", || {
+            metric(&r, "roxpi_metadata_replaced_total") >= 1
+        });
         assert_eq!(get_metadata(&r).body, r.metadata);
     });
 }

@@ -277,24 +277,17 @@ fn a_client_hanging_up_while_parked_frees_its_connection_at_once() {
                 s
             })
             .collect();
-        let started = Instant::now();
-        while metric(addr, "roxpi_http_waiting_requests") < 16 {
-            assert!(started.elapsed() < Duration::from_secs(30), "never parked");
-            std::thread::yield_now();
-        }
+        crate::util::wait_until(Duration::from_secs(30), "16 parked requests", || {
+            metric(addr, "roxpi_http_waiting_requests") >= 16
+        });
         assert_eq!(metric(addr, "roxpi_http_abandoned_total"), 0);
         // The clients give up (the upstream still hangs: only the hang-up
         // can end their wait before the 120 s deadline).
         drop(hung);
         let started = Instant::now();
-        while metric(addr, "roxpi_http_abandoned_total") < 16 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "hang-ups not noticed: {} abandoned",
-                metric(addr, "roxpi_http_abandoned_total")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::util::wait_until(Duration::from_secs(10), "16 hang-ups noticed", || {
+            metric(addr, "roxpi_http_abandoned_total") >= 16
+        });
         assert_eq!(metric(addr, "roxpi_http_waiting_requests"), 0);
         // Their sockets are closed (the upstream fetches still hold theirs:
         // 16, plus a few transient ones; held client sockets would add 16).
@@ -447,11 +440,9 @@ fn ready_says_when_the_index_cache_cannot_make_progress() {
             ],
         );
         let addr = roxpi.addr;
-        let up = Instant::now();
-        while get(addr, "/ready").status != 200 {
-            assert!(up.elapsed() < Duration::from_secs(10), "never ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::util::wait_until(Duration::from_secs(10), "ready", || {
+            get(addr, "/ready").status == 200
+        });
         // 40 distinct hung pages: 32 fetch threads taken, 8 queued.
         let _hung: Vec<TcpStream> = (0..40)
             .map(|i| {
@@ -462,17 +453,11 @@ fn ready_says_when_the_index_cache_cannot_make_progress() {
             })
             .collect();
         let started = Instant::now();
-        let ready = loop {
-            let r = get(addr, "/ready");
-            if r.status == 503 {
-                break r;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "/ready stayed 200 with every fetch thread stuck"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let mut ready = get(addr, "/ready");
+        crate::util::wait_until(Duration::from_secs(20), "/ready to turn 503", || {
+            ready = get(addr, "/ready");
+            ready.status == 503
+        });
         let took = started.elapsed();
         let body = String::from_utf8_lossy(&ready.body);
         assert!(body.contains("page fetches queued"), "{body}");

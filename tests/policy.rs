@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Fault, Mode};
 use crate::util::{
@@ -79,12 +79,12 @@ fn a_page_changes_when_its_held_back_file_matures() {
         // In hide mode the file itself is served.
         let file = get(addr, "/simple/young/young-2.0-py3-none-any.whl");
         assert_eq!(file.status, 200);
-        std::thread::sleep(Duration::from_millis(4500));
-        let after = get(addr, "/simple/young/");
-        assert!(
-            after.text().contains("young-2.0-py3-none-any.whl"),
-            "matured"
-        );
+        // The cooldown ends 4 s after the upload: the page shows it then.
+        let mut after = get(addr, "/simple/young/");
+        crate::util::wait_until(Duration::from_secs(10), "young 2.0 to mature", || {
+            after = get(addr, "/simple/young/");
+            after.text().contains("young-2.0-py3-none-any.whl")
+        });
         assert_ne!(after.header("etag"), before.header("etag"));
         let metrics = get(addr, "/metrics").text();
         assert!(metrics.contains("roxpi_policy_decisions_total{rule=\"cooldown\"} "));
@@ -743,12 +743,9 @@ fn hup(server: &ChildServer) {
     assert!(ok);
 }
 
-fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `util::wait_until` with this file's limit.
+fn wait_for(cond: impl FnMut() -> bool, what: &str) {
+    crate::util::wait_until(Duration::from_secs(10), what, cond);
 }
 
 #[test]

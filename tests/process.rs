@@ -5,7 +5,7 @@
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{connect, example_bin, get, roxpi_bin, within, ChildServer, Client};
 
@@ -124,8 +124,8 @@ fn survives_a_connection_burst_under_ulimit_64() {
         );
         drop(burst);
 
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("an answer after the burst ({statuses:?})");
+        crate::util::wait_until(Duration::from_secs(10), &what, || {
             let ok = TcpStream::connect(server.addr).ok().and_then(|s| {
                 s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
                 let mut c = Client {
@@ -134,12 +134,8 @@ fn survives_a_connection_burst_under_ulimit_64() {
                 c.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
                 c.read_reply(false).ok()
             });
-            match ok {
-                Some(r) if r.status == 200 => break,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                other => panic!("no answer after the burst: {other:?} (burst: {statuses:?})"),
-            }
-        }
+            matches!(ok, Some(r) if r.status == 200)
+        });
         // Still serving a little later, many times.
         for _ in 0..50 {
             assert_eq!(get(server.addr, "/health").status, 200);
@@ -201,9 +197,9 @@ fn sigterm_lets_a_long_response_finish() {
             .status()
             .unwrap()
             .success());
-        std::thread::sleep(Duration::from_millis(500));
-        // New connections are no longer accepted.
-        let refused = match TcpStream::connect(server.addr) {
+        // New connections are no longer accepted (once the accept thread
+        // has seen the signal).
+        let refused = || match TcpStream::connect(server.addr) {
             Err(_) => true,
             Ok(s) => {
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -214,7 +210,7 @@ fn sigterm_lets_a_long_response_finish() {
                 c.read_reply(false).is_err()
             }
         };
-        assert!(refused, "a new connection was served after SIGTERM");
+        crate::util::wait_until(Duration::from_secs(5), "new connections refused", refused);
         // The in-flight response completes: read the rest and decode it.
         let mut rest = Vec::new();
         c.reader.read_to_end(&mut rest).unwrap();

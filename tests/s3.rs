@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::fake_index::{
     big_wheel, FakeFile, FakeIndex, Fault as UpstreamFault, FileMode, Unsized,
 };
-use crate::s3_server::{bucket_env, file_key, holds, wait_until, Fault, S3Proxy, S3Server, BUCKET};
+use crate::s3_server::{bucket_env, file_key, holds, Fault, S3Proxy, S3Server, BUCKET};
+use crate::util::wait_until;
 use crate::util::{
     blob, dir_bytes, metric, request, roxpi_on, walk, within, ChildServer, Client, Reply,
 };

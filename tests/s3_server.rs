@@ -370,15 +370,6 @@ pub fn file_key(sha256: &str, filename: &str) -> String {
     format!("roxpi/{}/{sha256}/{filename}", &sha256[..2])
 }
 
-/// Waits until `cond` holds (panics after `limit`).
-pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Whether `path` holds exactly `bytes`.
 pub fn holds(path: &Path, bytes: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|b| b == bytes)

@@ -12,6 +12,20 @@ use std::time::Duration;
 
 /// Runs `f` on its own thread and fails the test if it takes longer than
 /// `limit` (a hung test is a failed test, not a stuck CI run).
+/// Waits until `cond` holds, checking every 20 ms; panics naming `what`
+/// after `limit`. The one way tests wait for something they can observe
+/// (a metric, a log line, a port, a file, an answer).
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
