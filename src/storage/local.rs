@@ -17,7 +17,7 @@
 //!
 //! Rules: space is reserved before a download starts (in-flight bytes count,
 //! so the cap holds at every moment); commit = `fsync` file, atomic rename,
-//! `fsync` directory; a published file is never modified in place (eviction
+//! `fsync` directory (a saved page: the rename only); a published file is never modified in place (eviction
 //! only unlinks, so open readers keep their bytes); hits refresh recency and
 //! touch the file's mtime at most hourly, and recency is rebuilt from mtimes
 //! at restart. Lock rule: the LRU mutex is held only for bookkeeping, never
@@ -596,14 +596,22 @@ impl Storage for LocalStorage {
                 modified: SystemTime::now(),
             });
         };
-        temp.file.sync_all()?;
+        // A file is durable before it is published. A saved page is not
+        // synced (a page fetch or load must not wait for the disk): a page
+        // damaged by a power cut fails its length check at restart or its
+        // parse on load, and is fetched again.
+        if !temp.page {
+            temp.file.sync_all()?;
+        }
         let key = temp.key.clone();
         let root = if temp.page { &self.pages } else { &self.files };
         let dir = root.join(&key.as_str()[..2]);
         fs::create_dir_all(&dir)?;
         let final_path = dir.join(format!("{}_{}_{sha256}", key.as_str(), temp.len));
         fs::rename(&tmp_path, &final_path)?;
-        fsync_dir(&dir)?;
+        if !temp.page {
+            fsync_dir(&dir)?;
+        }
         // Published: the temp file's drop must neither delete nor release.
         temp.path = None;
         let (_, reserved) = temp
