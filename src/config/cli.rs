@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+/// The one precedence rule, printed under `--help`.
+pub const PRECEDENCE: &str =
+    "Precedence: a flag wins over its variable, a variable over the ROXPI_CONFIG file; \
+ROXPI_* wins over PROXPI_*, which wins over GROXPI_*. Empty variables count as unset.";
+
 /// roxpi — a PyPI caching proxy (a drop-in for proxpi).
 ///
 /// Every option is also read from the environment variable shown; proxpi's

@@ -123,9 +123,10 @@ pub fn resolve_aliases(
 
 /// The alias list for `--help`, from `SETTINGS`.
 pub fn alias_help() -> String {
-    let mut out = String::from(
-        "Aliases: proxpi's PROXPI_* and groxpi's GROXPI_* variable names are \
-         accepted (the ROXPI_* name wins; empty variables count as unset):\n",
+    let mut out = format!(
+        "{}\n\nAliases: proxpi's PROXPI_* and groxpi's GROXPI_* variable names are \
+         accepted:\n",
+        cli::PRECEDENCE
     );
     for (name, aliases) in SETTINGS.iter().filter(|(_, a)| !a.is_empty()) {
         out.push_str(&format!("  {name}: {}\n", aliases.join(", ")));

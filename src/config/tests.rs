@@ -194,6 +194,11 @@ mod settings {
         assert!(help.contains("--index-url"), "{help}");
         assert!(!help.contains("[default: \"\"]"), "{help}");
         assert!(help.contains("[default: 5G]"), "real defaults stay shown");
+        let after = alias_help();
+        assert!(
+            after.starts_with("Precedence: a flag wins over its variable"),
+            "{after}"
+        );
     }
 
     #[test]
