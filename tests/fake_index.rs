@@ -275,19 +275,18 @@ impl FakeIndex {
             ignore_ranges: false,
             redirects: Vec::new(),
         }));
-        let s = Arc::clone(&state);
-        let config = ServerConfig {
-            workers: 8,
-            ..ServerConfig::default()
-        };
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), config, move |req| {
-            handle(&s, req)
-        })
-        .unwrap();
+        let server = serve("127.0.0.1:0".parse().unwrap(), &state);
         FakeIndex {
             addr: server.local_addr(),
             server: Some(server),
             state,
+        }
+    }
+
+    /// Serves again on the same address after `stop`.
+    pub fn resume(&mut self) {
+        if self.server.is_none() {
+            self.server = Some(serve(self.addr, &self.state));
         }
     }
 
@@ -395,6 +394,15 @@ impl FakeIndex {
             s.shutdown(Duration::from_millis(200));
         }
     }
+}
+
+fn serve(addr: std::net::SocketAddr, state: &Arc<Mutex<State>>) -> Server {
+    let s = Arc::clone(state);
+    let config = ServerConfig {
+        workers: 8,
+        ..ServerConfig::default()
+    };
+    Server::start(addr, config, move |req| handle(&s, req)).unwrap()
 }
 
 fn handle(state: &Arc<Mutex<State>>, req: &Request) -> Response {

@@ -1,6 +1,7 @@
 //! Integration tests: the HTTP server in-process with test handlers, and the
 //! real binaries as child processes.
 
+mod breaker;
 mod browser;
 mod edge;
 mod fake_index;

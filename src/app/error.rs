@@ -10,6 +10,7 @@
 //! | a listed file the upstream does not have (404/410) | 502 | 60 |
 //! | garbled page, broken file body | 502 | 30 |
 //! | offline and not cached | 502 | — |
+//! | upstream down (circuit breaker open) | 502 | the probe interval |
 //! | link or redirect to a refused address (private, link-local…) | 502 | — |
 //! | hash or length mismatch | 502 | 10 |
 //! | local write error with no way around it | 503 | 10 |
@@ -44,6 +45,7 @@ fn origin(e: &OriginError) -> (u16, u64) {
         OriginError::Status { .. } => (502, 30),
         OriginError::Garbage { .. } | OriginError::Body { .. } => (502, 30),
         OriginError::Offline { .. } => (502, 0),
+        OriginError::Down { retry, .. } => (502, *retry),
         OriginError::Forbidden { .. } => (502, 0),
         OriginError::Busy { .. } | OriginError::Descriptors { .. } => (503, 5),
     }

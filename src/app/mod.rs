@@ -552,9 +552,19 @@ impl App {
             "/health" => Some(health()),
             "/ready" => Some(match self.not_ready() {
                 Some(reason) => not_ready(&reason),
+                // Ready even with the upstream down: the cache still
+                // serves. The JSON says so.
                 None => ProbeAnswer {
                     status: 200,
-                    body: "{\"ready\":true}".to_owned(),
+                    body: match self.origin.upstream_down() {
+                        None => "{\"ready\":true}".to_owned(),
+                        Some(down) => serde_json::json!({
+                            "ready": true,
+                            "upstream": "down",
+                            "reason": down,
+                        })
+                        .to_string(),
+                    },
                 },
             }),
             _ => None,

@@ -96,6 +96,7 @@ impl Snapshot {
             m("roxpi_http_probes_total", Counter, Server, "probes answered by the accept thread", "/health and /ready probes answered by the accept thread (never behind workers or the connection cap)", load(&s.probes)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
             m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches", fetches),
+            m("roxpi_upstream_breaker_transitions_total", Counter, Index, "upstream breaker changes", "upstream circuit breakers opened or closed (an origin failing, or answering again)", app.origin.breaker_transitions()),
             m("roxpi_upstream_refused_addresses_total", Counter, Index, "upstream addresses refused (policy)", "upstream connections refused by the address policy (private, link-local… links and redirects)", app.origin.refused_addresses()),
             m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", sum(|c| &c.busy)),
             m("roxpi_index_hits_total", Counter, Index, "hits", "index pages answered from the cache", sum(|c| &c.hits)),
@@ -239,6 +240,23 @@ struct HomeHtml<'a> {
     token: bool,
 }
 
+/// One row per upstream host whose breaker is open or probing.
+fn upstream_rows(app: &App) -> Vec<(&'static str, String)> {
+    let probe = app.settings.breaker.probe_every.as_secs().max(1);
+    app.origin
+        .breakers()
+        .into_iter()
+        .filter_map(|b| {
+            let since = httpdate::fmt_http_date(b.down_since?);
+            let state = if b.state == 2 { "probing" } else { "open" };
+            Some((
+                "upstream down",
+                format!("{}: down since {since} (breaker {state}: misses answer at once, one probe every {probe} s)", b.host),
+            ))
+        })
+        .collect()
+}
+
 pub fn home(app: &App) -> Response {
     let snapshot = Snapshot::take(app);
     let mut file_stats = vec![(
@@ -266,7 +284,10 @@ pub fn home(app: &App) -> Response {
             Strategy::FirstIndex => "first-index",
         },
         offline: app.settings.offline,
-        stats: snapshot.rows(Section::Index),
+        stats: upstream_rows(app)
+            .into_iter()
+            .chain(snapshot.rows(Section::Index))
+            .collect(),
         file_stats,
         server_stats: snapshot.rows(Section::Server),
         policy: policy_rows(&app.policy().0),
@@ -312,6 +333,14 @@ pub fn metrics(app: &App) -> Response {
             ));
             app.default_cache.stats.fetch_seconds.render(name, "kind=\"page\"", out);
             app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
+            let name = "roxpi_upstream_breaker_state";
+            out.push_str(&format!(
+                "# HELP {name} Upstream hosts that failed lately: 0 closed (failures counted), 1 open (misses answer at once, no connect), 2 half-open (one probe in flight). A host that answers again is no longer listed.\n# TYPE {name} gauge\n"
+            ));
+            for b in app.origin.breakers() {
+                let label = b.host.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{host=\"{label}\"}} {}\n", b.state));
+            }
             let name = "roxpi_route_indexes";
             out.push_str(&format!(
                 "# HELP {name} Routes (the default /index/ and /simple/, and each [[route]] of ROXPI_CONFIG): how many indexes each has.\n# TYPE {name} gauge\n"

@@ -118,6 +118,18 @@ pub struct Cli {
     #[arg(long, env = "ROXPI_STALE_WHILE_REVALIDATE", default_value = "300")]
     pub stale_while_revalidate: String,
 
+    /// Connect failures or timeouts in a row (each within 30 s of the first)
+    /// after which an upstream host's circuit breaker opens: misses then
+    /// answer at once (stale copy, or 502 "upstream down since …") without
+    /// a connect attempt (0 = never).
+    #[arg(long, env = "ROXPI_BREAKER_FAILURES", default_value = "5")]
+    pub breaker_failures: String,
+
+    /// Seconds between the probes of an open circuit breaker: one request
+    /// goes through, and an answer closes the breaker.
+    #[arg(long, env = "ROXPI_BREAKER_PROBE", default_value = "5")]
+    pub breaker_probe: String,
+
     /// Which client requests force a page refresh (at most once per 10 s per
     /// page): `no-cache` (`Cache-Control: no-cache` or `Pragma: no-cache`),
     /// `off` (never), or `any` (also `max-age=0`, which pip 24–26.0 sends on

@@ -50,6 +50,8 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_STALE_AFTER", &[]),
     ("ROXPI_REQUEST_DEADLINE", &[]),
     ("ROXPI_STALE_WHILE_REVALIDATE", &[]),
+    ("ROXPI_BREAKER_FAILURES", &[]),
+    ("ROXPI_BREAKER_PROBE", &[]),
     ("ROXPI_CLIENT_REFRESH", &[]),
     ("ROXPI_SYNTHESIZE_METADATA", &[]),
     ("ROXPI_INDEX_CACHE_SIZE", &[]),
@@ -227,6 +229,8 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     pub binary_file_mime_type: bool,
     pub offline: bool,
+    /// When an upstream host's circuit breaker opens, and how often it probes.
+    pub breaker: crate::origin::breaker::BreakerParams,
     pub cache_size: u64,
     pub cache_dir: PathBuf,
     pub storage: StorageMode,
@@ -289,6 +293,7 @@ impl Settings {
                 .map(|s3| (s3.endpoint.clone(), s3.bucket.clone())),
             allow: (!self.upstream_allow_any).then(|| self.upstream_allow.clone()),
             offline: self.offline,
+            breaker: self.breaker,
         }
     }
 
@@ -367,6 +372,7 @@ impl Settings {
             s3,
             cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
+            breaker: sources::breaker(cli)?,
             workers: sources::workers(cli)?,
             upstream_allow,
             upstream_allow_any,

@@ -366,3 +366,28 @@ pub(super) fn client_refresh(cli: &Cli) -> Result<ClientRefresh, ConfigError> {
         },
     )
 }
+
+/// `ROXPI_BREAKER_FAILURES` (0: never opens) and `ROXPI_BREAKER_PROBE`.
+pub(super) fn breaker(cli: &Cli) -> Result<crate::origin::breaker::BreakerParams, ConfigError> {
+    let failures: u32 = cli.breaker_failures.trim().parse().map_err(|_| {
+        err(
+            "ROXPI_BREAKER_FAILURES",
+            &cli.breaker_failures,
+            "a count, 0 = never",
+        )
+    })?;
+    let probe = super::parse_seconds(&cli.breaker_probe)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            err(
+                "ROXPI_BREAKER_PROBE",
+                &cli.breaker_probe,
+                "seconds, more than 0",
+            )
+        })?;
+    Ok(crate::origin::breaker::BreakerParams {
+        failures: if failures == 0 { u32::MAX } else { failures },
+        probe_every: probe,
+        ..Default::default()
+    })
+}

@@ -11,11 +11,13 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use url::Url;
 
+use super::breaker::Admit;
 use crate::address_policy::AddressPolicy;
 use crate::socket_budget::{Permit, SocketBudget};
 use bytes::Bytes;
@@ -44,6 +46,8 @@ pub struct HttpParams {
     /// Address classes upstream connections may reach; `None`: any.
     pub allow: Option<Vec<crate::address_policy::AddrClass>>,
     pub offline: bool,
+    /// When an origin's circuit breaker opens, and how often it probes.
+    pub breaker: super::breaker::BreakerParams,
 }
 
 /// What roxpi asks an index for: JSON first (PEP 700 fields exist only there).
@@ -88,6 +92,8 @@ pub struct HttpOrigin {
     page_sockets: Arc<SocketBudget>,
     file_sockets: Arc<SocketBudget>,
     socket_wait: std::time::Duration,
+    /// One circuit breaker per upstream origin.
+    breakers: super::breaker::Breakers,
 }
 
 /// An origin as the policy compares it: lower-case host (IPv6 without
@@ -287,6 +293,7 @@ impl HttpOrigin {
             page_sockets: SocketBudget::new((sockets / 2).max(2)),
             file_sockets: SocketBudget::new((sockets - sockets / 2).max(2)),
             socket_wait: settings.connect_timeout,
+            breakers: super::breaker::Breakers::new(settings.breaker),
         };
         log::debug!(
             "upstream connections: {} for pages, {} for files, {} idle",
@@ -360,7 +367,22 @@ impl HttpOrigin {
             if let Some(auth) = index.auth_for(&current) {
                 req = req.header("Authorization", auth);
             }
-            let resp = req.call().map_err(|e| to_error(&current, e))?;
+            let host = origin_of(&current);
+            if let Some(h) = &host {
+                if let Admit::Refuse { since } = self.breakers.admit(h, Instant::now()) {
+                    return Err(OriginError::down(
+                        &current,
+                        since,
+                        self.breakers.params().probe_every,
+                    ));
+                }
+            }
+            let called = req.call().map_err(|e| to_error(&current, e));
+            if let Some(h) = &host {
+                let reached = called.as_ref().err().is_none_or(|e| !e.is_unreachable());
+                self.breakers.record(h, reached, Instant::now());
+            }
+            let resp = called?;
             let status = resp.status().as_u16();
             if matches!(status, 301 | 302 | 303 | 307 | 308) {
                 let next = resp
@@ -420,6 +442,20 @@ fn proxy_of(url: &Url) -> anyhow::Result<ureq::Proxy> {
 impl Origin for HttpOrigin {
     fn refused_addresses(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    fn breakers(&self) -> Vec<super::breaker::HostState> {
+        self.breakers.states()
+    }
+
+    fn upstream_down(&self) -> Option<String> {
+        self.breakers.down_now()
+    }
+
+    fn breaker_transitions(&self) -> u64 {
+        self.breakers
+            .transitions
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn trust_route_indexes(&self, urls: &[Url]) {

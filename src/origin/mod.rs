@@ -4,6 +4,7 @@
 //! garbled page. `Upstream` (ureq) implements it for real; unit tests use
 //! `fake::FakeOrigin`, in-process and without sockets.
 
+pub mod breaker;
 #[cfg(test)]
 pub mod fake;
 pub mod http;
@@ -188,6 +189,13 @@ pub enum OriginError {
     /// roxpi's own bound on concurrent upstream requests is reached.
     #[error("too many upstream requests at once; {url} not contacted")]
     Busy { url: SafeUrl },
+    /// The circuit breaker of this origin is open: not contacted.
+    #[error("upstream {url} is down since {since}: not contacted (circuit breaker open; one probe every {retry} s)")]
+    Down {
+        url: SafeUrl,
+        since: String,
+        retry: u64,
+    },
     /// The process is out of file descriptors for a connection.
     #[error("no file descriptor free for a connection to upstream {url} (raise the nofile limit)")]
     Descriptors { url: SafeUrl },
@@ -240,6 +248,24 @@ impl OriginError {
 
     pub fn offline(url: &Url) -> OriginError {
         OriginError::Offline { url: url.into() }
+    }
+
+    /// The origin's breaker is open (since then; a probe every `retry` s).
+    pub fn down(url: &Url, since: std::time::SystemTime, retry: Duration) -> OriginError {
+        OriginError::Down {
+            url: url.into(),
+            since: httpdate::fmt_http_date(since),
+            retry: retry.as_secs().max(1),
+        }
+    }
+
+    /// Whether the origin itself could not be reached (connect failure or
+    /// timeout): what the circuit breaker counts.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            OriginError::Connect { .. } | OriginError::Timeout { .. }
+        )
     }
 }
 
@@ -321,6 +347,19 @@ pub trait Origin: Send + Sync {
     /// The `[[route]]` indexes now in force (at start and on SIGHUP): their
     /// origins are trusted like the default route's.
     fn trust_route_indexes(&self, _urls: &[Url]) {}
+    /// Origins whose circuit breaker is open or probing.
+    fn breakers(&self) -> Vec<breaker::HostState> {
+        Vec::new()
+    }
+    /// Which upstream hosts are down (breaker open), if any: never blocks
+    /// (the accept thread's `/ready` asks).
+    fn upstream_down(&self) -> Option<String> {
+        None
+    }
+    /// Breaker changes (open → closed and back) so far.
+    fn breaker_transitions(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]
