@@ -1,3 +1,4 @@
+// Size: the wiring of the routes and the one dispatch table; its handlers live in pages, files, status and error.
 //! The application: turns a request into a response. Data flows one way:
 //! request → `route` → `pages` | `files` → the index cache | `files::Files`
 //! → storage | origin. This module wires them together and dispatches;
