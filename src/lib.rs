@@ -28,6 +28,7 @@
 //!   default, validation.
 //! - [`clock`]: time as the caches see it (movable in tests).
 //! - [`histogram`]: latency histograms for `/metrics`.
+//! - [`human`]: sizes and durations for people.
 //! - [`startup`]: serving (probes, parked requests) while the app starts.
 //! - [`redact`]: URLs that cannot display credentials.
 //! - [`wheel`]: a wheel's METADATA out of its zip (metadata synthesis).
@@ -43,6 +44,7 @@ pub mod files;
 pub mod flight;
 pub mod histogram;
 pub mod http;
+pub mod human;
 pub mod index_cache;
 pub mod logging;
 pub mod origin;

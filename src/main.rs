@@ -89,6 +89,9 @@ fn run() -> anyhow::Result<()> {
         config.workers,
         server.max_connections()
     );
+    for line in config.startup_lines() {
+        log::info!("{line}");
+    }
     for (i, index) in config.indexes.iter().enumerate() {
         log::info!(
             "index {i}: {} (ttl {}s)",

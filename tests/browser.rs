@@ -80,6 +80,22 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
         let text = seen["text"].as_str().unwrap();
         assert!(text.contains("hits"), "{text}");
         assert!(text.contains("127.0.0.1"), "the index is shown: {text}");
+        // What an operator asks first: uptime, ratios, sizes for people,
+        // the upstream's state, and the address this browser used.
+        for want in [
+            "up for",
+            "page hit ratio\t50.0 % (1 of 2)",
+            "file hit ratio",
+            "upstream\tok",
+            &format!("pip install --index-url http://{addr}/index/"),
+            &format!("uv pip install --index-url http://{addr}/simple/"),
+        ] {
+            assert!(text.contains(want), "no {want:?} in:\n{text}");
+        }
+        assert!(
+            text.contains(" KiB") || text.contains(" MiB"),
+            "sizes for people: {text}"
+        );
         // Credentials never appear, in the text or the markup.
         let html = seen["html"].as_str().unwrap();
         for s in [text, html] {

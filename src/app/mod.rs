@@ -137,6 +137,9 @@ pub struct App {
     renders: renders::Renders,
     /// When files without an upload time were first seen.
     first_seen: crate::policy::first_seen::FirstSeen,
+    /// When the app started (uptime), and as Unix seconds (`/metrics`).
+    pub(crate) started: std::time::Instant,
+    pub(crate) started_unix: u64,
 }
 
 impl App {
@@ -255,6 +258,10 @@ impl App {
             audit: Default::default(),
             renders: renders::Renders::start()?,
             first_seen,
+            started: std::time::Instant::now(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         })
     }
 
@@ -275,7 +282,7 @@ impl App {
                 .header("Allow", route.allow());
         }
         match route {
-            Route::Home => status::home(self),
+            Route::Home => status::home(self, req),
             Route::Health | Route::Ready => match self.probe(req.path()) {
                 Some(a) => probe_response(&a),
                 None => Response::text(404, "not found\n"),

@@ -3,6 +3,7 @@
 //! metric is declared once, with its Prometheus name, type, help text and
 //! the label the home page shows.
 
+use crate::human::{human_bytes, human_duration};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,6 +97,7 @@ impl Snapshot {
             m("roxpi_http_probes_total", Counter, Server, "probes answered by the accept thread", "/health and /ready probes answered by the accept thread (never behind workers or the connection cap)", load(&s.probes)),
             m("roxpi_http_aborted_total", Counter, Server, "aborted responses", "responses cut mid-body (client gone, write timeout, failed stream)", load(&s.aborted)),
             m("roxpi_upstream_page_fetches_total", Counter, Index, "upstream page fetches", "upstream page fetches", fetches),
+            m("roxpi_start_time_seconds", Gauge, Server, "started at (Unix time)", "when this roxpi process started, in seconds since the Unix epoch", app.started_unix),
             m("roxpi_upstream_breaker_transitions_total", Counter, Index, "upstream breaker changes", "upstream circuit breakers opened or closed (an origin failing, or answering again)", app.origin.breaker_transitions()),
             m("roxpi_upstream_refused_addresses_total", Counter, Index, "upstream addresses refused (policy)", "upstream connections refused by the address policy (private, link-local… links and redirects)", app.origin.refused_addresses()),
             m("roxpi_index_fetch_busy_total", Counter, Index, "misses refused (fetch pool full)", "page misses refused at once because every fetch thread and queue slot was taken", sum(|c| &c.busy)),
@@ -165,8 +167,23 @@ impl Snapshot {
         self.metrics
             .iter()
             .filter(|m| m.section == section)
-            .map(|m| (m.label, m.value.to_string()))
+            .map(|m| {
+                let value = if m.name.contains("bytes") {
+                    human_bytes(m.value)
+                } else {
+                    m.value.to_string()
+                };
+                (m.label, value)
+            })
             .collect()
+    }
+
+    /// A metric's value by name (0 when absent).
+    fn value(&self, name: &str) -> u64 {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.value)
     }
 
     /// Prometheus text format: the counters and gauges, then `histograms`.
@@ -228,6 +245,12 @@ const ROUTE_SERIES: [RouteSeries; 5] = [
 #[template(path = "home.html")]
 struct HomeHtml<'a> {
     version: &'a str,
+    /// What an operator asks first.
+    glance: Vec<(&'static str, String)>,
+    /// The file cache's use and cap, for the bar.
+    fill: Option<(u64, u64)>,
+    /// The address clients reached roxpi at (`Host`).
+    at: String,
     indexes: Vec<(String, String, u64)>,
     strategy: &'a str,
     offline: bool,
@@ -238,6 +261,83 @@ struct HomeHtml<'a> {
     audit: Vec<(&'static str, u64)>,
     routes: Vec<(String, String, &'static str, String)>,
     token: bool,
+}
+
+/// `hits / (hits + misses)` as a percentage, or "—" before any request.
+fn ratio(hits: u64, misses: u64) -> String {
+    match hits + misses {
+        0 => "—".to_owned(),
+        all => format!(
+            "{:.1} % ({hits} of {all})",
+            hits as f64 * 100.0 / all as f64
+        ),
+    }
+}
+
+/// The address clients reached roxpi at: the request's `Host` when it is
+/// a plain host[:port], else the listen address.
+fn reached_at(req: &crate::http::Request, app: &App) -> String {
+    let ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+    };
+    match req.header("host").filter(|h| ok(h)) {
+        Some(h) => h.to_owned(),
+        None => app.settings.bind.to_string(),
+    }
+}
+
+/// The first lines of the home page: what an operator asks first.
+fn glance(app: &App, snapshot: &Snapshot) -> Vec<(&'static str, String)> {
+    let usage = app.files.usage();
+    let mut rows = vec![
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("up for", human_duration(app.started.elapsed())),
+        (
+            "page hit ratio",
+            ratio(
+                snapshot.value("roxpi_index_hits_total"),
+                snapshot.value("roxpi_index_misses_total"),
+            ),
+        ),
+        (
+            "file hit ratio",
+            ratio(
+                snapshot.value("roxpi_file_hits_total"),
+                snapshot.value("roxpi_file_misses_total"),
+            ),
+        ),
+        (
+            "served from the cache",
+            human_bytes(snapshot.value("roxpi_file_bytes_served_total")),
+        ),
+    ];
+    if usage.cap > 0 {
+        rows.push((
+            "disk cache",
+            format!(
+                "{} of {} ({:.0} %; files and saved pages)",
+                human_bytes(usage.used),
+                human_bytes(usage.cap),
+                usage.used as f64 * 100.0 / usage.cap as f64
+            ),
+        ));
+    }
+    let down = upstream_rows(app);
+    let upstream = if app.settings.offline {
+        "offline mode: no upstream is contacted".to_owned()
+    } else if down.is_empty() {
+        "ok".to_owned()
+    } else {
+        down.into_iter()
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    rows.push(("upstream", upstream));
+    rows
 }
 
 /// One row per upstream host whose breaker is open or probing.
@@ -257,8 +357,12 @@ fn upstream_rows(app: &App) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-pub fn home(app: &App) -> Response {
+pub fn home(app: &App, req: &crate::http::Request) -> Response {
     let snapshot = Snapshot::take(app);
+    let glance = glance(app, &snapshot);
+    let fill = app.files.usage();
+    let fill = (fill.cap > 0).then(|| (fill.used.min(fill.cap), fill.cap));
+    let at = reached_at(req, app);
     let mut file_stats = vec![(
         "cache dir",
         if app.settings.cache_size == 0 {
@@ -273,6 +377,9 @@ pub fn home(app: &App) -> Response {
     file_stats.extend(snapshot.rows(Section::File));
     let page = HomeHtml {
         version: env!("CARGO_PKG_VERSION"),
+        glance,
+        fill,
+        at,
         indexes: app
             .default_cache
             .indexes()
@@ -302,7 +409,8 @@ pub fn home(app: &App) -> Response {
                 let (entries, bytes) = cache.usage();
                 let stats = &cache.stats;
                 let use_ = format!(
-                    "{entries} pages, {bytes} bytes; {} hits, {} misses",
+                    "{entries} pages, {} ({bytes} bytes); {} hits, {} misses",
+                    human_bytes(bytes),
                     load(&stats.hits),
                     load(&stats.misses)
                 );
@@ -333,6 +441,13 @@ pub fn metrics(app: &App) -> Response {
             ));
             app.default_cache.stats.fetch_seconds.render(name, "kind=\"page\"", out);
             app.files.stats.fetch_seconds.render(name, "kind=\"file\"", out);
+            let name = "roxpi_build_info";
+            out.push_str(&format!(
+                "# HELP {name} The running build: its version and target.\n# TYPE {name} gauge\n{name}{{version=\"{}\",target=\"{}-{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            ));
             let name = "roxpi_upstream_breaker_state";
             out.push_str(&format!(
                 "# HELP {name} Upstream hosts that failed lately: 0 closed (failures counted), 1 open (misses answer at once, no connect), 2 half-open (one probe in flight). A host that answers again is no longer listed.\n# TYPE {name} gauge\n"
@@ -453,7 +568,25 @@ mod tests {
         server.handler_panics.store(5, Ordering::Relaxed);
         server.aborted.store(6, Ordering::Relaxed);
         let metrics = text(app.handle(&Request::new("GET", "/metrics")));
-        let home = text(app.handle(&Request::new("GET", "/")));
+        let home =
+            text(app.handle(&Request::new("GET", "/").with_header("Host", "cache.lan:5000")));
+        // At a glance, and the address the client used.
+        for want in [
+            "up for",
+            "page hit ratio",
+            "file hit ratio",
+            "<th>upstream</th><td>ok</td>",
+            "pip install --index-url http://cache.lan:5000/index/",
+            "poetry source add --priority=primary roxpi http://cache.lan:5000/simple/",
+        ] {
+            assert!(home.contains(want), "{want}:\n{home}");
+        }
+        // A Host that is not a plain host[:port] is not echoed.
+        let odd = text(app.handle(&Request::new("GET", "/").with_header("Host", "a\"><b>x")));
+        assert!(odd.contains("http://0.0.0.0:5000/index/"), "{odd}");
+        assert!(!odd.contains("<b>x"));
+        assert!(metrics.contains("roxpi_build_info{version=\""), "{metrics}");
+        assert!(metrics.contains("\nroxpi_start_time_seconds "), "{metrics}");
         for (name, label, v) in [
             ("roxpi_http_shed_total", "shed at the connection cap", 3),
             ("roxpi_http_queue_timeouts_total", "queue timeouts", 4),
@@ -476,5 +609,32 @@ mod tests {
             );
             assert!(home.contains(m.label), "{}", m.label);
         }
+    }
+
+    #[test]
+    fn people_read_sizes_durations_and_ratios() {
+        use super::{human_bytes, human_duration, ratio};
+        use std::time::Duration;
+        let sizes = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (105_555_915, "100.7 MiB"),
+            (5 << 30, "5.0 GiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (n, want) in sizes {
+            assert_eq!(human_bytes(n), want, "{n}");
+        }
+        for (s, want) in [
+            (42, "42 s"),
+            (125, "2 min 5 s"),
+            (7_500, "2 h 5 min"),
+            (277_200, "3 d 5 h"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs(s)), want);
+        }
+        assert_eq!(ratio(0, 0), "—");
+        assert_eq!(ratio(3, 1), "75.0 % (3 of 4)");
     }
 }

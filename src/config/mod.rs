@@ -273,6 +273,56 @@ fn err(setting: &'static str, value: &str, expected: impl Into<String>) -> Confi
 }
 
 impl Settings {
+    /// What the startup log says about the settings in force: the mode, the
+    /// storage, the config file and its rule counts, TLS.
+    pub fn startup_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.offline {
+            lines.push("offline mode (ROXPI_OFFLINE): no upstream is contacted; only what is cached is served".to_owned());
+        }
+        let cap = crate::human::human_bytes(self.cache_size);
+        let dir = self.cache_dir.display();
+        lines.push(match (self.storage, &self.s3) {
+            (StorageMode::Local, _) if self.cache_size == 0 => {
+                "storage: none (ROXPI_CACHE_SIZE=0): files are streamed through, nothing is kept"
+                    .to_owned()
+            }
+            (StorageMode::Local, _) => format!("storage: local, {dir}, cap {cap}"),
+            (StorageMode::S3, Some(s3)) => format!(
+                "storage: s3, bucket {:?} at {} (the cache dir {dir} stages only)",
+                s3.bucket, s3.endpoint
+            ),
+            (StorageMode::Tiered, Some(s3)) => format!(
+                "storage: tiered, {dir} (cap {cap}) in front of bucket {:?} at {}",
+                s3.bucket, s3.endpoint
+            ),
+            (mode, None) => format!("storage: {mode:?} without a bucket"),
+        });
+        lines.push(match &self.config_file {
+            None => "config file: none (ROXPI_CONFIG unset)".to_owned(),
+            Some(path) => {
+                let p = &self.policy;
+                format!(
+                    "config file: {} ({} indexes, {} routes; policy: cooldown {}, {} yank rules, {} deny rules)",
+                    path.display(),
+                    self.indexes.len(),
+                    self.routes.len(),
+                    if p.cooldown.min_age.is_zero() && p.cooldown.overrides.is_empty() {
+                        "off".to_owned()
+                    } else {
+                        format!("{:?}", p.cooldown.min_age)
+                    },
+                    p.yanks.len(),
+                    p.deny.len()
+                )
+            }
+        });
+        lines.push(
+            "TLS: off (plain HTTP; put a TLS proxy in front for clients off this host)".to_owned(),
+        );
+        lines
+    }
+
     /// What the HTTP origin takes from the settings.
     pub fn http_params(&self) -> crate::origin::http::HttpParams {
         crate::origin::http::HttpParams {

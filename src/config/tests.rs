@@ -202,6 +202,41 @@ mod settings {
     }
 
     #[test]
+    fn startup_lines_say_the_mode_the_storage_the_config_file_and_tls() {
+        let s = Settings::from_cli(&cli(&["--offline", "1", "--cache-size", "2G"])).unwrap();
+        let lines = s.startup_lines().join("\n");
+        for want in [
+            "offline mode (ROXPI_OFFLINE)",
+            "storage: local,",
+            "cap 2.0 GiB",
+            "config file: none (ROXPI_CONFIG unset)",
+            "TLS: off",
+        ] {
+            assert!(lines.contains(want), "{want}:\n{lines}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roxpi.toml");
+        std::fs::write(&path, "min-release-age = \"7d\"\n[[route]]\nprefix = \"/x/\"\nindexes = [\"https://pypi.org/simple/\"]\n").unwrap();
+        let s = Settings::from_cli(&cli(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--cache-size",
+            "0",
+        ]))
+        .unwrap();
+        let lines = s.startup_lines().join("\n");
+        assert!(!lines.contains("offline"), "{lines}");
+        assert!(
+            lines.contains("storage: none (ROXPI_CACHE_SIZE=0)"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("1 routes; policy: cooldown 604800s"),
+            "{lines}"
+        );
+    }
+
+    #[test]
     fn routes_and_the_global_setting_accept_the_same_strategies() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("roxpi.toml");

@@ -266,14 +266,16 @@ impl HttpOrigin {
             None => AddressPolicy::any(),
             Some(classes) => AddressPolicy::new(classes.iter().copied()),
         };
-        log::info!(
-            "upstream connections may reach the configured origins and {}{}",
-            policy.describe(),
-            match proxy {
-                Some(p) => format!(", through the proxy {}", SafeUrl::new(p)),
-                None => String::new(),
-            }
-        );
+        if !settings.offline {
+            log::info!(
+                "upstream connections may reach the configured origins and {}{}",
+                policy.describe(),
+                match proxy {
+                    Some(p) => format!(", through the proxy {}", SafeUrl::new(p)),
+                    None => String::new(),
+                }
+            );
+        }
         let resolver = PolicyResolver {
             inner: DefaultResolver::default(),
             policy: policy.clone(),
