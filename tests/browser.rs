@@ -84,7 +84,7 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
         // the upstream's state, and the address this browser used.
         for want in [
             "up for",
-            "page hit ratio\t50.0 % (1 of 2)",
+            "page hit ratio\t50.0 % (1 of 2) since start",
             "file hit ratio",
             "upstream\tok",
             &format!("pip install --index-url http://{addr}/index/"),

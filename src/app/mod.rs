@@ -9,6 +9,7 @@ mod error;
 mod files;
 pub mod latency;
 mod pages;
+mod recent;
 mod renders;
 mod route;
 mod status;
@@ -129,6 +130,8 @@ pub struct App {
     kit: RouteKit,
     /// Request latency by route kind and cache result (`observe`).
     latencies: latency::Latencies,
+    /// Samples for the home page's recent hit ratios.
+    recent: recent::Recent,
     /// The site's policy (swapped whole on reload) and its version.
     policy: std::sync::RwLock<(Arc<crate::policy::Policy>, u64)>,
     /// Every policy decision that changed an answer.
@@ -252,6 +255,7 @@ impl App {
             server,
             origin,
             latencies: latency::Latencies::default(),
+            recent: Default::default(),
             upstreams: std::sync::RwLock::new(Arc::new(upstreams)),
             kit,
             policy: std::sync::RwLock::new((Arc::clone(&settings_policy), 1)),

@@ -292,23 +292,30 @@ fn reached_at(req: &crate::http::Request, app: &App) -> String {
 /// The first lines of the home page: what an operator asks first.
 fn glance(app: &App, snapshot: &Snapshot) -> Vec<(&'static str, String)> {
     let usage = app.files.usage();
+    let counts = [
+        snapshot.value("roxpi_index_hits_total"),
+        snapshot.value("roxpi_index_misses_total"),
+        snapshot.value("roxpi_file_hits_total"),
+        snapshot.value("roxpi_file_misses_total"),
+    ];
+    let (recent, covers) = app.recent.window(std::time::Instant::now(), counts);
+    let both = |h: usize| {
+        let all = ratio(counts[h], counts[h + 1]);
+        if covers.is_zero() {
+            format!("{all} since start")
+        } else {
+            format!(
+                "{all} since start; {} over the last {}",
+                ratio(recent[h], recent[h + 1]),
+                human_duration(covers)
+            )
+        }
+    };
     let mut rows = vec![
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("up for", human_duration(app.started.elapsed())),
-        (
-            "page hit ratio",
-            ratio(
-                snapshot.value("roxpi_index_hits_total"),
-                snapshot.value("roxpi_index_misses_total"),
-            ),
-        ),
-        (
-            "file hit ratio",
-            ratio(
-                snapshot.value("roxpi_file_hits_total"),
-                snapshot.value("roxpi_file_misses_total"),
-            ),
-        ),
+        ("page hit ratio", both(0)),
+        ("file hit ratio", both(2)),
         (
             "served from the cache",
             human_bytes(snapshot.value("roxpi_file_bytes_served_total")),
