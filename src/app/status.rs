@@ -178,6 +178,16 @@ impl Snapshot {
             .collect()
     }
 
+    /// Page hits and misses, file hits and misses (`recent::Counts`).
+    fn hit_counts(&self) -> super::recent::Counts {
+        [
+            self.value("roxpi_index_hits_total"),
+            self.value("roxpi_index_misses_total"),
+            self.value("roxpi_file_hits_total"),
+            self.value("roxpi_file_misses_total"),
+        ]
+    }
+
     /// A metric's value by name (0 when absent).
     fn value(&self, name: &str) -> u64 {
         self.metrics
@@ -292,12 +302,7 @@ fn reached_at(req: &crate::http::Request, app: &App) -> String {
 /// The first lines of the home page: what an operator asks first.
 fn glance(app: &App, snapshot: &Snapshot) -> Vec<(&'static str, String)> {
     let usage = app.files.usage();
-    let counts = [
-        snapshot.value("roxpi_index_hits_total"),
-        snapshot.value("roxpi_index_misses_total"),
-        snapshot.value("roxpi_file_hits_total"),
-        snapshot.value("roxpi_file_misses_total"),
-    ];
+    let counts = snapshot.hit_counts();
     let (recent, covers) = app.recent.window(std::time::Instant::now(), counts);
     let both = |h: usize| {
         let all = ratio(counts[h], counts[h + 1]);
@@ -440,7 +445,14 @@ pub fn metrics(app: &App) -> Response {
     Response::new(200)
         .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         .header("Cache-Control", "no-store")
-        .body(Snapshot::take(app).prometheus(|out| {
+        .body({
+            let snapshot = Snapshot::take(app);
+            // A scrape keeps the home page's recent ratios sampled.
+            app.recent
+                .window(std::time::Instant::now(), snapshot.hit_counts());
+            snapshot
+        }
+        .prometheus(|out| {
             app.latencies.render(out);
             let name = "roxpi_upstream_fetch_duration_seconds";
             out.push_str(&format!(
