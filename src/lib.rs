@@ -50,6 +50,7 @@ pub mod logging;
 pub mod origin;
 pub mod page_budget;
 pub mod policy;
+pub mod prefetch;
 pub mod pypi;
 pub mod redact;
 pub mod socket_budget;

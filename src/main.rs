@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use roxpi::config::{Cli, Settings};
+use roxpi::config::{Cli, Command, Settings};
 use roxpi::http::{Server, ServerConfig};
 
 /// How long in-flight responses may take to finish after SIGTERM.
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     roxpi::config::apply_env_aliases();
     let cli = Cli::parse_args();
+    if let Some(Command::Prefetch(args)) = &cli.command {
+        return roxpi::prefetch::main(args).map_err(anyhow::Error::msg);
+    }
     let config = Settings::from_cli(&cli)?;
     let _log = roxpi::logging::start(&config.log_spec, config.log_json)
         .with_context(|| format!("invalid ROXPI_LOG / --log value {:?}", cli.log))?;
@@ -82,6 +85,11 @@ fn run() -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if let Some(p) = &config.prefetch {
+        let progress = std::sync::Arc::new(roxpi::prefetch::Progress::default());
+        app.set_prefetch(std::sync::Arc::clone(&progress));
+        roxpi::prefetch::in_background(p.clone(), server.local_addr(), progress);
+    }
     startup.ready(app);
     log::info!(
         "serving on http://{} with {} workers, up to {} connections",

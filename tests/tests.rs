@@ -13,6 +13,7 @@ mod memory;
 mod metadata;
 mod parking;
 mod policy;
+mod prefetch;
 mod process;
 mod real_shapes;
 mod s3;

@@ -143,6 +143,8 @@ pub struct App {
     /// When the app started (uptime), and as Unix seconds (`/metrics`).
     pub(crate) started: std::time::Instant,
     pub(crate) started_unix: u64,
+    /// ROXPI_PREFETCH's progress, once it runs (for `/ready`).
+    prefetch: std::sync::OnceLock<Arc<crate::prefetch::Progress>>,
 }
 
 impl App {
@@ -266,7 +268,13 @@ impl App {
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            prefetch: std::sync::OnceLock::new(),
         })
+    }
+
+    /// ROXPI_PREFETCH runs: `/ready` reports `progress`.
+    pub fn set_prefetch(&self, progress: Arc<crate::prefetch::Progress>) {
+        let _ = self.prefetch.set(progress);
     }
 
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
@@ -566,18 +574,20 @@ impl App {
                 Some(reason) => not_ready(&reason),
                 // Ready even with the upstream down: the cache still
                 // serves. The JSON says so.
-                None => ProbeAnswer {
-                    status: 200,
-                    body: match self.origin.upstream_down() {
-                        None => "{\"ready\":true}".to_owned(),
-                        Some(down) => serde_json::json!({
-                            "ready": true,
-                            "upstream": "down",
-                            "reason": down,
-                        })
-                        .to_string(),
-                    },
-                },
+                None => {
+                    let mut body = serde_json::json!({ "ready": true });
+                    if let Some(down) = self.origin.upstream_down() {
+                        body["upstream"] = "down".into();
+                        body["reason"] = down.into();
+                    }
+                    if let Some(p) = self.prefetch.get() {
+                        body["prefetch"] = p.to_json();
+                    }
+                    ProbeAnswer {
+                        status: 200,
+                        body: body.to_string(),
+                    }
+                }
             }),
             _ => None,
         }

@@ -288,4 +288,45 @@ pub struct Cli {
     /// Log line format: `text` or `json`.
     #[arg(long, env = "ROXPI_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Lock files to prefetch at startup, in the background (comma-separated
+    /// globs, e.g. `/locks/*.lock`): as `roxpi prefetch`, with `/ready`
+    /// reporting the progress.
+    #[arg(
+        long = "prefetch",
+        env = "ROXPI_PREFETCH",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub prefetch_locks: String,
+
+    /// Platform tags for ROXPI_PREFETCH (comma-separated, e.g.
+    /// `manylinux_2_28_aarch64,manylinux_2_36_x86_64`); unset: every file.
+    #[arg(
+        long,
+        env = "ROXPI_PREFETCH_PLATFORMS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub prefetch_platforms: String,
+
+    /// Python versions for ROXPI_PREFETCH (comma-separated, e.g. `3.12`).
+    #[arg(
+        long,
+        env = "ROXPI_PREFETCH_PYTHONS",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub prefetch_pythons: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; without one, roxpi serves.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Fill a running roxpi's cache with the files that lock files name
+    /// (requirements.txt, pylock.toml, uv.lock, poetry.lock).
+    Prefetch(crate::prefetch::Args),
 }

@@ -17,7 +17,7 @@ mod cli;
 pub mod file;
 mod sources;
 
-pub use cli::Cli;
+pub use cli::{Cli, Command};
 
 /// PyPI's simple index, the default upstream.
 pub const PYPI: &str = "https://pypi.org/simple/";
@@ -105,6 +105,9 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
         &["PROXPI_LOGGING_LEVEL", "GROXPI_LOGGING_LEVEL"],
     ),
     ("ROXPI_LOG_FORMAT", &["GROXPI_LOG_FORMAT"]),
+    ("ROXPI_PREFETCH", &[]),
+    ("ROXPI_PREFETCH_PLATFORMS", &[]),
+    ("ROXPI_PREFETCH_PYTHONS", &[]),
 ];
 
 /// Which value each `ROXPI_*` variable should take from the environment
@@ -207,6 +210,14 @@ pub enum ClientRefresh {
     Any,
 }
 
+/// ROXPI_PREFETCH: the lock files (the globs expanded at startup) and the
+/// targets.
+#[derive(Clone, Debug)]
+pub struct Prefetch {
+    pub locks: Vec<PathBuf>,
+    pub targets: Vec<crate::prefetch::Target>,
+}
+
 /// Validated settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -231,6 +242,8 @@ pub struct Settings {
     pub offline: bool,
     /// When an upstream host's circuit breaker opens, and how often it probes.
     pub breaker: crate::origin::breaker::BreakerParams,
+    /// ROXPI_PREFETCH: lock files to prefetch at startup.
+    pub prefetch: Option<Prefetch>,
     pub cache_size: u64,
     pub cache_dir: PathBuf,
     pub storage: StorageMode,
@@ -317,6 +330,17 @@ impl Settings {
                 )
             }
         });
+        if let Some(p) = &self.prefetch {
+            lines.push(format!(
+                "prefetch (ROXPI_PREFETCH): {} lock files, {} in the background; /ready reports the progress",
+                p.locks.len(),
+                if p.targets.is_empty() {
+                    "every file".to_owned()
+                } else {
+                    format!("{} targets", p.targets.len())
+                }
+            ));
+        }
         lines.push(
             "TLS: off (plain HTTP; put a TLS proxy in front for clients off this host)".to_owned(),
         );
@@ -423,6 +447,7 @@ impl Settings {
             cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             breaker: sources::breaker(cli)?,
+            prefetch: sources::prefetch(cli)?,
             workers: sources::workers(cli)?,
             upstream_allow,
             upstream_allow_any,

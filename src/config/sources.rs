@@ -391,3 +391,23 @@ pub(super) fn breaker(cli: &Cli) -> Result<crate::origin::breaker::BreakerParams
         ..Default::default()
     })
 }
+
+/// ROXPI_PREFETCH and its targets: the globs must match lock files now.
+pub(super) fn prefetch(cli: &Cli) -> Result<Option<super::Prefetch>, ConfigError> {
+    if cli.prefetch_locks.trim().is_empty() {
+        return Ok(None);
+    }
+    let locks = crate::prefetch::expand(&cli.prefetch_locks)
+        .map_err(|e| err("ROXPI_PREFETCH", &cli.prefetch_locks, &e))?;
+    let list = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let targets =
+        crate::prefetch::targets(&list(&cli.prefetch_platforms), &list(&cli.prefetch_pythons))
+            .map_err(|e| err("ROXPI_PREFETCH_PYTHONS", &cli.prefetch_pythons, &e))?;
+    Ok(Some(super::Prefetch { locks, targets }))
+}

@@ -1,0 +1,135 @@
+//! The prefetch's pure parts: URLs, targets, and which of a page's files a
+//! lock picks.
+
+use std::str::FromStr;
+
+use super::*;
+use locks::Named;
+
+fn page(files: &[(&str, &str, Option<bool>)]) -> Vec<PageFile> {
+    files
+        .iter()
+        .map(|(name, sha, yanked)| PageFile {
+            filename: (*name).into(),
+            url: format!("../../files/{name}"),
+            hashes: [("sha256".to_owned(), (*sha).to_owned())]
+                .into_iter()
+                .collect(),
+            size: Some(10),
+            yanked: yanked.map_or(serde_json::Value::Null, serde_json::Value::Bool),
+        })
+        .collect()
+}
+
+fn picked(files: &[PageFile], picks: &[Pick], targets: &[Target]) -> (Vec<String>, Vec<String>) {
+    let name = ProjectName::parse("np").unwrap();
+    let (chosen, missing) = pick_files(&name, files, picks, targets);
+    (
+        chosen.iter().map(|f| f.filename.clone()).collect(),
+        missing
+            .into_iter()
+            .map(|(w, r)| format!("{w}: {r}"))
+            .collect(),
+    )
+}
+
+#[test]
+fn picks_what_the_lock_names() {
+    let files = page(&[
+        ("np-1.0.tar.gz", "a1", None),
+        ("np-2.0-cp312-cp312-manylinux_2_17_aarch64.whl", "b1", None),
+        ("np-2.0-cp312-cp312-manylinux_2_17_x86_64.whl", "b2", None),
+        ("np-2.0.tar.gz", "b3", None),
+        ("np-3.0.tar.gz", "c1", Some(true)),
+    ]);
+    let named = |n: &str, sha: Option<&str>| Named {
+        filename: n.into(),
+        sha256: sha.map(str::to_owned),
+    };
+    let spec = |s: &str| Pick::Versions(pep440_rs::VersionSpecifiers::from_str(s).unwrap());
+    let arm = targets(&["manylinux_2_28_aarch64".into()], &["3.12".into()]).unwrap();
+    type Case<'a> = (Vec<Pick>, &'a [Target], Vec<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![Pick::Files(vec![
+                named("np-1.0.tar.gz", Some("A1")),
+                named("np-9.whl", None),
+            ])],
+            &[],
+            vec!["np-1.0.tar.gz"],
+            vec!["np-9.whl: not on the index's page for np"],
+        ),
+        (
+            vec![Pick::Files(vec![named("np-1.0.tar.gz", Some("ff"))])],
+            &[],
+            vec![],
+            vec!["np-1.0.tar.gz: the lock's sha256 ff differs from the index's a1"],
+        ),
+        (
+            vec![Pick::Hashes(vec!["b1".into(), "B3".into()])],
+            &[],
+            vec![files[1].filename.as_str(), "np-2.0.tar.gz"],
+            vec![],
+        ),
+        (
+            vec![Pick::Hashes(vec!["zz".into()])],
+            &[],
+            vec![],
+            vec!["np: no file on the index has one of the locked hashes"],
+        ),
+        // The newest version that is not yanked, every file of it ...
+        (
+            vec![spec(">=1")],
+            &[],
+            vec![
+                files[1].filename.as_str(),
+                files[2].filename.as_str(),
+                "np-2.0.tar.gz",
+            ],
+            vec![],
+        ),
+        // ... or the yanked one when pinned to it.
+        (vec![spec("==3.0")], &[], vec!["np-3.0.tar.gz"], vec![]),
+        (
+            vec![spec("==2.0")],
+            &arm,
+            vec![files[1].filename.as_str()],
+            vec![],
+        ),
+        (vec![spec("==1.0")], &arm, vec!["np-1.0.tar.gz"], vec![]),
+        (
+            vec![spec(">=4")],
+            &[],
+            vec![],
+            vec!["np: no version on the index matches >=4"],
+        ),
+    ];
+    for (picks, targets, want, want_missing) in cases {
+        let (got, missing) = picked(&files, &picks, targets);
+        assert_eq!(got, want, "{picks:?}");
+        assert_eq!(missing, want_missing, "{picks:?}");
+    }
+}
+
+#[test]
+fn urls_and_targets() {
+    let cases = [
+        ("http://127.0.0.1:5000", Ok("http://127.0.0.1:5000/index/")),
+        ("http://h:1/simple", Ok("http://h:1/simple/")),
+        ("https://h/r/index/", Ok("https://h/r/index/")),
+        ("ftp://h/", Err(())),
+        ("nonsense", Err(())),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(
+            index_url(raw).map(|u| u.to_string()).map_err(|_| ()),
+            want.map(str::to_owned),
+            "{raw}"
+        );
+    }
+    assert!(targets(&[], &[]).unwrap().is_empty());
+    let t = targets(&["a".into(), "b".into()], &["3.11".into(), "3.12".into()]).unwrap();
+    assert_eq!(t.len(), 4);
+    assert_eq!(targets(&[], &["3.12".into()]).unwrap()[0].platform, None);
+    assert!(targets(&[], &["312".into()]).is_err());
+}
