@@ -61,7 +61,16 @@ fn run() -> anyhow::Result<()> {
             std::sync::Arc::new(move |f: &roxpi::http::Finished<'_>| s.observe(f));
         o
     };
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => Some(roxpi::http::TlsListen {
+            certs: roxpi::http::tls::TlsCerts::load(&t.cert, &t.key).map_err(anyhow::Error::msg)?,
+            bind: t.bind,
+        }),
+    };
+    let certs = tls.as_ref().map(|t| std::sync::Arc::clone(&t.certs));
     let server_config = ServerConfig {
+        tls,
         workers: config.workers.max(1),
         probe: Some(probe),
         observe: Some(observe),
@@ -75,7 +84,16 @@ fn run() -> anyhow::Result<()> {
     let server = Server::start(config.bind, server_config, move |req| handler.handle(req))
         .with_context(|| format!("cannot listen on {} (ROXPI_BIND / --bind)", config.bind))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "roxpi listening on http://{}", server.local_addr())?;
+    // The plain address last: scripts read the line's last `http://`.
+    match server.tls_addr() {
+        None => writeln!(out, "roxpi listening on http://{}", server.local_addr())?,
+        Some(t) if t == server.local_addr() => writeln!(out, "roxpi listening on https://{t}")?,
+        Some(t) => writeln!(
+            out,
+            "roxpi listening on https://{t} and http://{}",
+            server.local_addr()
+        )?,
+    }
     out.flush()?;
     drop(out);
     let app = match roxpi::wire(config.clone(), stats) {
@@ -88,7 +106,8 @@ fn run() -> anyhow::Result<()> {
     if let Some(p) = &config.prefetch {
         let progress = std::sync::Arc::new(roxpi::prefetch::Progress::default());
         app.set_prefetch(std::sync::Arc::clone(&progress));
-        roxpi::prefetch::in_background(p.clone(), server.local_addr(), progress);
+        let tls_only = server.tls_addr() == Some(server.local_addr());
+        roxpi::prefetch::in_background(p.clone(), server.local_addr(), tls_only, progress);
     }
     startup.ready(app);
     log::info!(
@@ -109,6 +128,14 @@ fn run() -> anyhow::Result<()> {
     }
     for sig in signals.forever() {
         if sig == SIGHUP {
+            if let Some(c) = &certs {
+                match c.reload() {
+                    Ok(()) => log::info!(
+                        "SIGHUP: TLS certificate and key reloaded; new connections use them"
+                    ),
+                    Err(e) => log::error!("SIGHUP: keeping the TLS certificate in force: {e}"),
+                }
+            }
             // Reload the policies and routes; a broken file keeps those
             // in force.
             match (&config.config_file, startup.app()) {

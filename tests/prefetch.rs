@@ -431,7 +431,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// Two pure-Python projects (demo depends on dep), with metadata.
-fn installable() -> FakeIndex {
+pub(crate) fn installable() -> FakeIndex {
     let fake = FakeIndex::start(BTreeMap::new());
     fake.set_mode(Mode::Json);
     for (dist, v, requires) in [

@@ -18,4 +18,5 @@ mod process;
 mod real_shapes;
 mod s3;
 mod s3_server;
+mod tls;
 mod util;

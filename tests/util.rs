@@ -185,6 +185,8 @@ pub fn threads_of(pid: u32) -> usize {
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The address that speaks TLS ("https://T" on the first line).
+    pub tls_addr: Option<SocketAddr>,
     pub stderr: Option<ChildStderr>,
 }
 
@@ -213,14 +215,21 @@ impl ChildServer {
             .expect("the server printed its address");
         let addr = line
             .trim()
-            .rsplit("http://")
+            // "http://A", "https://A", or "https://T and http://A".
+            .rsplit("://")
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let tls_addr = line
+            .split("https://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
         let stderr = child.stderr.take();
         ChildServer {
             child,
             addr,
+            tls_addr,
             stderr,
         }
     }

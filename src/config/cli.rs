@@ -319,6 +319,35 @@ pub struct Cli {
     )]
     pub prefetch_pythons: String,
 
+    /// PEM certificate chain (leaf first): serve HTTPS on the listen
+    /// address, or on ROXPI_TLS_BIND. Reloaded with the key on SIGHUP.
+    #[arg(
+        long,
+        env = "ROXPI_TLS_CERT",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub tls_cert: String,
+
+    /// PEM private key of ROXPI_TLS_CERT (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "ROXPI_TLS_KEY",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub tls_key: String,
+
+    /// A second listen address for HTTPS, next to plain HTTP on ROXPI_BIND
+    /// (unset: ROXPI_BIND itself speaks HTTPS when a certificate is given).
+    #[arg(
+        long,
+        env = "ROXPI_TLS_BIND",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub tls_bind: String,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

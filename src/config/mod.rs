@@ -105,6 +105,9 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
         &["PROXPI_LOGGING_LEVEL", "GROXPI_LOGGING_LEVEL"],
     ),
     ("ROXPI_LOG_FORMAT", &["GROXPI_LOG_FORMAT"]),
+    ("ROXPI_TLS_CERT", &[]),
+    ("ROXPI_TLS_KEY", &[]),
+    ("ROXPI_TLS_BIND", &[]),
     ("ROXPI_PREFETCH", &[]),
     ("ROXPI_PREFETCH_PLATFORMS", &[]),
     ("ROXPI_PREFETCH_PYTHONS", &[]),
@@ -210,6 +213,15 @@ pub enum ClientRefresh {
     Any,
 }
 
+/// HTTPS: the PEM files, and the second address if plain HTTP stays on
+/// the listen address.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bind: Option<SocketAddr>,
+}
+
 /// ROXPI_PREFETCH: the lock files (the globs expanded at startup) and the
 /// targets.
 #[derive(Clone, Debug)]
@@ -244,6 +256,8 @@ pub struct Settings {
     pub breaker: crate::origin::breaker::BreakerParams,
     /// ROXPI_PREFETCH: lock files to prefetch at startup.
     pub prefetch: Option<Prefetch>,
+    /// ROXPI_TLS_CERT / _KEY / _BIND.
+    pub tls: Option<Tls>,
     pub cache_size: u64,
     pub cache_dir: PathBuf,
     pub storage: StorageMode,
@@ -341,9 +355,20 @@ impl Settings {
                 }
             ));
         }
-        lines.push(
-            "TLS: off (plain HTTP; put a TLS proxy in front for clients off this host)".to_owned(),
-        );
+        lines.push(match &self.tls {
+            None => {
+                "TLS: off (plain HTTP; set ROXPI_TLS_CERT and ROXPI_TLS_KEY for HTTPS)".to_owned()
+            }
+            Some(t) => format!(
+                "TLS: on {} with {} and {} (reloaded on SIGHUP)",
+                match t.bind {
+                    None => format!("the listen address {}", self.bind),
+                    Some(b) => format!("{b}, plain HTTP stays on {}", self.bind),
+                },
+                t.cert.display(),
+                t.key.display()
+            ),
+        });
         lines
     }
 
@@ -448,6 +473,7 @@ impl Settings {
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             breaker: sources::breaker(cli)?,
             prefetch: sources::prefetch(cli)?,
+            tls: sources::tls(cli)?,
             workers: sources::workers(cli)?,
             upstream_allow,
             upstream_allow_any,

@@ -411,3 +411,44 @@ pub(super) fn prefetch(cli: &Cli) -> Result<Option<super::Prefetch>, ConfigError
             .map_err(|e| err("ROXPI_PREFETCH_PYTHONS", &cli.prefetch_pythons, &e))?;
     Ok(Some(super::Prefetch { locks, targets }))
 }
+
+/// ROXPI_TLS_CERT and ROXPI_TLS_KEY (both or neither), and ROXPI_TLS_BIND.
+pub(super) fn tls(cli: &Cli) -> Result<Option<super::Tls>, ConfigError> {
+    let (cert, key, bind) = (cli.tls_cert.trim(), cli.tls_key.trim(), cli.tls_bind.trim());
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) if bind.is_empty() => return Ok(None),
+        (true, true) => {
+            return Err(err(
+                "ROXPI_TLS_BIND",
+                bind,
+                "ROXPI_TLS_CERT and ROXPI_TLS_KEY as well",
+            ))
+        }
+        (false, true) => return Err(err("ROXPI_TLS_KEY", "", "the key of ROXPI_TLS_CERT (PEM)")),
+        (true, false) => {
+            return Err(err(
+                "ROXPI_TLS_CERT",
+                "",
+                "the certificate of ROXPI_TLS_KEY (PEM)",
+            ))
+        }
+        (false, false) => {}
+    }
+    for (setting, path) in [("ROXPI_TLS_CERT", cert), ("ROXPI_TLS_KEY", key)] {
+        if !std::path::Path::new(path).is_file() {
+            return Err(err(setting, path, "a readable PEM file"));
+        }
+    }
+    let bind = match bind {
+        "" => None,
+        b => Some(
+            b.parse()
+                .map_err(|_| err("ROXPI_TLS_BIND", b, "HOST:PORT, e.g. 0.0.0.0:5443"))?,
+        ),
+    };
+    Ok(Some(super::Tls {
+        cert: cert.into(),
+        key: key.into(),
+        bind,
+    }))
+}

@@ -23,6 +23,8 @@ use super::response::{chunk_header, FileRange, Framing, Stream, StreamReady, LAS
 /// An accepted client connection.
 pub(crate) struct Conn {
     pub stream: TcpStream,
+    /// The TLS session of a connection to the TLS listener.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     pub peer: SocketAddr,
     /// Bytes read but not yet consumed by a request (partial or pipelined).
     pub buf: Vec<u8>,
@@ -56,9 +58,15 @@ pub(crate) enum ReadOutcome {
 
 impl Conn {
     /// Wraps an accepted socket; `open` was already incremented for it.
-    pub fn new(stream: TcpStream, peer: SocketAddr, open: Arc<AtomicUsize>) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        tls: Option<rustls::ServerConnection>,
+        peer: SocketAddr,
+        open: Arc<AtomicUsize>,
+    ) -> Conn {
         Conn {
             stream,
+            tls: tls.map(Box::new),
             peer,
             buf: Vec::new(),
             head_started: None,
@@ -69,10 +77,35 @@ impl Conn {
         }
     }
 
+    /// The socket, and the TLS session if any, for writing a response.
+    pub fn io(&mut self) -> Io<'_> {
+        Io {
+            sock: &self.stream,
+            tls: self.tls.as_deref_mut(),
+        }
+    }
+
+    /// A short answer written without blocking, if it fits (`100
+    /// Continue`); through TLS when the connection has it.
+    pub fn send_short(&mut self, bytes: &[u8]) {
+        match self.tls.as_deref_mut() {
+            None => {
+                let _ = send(&self.stream, bytes, SendFlags::empty());
+            }
+            Some(tls) => {
+                let _ = tls.writer().write_all(bytes);
+                let _ = super::tls::flush(tls, &self.stream);
+            }
+        }
+    }
+
     /// One non-blocking read, appending to `buf` up to `max` bytes in all.
     pub fn fill(&mut self, max: usize) -> io::Result<ReadOutcome> {
         if self.buf.len() >= max {
             return Ok(ReadOutcome::Full);
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return fill_tls(tls, &self.stream, &mut self.buf, max);
         }
         let want = (max - self.buf.len()).min(16 * 1024);
         self.buf.reserve(want);
@@ -102,7 +135,11 @@ impl Conn {
     /// Ends the connection politely: no more writes, read away what the
     /// client already sent (closing with unread bytes sends a reset that can
     /// destroy the response in flight), then close.
-    pub fn close(self) {
+    pub fn close(mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let _ = super::tls::flush(tls, &self.stream);
+        }
         let _ = self.stream.shutdown(Shutdown::Write);
         drain(&self.stream);
     }
@@ -111,6 +148,137 @@ impl Conn {
     /// got for a complete body.
     pub fn abort(self) {
         let _ = rustix::net::sockopt::set_socket_linger(&self.stream, Some(Duration::ZERO));
+    }
+}
+
+/// `Conn::fill` on a TLS connection: the records the socket has, then all
+/// the plaintext they hold (none may stay inside rustls: the poller wakes
+/// only for the socket). The handshake's answers are written on the way.
+fn fill_tls(
+    tls: &mut rustls::ServerConnection,
+    sock: &TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<ReadOutcome> {
+    let mut s = sock;
+    let mut eof = false;
+    loop {
+        match tls.read_tls(&mut s) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(_) if tls.wants_read() => {}
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if let Err(e) = tls.process_new_packets() {
+        // The alert goes out before the close.
+        let _ = super::tls::flush(tls, sock);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    match super::tls::flush(tls, sock) {
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+        _ => {}
+    }
+    let before = buf.len();
+    while buf.len() < max {
+        let start = buf.len();
+        buf.resize(start + (max - start).min(16 * 1024), 0);
+        let got = tls.reader().read(&mut buf[start..]);
+        match got {
+            Ok(n) => {
+                buf.truncate(start + n);
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                buf.truncate(start);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    eof = true;
+                    break;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(if buf.len() > before {
+        ReadOutcome::Data
+    } else if eof {
+        ReadOutcome::Eof
+    } else if buf.len() >= max {
+        ReadOutcome::Full
+    } else {
+        ReadOutcome::WouldBlock
+    })
+}
+
+/// Where a response is written: the socket, through the TLS session if
+/// the connection has one.
+pub(crate) struct Io<'a> {
+    pub sock: &'a TcpStream,
+    tls: Option<&'a mut rustls::ServerConnection>,
+}
+
+impl Io<'_> {
+    /// Like `writev`. Through TLS: plaintext is taken only once the
+    /// previous records have left, so a slow client holds at most one
+    /// batch in rustls and gets `WouldBlock` like a full socket.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return write_vectored(self.sock, bufs);
+        };
+        super::tls::flush(tls, self.sock)?;
+        let n = tls.writer().write_vectored(bufs)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        match super::tls::flush(tls, self.sock) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    /// The head before a file: `MSG_MORE` on a plain socket.
+    fn send_more(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.tls {
+            None => send(self.sock, buf, SendFlags::MORE),
+            Some(_) => self.write_vectored(&[IoSlice::new(buf)]),
+        }
+    }
+
+    /// A file range: `sendfile` on a plain socket; through TLS, a read
+    /// into a record-sized buffer, encrypted and written.
+    fn sendfile(&mut self, file: &std::fs::File, pos: &mut u64, count: usize) -> io::Result<usize> {
+        if self.tls.is_none() {
+            return sendfile(self.sock, file, pos, count);
+        }
+        use std::os::unix::fs::FileExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let want = count.min(chunk.len());
+        let got = file.read_at(&mut chunk[..want], *pos)?;
+        if got == 0 {
+            return Ok(0);
+        }
+        let n = self.write_vectored(&[IoSlice::new(&chunk[..got])])?;
+        *pos += n as u64;
+        Ok(n)
+    }
+
+    /// Whether everything handed over has left (TLS records included).
+    fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_deref_mut() {
+            None => Ok(()),
+            Some(tls) => super::tls::flush(tls, self.sock),
+        }
     }
 }
 
@@ -270,20 +438,20 @@ impl Outgoing {
     }
 
     /// Writes as much as the mode allows.
-    pub fn pump(&mut self, sock: &TcpStream, mode: Mode) -> io::Result<Pump> {
-        self.pump_up_to(sock, mode, u64::MAX)
+    pub fn pump(&mut self, io: &mut Io<'_>, mode: Mode) -> io::Result<Pump> {
+        self.pump_up_to(io, mode, u64::MAX)
     }
 
     /// Writes as much as the mode allows, but returns `Yield` after about
     /// `budget` body bytes, so that one fast client cannot hold a worker
     /// for a whole large file.
-    pub fn pump_up_to(&mut self, sock: &TcpStream, mode: Mode, budget: u64) -> io::Result<Pump> {
+    pub fn pump_up_to(&mut self, io: &mut Io<'_>, mode: Mode, budget: u64) -> io::Result<Pump> {
         let start = self.body_sent;
         loop {
             if self.body_sent - start >= budget {
                 return Ok(Pump::Yield);
             }
-            match self.step(sock) {
+            match self.step(io) {
                 Ok(Step::Done) => return Ok(Pump::Done),
                 Ok(Step::Progress) => {}
                 Ok(Step::Starved) => match mode {
@@ -293,7 +461,7 @@ impl Outgoing {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => match mode {
                     Mode::NonBlocking => return Ok(Pump::WouldBlock),
-                    Mode::Blocking(timeout) => wait_ready(sock, PollFlags::OUT, timeout)?,
+                    Mode::Blocking(timeout) => wait_ready(io.sock, PollFlags::OUT, timeout)?,
                 },
                 Err(e) => return Err(e),
             }
@@ -316,22 +484,21 @@ impl Outgoing {
 
     // Long: the connection state machine: one arm per state.
     /// One write (or one stream read). `WouldBlock` means the socket is full.
-    fn step(&mut self, sock: &TcpStream) -> io::Result<Step> {
+    fn step(&mut self, io: &mut Io<'_>) -> io::Result<Step> {
         let head_left = &self.head[self.head_pos..];
         match &mut self.body {
             BodyState::Done => {
                 if head_left.is_empty() {
+                    io.flush()?;
                     return Ok(Step::Done);
                 }
-                let n = write_vectored(sock, &[IoSlice::new(head_left)])?;
+                let n = io.write_vectored(&[IoSlice::new(head_left)])?;
                 self.head_pos += n;
             }
             BodyState::Bytes { bytes, pos } => {
                 // Head and body in one write.
-                let n = write_vectored(
-                    sock,
-                    &[IoSlice::new(head_left), IoSlice::new(&bytes[*pos..])],
-                )?;
+                let n =
+                    io.write_vectored(&[IoSlice::new(head_left), IoSlice::new(&bytes[*pos..])])?;
                 let from_head = n.min(head_left.len());
                 self.head_pos += from_head;
                 *pos += n - from_head;
@@ -344,7 +511,7 @@ impl Outgoing {
                 if !head_left.is_empty() {
                     // MSG_MORE: the head leaves in the same segment as the
                     // first file bytes.
-                    let n = send(sock, head_left, SendFlags::MORE)?;
+                    let n = io.send_more(head_left)?;
                     self.head_pos += n;
                     return Ok(Step::Progress);
                 }
@@ -352,7 +519,7 @@ impl Outgoing {
                 let count = usize::try_from(end - *pos)
                     .unwrap_or(usize::MAX)
                     .min(1 << 30);
-                let n = sendfile(sock, &range.file, pos, count)?;
+                let n = io.sendfile(&range.file, pos, count)?;
                 if n == 0 {
                     // The file is shorter than promised: cut, never pad.
                     return Err(io::Error::new(
@@ -378,7 +545,7 @@ impl Outgoing {
                     if *finished {
                         if head_left.is_empty() {
                             self.body = BodyState::Done;
-                            return Ok(Step::Done);
+                            return Ok(Step::Progress);
                         }
                     } else {
                         let Some(payload) = fill_from_stream(
@@ -402,13 +569,10 @@ impl Outgoing {
                     }
                 }
                 // The head goes out with the first piece of the body.
-                let n = write_vectored(
-                    sock,
-                    &[
-                        IoSlice::new(head_left),
-                        IoSlice::new(&pending[*pending_pos..]),
-                    ],
-                )?;
+                let n = io.write_vectored(&[
+                    IoSlice::new(head_left),
+                    IoSlice::new(&pending[*pending_pos..]),
+                ])?;
                 let from_head = n.min(head_left.len());
                 self.head_pos += from_head;
                 *pending_pos += n - from_head;

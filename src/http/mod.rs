@@ -58,6 +58,7 @@ mod poller;
 mod probe;
 mod request;
 mod response;
+pub mod tls;
 mod worker;
 
 pub use later::{settle, Later, Outcome, Parked, Resume, Waker};
@@ -111,6 +112,17 @@ pub struct ServerConfig {
     /// parks it again: past it, it is answered 504 and counted overdue. A
     /// guard over every handler's own deadlines.
     pub park_limit: Duration,
+    /// TLS on the listen address, or on a second one.
+    pub tls: Option<TlsListen>,
+}
+
+/// Where TLS is served.
+#[derive(Clone, Debug)]
+pub struct TlsListen {
+    pub certs: Arc<tls::TlsCerts>,
+    /// `None`: the listen address speaks TLS; else this second address
+    /// does, and the listen address stays plain HTTP.
+    pub bind: Option<SocketAddr>,
 }
 
 /// A finished response, as the observer sees it.
@@ -142,6 +154,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("probe", &self.probe.is_some())
             .field("observe", &self.observe.is_some())
             .field("park_limit", &self.park_limit)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +174,7 @@ impl Default for ServerConfig {
             probe: None,
             observe: None,
             park_limit: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -256,6 +270,7 @@ impl Shared {
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     max_connections: usize,
@@ -270,6 +285,24 @@ impl Server {
     {
         let listener = bind(addr)?;
         let addr = listener.local_addr()?;
+        let mut listeners = Vec::new();
+        let mut tls_addr = None;
+        match &config.tls {
+            None => listeners.push((listener, None)),
+            Some(TlsListen { certs, bind: None }) => {
+                tls_addr = Some(addr);
+                listeners.push((listener, Some(Arc::clone(certs))));
+            }
+            Some(TlsListen {
+                certs,
+                bind: Some(second),
+            }) => {
+                let tls_listener = bind(*second)?;
+                tls_addr = Some(tls_listener.local_addr()?);
+                listeners.push((listener, None));
+                listeners.push((tls_listener, Some(Arc::clone(certs))));
+            }
+        }
         let nofile = raise_nofile_limit();
         let max_connections = config
             .max_connections
@@ -298,7 +331,7 @@ impl Server {
         threads.push(spawn("roxpi-timers", move || s.poller.run_timers(&s))?);
         let s = Arc::clone(&shared);
         threads.push(spawn("roxpi-accept", move || {
-            accept_loop(&s, &listener, max_connections)
+            accept_loop(&s, &listeners, max_connections)
         })?);
         log::debug!(
             "http server on {addr}: {} workers, up to {max_connections} connections (nofile {nofile})",
@@ -306,6 +339,7 @@ impl Server {
         );
         Ok(Server {
             addr,
+            tls_addr,
             shared,
             threads,
             max_connections,
@@ -314,6 +348,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address that speaks TLS, if any (the listen address, or the
+    /// second one).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     pub fn stats(&self) -> &Stats {
@@ -433,8 +473,11 @@ pub fn fd_reserve(nofile: u64) -> u64 {
     (nofile / 4).clamp(16, 1024)
 }
 
+/// A listening socket, and the certificates if it speaks TLS.
+type Listener = (TcpListener, Option<Arc<tls::TlsCerts>>);
+
 // Long: one loop: accept, limits, probes, hand-over, errors.
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
+fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener], cap: usize) {
     let tick = Timespec {
         tv_sec: 0,
         tv_nsec: 200_000_000,
@@ -442,7 +485,10 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
     let mut backoff = Duration::from_millis(10);
     let mut last_report: Option<Instant> = None;
     while !shared.stopping() {
-        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|(l, _)| PollFd::new(l, PollFlags::IN))
+            .collect();
         match rustix::event::poll(&mut fds, Some(&tick)) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => {}
@@ -452,66 +498,83 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, cap: usize) {
                 continue;
             }
         }
-        loop {
-            match rustix::net::acceptfrom_with(
-                listener,
-                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-            ) {
-                Ok((fd, peer)) => {
-                    backoff = Duration::from_millis(10);
-                    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let stream = TcpStream::from(fd);
-                    let peer = peer
-                        .and_then(|p| SocketAddr::try_from(p).ok())
-                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
-                    // The guard inside `Conn` gives the slot back on drop.
-                    let conn = Conn::new(stream, peer, Arc::clone(&shared.open));
-                    // A probe whose request is already there is answered
-                    // here, even beyond the cap (where its request gets a
-                    // moment to arrive before the connection is shed).
-                    let probe = shared.config.probe.as_ref();
-                    let answered = probe.and_then(|p| {
-                        probe::try_answer(&conn, p).or_else(|| {
-                            (open > cap && probe::wait_readable(&conn, OVER_CAP_WAIT))
-                                .then(|| probe::try_answer(&conn, p))
-                                .flatten()
-                        })
-                    });
-                    if let Some(status) = answered {
-                        shared.stats.probes.fetch_add(1, Ordering::Relaxed);
-                        log::info!(target: "roxpi::access", "{} \"probe\" {status} 0.0ms PROBE", conn.peer);
-                        conn.close();
-                        continue;
+        let readable: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        for ((listener, certs), _) in listeners.iter().zip(readable).filter(|(_, r)| *r) {
+            loop {
+                match rustix::net::acceptfrom_with(
+                    listener,
+                    SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                ) {
+                    Ok((fd, peer)) => {
+                        backoff = Duration::from_millis(10);
+                        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        let stream = TcpStream::from(fd);
+                        let peer = peer
+                            .and_then(|p| SocketAddr::try_from(p).ok())
+                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                        let session = match certs.as_ref().map(|c| c.session()).transpose() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                log::warn!("TLS session for {peer}: {e}");
+                                continue;
+                            }
+                        };
+                        let is_tls = session.is_some();
+                        let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
+                        // The guard inside `Conn` gives the slot back on drop.
+                        let conn = Conn::new(stream, session, peer, Arc::clone(&shared.open));
+                        // A probe whose request is already there is answered
+                        // here, even beyond the cap (where its request gets a
+                        // moment to arrive before the connection is shed).
+                        // (Not through TLS: its bytes are records, read by a worker.)
+                        let probe = shared.config.probe.as_ref().filter(|_| !is_tls);
+                        let answered = probe.and_then(|p| {
+                            probe::try_answer(&conn, p).or_else(|| {
+                                (open > cap && probe::wait_readable(&conn, OVER_CAP_WAIT))
+                                    .then(|| probe::try_answer(&conn, p))
+                                    .flatten()
+                            })
+                        });
+                        if let Some(status) = answered {
+                            shared.stats.probes.fetch_add(1, Ordering::Relaxed);
+                            log::info!(target: "roxpi::access", "{} \"probe\" {status} 0.0ms PROBE", conn.peer);
+                            conn.close();
+                            continue;
+                        }
+                        if open > cap {
+                            shared.stats.shed.fetch_add(1, Ordering::Relaxed);
+                            if is_tls {
+                                // No handshake yet to answer through.
+                                conn.close();
+                            } else {
+                                shed(conn);
+                            }
+                            continue;
+                        }
+                        let _ = rustix::net::sockopt::set_tcp_nodelay(&conn.stream, true);
+                        shared.send_work(Work::Conn(Ready {
+                            conn,
+                            queued: Instant::now(),
+                        }));
                     }
-                    if open > cap {
-                        shared.stats.shed.fetch_add(1, Ordering::Relaxed);
-                        shed(conn);
-                        continue;
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        let now = Instant::now();
+                        if last_report.is_none_or(|t| now - t >= Duration::from_secs(10)) {
+                            last_report = Some(now);
+                            log::warn!(
+                                "accept failed: {e} ({} accept errors so far); backing off",
+                                shared.stats.accept_errors.load(Ordering::Relaxed)
+                            );
+                        }
+                        if e != rustix::io::Errno::CONNABORTED {
+                            std::thread::sleep(backoff);
+                            backoff = (backoff * 2).min(Duration::from_millis(100));
+                        }
+                        break;
                     }
-                    let _ = rustix::net::sockopt::set_tcp_nodelay(&conn.stream, true);
-                    shared.send_work(Work::Conn(Ready {
-                        conn,
-                        queued: Instant::now(),
-                    }));
-                }
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    shared.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    if last_report.is_none_or(|t| now - t >= Duration::from_secs(10)) {
-                        last_report = Some(now);
-                        log::warn!(
-                            "accept failed: {e} ({} accept errors so far); backing off",
-                            shared.stats.accept_errors.load(Ordering::Relaxed)
-                        );
-                    }
-                    if e != rustix::io::Errno::CONNABORTED {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_millis(100));
-                    }
-                    break;
                 }
             }
         }

@@ -170,11 +170,7 @@ fn serve(shared: &Arc<Shared>, mut conn: Conn) {
                 conn.continued = true;
                 // A short non-blocking write to an idle socket; if it does
                 // not go out the client sends its body after its own wait.
-                let _ = rustix::net::send(
-                    &conn.stream,
-                    b"HTTP/1.1 100 Continue\r\n\r\n",
-                    rustix::net::SendFlags::NOSIGNAL,
-                );
+                conn.send_short(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             Ok(Parsed::Partial | Parsed::ExpectsContinue) => match conn.fill(limits.max_buffered())
             {
@@ -232,13 +228,13 @@ fn fail(shared: &Shared, conn: Conn, out: &Outgoing, e: &std::io::Error) {
 }
 
 /// Writes a short error answer and closes the connection.
-fn refuse(conn: Conn, status: u16, reason: &str) {
+fn refuse(mut conn: Conn, status: u16, reason: &str) {
     let mut response = Response::text(status, reason.to_owned());
     if status == 503 {
         response = response.header("Retry-After", "1");
     }
     let (mut out, _) = prepare(response, Version::Http11, false, false, 0);
-    let _ = out.pump(&conn.stream, Mode::NonBlocking);
+    let _ = out.pump(&mut conn.io(), Mode::NonBlocking);
     conn.close();
 }
 
@@ -341,7 +337,7 @@ fn finish(
 
 fn write_response(
     shared: &Arc<Shared>,
-    conn: Conn,
+    mut conn: Conn,
     request: &Request,
     response: Response,
     panicked: bool,
@@ -375,7 +371,7 @@ fn write_response(
         });
         return None;
     }
-    match out.pump_up_to(&conn.stream, Mode::NonBlocking, WRITE_TURN) {
+    match out.pump_up_to(&mut conn.io(), Mode::NonBlocking, WRITE_TURN) {
         Ok(Pump::Done) => {
             log_access(&conn, &access, out.body_sent, None);
             if keep {
@@ -438,12 +434,12 @@ const WRITE_TURN: u64 = 4 << 20;
 /// A parked response whose socket can take more bytes.
 fn write_more(shared: &Arc<Shared>, t: Transfer) {
     let Transfer {
-        conn,
+        mut conn,
         mut out,
         keep_alive,
         access,
     } = t;
-    match out.pump_up_to(&conn.stream, Mode::NonBlocking, WRITE_TURN) {
+    match out.pump_up_to(&mut conn.io(), Mode::NonBlocking, WRITE_TURN) {
         Ok(Pump::Done) => {
             log_access(&conn, &access, out.body_sent, None);
             if !keep_alive || shared.stopping() {
@@ -661,14 +657,14 @@ fn transfer_loop(shared: &Arc<Shared>) {
 
 fn run_transfer(shared: &Arc<Shared>, job: Transfer) {
     let Transfer {
-        conn,
+        mut conn,
         mut out,
         keep_alive,
         access,
     } = job;
     let timeout = shared.config.write_timeout;
     let result = catch_unwind(AssertUnwindSafe(|| {
-        out.pump(&conn.stream, Mode::Blocking(timeout))
+        out.pump(&mut conn.io(), Mode::Blocking(timeout))
     }));
     let result = match result {
         Ok(r) => r,

@@ -261,7 +261,19 @@ struct Page {
 /// near), no redirects followed (a redirect goes to the upstream), long
 /// reads (a large file on a slow upstream).
 pub fn agent() -> ureq::Agent {
+    agent_with(false)
+}
+
+/// `agent`, trusting the system's roots (and `SSL_CERT_FILE`) for an
+/// `https://` roxpi; `to_itself`: the server's own background prefetch
+/// over loopback, which needs no certificate check.
+fn agent_with(to_itself: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .disable_verification(to_itself)
+        .build();
     ureq::Agent::config_builder()
+        .tls_config(tls)
         .proxy(None)
         .http_status_as_error(false)
         .max_redirects(0)
@@ -622,6 +634,7 @@ pub fn main(args: &Args) -> Result<(), String> {
 pub fn in_background(
     settings: crate::config::Prefetch,
     listening: std::net::SocketAddr,
+    tls: bool,
     progress: std::sync::Arc<Progress>,
 ) {
     let mut near = listening;
@@ -645,7 +658,10 @@ pub fn in_background(
                 }
             };
             let opts = Options {
-                url: match Url::parse(&format!("http://{near}/index/")) {
+                url: match Url::parse(&format!(
+                    "{}://{near}/index/",
+                    if tls { "https" } else { "http" }
+                )) {
                     Ok(u) => u,
                     Err(e) => return log::error!("prefetch: {e}"),
                 },
@@ -658,7 +674,7 @@ pub fn in_background(
                 locks.iter().map(|l| l.wanted.len()).sum::<usize>(),
                 locks.len()
             );
-            run(&agent(), &locks, &opts, &progress, &report::Log);
+            run(&agent_with(tls), &locks, &opts, &progress, &report::Log);
             let summary = report::summary(&progress);
             if progress.failed.load(Ordering::Relaxed) > 0 {
                 log::warn!("{summary}");
