@@ -167,6 +167,10 @@ fn every_lock_format_fills_the_cache_with_exactly_the_named_files_once() {
         assert!(first.status.success());
         let text = stdout(&first);
         assert!(text.contains("prefetch: 5 fetched"), "{text}");
+        assert!(
+            !text.contains("5 fetched (0 B)"),
+            "the bytes fetched are counted: {text}"
+        );
         assert!(text.contains("0 already cached, 0 failed"), "{text}");
         assert!(text.contains("left out app (not from an index)"), "{text}");
         for (p, f) in NAMED {

@@ -15,6 +15,7 @@ pub mod tags;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -250,6 +251,24 @@ struct PageFile {
     size: Option<u64>,
     #[serde(default)]
     yanked: serde_json::Value,
+    #[serde(rename = "requires-python")]
+    requires_python: Option<String>,
+}
+
+/// Whether a file's `requires-python` admits the target's Python (its
+/// newest patch release); unset or unreadable: yes.
+fn runs_on(requires_python: Option<&str>, target: &Target) -> bool {
+    let (Some(spec), Some((major, minor))) = (requires_python, target.python) else {
+        return true;
+    };
+    match pep440_rs::VersionSpecifiers::from_str(spec) {
+        Ok(spec) => spec.contains(&pep440_rs::Version::new([
+            u64::from(major),
+            u64::from(minor),
+            99,
+        ])),
+        Err(_) => true,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -343,6 +362,7 @@ pub fn run(
             }
             Ok(Fetched::Downloaded(bytes)) => {
                 progress.fetched.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
                 report.fetched(&job.filename, bytes);
             }
             Err(reason) => {
@@ -518,13 +538,21 @@ fn pick_files<'p>(
                 }
             }
         };
-        let names: Vec<&str> = candidates.iter().map(|f| f.filename.as_str()).collect();
         let keep: BTreeSet<&str> = if targets.is_empty() {
-            names.iter().copied().collect()
+            candidates.iter().map(|f| f.filename.as_str()).collect()
         } else {
             targets
                 .iter()
-                .flat_map(|t| tags::choose(&names, t))
+                .flat_map(|t| {
+                    // A file whose Requires-Python excludes the target's
+                    // (a lock's version split by Python) is not for it.
+                    let names: Vec<&str> = candidates
+                        .iter()
+                        .filter(|f| runs_on(f.requires_python.as_deref(), t))
+                        .map(|f| f.filename.as_str())
+                        .collect();
+                    tags::choose(&names, t)
+                })
                 .collect()
         };
         chosen.extend(

@@ -17,6 +17,7 @@ fn page(files: &[(&str, &str, Option<bool>)]) -> Vec<PageFile> {
                 .collect(),
             size: Some(10),
             yanked: yanked.map_or(serde_json::Value::Null, serde_json::Value::Bool),
+            requires_python: None,
         })
         .collect()
 }
@@ -109,6 +110,31 @@ fn picks_what_the_lock_names() {
         assert_eq!(got, want, "{picks:?}");
         assert_eq!(missing, want_missing, "{picks:?}");
     }
+}
+
+#[test]
+fn a_version_for_newer_pythons_is_not_fetched_for_older_ones() {
+    // A lock with numpy 3.0 for Python >= 3.12 and 2.0 below (uv's fork).
+    let mut files = page(&[
+        ("np-2.0-cp311-cp311-manylinux_2_17_x86_64.whl", "a", None),
+        ("np-3.0-cp312-cp312-manylinux_2_17_x86_64.whl", "b", None),
+        ("np-3.0.tar.gz", "c", None),
+    ]);
+    files[1].requires_python = Some(">=3.12".into());
+    files[2].requires_python = Some(">=3.12".into());
+    let all = Pick::Hashes(vec!["a".into(), "b".into(), "c".into()]);
+    let t = |py: &str| targets(&["manylinux_2_36_x86_64".into()], &[py.into()]).unwrap();
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("3.11", vec!["np-2.0-cp311-cp311-manylinux_2_17_x86_64.whl"]),
+        ("3.12", vec!["np-3.0-cp312-cp312-manylinux_2_17_x86_64.whl"]),
+        ("3.10", vec![]),
+    ];
+    for (py, want) in cases {
+        assert_eq!(picked(&files, &[all.clone()], &t(py)).0, want, "{py}");
+    }
+    assert!(runs_on(Some("<3.12"), &t("3.11")[0]));
+    assert!(!runs_on(Some("!=3.11.*"), &t("3.11")[0]));
+    assert!(runs_on(Some("nonsense"), &t("3.11")[0]));
 }
 
 #[test]
