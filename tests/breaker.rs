@@ -210,3 +210,79 @@ fn an_upstream_refusing_connections_opens_the_breaker_and_saved_pages_answer_at_
 fn an_upstream_that_accepts_and_never_answers_opens_the_breaker_too() {
     within(LIMIT, || restart_with_the_upstream_down(true));
 }
+
+/// An upstream that answers, but slowly, is named on the home page with
+/// its average time to response headers, and in `/metrics`.
+#[test]
+fn a_slow_upstream_is_named_on_the_home_page() {
+    within(LIMIT, || {
+        let fake = FakeIndex::start(BTreeMap::new());
+        fake.add_project(
+            "root",
+            "slow",
+            FakeProject {
+                files: (0..3)
+                    .map(|i| {
+                        FakeFile::new(
+                            &format!("slow-1.{i}-py3-none-any.whl"),
+                            crate::util::blob(3000, i),
+                        )
+                    })
+                    .collect(),
+                versions: vec!["1.0".into()],
+                ..Default::default()
+            },
+        );
+        let (roxpi, _cache, _home) = crate::util::roxpi_on(&fake, &[]);
+        let home = |addr| String::from_utf8_lossy(&get(addr, "/").body).into_owned();
+        assert_eq!(get(roxpi.addr, "/index/slow/").status, 200);
+        assert!(
+            home(roxpi.addr).contains("<th>upstream</th><td>ok</td>"),
+            "{}",
+            home(roxpi.addr)
+        );
+
+        fake.set_file_delay(Duration::from_millis(1500));
+        let addr = roxpi.addr;
+        let gets: Vec<_> = (0..3)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    get(addr, &format!("/index/slow/slow-1.{i}-py3-none-any.whl")).status
+                })
+            })
+            .collect();
+        for g in gets {
+            assert_eq!(g.join().unwrap(), 200);
+        }
+        let page = home(roxpi.addr);
+        let host = fake.url("root");
+        let host = host
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        // The fake answers two at a time: the third waits 3 s.
+        let said = page
+            .split(&format!("{host}: slow (answers in "))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no slow upstream on the home page:\n{page}"));
+        assert!(said > 1.0 && said < 3.5, "{said}");
+        let metrics = String::from_utf8_lossy(&get(roxpi.addr, "/metrics").body).into_owned();
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "roxpi_upstream_response_seconds{{host=\"{host}\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no response time series:\n{metrics}"));
+        let avg: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(avg > 1.0, "{line}");
+        // The file's bytes count for its project.
+        assert!(page.contains("Top projects by bytes served"), "{page}");
+        assert!(page.contains(">slow</a></td><td>8.8 KiB</td>"), "{page}");
+    });
+}

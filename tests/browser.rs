@@ -43,6 +43,8 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
         assert_eq!(get(addr, "/index/demo/").status, 200);
         assert_eq!(get(addr, "/index/demo/").header("x-cache"), Some("HIT"));
         assert_eq!(page_gets(), 1);
+        let file = get(addr, "/index/demo/demo-1.0-py3-none-any.whl");
+        assert_eq!((file.status, file.body.len()), (200, 5000));
 
         let shot = std::env::temp_dir().join("roxpi-home.png");
         let out = Command::new(&python)
@@ -70,6 +72,7 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
             "File cache",
             "Server",
             "Invalidate",
+            "Top projects by bytes served",
         ] {
             assert!(h2.contains(&want), "no {want} section: {h2:?}");
         }
@@ -87,6 +90,7 @@ fn the_home_page_renders_and_its_buttons_invalidate() {
             "page hit ratio\t50.0 % (1 of 2) since start",
             "file hit ratio",
             "upstream\tok",
+            "demo\t4.9 KiB",
             &format!("pip install --index-url http://{addr}/index/"),
             &format!("uv pip install --index-url http://{addr}/simple/"),
         ] {

@@ -345,6 +345,15 @@ fn sighup_swaps_the_certificate_while_an_old_connection_finishes_its_download() 
 
         // New connections get the new certificate; the old one is refused.
         assert_eq!(tls_get(tls_addr, &ca_b, "/health").0, 200);
+        // The home page read over TLS shows https:// lines, without
+        // --trusted-host.
+        let (status, home) = tls_get(tls_addr, &ca_b, "/");
+        let home = String::from_utf8_lossy(&home);
+        assert_eq!(status, 200);
+        assert!(
+            home.contains("pip install --index-url https://localhost/index/ PACKAGE"),
+            "{home}"
+        );
         assert!(
             connect(tls_addr, &ca_a).is_err(),
             "the old certificate is still served"

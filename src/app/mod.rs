@@ -13,6 +13,7 @@ mod recent;
 mod renders;
 mod route;
 mod status;
+mod top;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,6 +144,8 @@ pub struct App {
     /// When the app started (uptime), and as Unix seconds (`/metrics`).
     pub(crate) started: std::time::Instant,
     pub(crate) started_unix: u64,
+    /// Bytes served per project (the home page's top 10).
+    top: top::TopProjects,
     /// ROXPI_PREFETCH's progress, once it runs (for `/ready`).
     prefetch: std::sync::OnceLock<Arc<crate::prefetch::Progress>>,
 }
@@ -269,6 +272,7 @@ impl App {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             prefetch: std::sync::OnceLock::new(),
+            top: Default::default(),
         })
     }
 
@@ -563,6 +567,11 @@ impl App {
     /// Every finished response (the server's observer): latency histograms.
     pub fn observe(&self, f: &crate::http::Finished<'_>) {
         self.latencies.observe(f);
+        if matches!(f.status, 200 | 206) {
+            if let Some(project) = top::project_of(f.target) {
+                self.top.add(project, f.bytes);
+            }
+        }
     }
 
     /// `/health` and `/ready` (called by the accept thread: atomics and

@@ -259,8 +259,11 @@ struct HomeHtml<'a> {
     glance: Vec<(&'static str, String)>,
     /// The file cache's use and cap, for the bar.
     fill: Option<(u64, u64)>,
-    /// The address clients reached roxpi at (`Host`).
+    /// The address clients reached roxpi at (`Host`), and how.
     at: String,
+    scheme: &'static str,
+    /// The 10 projects with the most bytes served, sizes for people.
+    top: Vec<(String, String)>,
     indexes: Vec<(String, String, u64)>,
     strategy: &'a str,
     offline: bool,
@@ -338,15 +341,28 @@ fn glance(app: &App, snapshot: &Snapshot) -> Vec<(&'static str, String)> {
         ));
     }
     let down = upstream_rows(app);
+    let slow: Vec<String> = app
+        .origin
+        .upstream_latencies()
+        .into_iter()
+        .filter(|(_, avg)| *avg > crate::origin::breaker::SLOW)
+        .map(|(host, avg)| {
+            format!(
+                "{host}: slow (answers in {:.1} s on average)",
+                avg.as_secs_f64()
+            )
+        })
+        .collect();
     let upstream = if app.settings.offline {
         "offline mode: no upstream is contacted".to_owned()
-    } else if down.is_empty() {
-        "ok".to_owned()
-    } else {
+    } else if !down.is_empty() || !slow.is_empty() {
         down.into_iter()
             .map(|(_, v)| v)
+            .chain(slow)
             .collect::<Vec<_>>()
             .join("; ")
+    } else {
+        "ok".to_owned()
     };
     rows.push(("upstream", upstream));
     rows
@@ -392,6 +408,13 @@ pub fn home(app: &App, req: &crate::http::Request) -> Response {
         glance,
         fill,
         at,
+        scheme: if req.is_tls() { "https" } else { "http" },
+        top: app
+            .top
+            .top(10)
+            .into_iter()
+            .map(|(p, n)| (p, human_bytes(n)))
+            .collect(),
         indexes: app
             .default_cache
             .indexes()
@@ -474,6 +497,14 @@ pub fn metrics(app: &App) -> Response {
             for b in app.origin.breakers() {
                 let label = b.host.replace('\\', "\\\\").replace('"', "\\\"");
                 out.push_str(&format!("{name}{{host=\"{label}\"}} {}\n", b.state));
+            }
+            let name = "roxpi_upstream_response_seconds";
+            out.push_str(&format!(
+                "# HELP {name} Each upstream host's moving average time to response headers (half per answer); above 1 s the home page calls it slow.\n# TYPE {name} gauge\n"
+            ));
+            for (host, avg) in app.origin.upstream_latencies() {
+                let label = host.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{host=\"{label}\"}} {:.6}\n", avg.as_secs_f64()));
             }
             let name = "roxpi_route_indexes";
             out.push_str(&format!(

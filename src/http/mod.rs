@@ -136,6 +136,8 @@ pub struct Finished<'a> {
     pub elapsed: Duration,
     /// The body was cut (client gone, failed stream).
     pub cut: bool,
+    /// Body bytes sent.
+    pub bytes: u64,
 }
 
 /// Sees every finished response; must be cheap (atomics).

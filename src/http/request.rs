@@ -109,6 +109,8 @@ pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     peer: Option<SocketAddr>,
+    /// Received over TLS.
+    tls: bool,
 }
 
 impl Request {
@@ -121,6 +123,7 @@ impl Request {
             headers: Vec::new(),
             body: Vec::new(),
             peer: None,
+            tls: false,
         }
     }
 
@@ -180,6 +183,16 @@ impl Request {
 
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// Whether the request came over TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Marks the request as received over TLS (the server, and tests).
+    pub fn set_tls(&mut self, tls: bool) {
+        self.tls = tls;
     }
 
     pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
@@ -352,6 +365,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
         headers: header_list,
         body: buf[head_len..end].to_vec(),
         peer: None,
+        tls: false,
     };
     Ok(Parsed::Complete {
         request,

@@ -265,6 +265,7 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
     let started = Instant::now();
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     request.set_peer(conn.peer);
+    request.set_tls(conn.tls.is_some());
     let (response, panicked) = run_handler(shared, &request, |r| (shared.handler)(r));
     conn.served += 1;
     finish(shared, conn, request, response, panicked, started)
@@ -550,6 +551,7 @@ fn log_access(conn: &Conn, a: &Access<'_>, bytes: u64, error: Option<&std::io::E
             tag: a.tag,
             elapsed,
             cut: error.is_some(),
+            bytes,
         });
     }
     if !log::log_enabled!(target: "roxpi::access", log::Level::Info) {

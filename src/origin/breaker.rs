@@ -85,9 +85,16 @@ impl Breaker {
     }
 }
 
+/// An origin is **slow** when its average time to response headers is
+/// above this (PyPI answers in tens of milliseconds).
+pub const SLOW: Duration = Duration::from_secs(1);
+
 pub struct Breakers {
     params: BreakerParams,
     map: Mutex<HashMap<Host, Breaker>>,
+    /// Per origin: the moving average of the time to response headers
+    /// (seconds), over requests that got an answer.
+    latency: Mutex<HashMap<Host, f64>>,
     /// Closed → open and open → closed changes.
     pub transitions: AtomicU64,
 }
@@ -97,6 +104,7 @@ impl Breakers {
         Breakers {
             params,
             map: Mutex::new(HashMap::new()),
+            latency: Mutex::new(HashMap::new()),
             transitions: AtomicU64::new(0),
         }
     }
@@ -187,6 +195,32 @@ impl Breakers {
         (!down.is_empty()).then(|| down.join("; "))
     }
 
+    /// An answer from `host` took `took` to its headers: the moving
+    /// average takes half of it (the home page shows the state now).
+    pub fn timed(&self, host: &Host, took: Duration) {
+        let mut map = crate::lock(&self.latency);
+        let t = took.as_secs_f64();
+        map.entry(host.clone())
+            .and_modify(|avg| *avg = (*avg + t) / 2.0)
+            .or_insert(t);
+    }
+
+    /// Every origin's average time to response headers, sorted by host.
+    pub fn latencies(&self) -> Vec<(String, Duration)> {
+        let map = crate::lock(&self.latency);
+        let mut out: Vec<(String, Duration)> = map
+            .iter()
+            .map(|((host, port), avg)| {
+                (
+                    format!("{host}:{port}"),
+                    Duration::from_secs_f64(avg.max(0.0)),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Every origin that failed lately, sorted by host.
     pub fn states(&self) -> Vec<HostState> {
         let map = crate::lock(&self.map);
@@ -213,6 +247,23 @@ mod tests {
 
     fn host() -> Host {
         ("pypi.example".into(), 443)
+    }
+
+    #[test]
+    fn a_slow_origin_shows_in_the_moving_average() {
+        let b = Breakers::new(BreakerParams::default());
+        let ms = Duration::from_millis;
+        b.timed(&host(), ms(50));
+        assert_eq!(b.latencies(), [("pypi.example:443".to_owned(), ms(50))]);
+        for _ in 0..10 {
+            b.timed(&host(), ms(3000));
+        }
+        let avg = b.latencies()[0].1;
+        assert!(avg > SLOW && avg < ms(3000), "{avg:?}");
+        for _ in 0..12 {
+            b.timed(&host(), ms(40));
+        }
+        assert!(b.latencies()[0].1 < ms(100));
     }
 
     #[test]

@@ -379,10 +379,14 @@ impl HttpOrigin {
                     ));
                 }
             }
+            let asked = Instant::now();
             let called = req.call().map_err(|e| to_error(&current, e));
             if let Some(h) = &host {
                 let reached = called.as_ref().err().is_none_or(|e| !e.is_unreachable());
                 self.breakers.record(h, reached, Instant::now());
+                if called.is_ok() {
+                    self.breakers.timed(h, asked.elapsed());
+                }
             }
             let resp = called?;
             let status = resp.status().as_u16();
@@ -452,6 +456,10 @@ impl Origin for HttpOrigin {
 
     fn upstream_down(&self) -> Option<String> {
         self.breakers.down_now()
+    }
+
+    fn upstream_latencies(&self) -> Vec<(String, std::time::Duration)> {
+        self.breakers.latencies()
     }
 
     fn breaker_transitions(&self) -> u64 {

@@ -360,6 +360,10 @@ pub trait Origin: Send + Sync {
     fn breaker_transitions(&self) -> u64 {
         0
     }
+    /// Each upstream origin's average time to response headers.
+    fn upstream_latencies(&self) -> Vec<(String, std::time::Duration)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

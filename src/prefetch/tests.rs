@@ -130,7 +130,11 @@ fn a_version_for_newer_pythons_is_not_fetched_for_older_ones() {
         ("3.10", vec![]),
     ];
     for (py, want) in cases {
-        assert_eq!(picked(&files, &[all.clone()], &t(py)).0, want, "{py}");
+        assert_eq!(
+            picked(&files, std::slice::from_ref(&all), &t(py)).0,
+            want,
+            "{py}"
+        );
     }
     assert!(runs_on(Some("<3.12"), &t("3.11")[0]));
     assert!(!runs_on(Some("!=3.11.*"), &t("3.11")[0]));
