@@ -190,6 +190,7 @@ impl App {
         App::assemble(settings, files, origin, server, clock, store)
     }
 
+    // Long: builds every part of the app in one struct literal, in the order they depend on each other.
     /// The app around a ready `Files` (tests give it their own storage).
     pub(crate) fn assemble(
         settings: Settings,

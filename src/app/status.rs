@@ -1,3 +1,4 @@
+// Size: the home page and /metrics are two views of one snapshot of the counters; split, their rows would drift apart.
 //! The home page and `/metrics`, both built from one `Snapshot` of every
 //! counter: the index cache, the file cache and the HTTP server. Each
 //! metric is declared once, with its Prometheus name, type, help text and

@@ -1,3 +1,4 @@
+// Size: one concept (a connection's socket I/O, plain and TLS: the non-blocking read and the write state machine that both share).
 //! One client connection and the socket I/O on it: non-blocking reads into
 //! the request buffer, and `Outgoing`, the state of a response being written
 //! (head, then shared bytes, a file range by `sendfile`, or a stream). An

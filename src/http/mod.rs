@@ -1,3 +1,4 @@
+// Size: the server's one entry point: its settings, counters, listeners (plain and TLS) and the accept loop that feeds the workers.
 //! roxpi's HTTP/1.1 server. It knows nothing about PyPI: it runs a handler
 //! `Fn(&Request) -> Response` and owns everything between the socket and
 //! that call.

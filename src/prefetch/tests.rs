@@ -3,7 +3,9 @@
 
 use std::str::FromStr;
 
+use super::pick::{pick_files, runs_on, PageFile};
 use super::*;
+use crate::pypi::ProjectName;
 use locks::Named;
 
 fn page(files: &[(&str, &str, Option<bool>)]) -> Vec<PageFile> {
