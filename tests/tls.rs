@@ -443,3 +443,57 @@ fn slow_tls_readers_do_not_stop_a_warm_page() {
         drop(readers);
     });
 }
+
+#[test]
+fn prefetch_over_https_trusts_ssl_cert_file() {
+    within(Duration::from_secs(120), || {
+        if !tls_tools() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (make_ca(dir.path(), "a"), make_ca(dir.path(), "b"));
+        let fake = crate::prefetch::installable();
+        let (roxpi, _cache) = roxpi_tls(&fake, &a, false);
+        let wheel = "roxpi_dep-1.2.0-py3-none-any.whl";
+        let lock = dir.path().join("poetry.lock");
+        std::fs::write(
+            &lock,
+            format!("[[package]]\nname = \"roxpi-dep\"\nversion = \"1.2.0\"\nfiles = [{{file = \"{wheel}\"}}]\n"),
+        )
+        .unwrap();
+        let url = format!("https://localhost:{}/simple/", roxpi.addr.port());
+        let prefetch = |ca: &Path| {
+            Command::new(crate::util::roxpi_bin())
+                .args(["prefetch", "--url", &url])
+                .arg(&lock)
+                .env("SSL_CERT_FILE", ca)
+                .output()
+                .unwrap()
+        };
+        // Another CA: refused, with the reason.
+        let out = prefetch(&b.ca);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("invalid peer certificate"), "{said}");
+        assert_eq!(fake.count(&format!("/files/root/roxpi-dep/{wheel}")), 0);
+        // The right one: fetched through TLS.
+        let out = prefetch(&a.ca);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("prefetch: 1 fetched"), "{said}");
+        assert_eq!(fake.count(&format!("/files/root/roxpi-dep/{wheel}")), 1);
+
+        // Plain HTTP on the TLS port is told so, not cut without a word.
+        let mut plain = TcpStream::connect(roxpi.addr).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        plain
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = plain.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        assert!(answer.contains("This port speaks HTTPS"), "{answer:?}");
+    });
+}

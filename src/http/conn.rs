@@ -163,6 +163,15 @@ fn fill_tls(
 ) -> io::Result<ReadOutcome> {
     let mut s = sock;
     let mut eof = false;
+    if tls.is_handshaking() && !tls.wants_write() && plain_http_on_tls(sock) {
+        // Plain HTTP on the TLS port: say so, as nginx does, instead of
+        // a handshake failure the client shows as an empty reply.
+        let _ = send(sock, PLAIN_ON_TLS, SendFlags::empty());
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "plain HTTP on the TLS port",
+        ));
+    }
     loop {
         match tls.read_tls(&mut s) {
             Ok(0) => {
@@ -220,6 +229,27 @@ fn fill_tls(
     } else {
         ReadOutcome::WouldBlock
     })
+}
+
+/// The answer to a plain HTTP request on the TLS port.
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 56\r\nConnection: close\r\n\r\nThis port speaks HTTPS: use https:// in the index URL.\r\n";
+
+/// Whether the first bytes waiting on a new TLS connection are a plain
+/// HTTP request line (a TLS record starts with a byte below 0x20).
+fn plain_http_on_tls(sock: &TcpStream) -> bool {
+    let mut head = [0u8; 8];
+    match rustix::net::recv(
+        sock,
+        &mut head,
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        Ok((n, _)) if n >= 4 => {
+            let word = &head[..n];
+            let end = word.iter().position(|b| *b == b' ').unwrap_or(n);
+            end >= 3 && word[..end].iter().all(u8::is_ascii_uppercase)
+        }
+        _ => false,
+    }
 }
 
 /// Where a response is written: the socket, through the TLS session if
