@@ -82,6 +82,9 @@ pub struct Wanted {
 pub struct Lock {
     pub wanted: Vec<Wanted>,
     pub skipped: Vec<String>,
+    /// Requirements files it includes (`-r FILE`), as written: relative
+    /// to its own directory.
+    pub includes: Vec<String>,
 }
 
 /// Reads `text` as `format`.
@@ -137,6 +140,10 @@ fn requirements(text: &str) -> Result<Lock, String> {
         if line.is_empty() {
             continue;
         }
+        if let Some(path) = include_of(line) {
+            lock.includes.push(path.to_owned());
+            continue;
+        }
         if line.starts_with('-') {
             lock.skipped
                 .push(format!("line {}: option {line:?}", i + 1));
@@ -151,6 +158,15 @@ fn requirements(text: &str) -> Result<Lock, String> {
         }
     }
     Ok(lock)
+}
+
+/// The file a `-r FILE` / `--requirement FILE` (or `=FILE`) line names.
+fn include_of(line: &str) -> Option<&str> {
+    let rest = line
+        .strip_prefix("--requirement")
+        .or_else(|| line.strip_prefix("-r"))?;
+    let path = rest.strip_prefix('=').unwrap_or(rest).trim();
+    (!path.is_empty() && (rest.starts_with([' ', '\t', '=']))).then_some(path)
 }
 
 /// `name[extras] specifiers ; marker --hash=…` → what it wants; `None` for
@@ -397,7 +413,10 @@ mod tests {
              idna>=3,<4\n\
              --index-url http://x/simple/\n\
              demo @ https://example.org/demo-1.0.tar.gz\n\
-             -e ./local\n"
+             -e ./local\n\
+             -r base.txt\n\
+             --requirement=dev/more.txt\n\
+             -rnot-an-include.txt\n"
         );
         let lock = parse(Format::Requirements, &text).unwrap();
         assert_eq!(names(&lock), ["requests", "rich", "idna"]);
@@ -409,7 +428,8 @@ mod tests {
             lock.wanted[1].pick,
             Pick::Versions(VersionSpecifiers::from_str("==13.9.4").unwrap())
         );
-        assert_eq!(lock.skipped.len(), 3, "{:?}", lock.skipped);
+        assert_eq!(lock.skipped.len(), 4, "{:?}", lock.skipped);
+        assert_eq!(lock.includes, ["base.txt", "dev/more.txt"]);
         for bad in ["requests\n", "requests==\n", "x==1 --hash=md5:00\n"] {
             assert!(parse(Format::Requirements, bad).is_err(), "{bad}");
         }

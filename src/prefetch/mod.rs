@@ -87,27 +87,48 @@ pub fn targets(platforms: &[String], pythons: &[String]) -> Result<Vec<Target>, 
         .collect())
 }
 
-/// Reads lock files (`format`, or detected by name).
+/// Reads lock files (`format`, or detected by name), and the
+/// requirements files they include (`-r`, relative to the including
+/// file, each once).
 pub fn read_locks(
     paths: &[PathBuf],
     format: Option<Format>,
 ) -> Result<Vec<(PathBuf, Lock)>, String> {
-    paths
-        .iter()
-        .map(|path| {
-            let format = format.or_else(|| locks::detect(path)).ok_or_else(|| {
-                format!(
-                    "{}: unknown lock format (name it uv.lock, poetry.lock, pylock.toml or *.txt, or give --format)",
-                    path.display()
-                )
-            })?;
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let lock = locks::parse(format, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok((path.clone(), lock))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut queue: Vec<(PathBuf, Option<Format>)> =
+        paths.iter().rev().map(|p| (p.clone(), format)).collect();
+    while let Some((path, format)) = queue.pop() {
+        let same = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !seen.insert(same) {
+            continue;
+        }
+        if seen.len() > MAX_LOCK_FILES {
+            return Err(format!(
+                "more than {MAX_LOCK_FILES} lock files (with their -r includes)"
+            ));
+        }
+        let format = format.or_else(|| locks::detect(&path)).ok_or_else(|| {
+            format!(
+                "{}: unknown lock format (name it uv.lock, poetry.lock, pylock.toml or *.txt, or give --format)",
+                path.display()
+            )
+        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let lock = locks::parse(format, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        for inc in lock.includes.iter().rev() {
+            queue.push((dir.join(inc), Some(Format::Requirements)));
+        }
+        out.push((path, lock));
+    }
+    Ok(out)
 }
+
+/// Most lock files one run reads, includes counted (a guard against an
+/// include loop through ever new paths).
+const MAX_LOCK_FILES: usize = 256;
 
 /// The files matching comma-separated glob patterns (`ROXPI_PREFETCH`),
 /// sorted; a pattern matching nothing is an error.

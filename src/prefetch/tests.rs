@@ -165,3 +165,34 @@ fn urls_and_targets() {
     assert_eq!(targets(&[], &["3.12".into()]).unwrap()[0].platform, None);
     assert!(targets(&[], &["312".into()]).is_err());
 }
+
+#[test]
+fn requirements_includes_are_followed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let top = write("requirements.txt", "-r base/base.txt\nalpha==1\n");
+    write(
+        "base/base.txt",
+        "beta==2\n-r ../requirements.txt\n--requirement extra.txt\n",
+    );
+    write("base/extra.txt", "gamma==3\n");
+    let read = read_locks(&[top], None).unwrap();
+    let names: Vec<&str> = read
+        .iter()
+        .flat_map(|(_, l)| l.wanted.iter().map(|w| w.project.as_str()))
+        .collect();
+    assert_eq!(names, ["alpha", "beta", "gamma"]);
+    assert_eq!(
+        read.len(),
+        3,
+        "the loop back to requirements.txt is read once"
+    );
+    let missing = write("broken.txt", "-r nowhere.txt\n");
+    let err = read_locks(&[missing], None).unwrap_err();
+    assert!(err.contains("nowhere.txt"), "{err}");
+}
