@@ -43,6 +43,7 @@ pub mod config;
 pub mod files;
 pub mod flight;
 pub mod histogram;
+pub mod hosted;
 pub mod http;
 pub mod human;
 pub mod index_cache;
