@@ -25,7 +25,16 @@ fn page(files: &[(&str, &str, Option<bool>)]) -> Vec<PageFile> {
 }
 
 fn picked(files: &[PageFile], picks: &[Pick], targets: &[Target]) -> (Vec<String>, Vec<String>) {
-    let name = ProjectName::parse("np").unwrap();
+    picked_in("np", files, picks, targets)
+}
+
+fn picked_in(
+    project: &str,
+    files: &[PageFile],
+    picks: &[Pick],
+    targets: &[Target],
+) -> (Vec<String>, Vec<String>) {
+    let name = ProjectName::parse(project).unwrap();
     let (chosen, missing) = pick_files(&name, files, picks, targets);
     (
         chosen.iter().map(|f| f.filename.clone()).collect(),
@@ -195,4 +204,50 @@ fn requirements_includes_are_followed_once() {
     let missing = write("broken.txt", "-r nowhere.txt\n");
     let err = read_locks(&[missing], None).unwrap_err();
     assert!(err.contains("nowhere.txt"), "{err}");
+}
+
+/// PyPI's real numpy page (4,415 files): a pin picks the one wheel pip
+/// takes on a Raspberry Pi 5 with Python 3.12, and every aarch64 glibc
+/// wheel of the version without `--python`.
+#[test]
+fn numpy_on_the_real_page() {
+    use std::io::Read;
+    #[derive(serde::Deserialize)]
+    struct Page {
+        files: Vec<PageFile>,
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/pypi-pages/numpy.json.gz"
+    );
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut json)
+        .unwrap();
+    let page: Page = serde_json::from_slice(&json).unwrap();
+    assert!(page.files.len() > 4000);
+    let pin = Pick::Versions(pep440_rs::VersionSpecifiers::from_str("==2.0.0").unwrap());
+    let pi = targets(&["manylinux_2_36_aarch64".into()], &["3.12".into()]).unwrap();
+    let (got, missing) = picked_in("numpy", &page.files, std::slice::from_ref(&pin), &pi);
+    assert!(missing.is_empty(), "{missing:?}");
+    assert_eq!(
+        got,
+        ["numpy-2.0.0-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"]
+    );
+    let any_python = targets(&["manylinux_2_36_aarch64".into()], &[]).unwrap();
+    let (got, _) = picked_in(
+        "numpy",
+        &page.files,
+        std::slice::from_ref(&pin),
+        &any_python,
+    );
+    assert_eq!(got.len(), 4, "cp39 to cp312: {got:?}");
+    assert!(
+        got.iter().all(|f| f.contains("manylinux_2_17_aarch64")),
+        "{got:?}"
+    );
+    // Without targets: all 45 files of 2.0.0.
+    let (got, _) = picked_in("numpy", &page.files, std::slice::from_ref(&pin), &[]);
+    assert_eq!(got.len(), 45);
+    assert!(got.contains(&"numpy-2.0.0.tar.gz".to_owned()));
 }
