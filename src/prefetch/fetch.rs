@@ -105,9 +105,13 @@ pub fn run(
         jobs.len() + progress.failed.load(Ordering::Relaxed),
         Ordering::Relaxed,
     );
-    progress
-        .bytes_total
-        .store(jobs.iter().filter_map(|j| j.size).sum(), Ordering::Relaxed);
+    progress.bytes_total.store(
+        // Sizes are the index's claims: summed without overflow.
+        jobs.iter()
+            .filter_map(|j| j.size)
+            .fold(0u64, u64::saturating_add),
+        Ordering::Relaxed,
+    );
     progress
         .state
         .store(State::Fetching as u8, Ordering::Release);

@@ -163,7 +163,9 @@ pub fn render(s: &Snapshot, width: usize) -> String {
     let eta = if s.state == State::Done {
         String::from("done")
     } else if rate > 0.0 && s.bytes_total > s.bytes_done {
-        let left = Duration::from_secs_f64((s.bytes_total - s.bytes_done) as f64 / rate);
+        // A claimed size may be absurd: no ETA past what a Duration holds.
+        let left = Duration::try_from_secs_f64((s.bytes_total - s.bytes_done) as f64 / rate)
+            .unwrap_or(Duration::MAX);
         format!("ETA {}", crate::human::human_duration(left))
     } else {
         String::from("ETA …")
@@ -262,6 +264,9 @@ mod tests {
             assert!(line.contains(want), "{line:?} lacks {want:?}");
             assert!(line.chars().count() <= width, "{line:?}");
         }
+        // A size claimed by the index near u64::MAX, received slowly: no panic.
+        let huge = render(&snap(State::Fetching, (0, 1), (1, u64::MAX), 1_000_000), 80);
+        assert!(huge.contains("ETA"), "{huge}");
         // Narrow terminals: no bar, the line cut to fit.
         let narrow = render(&snap(State::Fetching, (1, 2), (1, 2), 1), 20);
         assert_eq!(narrow.chars().count(), 20, "{narrow:?}");
