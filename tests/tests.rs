@@ -16,6 +16,7 @@ mod policy;
 mod prefetch;
 mod process;
 mod real_shapes;
+mod request_bodies;
 mod s3;
 mod s3_server;
 mod tls;

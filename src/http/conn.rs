@@ -37,6 +37,8 @@ pub(crate) struct Conn {
     pub registered: bool,
     /// `100 Continue` was sent for the request at the head of `buf`.
     pub continued: bool,
+    /// A request body being received (`body::receive`).
+    pub receiving: Option<Box<super::body::Receiving>>,
     _open: OpenGuard,
 }
 
@@ -74,6 +76,7 @@ impl Conn {
             served: 0,
             registered: false,
             continued: false,
+            receiving: None,
             _open: OpenGuard(open),
         }
     }

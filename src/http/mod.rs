@@ -32,7 +32,8 @@
 //! Request head ≤ 16 KiB and ≤ 64 fields (431), target ≤ 8 KiB (414), the
 //! whole head within `head_timeout` of its first byte (408 or close — a
 //! trickling client is parked between bytes, so it never holds a worker),
-//! request bodies ≤ 64 KiB read and handed over (413 beyond),
+//! request bodies ≤ 64 KiB read and handed over (413 beyond, or, with
+//! `Limits::stream_bodies`, streamed to a handler's `BodySink`: see `body`),
 //! `Transfer-Encoding` in a request → 501. The connection cap is derived from
 //! `RLIMIT_NOFILE` (raised to the hard limit at start), keeping a reserve of
 //! descriptors for upstream sockets, temp files and downloads.
@@ -52,6 +53,7 @@
 //! in-flight responses finish (with `Connection: close`) within a bounded
 //! wait, and returns.
 
+mod body;
 pub mod conditional;
 mod conn;
 mod later;
@@ -62,6 +64,7 @@ mod response;
 pub mod tls;
 mod worker;
 
+pub use body::BodySink;
 pub use later::{settle, Later, Outcome, Parked, Resume, Waker};
 pub use probe::{answer_bytes, probe_target, Probe, ProbeAnswer};
 pub use request::{keep_alive, parse_request, HeadError, Limits, Method, Parsed, Request, Version};
@@ -99,6 +102,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// How long a ready connection may wait for a worker before a 503.
     pub queue_timeout: Duration,
+    /// A streamed request body (`Response::receive`) fails after this
+    /// long without a byte.
+    pub body_timeout: Duration,
     /// Connection cap; `None` derives it from the descriptor limit.
     pub max_connections: Option<usize>,
     pub limits: Limits,
@@ -171,6 +177,7 @@ impl Default for ServerConfig {
             keep_alive_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(30),
             queue_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(30),
             max_connections: None,
             limits: Limits::default(),
             stats: Arc::new(Stats::default()),

@@ -16,8 +16,12 @@ pub struct Limits {
     pub max_head: usize,
     /// Request target (414 beyond).
     pub max_target: usize,
-    /// A request body the server reads and hands over (413 beyond).
+    /// A request body the server reads and hands over with the request.
+    /// Beyond it: 413, or, with `stream_bodies`, the handler sees the head
+    /// first and may take the body as a stream (`Response::receive`).
     pub max_body: usize,
+    /// Hand heads with larger bodies to the handler (`Parsed::Streamed`).
+    pub stream_bodies: bool,
 }
 
 impl Default for Limits {
@@ -26,6 +30,7 @@ impl Default for Limits {
             max_head: 16 * 1024,
             max_target: 8 * 1024,
             max_body: 64 * 1024,
+            stream_bodies: false,
         }
     }
 }
@@ -111,6 +116,16 @@ pub struct Request {
     peer: Option<SocketAddr>,
     /// Received over TLS.
     tls: bool,
+    /// A body over `Limits::max_body`, not read with the head: its length,
+    /// and whether a `BodySink` has received all of it.
+    streamed: Option<Streamed>,
+}
+
+/// The body of a request too large to buffer (`Parsed::Streamed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Streamed {
+    len: u64,
+    received: bool,
 }
 
 impl Request {
@@ -124,6 +139,7 @@ impl Request {
             body: Vec::new(),
             peer: None,
             tls: false,
+            streamed: None,
         }
     }
 
@@ -177,8 +193,43 @@ impl Request {
     }
 
     /// The request body (at most `Limits::max_body`; usually empty).
+    /// Empty for a streamed body: see `streamed_len`.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// The length of a body too large to come with the head: the handler
+    /// takes it with `Response::receive`, or the connection closes after
+    /// its answer.
+    pub fn streamed_len(&self) -> Option<u64> {
+        self.streamed.map(|s| s.len)
+    }
+
+    /// Marks a request as carrying a body of `len` bytes still unread
+    /// (the server, and handler tests).
+    pub fn set_streamed(&mut self, len: u64) {
+        self.streamed = Some(Streamed {
+            len,
+            received: false,
+        });
+    }
+
+    pub(crate) fn body_received(&mut self) {
+        if let Some(s) = &mut self.streamed {
+            s.received = true;
+        }
+    }
+
+    /// A streamed body was not (all) read: the connection cannot carry
+    /// another request.
+    pub(crate) fn body_unread(&self) -> bool {
+        self.streamed.is_some_and(|s| !s.received)
+    }
+
+    /// Whether the client asked for `100 Continue` before its body.
+    pub(crate) fn expects_continue(&self) -> bool {
+        self.header_values("expect")
+            .any(|v| v.trim().eq_ignore_ascii_case("100-continue"))
     }
 
     pub fn peer(&self) -> Option<SocketAddr> {
@@ -236,6 +287,9 @@ pub enum Parsed {
     /// The head asks `Expect: 100-continue` and its body has not arrived:
     /// answer `100 Continue` (once), then read on.
     ExpectsContinue,
+    /// A head whose body is over `max_body` (with `stream_bodies`): the
+    /// handler decides whether to take the body; `consumed` is the head.
+    Streamed { request: Request, consumed: usize },
 }
 
 /// A request the server must refuse: the status to answer with and why.
@@ -344,6 +398,23 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
         ));
     }
     let body_len = content_length.unwrap_or(0);
+    if body_len > limits.max_body as u64 && limits.stream_bodies {
+        let mut request = Request {
+            method: Method::parse(req.method.unwrap_or("GET")),
+            target: target.into_owned(),
+            version,
+            headers: header_list,
+            body: Vec::new(),
+            peer: None,
+            tls: false,
+            streamed: None,
+        };
+        request.set_streamed(body_len);
+        return Ok(Parsed::Streamed {
+            request,
+            consumed: head_len,
+        });
+    }
     if body_len > limits.max_body as u64 {
         return Err(HeadError::new(
             413,
@@ -366,6 +437,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed, HeadError> {
         body: buf[head_len..end].to_vec(),
         peer: None,
         tls: false,
+        streamed: None,
     };
     Ok(Parsed::Complete {
         request,

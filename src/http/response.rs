@@ -98,8 +98,15 @@ pub struct Response {
     invalid: Option<String>,
     /// A short word for the access log (e.g. HIT, MISS).
     log_tag: Option<&'static str>,
-    /// The answer is not ready: park the request (see `later`).
-    later: Option<Box<super::later::Later>>,
+    /// The answer is not ready: park the request (see `later`), or read
+    /// its body first (see `receive`).
+    pending: Option<Box<Pending>>,
+}
+
+/// What a response stands for when it is not an answer yet.
+pub(crate) enum Pending {
+    Later(super::later::Later),
+    Receive(Box<dyn super::body::BodySink>),
 }
 
 impl Response {
@@ -110,7 +117,7 @@ impl Response {
             body: Body::Empty,
             invalid: None,
             log_tag: None,
-            later: None,
+            pending: None,
         }
     }
 
@@ -193,17 +200,42 @@ impl Response {
     /// later's waker is called or its deadline passes.
     pub fn later(later: super::later::Later) -> Response {
         let mut r = Response::new(200);
-        r.later = Some(Box::new(later));
+        r.pending = Some(Box::new(Pending::Later(later)));
+        r
+    }
+
+    /// Takes a streamed request body (`Request::streamed_len`): the server
+    /// reads it without blocking, hands it to `sink` as it arrives, and
+    /// answers with what `BodySink::finish` returns.
+    pub fn receive(sink: Box<dyn super::body::BodySink>) -> Response {
+        let mut r = Response::new(200);
+        r.pending = Some(Box::new(Pending::Receive(sink)));
         r
     }
 
     /// Whether this is an answer to come (`Response::later`).
     pub fn is_later(&self) -> bool {
-        self.later.is_some()
+        matches!(self.pending.as_deref(), Some(Pending::Later(_)))
     }
 
     pub(crate) fn take_later(&mut self) -> Option<super::later::Later> {
-        self.later.take().map(|b| *b)
+        match self.pending.take().map(|b| *b) {
+            Some(Pending::Later(later)) => Some(later),
+            other => {
+                self.pending = other.map(Box::new);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn take_sink(&mut self) -> Option<Box<dyn super::body::BodySink>> {
+        match self.pending.take().map(|b| *b) {
+            Some(Pending::Receive(sink)) => Some(sink),
+            other => {
+                self.pending = other.map(Box::new);
+                None
+            }
+        }
     }
 
     pub(crate) fn take_log_tag(&self) -> Option<&'static str> {

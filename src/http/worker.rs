@@ -146,6 +146,12 @@ pub(crate) fn worker_loop(shared: &Arc<Shared>, ready: &Receiver<Work>) {
 /// Answers every complete request buffered on `conn`, then parks it.
 fn serve(shared: &Arc<Shared>, mut conn: Conn) {
     let limits = shared.config.limits;
+    if let Some(rx) = conn.receiving.take() {
+        match super::body::receive(shared, conn, *rx) {
+            Some(c) => conn = c,
+            None => return,
+        }
+    }
     loop {
         let parsed = if conn.buf.is_empty() {
             Ok(Parsed::Partial)
@@ -164,6 +170,19 @@ fn serve(shared: &Arc<Shared>, mut conn: Conn) {
                     }
                     Some(c) => conn = c,
                     None => return,
+                }
+            }
+            Ok(Parsed::Streamed { request, consumed }) => {
+                conn.consume(consumed);
+                conn.head_started = None;
+                match respond(shared, conn, request) {
+                    Some(c) => conn = c,
+                    None => return,
+                }
+                if conn.buf.is_empty() {
+                    let deadline = Instant::now() + shared.config.keep_alive_timeout;
+                    shared.poller.park(conn, deadline);
+                    return;
                 }
             }
             Ok(Parsed::ExpectsContinue) if !conn.continued => {
@@ -266,8 +285,13 @@ fn respond(shared: &Arc<Shared>, mut conn: Conn, mut request: Request) -> Option
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     request.set_peer(conn.peer);
     request.set_tls(conn.tls.is_some());
-    let (response, panicked) = run_handler(shared, &request, |r| (shared.handler)(r));
+    let (mut response, panicked) = run_handler(shared, &request, |r| (shared.handler)(r));
     conn.served += 1;
+    if request.streamed_len().is_some() {
+        if let Some(sink) = response.take_sink() {
+            return super::body::start(shared, conn, request, sink, started);
+        }
+    }
     finish(shared, conn, request, response, panicked, started)
 }
 
@@ -287,7 +311,7 @@ fn resume(shared: &Arc<Shared>, waiting: Waiting) {
 }
 
 /// Writes `response` (or parks the request if it is a `Later`).
-fn finish(
+pub(crate) fn finish(
     shared: &Arc<Shared>,
     conn: Conn,
     request: Request,
@@ -326,6 +350,14 @@ fn finish(
             .header("Retry-After", "5")
             .log_tag("OVERDUE");
     }
+    if response.take_sink().is_some() {
+        log::error!(
+            "{} {}: a body sink for a request without a streamed body; answered 500",
+            request.method(),
+            request.target()
+        );
+        response = Response::text(500, "internal server error\n");
+    }
     write_response(
         shared,
         conn,
@@ -344,7 +376,8 @@ fn write_response(
     panicked: bool,
     started: Instant,
 ) -> Option<Conn> {
-    let keep = request.wants_keep_alive() && !panicked && !shared.stopping();
+    let keep =
+        request.wants_keep_alive() && !panicked && !shared.stopping() && !request.body_unread();
     let is_head = *request.method() == Method::Head;
     let status = response.status();
     let tag = response.take_log_tag();

@@ -9,8 +9,34 @@ fn status(s: &str) -> u16 {
         Ok(Parsed::Complete { .. }) => 200,
         Ok(Parsed::Partial) => 0,
         Ok(Parsed::ExpectsContinue) => 100,
+        Ok(Parsed::Streamed { .. }) => 1,
         Err(e) => e.status,
     }
+}
+
+#[test]
+fn a_large_body_is_streamed_only_when_the_server_streams_bodies() {
+    let raw = "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\nabc";
+    let streaming = Limits {
+        stream_bodies: true,
+        ..Limits::default()
+    };
+    let Ok(Parsed::Streamed { request, consumed }) = parse_request(raw.as_bytes(), &streaming)
+    else {
+        panic!("streamed");
+    };
+    assert_eq!(consumed, raw.len() - 3, "the head only");
+    assert_eq!(request.streamed_len(), Some(999_999));
+    assert!(request.body().is_empty());
+    assert!(request.body_unread());
+    assert_eq!(status(raw), 413, "without stream_bodies");
+    // A small body still comes with the head.
+    let small = "POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+    let Ok(Parsed::Complete { request, .. }) = parse_request(small.as_bytes(), &streaming) else {
+        panic!("complete");
+    };
+    assert_eq!(request.body(), b"abc");
+    assert_eq!(request.streamed_len(), None);
 }
 
 #[test]
