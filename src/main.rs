@@ -77,6 +77,11 @@ fn run() -> anyhow::Result<()> {
         // Every wait ends by the request deadline; this guard a little
         // after it.
         park_limit: config.request_deadline + Duration::from_secs(5),
+        // Uploads to hosted indexes stream their bodies.
+        limits: roxpi::http::Limits {
+            stream_bodies: config.hosting.is_some(),
+            ..Default::default()
+        },
         ..ServerConfig::default()
     };
     let stats = std::sync::Arc::clone(&server_config.stats);

@@ -7,6 +7,7 @@
 
 mod error;
 mod files;
+mod hosted;
 pub mod latency;
 mod pages;
 mod recent;
@@ -148,6 +149,8 @@ pub struct App {
     top: top::TopProjects,
     /// ROXPI_PREFETCH's progress, once it runs (for `/ready`).
     prefetch: std::sync::OnceLock<Arc<crate::prefetch::Progress>>,
+    /// Hosted indexes (uploads), when configured.
+    pub(crate) hosted: Option<Arc<crate::hosted::Hosted>>,
 }
 
 impl App {
@@ -224,6 +227,15 @@ impl App {
             upstreams.push(Arc::new(kit.route(r, share)?));
         }
         let settings_policy = Arc::clone(&settings.policy);
+        let hosted = match &settings.hosting {
+            None => None,
+            Some(h) => Some(Arc::new(crate::hosted::Hosted::open(h.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the hosted files in {} (ROXPI_HOSTED_DIR): {e}",
+                    h.dir.display()
+                )
+            })?)),
+        };
         let first_seen = if settings.cache_size == 0 {
             crate::policy::first_seen::FirstSeen::default()
         } else {
@@ -274,6 +286,7 @@ impl App {
                 .map_or(0, |d| d.as_secs()),
             prefetch: std::sync::OnceLock::new(),
             top: Default::default(),
+            hosted,
         })
     }
 
@@ -284,6 +297,9 @@ impl App {
 
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        if req.path().starts_with(crate::hosted::PREFIX) {
+            return self.hosted_route(req);
+        }
         let (up, route) = self.route(req);
         let method = req.method();
         if *method == Method::Options {

@@ -43,6 +43,9 @@ impl App {
             if let Some(refused) = self.denied_project(&up, name) {
                 return refused;
             }
+            if let Some(hosted) = self.claimed_page(req, &up, name) {
+                return hosted;
+            }
         }
         let force = wants_refresh(req, self.settings.client_refresh);
         if !force {
@@ -87,7 +90,11 @@ impl App {
         let sig: Vec<u64> = found
             .iter()
             .map(|(_, s, _)| s.generation)
-            .chain([self.files.metadata_generation(), policy_version])
+            .chain([
+                self.files.metadata_generation(),
+                policy_version,
+                self.hosted_generation(up),
+            ])
             .collect();
         let cached = up
             .index_cache
@@ -166,7 +173,11 @@ impl App {
         let sig: Vec<u64> = found
             .iter()
             .map(|(g, _)| *g)
-            .chain([self.files.metadata_generation(), policy_version])
+            .chain([
+                self.files.metadata_generation(),
+                policy_version,
+                self.hosted_generation(up),
+            ])
             .collect();
         let wall = SystemTime::now();
         let view = up
@@ -200,14 +211,22 @@ impl App {
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, Encoder::new(coding, files));
         let written = match key {
             Key::Project(name) => {
-                let pages: Vec<&ProjectPage> = found
+                // Hosted files of a project the upstream may also serve
+                // (`allow-upstream`) come first.
+                let hosted = self.hosted_page(up, name);
+                let pages: Vec<&ProjectPage> = hosted
                     .iter()
-                    .filter_map(|(_, s, _)| match &*s.doc {
+                    .chain(found.iter().filter_map(|(_, s, _)| match &*s.doc {
                         Doc::Page(p) => Some(p),
                         _ => None,
-                    })
+                    }))
                     .collect();
-                let mut merged = crate::pypi::merge(pages, up.strategy);
+                let strategy = if hosted.is_some() {
+                    crate::pypi::Strategy::Merge
+                } else {
+                    up.strategy
+                };
+                let mut merged = crate::pypi::merge(pages, strategy);
                 // A page version for the audit: its pages and the policy,
                 // not what synthesis advertises (that changes the bytes,
                 // not a decision) nor the format or coding.
@@ -241,13 +260,15 @@ impl App {
                 write_project(name, &merged, format, &mut out)
             }
             Key::List => {
-                let names =
-                    crate::pypi::name::sorted_unique(found.iter().flat_map(
-                        |(_, s, _)| match &*s.doc {
+                let names = crate::pypi::name::sorted_unique(
+                    found
+                        .iter()
+                        .flat_map(|(_, s, _)| match &*s.doc {
                             Doc::List(l) => l.clone(),
                             _ => Vec::new(),
-                        },
-                    ));
+                        })
+                        .chain(self.hosted_projects(up)),
+                );
                 out.write_all(&render_list(&names, format))
             }
         };
@@ -301,7 +322,7 @@ fn times_of(found: &[Found]) -> Vec<Times> {
 }
 
 /// A rendered page with its caching headers (or a 304).
-fn page_response(
+pub(super) fn page_response(
     req: &Request,
     view: &Rendered,
     found: &[Times],
@@ -451,7 +472,7 @@ fn wants_refresh(req: &Request, policy: ClientRefresh) -> bool {
         .any(|d| d == "no-cache" || (policy == ClientRefresh::Any && d == "max-age=0"))
 }
 
-fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then(|| {
@@ -518,8 +539,20 @@ impl Write for Encoder {
     }
 }
 
-/// A body compressed as `coding` asks (small pages; tests).
-#[cfg(test)]
+/// A small page rendered outside the index cache (a hosted project's),
+/// compressed as `coding` asks, with its ETag.
+pub(super) fn rendered(body: Vec<u8>, coding: Coding) -> Rendered {
+    let body = Bytes::from(compress(body, coding));
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+    Rendered {
+        sig: Vec::new(),
+        body,
+        etag,
+        valid_until: None,
+    }
+}
+
+/// A body compressed as `coding` asks (small pages).
 fn compress(body: Vec<u8>, coding: Coding) -> Vec<u8> {
     let mut e = Encoder::new(coding, 0);
     let _ = e.write_all(&body);

@@ -348,6 +348,32 @@ pub struct Cli {
     )]
     pub tls_bind: String,
 
+    /// The upload token of the hosted index `local` (created when this is
+    /// set): `twine upload` and `uv publish` send it as the password of
+    /// `__token__`. `[[hosted]]` in ROXPI_CONFIG names more indexes.
+    #[arg(
+        long,
+        env = "ROXPI_UPLOAD_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub upload_token: String,
+
+    /// The largest file an upload may carry.
+    #[arg(long, env = "ROXPI_UPLOAD_MAX", default_value = "1G")]
+    pub upload_max: String,
+
+    /// Where hosted files live (default: `hosted/` in the cache dir; never
+    /// evicted, not counted in ROXPI_CACHE_SIZE).
+    #[arg(
+        long,
+        env = "ROXPI_HOSTED_DIR",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub hosted_dir: String,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

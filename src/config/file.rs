@@ -30,6 +30,21 @@ pub struct FileConfig {
     pub index: Option<Vec<IndexEntry>>,
     #[serde(default)]
     pub route: Vec<RouteEntry>,
+    /// Hosted indexes: uploads kept by roxpi itself.
+    #[serde(default)]
+    pub hosted: Vec<HostedEntry>,
+}
+
+/// `[[hosted]]`: an index roxpi hosts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostedEntry {
+    pub name: String,
+    /// Its own upload token (else ROXPI_UPLOAD_TOKEN).
+    pub upload_token: Option<String>,
+    /// Projects (globs) that may also come from the upstream indexes.
+    #[serde(default)]
+    pub allow_upstream: Vec<String>,
 }
 
 /// The policy keys: at the top of the file (the site's policy), or in a

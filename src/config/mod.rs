@@ -280,6 +280,8 @@ pub struct Settings {
     pub routes: Vec<RouteConfig>,
     /// Needed by the invalidation DELETEs when set.
     pub admin_token: Option<Secret>,
+    /// Hosted indexes (uploads), if any.
+    pub hosting: Option<crate::hosted::HostingConfig>,
 }
 
 /// A setting with a value it cannot take.
@@ -325,6 +327,19 @@ impl Settings {
             ),
             (mode, None) => format!("storage: {mode:?} without a bucket"),
         });
+        if let Some(h) = &self.hosting {
+            let names: Vec<String> = h
+                .indexes
+                .iter()
+                .map(|i| format!("{} (uploads to /hosted/{}/)", i.name, i.name))
+                .collect();
+            lines.push(format!(
+                "hosted: {} in {}, uploads up to {}",
+                names.join(", "),
+                h.dir.display(),
+                crate::human::human_bytes(h.upload_max)
+            ));
+        }
         lines.push(match &self.config_file {
             None => "config file: none (ROXPI_CONFIG unset)".to_owned(),
             Some(path) => {
@@ -431,6 +446,8 @@ impl Settings {
         };
         let (upstream_allow, upstream_allow_any) = sources::upstream_allow(cli)?;
         let (storage, s3, cache_size) = sources::storage(cli)?;
+        let cache_dir = cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?;
+        let hosting = sources::hosting(cli, &file, &file_path, &cache_dir)?;
         Ok(Settings {
             bind,
             indexes,
@@ -469,7 +486,7 @@ impl Settings {
             cache_size,
             storage,
             s3,
-            cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
+            cache_dir,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             breaker: sources::breaker(cli)?,
             prefetch: sources::prefetch(cli)?,
@@ -486,6 +503,7 @@ impl Settings {
             admin_token: Some(cli.admin_token.trim())
                 .filter(|t| !t.is_empty())
                 .map(|t| Secret(t.to_owned())),
+            hosting,
         })
     }
 }

@@ -452,3 +452,78 @@ pub(super) fn tls(cli: &Cli) -> Result<Option<super::Tls>, ConfigError> {
         bind,
     }))
 }
+
+/// The hosted indexes: `[[hosted]]` in the file, and `local` when
+/// ROXPI_UPLOAD_TOKEN is set and the file names none.
+pub(super) fn hosting(
+    cli: &Cli,
+    file: &super::file::FileConfig,
+    file_path: &str,
+    cache_dir: &std::path::Path,
+) -> Result<Option<crate::hosted::HostingConfig>, ConfigError> {
+    use crate::hosted::{HostedIndex, HostingConfig, Token};
+    let token = Some(cli.upload_token.trim())
+        .filter(|t| !t.is_empty())
+        .map(|t| Token(t.to_owned()));
+    let mut indexes = Vec::new();
+    for h in &file.hosted {
+        if !crate::hosted::store::valid_index(&h.name) {
+            return Err(err(
+                "ROXPI_CONFIG",
+                file_path,
+                format!(
+                    "[[hosted]] name {:?}: lower-case letters, digits, - and _",
+                    h.name
+                ),
+            ));
+        }
+        if indexes.iter().any(|i: &HostedIndex| i.name == h.name) {
+            return Err(err(
+                "ROXPI_CONFIG",
+                file_path,
+                format!("[[hosted]] name {:?} is given twice", h.name),
+            ));
+        }
+        let mut allow_upstream = Vec::new();
+        for g in &h.allow_upstream {
+            allow_upstream.push(crate::policy::ProjectGlob::parse(g).map_err(|e| {
+                err(
+                    "ROXPI_CONFIG",
+                    file_path,
+                    format!("[[hosted]] {}: allow-upstream {g:?}: {e}", h.name),
+                )
+            })?);
+        }
+        indexes.push(HostedIndex {
+            name: h.name.clone(),
+            upload_token: h
+                .upload_token
+                .as_deref()
+                .map(|t| Token(t.trim().to_owned()))
+                .or_else(|| token.clone()),
+            allow_upstream,
+        });
+    }
+    if indexes.is_empty() {
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        indexes.push(HostedIndex {
+            name: "local".to_owned(),
+            upload_token: Some(token),
+            allow_upstream: Vec::new(),
+        });
+    }
+    let upload_max = super::parse_size(&cli.upload_max)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| err("ROXPI_UPLOAD_MAX", &cli.upload_max, "bytes, e.g. 1G or 200M"))?;
+    let dir = match cli.hosted_dir.trim() {
+        "" => cache_dir.join("hosted"),
+        d => std::path::PathBuf::from(d),
+    };
+    Ok(Some(HostingConfig {
+        dir,
+        upload_max,
+        indexes,
+    }))
+}

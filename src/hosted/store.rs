@@ -186,6 +186,28 @@ impl HostedStore {
         Ok(out)
     }
 
+    /// The projects of an index with at least one committed file.
+    pub fn projects(&self, index: &str) -> Vec<ProjectName> {
+        let Ok(dir) = self.root_of(index) else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| ProjectName::parse(&e.file_name().to_string_lossy()).ok())
+            .filter(|p| self.list(index, p).is_ok_and(|l| !l.is_empty()))
+            .collect()
+    }
+
+    fn root_of(&self, index: &str) -> Result<PathBuf, CommitError> {
+        if !valid_index(index) {
+            return Err(CommitError::BadIndex(index.to_owned()));
+        }
+        Ok(self.root.join(index))
+    }
+
     /// The path of a committed file (`None` if it has no record).
     pub fn path(&self, index: &str, project: &ProjectName, filename: &str) -> Option<PathBuf> {
         let dir = self.dir(index, project).ok()?;
