@@ -97,9 +97,13 @@ pub enum UploadError {
 impl UploadError {
     fn response(&self) -> Response {
         match self {
-            UploadError::Refused(_, r) => Response::text(400, format!("{r}\n")),
+            UploadError::Refused(_, r) => {
+                Response::text(400, format!("{r}\n")).reason_phrase(&r.0)
+            }
             // twine --skip-existing takes a 409 as "already there".
-            UploadError::Conflict(text) => Response::text(409, format!("{text}\n")),
+            UploadError::Conflict(text) => {
+                Response::text(409, format!("{text}\n")).reason_phrase(text)
+            }
             UploadError::Failed(text) => Response::text(500, format!("{text}\n")),
         }
     }
@@ -398,7 +402,8 @@ fn check_upload_auth(req: &Request, index: &HostedIndex) -> Result<(), Response>
         )
         .header("WWW-Authenticate", "Basic realm=\"roxpi\"")),
         Some(given) if token.matches(&given) => Ok(()),
-        Some(_) => Err(Response::text(403, "invalid upload token\n")),
+        Some(_) => Err(Response::text(403, "invalid upload token\n")
+            .reason_phrase("Invalid or non-existent authentication information")),
     }
 }
 
@@ -426,7 +431,7 @@ impl BodySink for UploadSink {
             let class = if r.0.contains("ROXPI_UPLOAD_MAX") { "size" } else { "form" };
             self.hosted.count_refusal(class);
             self.parser = None;
-            Response::text(400, format!("{r}\n"))
+            Response::text(400, format!("{r}\n")).reason_phrase(&r.0)
         })
     }
 

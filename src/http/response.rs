@@ -80,6 +80,10 @@ impl Body {
 /// A response header: name and value, borrowed when static.
 pub type Header = (Cow<'static, str>, Cow<'static, str>);
 
+/// The pseudo-header carrying a custom reason phrase (not a token: no
+/// handler can set it through `header`).
+const REASON: &str = ":reason";
+
 /// Header names the server writes itself; a handler's values are ignored.
 const RESERVED: &[&str] = &[
     "content-length",
@@ -153,6 +157,19 @@ impl Response {
         self
     }
 
+    /// Replaces the standard reason phrase of the status line (`400 the
+    /// digest does not match`): what twine prints for a refused upload, as
+    /// PyPI does. Kept to printable ASCII, at most 200 bytes.
+    pub fn reason_phrase(mut self, text: &str) -> Response {
+        let clean: String = text
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .take(200)
+            .collect();
+        self.headers.push((Cow::Borrowed(REASON), Cow::Owned(clean)));
+        self
+    }
+
     /// `header`, replacing any value set before.
     pub fn replace_header(
         mut self,
@@ -178,8 +195,12 @@ impl Response {
         self.status
     }
 
+    /// The header fields (not the reason phrase).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+        self.headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(':'))
+            .map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     pub fn get_header(&self, name: &str) -> Option<&str> {
@@ -406,11 +427,18 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[Header], params: &H
     out.extend_from_slice(b"HTTP/1.1 ");
     push_number(out, u64::from(status));
     out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
+    let phrase = headers
+        .iter()
+        .find(|(n, _)| n.starts_with(':'))
+        .map_or(reason(status), |(_, v)| v);
+    out.extend_from_slice(phrase.as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
     out.extend_from_slice(params.date.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
+        if name.starts_with(':') {
+            continue;
+        }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -486,6 +514,29 @@ mod tests {
             got,
             "HTTP/1.1 200 OK\r\nDate: Wed, 25 Nov 2026 18:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 31\r\nKeep-Alive: timeout=120\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_custom_reason_phrase_replaces_the_standard_one_and_stays_one_line() {
+        let r = Response::text(400, "x").reason_phrase("digest\r\nSet-Cookie: a=1 mismatch");
+        let (status, headers, _) = r.into_parts();
+        let mut out = Vec::new();
+        let params = HeadParams {
+            version: Version::Http11,
+            framing: Framing::Length(1),
+            persistence: Persistence::Close,
+            date: DATE,
+        };
+        write_head(&mut out, status, &headers, &params);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 400 digest??Set-Cookie: a=1 mismatch\r\nDate: "),
+            "{text}"
+        );
+        assert!(!text.contains(":reason"), "{text}");
+        assert_eq!(text.matches("\r\n").count(), 6, "{text}");
+        let r = Response::text(409, "x").reason_phrase("already");
+        assert!(r.headers().all(|(n, _)| !n.starts_with(':')));
     }
 
     #[test]
