@@ -6,6 +6,7 @@ mod browser;
 mod edge;
 mod fake_index;
 mod file_cache;
+mod hosted;
 mod http_server;
 mod index_api;
 mod installers;

@@ -14,7 +14,10 @@ impl App {
     /// `/hosted/…`: the upload URL of each hosted index.
     pub(super) fn hosted_route(self: &Arc<Self>, req: &Request) -> Response {
         let Some(hosted) = &self.hosted else {
-            return Response::text(404, "no hosted index is configured (ROXPI_UPLOAD_TOKEN or [[hosted]])\n");
+            return Response::text(
+                404,
+                "no hosted index is configured (ROXPI_UPLOAD_TOKEN or [[hosted]])\n",
+            );
         };
         let rest = req.path().strip_prefix(crate::hosted::PREFIX).unwrap_or("");
         let index = rest.trim_end_matches('/');
@@ -24,8 +27,11 @@ impl App {
         match req.method() {
             Method::Post => hosted.upload(req, index),
             Method::Options => Response::new(204).header("Allow", "POST, OPTIONS"),
-            m => Response::text(405, format!("{m} is not allowed here: uploads are POSTed\n"))
-                .header("Allow", "POST, OPTIONS"),
+            m => Response::text(
+                405,
+                format!("{m} is not allowed here: uploads are POSTed\n"),
+            )
+            .header("Allow", "POST, OPTIONS"),
         }
     }
 
@@ -116,7 +122,10 @@ impl App {
             age: Duration::ZERO,
             freshness: Freshness::Hit,
         }];
-        Some(super::pages::page_response(req, &view, &times, format, coding).header("X-Hosted", "claimed"))
+        Some(
+            super::pages::page_response(req, &view, &times, format, coding)
+                .header("X-Hosted", "claimed"),
+        )
     }
 }
 
@@ -163,11 +172,12 @@ impl App {
             return;
         }
         let later = crate::policy::latest();
-        page.files.retain_mut(|listed| {
-            match self.verdict(policy, name, listed.entry, later) {
+        page.files.retain_mut(
+            |listed| match self.verdict(policy, name, listed.entry, later) {
                 crate::policy::Verdict::Deny(reason) => {
                     let file = listed.entry.filename.as_str();
-                    self.audit.record("deny", "removed", name, Some(file), &reason);
+                    self.audit
+                        .record("deny", "removed", name, Some(file), &reason);
                     false
                 }
                 crate::policy::Verdict::Yank(reason) => {
@@ -177,7 +187,7 @@ impl App {
                     true
                 }
                 _ => true,
-            }
-        });
+            },
+        );
     }
 }

@@ -229,12 +229,14 @@ impl App {
         let settings_policy = Arc::clone(&settings.policy);
         let hosted = match &settings.hosting {
             None => None,
-            Some(h) => Some(Arc::new(crate::hosted::Hosted::open(h.clone()).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot open the hosted files in {} (ROXPI_HOSTED_DIR): {e}",
-                    h.dir.display()
-                )
-            })?)),
+            Some(h) => Some(Arc::new(crate::hosted::Hosted::open(h.clone()).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "cannot open the hosted files in {} (ROXPI_HOSTED_DIR): {e}",
+                        h.dir.display()
+                    )
+                },
+            )?)),
         };
         let first_seen = if settings.cache_size == 0 {
             crate::policy::first_seen::FirstSeen::default()

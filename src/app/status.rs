@@ -530,7 +530,45 @@ pub fn metrics(app: &App) -> Response {
             for (rule, n) in app.audit.counts() {
                 out.push_str(&format!("{name}{{rule=\"{rule}\"}} {n}\n"));
             }
+            if let Some(h) = &app.hosted {
+                hosted_metrics(&h.stats, out);
+            }
         }))
+}
+
+/// The hosted indexes' series.
+fn hosted_metrics(s: &crate::hosted::UploadStats, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let name = "roxpi_uploads_total";
+    out.push_str(&format!(
+        "# HELP {name} Uploads accepted: stored, or already there with the same bytes.\n# TYPE {name} counter\n{name}{{result=\"stored\"}} {}\n{name}{{result=\"already_there\"}} {}\n",
+        s.stored.load(Relaxed),
+        s.already_there.load(Relaxed)
+    ));
+    let name = "roxpi_upload_refusals_total";
+    out.push_str(&format!(
+        "# HELP {name} Uploads refused, by reason (auth, form, filename, digest, metadata, size, conflict, failed).\n# TYPE {name} counter\n"
+    ));
+    for (reason, n) in crate::lock(&s.refused).iter() {
+        out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+    }
+    for (name, help, v) in [
+        (
+            "roxpi_hosted_files",
+            "Files in the hosted indexes.",
+            &s.files,
+        ),
+        (
+            "roxpi_hosted_bytes",
+            "Bytes of the files in the hosted indexes.",
+            &s.bytes,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+            v.load(Relaxed)
+        ));
+    }
 }
 
 /// The policy in force, as the home page shows it.

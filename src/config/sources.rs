@@ -516,7 +516,13 @@ pub(super) fn hosting(
     }
     let upload_max = super::parse_size(&cli.upload_max)
         .filter(|n| *n > 0)
-        .ok_or_else(|| err("ROXPI_UPLOAD_MAX", &cli.upload_max, "bytes, e.g. 1G or 200M"))?;
+        .ok_or_else(|| {
+            err(
+                "ROXPI_UPLOAD_MAX",
+                &cli.upload_max,
+                "bytes, e.g. 1G or 200M",
+            )
+        })?;
     let dir = match cli.hosted_dir.trim() {
         "" => cache_dir.join("hosted"),
         d => std::path::PathBuf::from(d),

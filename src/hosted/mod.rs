@@ -70,6 +70,9 @@ pub struct HostingConfig {
 /// Upload counters for `/metrics`.
 #[derive(Default)]
 pub struct UploadStats {
+    /// Hosted files and their bytes (counted at start, then per commit).
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
     pub stored: AtomicU64,
     pub already_there: AtomicU64,
     /// Refusals by reason class.
@@ -97,9 +100,7 @@ pub enum UploadError {
 impl UploadError {
     fn response(&self) -> Response {
         match self {
-            UploadError::Refused(_, r) => {
-                Response::text(400, format!("{r}\n")).reason_phrase(&r.0)
-            }
+            UploadError::Refused(_, r) => Response::text(400, format!("{r}\n")).reason_phrase(&r.0),
             // twine --skip-existing takes a 409 as "already there".
             UploadError::Conflict(text) => {
                 Response::text(409, format!("{text}\n")).reason_phrase(text)
@@ -125,11 +126,20 @@ impl Hosted {
     /// Opens the store (removing what interrupted uploads left).
     pub fn open(config: HostingConfig) -> std::io::Result<Hosted> {
         let store = HostedStore::open(&config.dir)?;
+        let stats = UploadStats::default();
+        for index in &config.indexes {
+            for project in store.projects(&index.name) {
+                for r in store.list(&index.name, &project)? {
+                    stats.files.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(r.size, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(Hosted {
             store,
             config,
             generation: AtomicU64::new(0),
-            stats: UploadStats::default(),
+            stats,
         })
     }
 
@@ -208,7 +218,8 @@ impl Hosted {
                 format!("unsupported :action {action:?}: only file_upload"),
             ));
         }
-        let dist = check::parse_filename(&form.filename).map_err(|r| UploadError::Refused("filename", r))?;
+        let dist = check::parse_filename(&form.filename)
+            .map_err(|r| UploadError::Refused("filename", r))?;
         check::check_form(
             &dist,
             form.field("name").unwrap_or(""),
@@ -234,9 +245,13 @@ impl Hosted {
                 let mut zip = crate::wheel::OnDisk::new(&file)
                     .map_err(|e| UploadError::Failed(format!("reading the upload failed: {e}")))?;
                 let m = crate::wheel::read_metadata(&mut zip, &form.filename).map_err(|e| {
-                    refused("metadata", format!("the wheel's METADATA cannot be read: {e}"))
+                    refused(
+                        "metadata",
+                        format!("the wheel's METADATA cannot be read: {e}"),
+                    )
                 })?;
-                check::check_metadata(&dist, &m).map_err(|r| UploadError::Refused("metadata", r))?;
+                check::check_metadata(&dist, &m)
+                    .map_err(|r| UploadError::Refused("metadata", r))?;
                 Some(m)
             }
             DistKind::Sdist => None,
@@ -261,11 +276,21 @@ impl Hosted {
         };
         let committed = self
             .store
-            .commit(index, &dist.project, &form.staged, &record, metadata.as_deref())
+            .commit(
+                index,
+                &dist.project,
+                &form.staged,
+                &record,
+                metadata.as_deref(),
+            )
             .map_err(|e| match e {
                 CommitError::Conflict(_) => UploadError::Conflict(e.to_string()),
                 other => UploadError::Failed(other.to_string()),
             })?;
+        if committed == Committed::Stored {
+            self.stats.files.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok((committed, format!("{}/{}", dist.project, form.filename)))
     }
@@ -295,7 +320,7 @@ impl Hosted {
                 }
             }
         }
-        (!files.is_empty()).then(|| ProjectPage {
+        (!files.is_empty()).then_some(ProjectPage {
             files,
             versions: None,
             project_status: None,
@@ -364,7 +389,9 @@ fn metadata_header(metadata: &[u8], key: &str) -> Option<String> {
         .take_while(|l| !l.trim().is_empty())
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(key).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| v.trim().to_owned())
         })
 }
 
@@ -392,7 +419,10 @@ fn check_upload_auth(req: &Request, index: &HostedIndex) -> Result<(), Response>
     let Some(token) = &index.upload_token else {
         return Err(Response::text(
             403,
-            format!("hosted index {:?} takes no uploads (no upload token is set)\n", index.name),
+            format!(
+                "hosted index {:?} takes no uploads (no upload token is set)\n",
+                index.name
+            ),
         ));
     };
     match presented_token(req) {
@@ -428,7 +458,11 @@ impl BodySink for UploadSink {
             return Ok(());
         };
         parser.push(bytes).map_err(|r| {
-            let class = if r.0.contains("ROXPI_UPLOAD_MAX") { "size" } else { "form" };
+            let class = if r.0.contains("ROXPI_UPLOAD_MAX") {
+                "size"
+            } else {
+                "form"
+            };
             self.hosted.count_refusal(class);
             self.parser = None;
             Response::text(400, format!("{r}\n")).reason_phrase(&r.0)

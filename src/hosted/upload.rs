@@ -189,7 +189,9 @@ impl FormParser {
         let name = field.name().map(str::to_owned);
         if name.as_deref() == Some("content") {
             if self.content.is_some() {
-                return Err(Refusal("the form has two files; upload one at a time".into()));
+                return Err(Refusal(
+                    "the form has two files; upload one at a time".into(),
+                ));
             }
             let filename = field.file_name().unwrap_or("").to_owned();
             let Some(file) = self.staging.1.take() else {
@@ -337,7 +339,10 @@ mod tests {
         let mut p = parser(dir.path(), 1 << 20);
         p.push(&body[..body.len() - 20]).unwrap();
         let err = p.finish().err().unwrap();
-        assert!(err.0.contains("malformed") || err.0.contains("early"), "{err}");
+        assert!(
+            err.0.contains("malformed") || err.0.contains("early"),
+            "{err}"
+        );
 
         let mut p = parser(dir.path(), 1 << 20);
         p.push(&form(&[("name", None, b"x")])).unwrap();

@@ -163,10 +163,17 @@ impl Response {
     pub fn reason_phrase(mut self, text: &str) -> Response {
         let clean: String = text
             .chars()
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .take(200)
             .collect();
-        self.headers.push((Cow::Borrowed(REASON), Cow::Owned(clean)));
+        self.headers
+            .push((Cow::Borrowed(REASON), Cow::Owned(clean)));
         self
     }
 

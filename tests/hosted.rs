@@ -1,0 +1,720 @@
+//! Hosted packages: uploads with the real twine and uv, installs with pip,
+//! uv and poetry, every refusal, the dependency-confusion claim, a crash in
+//! the middle of an upload, yanks and read tokens.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::fake_index::{FakeFile, FakeIndex, FakeProject, Mode};
+use crate::installers::{build_wheel, venv_python, venv_tool};
+use crate::util::{
+    get, have, metric, request, roxpi_on, start_roxpi, within, ChildServer, Client, Reply,
+};
+
+const LIMIT: Duration = Duration::from_secs(300);
+const TOKEN: &str = "up-s3cret-token";
+
+fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// A legacy upload form (what twine sends) with `content` last.
+pub fn upload_form(filename: &str, content: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "roxpi-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The usual fields for `filename` of `name` `version` with the right digest.
+fn fields_for(name: &str, version: &str, content: &[u8]) -> Vec<(String, String)> {
+    vec![
+        (":action".into(), "file_upload".into()),
+        ("protocol_version".into(), "1".into()),
+        ("name".into(), name.into()),
+        ("version".into(), version.into()),
+        ("sha256_digest".into(), hex::encode(Sha256::digest(content))),
+    ]
+}
+
+fn post_upload(
+    addr: SocketAddr,
+    auth: Option<&str>,
+    filename: &str,
+    content: &[u8],
+    fields: &[(String, String)],
+) -> Reply {
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (ct, body) = upload_form(filename, content, &fields);
+    let mut c = Client::new(addr);
+    let mut head = format!(
+        "POST /hosted/local/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        head.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n");
+    c.send(head.as_bytes());
+    // The server may answer (and close) before the whole body is read.
+    let _ = c.reader.get_mut().write_all(&body);
+    c.read_reply(false).expect("an answer")
+}
+
+fn upload(addr: SocketAddr, filename: &str, content: &[u8], name: &str, version: &str) -> Reply {
+    post_upload(
+        addr,
+        Some(&basic("__token__", TOKEN)),
+        filename,
+        content,
+        &fields_for(name, version, content),
+    )
+}
+
+fn json_page(addr: SocketAddr, project: &str) -> serde_json::Value {
+    let r = request(
+        addr,
+        "GET",
+        &format!("/index/{project}/"),
+        &[("Accept", "application/vnd.pypi.simple.v1+json")],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    serde_json::from_slice(&r.body).expect("JSON page")
+}
+
+fn filenames(page: &serde_json::Value) -> Vec<String> {
+    page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["filename"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn empty_upstream() -> FakeIndex {
+    let fake = FakeIndex::start(BTreeMap::new());
+    fake.set_mode(Mode::Json);
+    fake
+}
+
+fn hosting(
+    fake: &FakeIndex,
+    extra: &[(&str, &str)],
+) -> (ChildServer, tempfile::TempDir, tempfile::TempDir) {
+    let mut env = vec![("ROXPI_UPLOAD_TOKEN", TOKEN)];
+    env.extend_from_slice(extra);
+    roxpi_on(fake, &env)
+}
+
+/// Files left in the hosted staging folder.
+fn staged(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache.join("hosted/.staging"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn uploads_are_checked_and_every_refusal_says_why() {
+    within(LIMIT, || {
+        let fake = empty_upstream();
+        let (roxpi, cache, _home) = hosting(&fake, &[("ROXPI_UPLOAD_MAX", "1M")]);
+        let addr = roxpi.addr;
+        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        let name = "acme_lib-1.0-py3-none-any.whl";
+        let fields = fields_for("acme-lib", "1.0", &wheel);
+
+        // No token: 401 with a challenge; a wrong one: 403.
+        let r = post_upload(addr, None, name, &wheel, &fields);
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"roxpi\""));
+        let r = post_upload(
+            addr,
+            Some(&basic("__token__", "nope")),
+            name,
+            &wheel,
+            &fields,
+        );
+        assert_eq!(r.status, 403);
+        let r = post_upload(
+            addr,
+            Some("Bearer nope-nope-nope-no"),
+            name,
+            &wheel,
+            &fields,
+        );
+        assert_eq!(r.status, 403);
+
+        // A digest that is not the file's.
+        let mut bad = fields.clone();
+        bad[4].1 = "0".repeat(64);
+        let r = post_upload(addr, Some(&basic("__token__", TOKEN)), name, &wheel, &bad);
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("does not match"));
+
+        // A wheel whose METADATA names another project.
+        let other = lying_wheel("acme_lib-1.0.dist-info", "other-lib", "1.0");
+        let r = upload(addr, name, &other, "acme-lib", "1.0");
+        assert_eq!(r.status, 400);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("METADATA names the project"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+
+        // Invalid file names, and a form that disagrees with the file.
+        for bad_name in [
+            "acme_lib-1.0.whl",
+            "../acme_lib-1.0.tar.gz",
+            "acme lib-1.0.tar.gz",
+        ] {
+            let r = upload(addr, bad_name, b"x", "acme-lib", "1.0");
+            assert_eq!(r.status, 400, "{bad_name}");
+            assert!(String::from_utf8_lossy(&r.body).contains("Invalid distribution file name"));
+        }
+        let r = upload(addr, name, &wheel, "acme-lib", "2.0");
+        assert_eq!(r.status, 400);
+
+        // Over ROXPI_UPLOAD_MAX (1M): refused, nothing left in staging.
+        let big = crate::util::blob(3 << 20, 9);
+        let r = upload(addr, "acme_lib-1.0.tar.gz", &big, "acme-lib", "1.0");
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("ROXPI_UPLOAD_MAX"));
+
+        // Nothing of it is listed.
+        let r = request(addr, "GET", "/index/acme-lib/", &[]);
+        assert_eq!(r.status, 404, "nothing hosted, nothing upstream");
+        fake.clear_log();
+
+        // The good upload; the same bytes again are fine; other bytes 409.
+        let r = upload(addr, name, &wheel, "acme-lib", "1.0");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let r = upload(addr, name, &wheel, "acme-lib", "1.0");
+        assert_eq!(r.status, 200);
+        let (changed, _) = crate::installers::build_wheel_padded("acme-lib", "1.0", &[], 100);
+        let r = upload(addr, name, &changed, "acme-lib", "1.0");
+        assert_eq!(r.status, 409);
+        assert!(String::from_utf8_lossy(&r.body).contains("File already exists"));
+
+        assert!(
+            staged(cache.path()).is_empty(),
+            "{:?}",
+            staged(cache.path())
+        );
+        assert_eq!(metric(addr, "roxpi_uploads_total{result=\"stored\"}"), 1);
+        assert_eq!(
+            metric(addr, "roxpi_uploads_total{result=\"already_there\"}"),
+            1
+        );
+        assert_eq!(
+            metric(addr, "roxpi_upload_refusals_total{reason=\"auth\"}"),
+            3
+        );
+        assert_eq!(
+            metric(addr, "roxpi_upload_refusals_total{reason=\"size\"}"),
+            1
+        );
+        assert_eq!(
+            metric(addr, "roxpi_upload_refusals_total{reason=\"conflict\"}"),
+            1
+        );
+        assert_eq!(metric(addr, "roxpi_hosted_files"), 1);
+        let page = json_page(addr, "acme-lib");
+        assert_eq!(filenames(&page), [name]);
+        let file = &page["files"][0];
+        assert_eq!(file["size"], wheel.len());
+        assert_eq!(
+            file["hashes"]["sha256"],
+            hex::encode(Sha256::digest(&wheel))
+        );
+        assert!(file["core-metadata"]["sha256"].is_string());
+        assert!(file["upload-time"].as_str().unwrap().ends_with('Z'));
+        let served = get(addr, &format!("/index/acme-lib/{name}"));
+        assert_eq!(served.body, wheel.to_vec());
+        assert_eq!(served.header("x-cache"), Some("HOSTED"));
+        assert!(
+            fake.requests().is_empty(),
+            "the upstream was never asked: {:?}",
+            fake.requests().len()
+        );
+    });
+}
+
+/// A wheel whose `<info>/METADATA` says `Name: name`, `Version: version`.
+fn lying_wheel(info: &str, name: &str, version: &str) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    zip.start_file(format!("{info}/METADATA"), opts).unwrap();
+    zip.write_all(format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n").as_bytes())
+        .unwrap();
+    zip.start_file(format!("{info}/WHEEL"), opts).unwrap();
+    zip.write_all(b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        .unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// Builds `name` `version` (wheel and sdist) with uv's own build backend,
+/// offline.
+fn uv_build(dir: &Path, name: &str, version: &str, note: &str) -> Vec<PathBuf> {
+    let module = name.replace('-', "_");
+    std::fs::create_dir_all(dir.join("src").join(&module)).unwrap();
+    std::fs::write(
+        dir.join("src").join(&module).join("__init__.py"),
+        format!("VERSION = {version:?}\nNOTE = {note:?}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("pyproject.toml"),
+        format!("[project]\nname = \"{name}\"\nversion = \"{version}\"\nrequires-python = \">=3.8\"\n\n[build-system]\nrequires = [\"uv_build>=0.7,<100\"]\nbuild-backend = \"uv_build\"\n"),
+    )
+    .unwrap();
+    run(Command::new("uv")
+        .args(["build", "--no-config", "--out-dir", "dist"])
+        .current_dir(dir)
+        .env("UV_OFFLINE", "1")
+        .env("UV_CACHE_DIR", dir.join(".uv-cache")));
+    let mut dists: Vec<PathBuf> = std::fs::read_dir(dir.join("dist"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "whl" || e == "gz"))
+        .collect();
+    dists.sort();
+    assert_eq!(dists.len(), 2, "a wheel and an sdist: {dists:?}");
+    dists
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run the tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn installed(root: &Path, module: &str) -> bool {
+    crate::util::walk(root).iter().any(|p| {
+        p.to_string_lossy()
+            .ends_with(&format!("{module}/__init__.py"))
+    })
+}
+
+#[test]
+fn twine_and_uv_publish_then_pip_uv_and_poetry_install() {
+    within(Duration::from_secs(600), || {
+        let twine = venv_tool("twine", "twine");
+        let twine61 = venv_tool("twine61", "twine");
+        let poetry = venv_tool("poetry", "poetry");
+        let pip = venv_python("pip-latest", "pip ");
+        if !have("uv", &["--version"])
+            || twine.is_none()
+            || twine61.is_none()
+            || poetry.is_none()
+            || pip.is_none()
+        {
+            return;
+        }
+        let (twine, twine61) = (twine.unwrap(), twine61.unwrap());
+        let (poetry, pip) = (poetry.unwrap(), pip.unwrap());
+        let fake = empty_upstream();
+        let (roxpi, _cache, _home) = hosting(&fake, &[]);
+        let addr = roxpi.addr;
+        let upload_url = format!("http://{addr}/hosted/local/");
+        let simple = format!("http://{addr}/simple/");
+        let work = tempfile::tempdir().unwrap();
+
+        // twine uploads acme-lib 1.0 (wheel and sdist); the same files
+        // again are accepted (the same bytes).
+        let lib = uv_build(&work.path().join("lib"), "acme-lib", "1.0", "first");
+        let twine_env = [
+            ("TWINE_USERNAME", "__token__"),
+            ("TWINE_PASSWORD", TOKEN),
+            ("TWINE_NON_INTERACTIVE", "1"),
+        ];
+        for _ in 0..2 {
+            run(Command::new(&twine)
+                .args([
+                    "upload",
+                    "--disable-progress-bar",
+                    "--repository-url",
+                    &upload_url,
+                ])
+                .args(&lib)
+                .envs(twine_env));
+        }
+        // Other bytes under the same names: refused (409), which
+        // `--skip-existing` skips. twine 6.2 and later take that flag for
+        // PyPI's URLs only, so this runs twine 6.1.
+        let rebuilt = uv_build(&work.path().join("lib2"), "acme-lib", "1.0", "rebuilt");
+        let refused = Command::new(&twine)
+            .args([
+                "upload",
+                "--disable-progress-bar",
+                "--repository-url",
+                &upload_url,
+            ])
+            .args(&rebuilt)
+            .envs(twine_env)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&refused.stdout).into_owned()
+            + &String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{text}");
+        assert!(
+            text.contains("409") && text.contains("File already exists"),
+            "{text}"
+        );
+        let skipped = run(Command::new(&twine61)
+            .args([
+                "upload",
+                "--disable-progress-bar",
+                "--skip-existing",
+                "--repository-url",
+                &upload_url,
+            ])
+            .args(&rebuilt)
+            .envs(twine_env));
+        assert!(skipped.contains("Skipping"), "{skipped}");
+
+        // uv publishes acme-tools 2.0.
+        let tools = uv_build(&work.path().join("tools"), "acme-tools", "2.0", "");
+        run(Command::new("uv")
+            .args([
+                "publish",
+                "--no-config",
+                "--publish-url",
+                &upload_url,
+                "--token",
+                TOKEN,
+            ])
+            .args(&tools)
+            .env("UV_CACHE_DIR", work.path().join("uv-pub")));
+
+        for (project, files) in [("acme-lib", &lib), ("acme-tools", &tools)] {
+            let page = json_page(addr, project);
+            let mut names = filenames(&page);
+            names.sort();
+            let mut want: Vec<String> = files
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            want.sort();
+            assert_eq!(names, want);
+            for f in page["files"].as_array().unwrap() {
+                assert!(
+                    f["upload-time"].is_string() && f["size"].as_u64().unwrap() > 0,
+                    "{f}"
+                );
+                let wheel = f["filename"].as_str().unwrap().ends_with(".whl");
+                assert_eq!(f["core-metadata"].is_object(), wheel, "{f}");
+                assert_eq!(f["requires-python"], ">=3.8");
+            }
+        }
+
+        // pip, uv and poetry install through roxpi.
+        let target = work.path().join("pip-target");
+        run(Command::new(&pip)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--index-url",
+                &simple,
+                "--target",
+            ])
+            .arg(&target)
+            .args(["acme-lib", "acme-tools"])
+            .env("PIP_CONFIG_FILE", "/dev/null"));
+        assert!(installed(&target, "acme_lib") && installed(&target, "acme_tools"));
+
+        let venv = work.path().join("uv-venv");
+        run(Command::new("uv")
+            .args(["venv", "-q", "--no-config"])
+            .arg(&venv)
+            .env("UV_CACHE_DIR", work.path().join("uv-c")));
+        run(Command::new("uv")
+            .args([
+                "pip",
+                "install",
+                "--no-config",
+                "--index-url",
+                &simple,
+                "acme-lib",
+                "acme-tools",
+            ])
+            .env("VIRTUAL_ENV", &venv)
+            .env("UV_CACHE_DIR", work.path().join("uv-c")));
+        assert!(installed(&venv, "acme_lib"));
+
+        let client = work.path().join("client");
+        std::fs::create_dir_all(&client).unwrap();
+        std::fs::write(
+            client.join("pyproject.toml"),
+            format!("[project]\nname = \"client\"\nversion = \"0.1.0\"\nrequires-python = \">=3.8\"\ndependencies = [\"acme-lib\"]\n\n[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = \"roxpi\"\nurl = \"{simple}\"\npriority = \"primary\"\n"),
+        )
+        .unwrap();
+        let p = work.path().join("poetry");
+        run(Command::new(&poetry)
+            .args(["install", "--no-interaction"])
+            .current_dir(&client)
+            .env("POETRY_CACHE_DIR", p.join("cache"))
+            .env("POETRY_CONFIG_DIR", p.join("config"))
+            .env("POETRY_DATA_DIR", p.join("data"))
+            .env("POETRY_VIRTUALENVS_IN_PROJECT", "true"));
+        assert!(installed(&client.join(".venv"), "acme_lib"));
+        assert_eq!(metric(addr, "roxpi_uploads_total{result=\"stored\"}"), 4);
+    });
+}
+
+/// An upstream with `acme-lib` 9.0 (the attacker's) and `public` 1.0.
+fn confusing_upstream() -> FakeIndex {
+    let fake = empty_upstream();
+    for (name, version) in [("acme-lib", "9.0"), ("public", "1.0")] {
+        let module = name.replace('-', "_");
+        fake.add_project(
+            "root",
+            name,
+            FakeProject {
+                files: vec![FakeFile::new(
+                    &format!("{module}-{version}-py3-none-any.whl"),
+                    build_wheel(name, version, &[]).0,
+                )],
+                versions: vec![version.to_owned()],
+                ..Default::default()
+            },
+        );
+    }
+    fake
+}
+
+#[test]
+fn a_hosted_name_is_claimed_against_the_upstream_unless_allowed() {
+    within(LIMIT, || {
+        let fake = confusing_upstream();
+        let (roxpi, _cache, _home) = hosting(&fake, &[]);
+        let addr = roxpi.addr;
+        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        assert_eq!(
+            upload(
+                addr,
+                "acme_lib-1.0-py3-none-any.whl",
+                &wheel,
+                "acme-lib",
+                "1.0"
+            )
+            .status,
+            200
+        );
+
+        let page = json_page(addr, "acme-lib");
+        assert_eq!(filenames(&page), ["acme_lib-1.0-py3-none-any.whl"]);
+        let r = get(addr, "/index/acme-lib/acme_lib-9.0-py3-none-any.whl");
+        assert_eq!(r.status, 404);
+        assert!(
+            fake.requests().iter().all(|r| !r.path.contains("acme")),
+            "no acme request upstream"
+        );
+        // Other projects still come from the upstream.
+        assert_eq!(
+            filenames(&json_page(addr, "public")),
+            ["public-1.0-py3-none-any.whl"]
+        );
+
+        // The real installers take the hosted 1.0 over the upstream 9.0.
+        let simple = format!("http://{addr}/simple/");
+        let work = tempfile::tempdir().unwrap();
+        if let Some(pip) = venv_python("pip-latest", "pip ") {
+            let target = work.path().join("pip");
+            let out = run(Command::new(&pip)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--index-url",
+                    &simple,
+                    "--target",
+                ])
+                .arg(&target)
+                .arg("acme-lib")
+                .env("PIP_CONFIG_FILE", "/dev/null"));
+            assert!(
+                out.contains("acme-lib-1.0") || out.contains("acme_lib-1.0"),
+                "{out}"
+            );
+        }
+        if have("uv", &["--version"]) {
+            let venv = work.path().join("venv");
+            run(Command::new("uv")
+                .args(["venv", "-q", "--no-config"])
+                .arg(&venv)
+                .env("UV_CACHE_DIR", work.path().join("c")));
+            let out = run(Command::new("uv")
+                .args([
+                    "pip",
+                    "install",
+                    "--no-config",
+                    "--index-url",
+                    &simple,
+                    "acme-lib",
+                ])
+                .env("VIRTUAL_ENV", &venv)
+                .env("UV_CACHE_DIR", work.path().join("c")));
+            assert!(out.contains("acme-lib==1.0"), "{out}");
+        }
+        drop(roxpi);
+
+        // allow-upstream = ["acme-*"]: both are listed, the hosted first.
+        let config = work.path().join("roxpi.toml");
+        std::fs::write(
+            &config,
+            "[[hosted]]\nname = \"local\"\nallow-upstream = [\"acme-*\"]\n",
+        )
+        .unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let root = fake.url("root");
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_UPLOAD_TOKEN", TOKEN),
+            ("ROXPI_CONFIG", config.to_str().unwrap()),
+        ]);
+        assert_eq!(
+            upload(
+                roxpi.addr,
+                "acme_lib-1.0-py3-none-any.whl",
+                &wheel,
+                "acme-lib",
+                "1.0"
+            )
+            .status,
+            200
+        );
+        let names = filenames(&json_page(roxpi.addr, "acme-lib"));
+        assert_eq!(
+            names,
+            [
+                "acme_lib-1.0-py3-none-any.whl",
+                "acme_lib-9.0-py3-none-any.whl"
+            ]
+        );
+        let r = get(roxpi.addr, "/index/acme-lib/acme_lib-9.0-py3-none-any.whl");
+        assert_eq!(r.status, 200);
+    });
+}
+
+#[test]
+fn a_crash_during_a_100_mb_upload_leaves_nothing_visible_and_committed_uploads_survive() {
+    within(LIMIT, || {
+        let fake = empty_upstream();
+        let (mut roxpi, cache, _home) = hosting(&fake, &[]);
+        let addr = roxpi.addr;
+        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        assert_eq!(
+            upload(
+                addr,
+                "acme_lib-1.0-py3-none-any.whl",
+                &wheel,
+                "acme-lib",
+                "1.0"
+            )
+            .status,
+            200
+        );
+
+        // 100 MB announced; 60 MB sent, then roxpi is killed.
+        let content_len = 100 << 20;
+        let (ct, head_part) = {
+            let fields = fields_for("acme-lib", "2.0", b"");
+            let f: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let (ct, mut body) = upload_form("acme_lib-2.0.tar.gz", b"", &f);
+            body.truncate(body.len() - "\r\n--roxpi-test-boundary-7f3a--\r\n".len());
+            (ct, body)
+        };
+        let total = head_part.len() + content_len + "\r\n--roxpi-test-boundary-7f3a--\r\n".len();
+        let mut c = Client::new(addr);
+        c.send(
+            format!(
+                "POST /hosted/local/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {total}\r\nAuthorization: {}\r\n\r\n",
+                basic("__token__", TOKEN)
+            )
+            .as_bytes(),
+        );
+        c.send(&head_part);
+        let chunk = crate::util::blob(1 << 20, 5);
+        for _ in 0..60 {
+            c.send(&chunk);
+        }
+        crate::util::wait_until(
+            Duration::from_secs(20),
+            "the upload is being staged",
+            || {
+                staged(cache.path())
+                    .iter()
+                    .any(|p| p.metadata().is_ok_and(|m| m.len() > 50 << 20))
+            },
+        );
+        let pid = roxpi.pid();
+        run(Command::new("kill").args(["-9", &pid.to_string()]));
+        let _ = roxpi.child.wait();
+        drop(c);
+
+        // Restarted offline on the same cache: the committed upload is
+        // served, the interrupted one is nowhere.
+        let root = fake.url("root");
+        let (again, _home2) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_UPLOAD_TOKEN", TOKEN),
+            ("ROXPI_OFFLINE", "1"),
+        ]);
+        crate::util::wait_until(Duration::from_secs(10), "roxpi ready", || {
+            get(again.addr, "/ready").status == 200
+        });
+        assert!(staged(cache.path()).is_empty(), "staging swept at start");
+        let page = json_page(again.addr, "acme-lib");
+        assert_eq!(filenames(&page), ["acme_lib-1.0-py3-none-any.whl"]);
+        let r = get(again.addr, "/index/acme-lib/acme_lib-1.0-py3-none-any.whl");
+        assert_eq!(r.body, wheel.to_vec());
+        assert_eq!(
+            get(again.addr, "/index/acme-lib/acme_lib-2.0.tar.gz").status,
+            404
+        );
+        let leftovers: Vec<PathBuf> = crate::util::walk(&cache.path().join("hosted"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("2.0"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    });
+}
