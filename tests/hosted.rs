@@ -718,3 +718,87 @@ fn a_crash_during_a_100_mb_upload_leaves_nothing_visible_and_committed_uploads_s
         assert!(leftovers.is_empty(), "{leftovers:?}");
     });
 }
+
+#[test]
+fn a_yanked_hosted_version_is_skipped_unless_pinned() {
+    within(LIMIT, || {
+        let fake = empty_upstream();
+        let (roxpi, _cache, _home) = hosting(&fake, &[("ROXPI_ADMIN_TOKEN", "adm1n-token")]);
+        let addr = roxpi.addr;
+        for v in ["1.0", "2.0"] {
+            let (wheel, _) = build_wheel("acme-lib", v, &[]);
+            let name = format!("acme_lib-{v}-py3-none-any.whl");
+            assert_eq!(upload(addr, &name, &wheel, "acme-lib", v).status, 200);
+        }
+        let yank =
+            "/hosted/local/acme-lib/acme_lib-2.0-py3-none-any.whl?action=yank&reason=broken+build";
+        // Without the admin token (the upload token is not enough): 401.
+        let r = request(
+            addr,
+            "POST",
+            yank,
+            &[("Authorization", &basic("__token__", TOKEN))],
+        );
+        assert_eq!(r.status, 401);
+        let admin = [("Authorization", "Bearer adm1n-token")];
+        assert_eq!(request(addr, "POST", yank, &admin).status, 200);
+        let page = json_page(addr, "acme-lib");
+        let yanked: Vec<(String, serde_json::Value)> = page["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["filename"].as_str().unwrap().to_owned(),
+                    f["yanked"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(yanked[0].1, serde_json::Value::Null, "{yanked:?}");
+        assert_eq!(yanked[1].1, "broken build", "{yanked:?}");
+        let html = String::from_utf8_lossy(&get(addr, "/index/acme-lib/").body).into_owned();
+        assert!(html.contains("data-yanked=\"broken build\""), "{html}");
+        let missing = "/hosted/local/acme-lib/acme_lib-3.0-py3-none-any.whl?action=yank";
+        assert_eq!(request(addr, "POST", missing, &admin).status, 404);
+
+        let Some(pip) = venv_python("pip-latest", "pip ") else {
+            return;
+        };
+        let simple = format!("http://{addr}/simple/");
+        let work = tempfile::tempdir().unwrap();
+        let install = |spec: &str, dir: &str| {
+            run(Command::new(&pip)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--index-url",
+                    &simple,
+                    "--target",
+                ])
+                .arg(work.path().join(dir))
+                .arg(spec)
+                .env("PIP_CONFIG_FILE", "/dev/null"))
+        };
+        let out = install("acme-lib", "a");
+        assert!(
+            out.contains("acme-lib-1.0") || out.contains("acme_lib-1.0"),
+            "{out}"
+        );
+        let out = install("acme-lib==2.0", "b");
+        assert!(
+            out.contains("acme-lib-2.0") || out.contains("acme_lib-2.0"),
+            "{out}"
+        );
+        // Unyanked, the newest is taken again.
+        let unyank = "/hosted/local/acme-lib/acme_lib-2.0-py3-none-any.whl?action=unyank";
+        assert_eq!(request(addr, "POST", unyank, &admin).status, 200);
+        let out = install("acme-lib", "c");
+        assert!(
+            out.contains("acme-lib-2.0") || out.contains("acme_lib-2.0"),
+            "{out}"
+        );
+    });
+}

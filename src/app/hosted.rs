@@ -20,10 +20,15 @@ impl App {
             );
         };
         let rest = req.path().strip_prefix(crate::hosted::PREFIX).unwrap_or("");
-        let index = rest.trim_end_matches('/');
-        if index.is_empty() || index.contains('/') {
-            return Response::text(404, "not found\n");
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        match segments.as_slice() {
+            [index, project, file] if !index.is_empty() => {
+                return self.hosted_admin(req, hosted, index, project, file)
+            }
+            [index] if !index.is_empty() => {}
+            _ => return Response::text(404, "not found\n"),
         }
+        let index = segments[0];
         match req.method() {
             Method::Post => hosted.upload(req, index),
             Method::Options => Response::new(204).header("Allow", "POST, OPTIONS"),
@@ -32,6 +37,64 @@ impl App {
                 format!("{m} is not allowed here: uploads are POSTed\n"),
             )
             .header("Allow", "POST, OPTIONS"),
+        }
+    }
+
+    /// `POST /hosted/<index>/<project>/<file>?action=yank&reason=…` (or
+    /// `action=unyank`), with the admin token: PEP 592 yanks of hosted
+    /// files.
+    fn hosted_admin(
+        &self,
+        req: &Request,
+        hosted: &crate::hosted::Hosted,
+        index: &str,
+        project: &str,
+        file: &str,
+    ) -> Response {
+        if *req.method() != Method::Post {
+            return Response::text(
+                405,
+                "yanks are POSTed: ?action=yank&reason=… or ?action=unyank\n",
+            )
+            .header("Allow", "POST");
+        }
+        if self.settings.admin_token.is_none() {
+            return Response::text(403, "yanking needs ROXPI_ADMIN_TOKEN to be set\n");
+        }
+        if !self.authorized(req) {
+            return Response::text(
+                401,
+                "an admin token is needed: Authorization: Bearer <ROXPI_ADMIN_TOKEN>\n",
+            )
+            .header("WWW-Authenticate", "Bearer realm=\"roxpi\"");
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let Ok(name) = ProjectName::parse(&decode(project)) else {
+            return Response::text(400, "not a project name\n");
+        };
+        let action = super::pages::query_param(req.query(), "action").unwrap_or_default();
+        let yanked = match action.as_str() {
+            "yank" => Some(
+                super::pages::query_param(req.query(), "reason")
+                    .map(|r| decode(&r))
+                    .unwrap_or_default(),
+            ),
+            "unyank" => None,
+            other => {
+                return Response::text(400, format!("action {other:?}: expected yank or unyank\n"))
+            }
+        };
+        match hosted.set_yanked(index, &name, &decode(file), yanked) {
+            Ok(true) => {
+                log::info!("hosted {index}: {action} {name}/{file}");
+                super::json_success()
+            }
+            Ok(false) => Response::text(404, format!("{name}/{file} is not hosted in {index}\n")),
+            Err(e) => Response::text(500, format!("{e}\n")),
         }
     }
 

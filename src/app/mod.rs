@@ -645,7 +645,7 @@ impl App {
     }
 }
 
-fn json_success() -> Response {
+pub(super) fn json_success() -> Response {
     Response::new(200)
         .header("Content-Type", "application/json")
         .header("Cache-Control", "no-store")

@@ -295,6 +295,24 @@ impl Hosted {
         Ok((committed, format!("{}/{}", dist.project, form.filename)))
     }
 
+    /// Yanks (`Some(reason)`, may be empty) or unyanks a hosted file.
+    pub fn set_yanked(
+        &self,
+        index: &str,
+        name: &ProjectName,
+        filename: &str,
+        yanked: Option<String>,
+    ) -> Result<bool, CommitError> {
+        if self.index(index).is_none() {
+            return Ok(false);
+        }
+        let done = self.store.set_yanked(index, name, filename, yanked)?;
+        if done {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(done)
+    }
+
     /// Whether `name` is hosted and so taken from no upstream.
     pub fn claims(&self, name: &ProjectName) -> bool {
         self.config.indexes.iter().any(|i| {

@@ -229,6 +229,9 @@ impl HostedStore {
         yanked: Option<String>,
     ) -> Result<bool, CommitError> {
         let dir = self.dir(index, project)?;
+        if filename.contains(['/', '\\']) || filename.starts_with('.') {
+            return Ok(false);
+        }
         let at = dir.join(format!("{filename}{RECORD}"));
         let Some(mut record) = read_record(&at)? else {
             return Ok(false);
