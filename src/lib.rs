@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod address_policy;
 pub mod app;
 pub mod clock;

@@ -802,3 +802,165 @@ fn a_yanked_hosted_version_is_skipped_unless_pinned() {
         );
     });
 }
+
+#[test]
+fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
+    within(LIMIT, || {
+        let fake = confusing_upstream();
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("roxpi.toml");
+        std::fs::write(
+            &config,
+            "[[hosted]]\nname = \"private\"\nread-token = \"hosted-read-t0ken\"\n",
+        )
+        .unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let root = fake.url("root");
+        let (mut roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_UPLOAD_TOKEN", TOKEN),
+            ("ROXPI_CONFIG", config.to_str().unwrap()),
+            ("ROXPI_READ_TOKEN", "route-read-t0ken"),
+        ]);
+        let log = roxpi.capture_stderr();
+        let addr = roxpi.addr;
+        let route = [("Authorization", "Bearer route-read-t0ken")];
+
+        // The route: 401 with a Basic challenge without the token; the
+        // probes and /metrics stay open.
+        for path in [
+            "/",
+            "/index/",
+            "/simple/public/",
+            "/index/public/public-1.0-py3-none-any.whl",
+        ] {
+            let r = get(addr, path);
+            assert_eq!(r.status, 401, "{path}");
+            assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"roxpi\""));
+        }
+        for path in ["/health", "/ready", "/metrics"] {
+            assert_eq!(get(addr, path).status, 200, "{path}");
+        }
+        let wrong = [("Authorization", "Bearer route-read-t0keN")];
+        assert_eq!(request(addr, "GET", "/simple/public/", &wrong).status, 401);
+        assert_eq!(request(addr, "GET", "/simple/public/", &route).status, 200);
+
+        // A hosted index with its own read token: its projects need both.
+        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        let fields = fields_for("acme-lib", "1.0", &wheel);
+        let f: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (ct, body) = upload_form("acme_lib-1.0-py3-none-any.whl", &wheel, &f);
+        let mut c = Client::new(addr);
+        c.send(
+            format!(
+                "POST /hosted/private/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nAuthorization: {}\r\n\r\n",
+                body.len(),
+                basic("__token__", TOKEN)
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        assert_eq!(c.read_reply(false).unwrap().status, 200);
+        assert_eq!(
+            request(addr, "GET", "/simple/acme-lib/", &route).status,
+            401
+        );
+        let hosted_only = basic("hosted-read-t0ken", "");
+        let both = [("Authorization", hosted_only.as_str())];
+        // One token per request: the hosted token alone is refused by the
+        // route.
+        assert_eq!(request(addr, "GET", "/simple/acme-lib/", &both).status, 401);
+        drop(roxpi);
+
+        // A route without its own token, the hosted index with one: pip
+        // with user:token@ in the URL, uv with UV_INDEX_*_USERNAME/PASSWORD.
+        let (mut roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_UPLOAD_TOKEN", TOKEN),
+            ("ROXPI_CONFIG", config.to_str().unwrap()),
+        ]);
+        let log2 = roxpi.capture_stderr();
+        let addr = roxpi.addr;
+        let r = get(addr, "/simple/acme-lib/");
+        assert_eq!(r.status, 401);
+        let token = [("Authorization", basic("ci", "hosted-read-t0ken"))];
+        let token: Vec<(&str, &str)> = token.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            request(addr, "GET", "/simple/acme-lib/", &token).status,
+            200
+        );
+        assert_eq!(
+            request(
+                addr,
+                "GET",
+                "/simple/acme-lib/acme_lib-1.0-py3-none-any.whl",
+                &token
+            )
+            .body,
+            wheel.to_vec()
+        );
+        assert_eq!(
+            get(addr, "/simple/acme-lib/acme_lib-1.0-py3-none-any.whl").status,
+            401
+        );
+
+        if let Some(pip) = venv_python("pip-latest", "pip ") {
+            let url = format!("http://ci:hosted-read-t0ken@{addr}/simple/");
+            let target = work.path().join("pip");
+            let out = run(Command::new(&pip)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--index-url",
+                    &url,
+                    "--target",
+                ])
+                .arg(&target)
+                .arg("acme-lib")
+                .env("PIP_CONFIG_FILE", "/dev/null")
+                .env("PIP_NO_INPUT", "1"));
+            assert!(installed(&target, "acme_lib"), "{out}");
+        }
+        if have("uv", &["--version"]) {
+            let venv = work.path().join("venv");
+            run(Command::new("uv")
+                .args(["venv", "-q", "--no-config"])
+                .arg(&venv)
+                .env("UV_CACHE_DIR", work.path().join("c")));
+            run(Command::new("uv")
+                .args(["pip", "install", "--no-config", "--default-index"])
+                .arg(format!("roxpi=http://{addr}/simple/"))
+                .arg("acme-lib")
+                .env("VIRTUAL_ENV", &venv)
+                .env("UV_CACHE_DIR", work.path().join("c"))
+                .env("UV_INDEX_ROXPI_USERNAME", "ci")
+                .env("UV_INDEX_ROXPI_PASSWORD", "hosted-read-t0ken"));
+            assert!(installed(&venv, "acme_lib"));
+        }
+        assert!(metric(addr, "roxpi_read_refusals_total") >= 2);
+        drop(roxpi);
+        for (run, log) in [("first", log), ("second", log2)] {
+            let text = log
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_default();
+            assert!(
+                text.contains("\" 401 "),
+                "{run} run: the refusals are logged:\n{text}"
+            );
+            for secret in ["route-read-t0ken", "hosted-read-t0ken", TOKEN] {
+                assert!(
+                    !text.contains(secret),
+                    "{run} run: {secret} in the log:\n{text}"
+                );
+            }
+        }
+    });
+}

@@ -193,6 +193,27 @@ impl App {
 }
 
 impl App {
+    /// A 401 for a project of a hosted index with a read token, read
+    /// without it.
+    pub(super) fn hosted_read_refused(
+        &self,
+        req: &Request,
+        up: &IndexGroup,
+        name: &ProjectName,
+    ) -> Option<Response> {
+        let token = self
+            .hosted
+            .as_ref()
+            .filter(|_| up.prefix.is_none())?
+            .read_token(name)?;
+        if token.presented_in(req) {
+            return None;
+        }
+        self.read_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(crate::access::read_refused())
+    }
+
     /// What hosted files change on a route's pages: bumped by every upload
     /// and yank (0 where nothing is hosted).
     pub(super) fn hosted_generation(&self, up: &IndexGroup) -> u64 {

@@ -46,6 +46,8 @@ pub(crate) struct IndexGroup {
     /// Its prefix, index URLs, TTLs and strategy: a reload keeps a route
     /// (and its cache) whose shape did not change.
     shape: String,
+    /// Reading the route needs this token.
+    pub read_token: Option<crate::access::Token>,
 }
 
 /// The shape of a route's configuration (see `IndexGroup::shape`).
@@ -55,7 +57,12 @@ fn shape(r: &crate::config::RouteConfig) -> String {
         .iter()
         .map(|i| (i.url.to_string(), i.ttl.as_millis()))
         .collect();
-    format!("{}|{indexes:?}|{:?}", r.prefix, r.strategy)
+    // The read token changes the shape without being kept in it.
+    let token = r.read_token.as_ref().map(|t| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(t.0.as_bytes()))
+    });
+    format!("{}|{indexes:?}|{:?}|{token:?}", r.prefix, r.strategy)
 }
 
 /// What building a route needs.
@@ -110,6 +117,7 @@ impl RouteKit {
             strategy: r.strategy,
             policy: std::sync::RwLock::new(r.policy.clone()),
             shape: shape(r),
+            read_token: r.read_token.clone(),
         })
     }
 }
@@ -151,6 +159,8 @@ pub struct App {
     prefetch: std::sync::OnceLock<Arc<crate::prefetch::Progress>>,
     /// Hosted indexes (uploads), when configured.
     pub(crate) hosted: Option<Arc<crate::hosted::Hosted>>,
+    /// Reads refused for want of a read token.
+    pub(crate) read_refusals: AtomicU64,
 }
 
 impl App {
@@ -265,6 +275,7 @@ impl App {
                 strategy: settings.strategy,
                 policy: std::sync::RwLock::new(None),
                 shape: String::new(),
+                read_token: settings.read_token.clone(),
             }),
         );
         Ok(App {
@@ -289,6 +300,7 @@ impl App {
             prefetch: std::sync::OnceLock::new(),
             top: Default::default(),
             hosted,
+            read_refusals: AtomicU64::new(0),
         })
     }
 
@@ -303,6 +315,20 @@ impl App {
             return self.hosted_route(req);
         }
         let (up, route) = self.route(req);
+        if let Some(token) = &up.read_token {
+            let guarded = matches!(
+                route,
+                Route::Home
+                    | Route::List
+                    | Route::Project(_)
+                    | Route::File(..)
+                    | Route::Redirect(_)
+            );
+            if guarded && !token.presented_in(req) {
+                self.read_refusals.fetch_add(1, Ordering::Relaxed);
+                return crate::access::read_refused();
+            }
+        }
         let method = req.method();
         if *method == Method::Options {
             return Response::new(204).header("Allow", route.allow());

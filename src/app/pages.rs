@@ -43,6 +43,9 @@ impl App {
             if let Some(refused) = self.denied_project(&up, name) {
                 return refused;
             }
+            if let Some(refused) = self.hosted_read_refused(req, &up, name) {
+                return refused;
+            }
             if let Some(hosted) = self.claimed_page(req, &up, name) {
                 return hosted;
             }

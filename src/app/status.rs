@@ -533,6 +533,11 @@ pub fn metrics(app: &App) -> Response {
             if let Some(h) = &app.hosted {
                 hosted_metrics(&h.stats, out);
             }
+            let name = "roxpi_read_refusals_total";
+            out.push_str(&format!(
+                "# HELP {name} Reads of a protected route or hosted index refused for want of its read token (401).\n# TYPE {name} counter\n{name} {}\n",
+                app.read_refusals.load(std::sync::atomic::Ordering::Relaxed)
+            ));
         }))
 }
 

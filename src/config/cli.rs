@@ -360,6 +360,19 @@ pub struct Cli {
     )]
     pub upload_token: String,
 
+    /// Reading the default route (`/index/`, `/simple/`, `/`) needs this
+    /// token, as Basic credentials (`http://user:TOKEN@host/index/`) or a
+    /// Bearer token; 401 otherwise. `/health`, `/ready` and `/metrics` stay
+    /// open. Routes and hosted indexes take `read-token` in ROXPI_CONFIG.
+    #[arg(
+        long,
+        env = "ROXPI_READ_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub read_token: String,
+
     /// The largest file an upload may carry.
     #[arg(long, env = "ROXPI_UPLOAD_MAX", default_value = "1G")]
     pub upload_max: String,

@@ -45,6 +45,8 @@ pub struct HostedEntry {
     /// Projects (globs) that may also come from the upstream indexes.
     #[serde(default)]
     pub allow_upstream: Vec<String>,
+    /// Reading its projects needs this token.
+    pub read_token: Option<String>,
 }
 
 /// The policy keys: at the top of the file (the site's policy), or in a
@@ -162,6 +164,8 @@ pub struct RouteEntry {
     /// What the route changes in the site's policy: cooldown keys replace
     /// the site's, rules add to them (`PolicyFields::under_route`).
     pub policy: Option<PolicyFields>,
+    /// Reading the route needs this token.
+    pub read_token: Option<String>,
 }
 
 /// Why the file cannot be used (the message names the key and its line,

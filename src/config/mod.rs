@@ -111,6 +111,10 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_PREFETCH", &[]),
     ("ROXPI_PREFETCH_PLATFORMS", &[]),
     ("ROXPI_PREFETCH_PYTHONS", &[]),
+    ("ROXPI_UPLOAD_TOKEN", &[]),
+    ("ROXPI_UPLOAD_MAX", &[]),
+    ("ROXPI_HOSTED_DIR", &[]),
+    ("ROXPI_READ_TOKEN", &[]),
 ];
 
 /// Which value each `ROXPI_*` variable should take from the environment
@@ -197,6 +201,8 @@ pub struct RouteConfig {
     pub strategy: Strategy,
     /// The route's own policy; `None`: the site's.
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
+    /// Reading the route needs this token (`read-token`).
+    pub read_token: Option<crate::access::Token>,
 }
 
 /// Which client requests force a page refresh.
@@ -282,6 +288,9 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// Hosted indexes (uploads), if any.
     pub hosting: Option<crate::hosted::HostingConfig>,
+    /// Reading the default route (`/index/`, `/simple/`, `/`) needs this
+    /// token (ROXPI_READ_TOKEN).
+    pub read_token: Option<crate::access::Token>,
 }
 
 /// A setting with a value it cannot take.
@@ -504,6 +513,7 @@ impl Settings {
                 .filter(|t| !t.is_empty())
                 .map(|t| Secret(t.to_owned())),
             hosting,
+            read_token: sources::token_of(Some(&cli.read_token)),
         })
     }
 }

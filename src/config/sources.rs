@@ -238,6 +238,7 @@ fn route(
         indexes,
         strategy,
         policy,
+        read_token: token_of(r.read_token.as_deref()),
     })
 }
 
@@ -502,6 +503,7 @@ pub(super) fn hosting(
                 .map(|t| Token(t.trim().to_owned()))
                 .or_else(|| token.clone()),
             allow_upstream,
+            read_token: token_of(h.read_token.as_deref()),
         });
     }
     if indexes.is_empty() {
@@ -512,6 +514,7 @@ pub(super) fn hosting(
             name: "local".to_owned(),
             upload_token: Some(token),
             allow_upstream: Vec::new(),
+            read_token: None,
         });
     }
     let upload_max = super::parse_size(&cli.upload_max)
@@ -532,4 +535,11 @@ pub(super) fn hosting(
         upload_max,
         indexes,
     }))
+}
+
+/// A token setting: `None` when unset or blank.
+pub(super) fn token_of(v: Option<&str>) -> Option<crate::access::Token> {
+    v.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| crate::access::Token(t.to_owned()))
 }

@@ -38,25 +38,11 @@ pub struct HostedIndex {
     pub upload_token: Option<Token>,
     /// Projects that may also come from the upstream indexes.
     pub allow_upstream: Vec<ProjectGlob>,
+    /// Reading its projects needs this token.
+    pub read_token: Option<Token>,
 }
 
-/// A secret compared in constant time and never shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(pub String);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(…)")
-    }
-}
-
-impl Token {
-    /// Equal, in time that depends only on the lengths.
-    pub fn matches(&self, given: &str) -> bool {
-        let (a, b) = (given.as_bytes(), self.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
+pub use crate::access::Token;
 
 /// The hosting settings.
 #[derive(Clone, Debug)]
@@ -313,6 +299,18 @@ impl Hosted {
         Ok(done)
     }
 
+    /// The read token guarding `name`: that of a hosted index with files
+    /// of it (`None`: open).
+    pub fn read_token(&self, name: &ProjectName) -> Option<&Token> {
+        self.config.indexes.iter().find_map(|i| {
+            let t = i.read_token.as_ref()?;
+            self.store
+                .list(&i.name, name)
+                .is_ok_and(|l| !l.is_empty())
+                .then_some(t)
+        })
+    }
+
     /// Whether `name` is hosted and so taken from no upstream.
     pub fn claims(&self, name: &ProjectName) -> bool {
         self.config.indexes.iter().any(|i| {
@@ -345,11 +343,13 @@ impl Hosted {
         })
     }
 
-    /// The hosted projects, for the project list.
+    /// The hosted projects of the indexes without a read token, for the
+    /// project list.
     pub fn projects(&self) -> BTreeSet<ProjectName> {
         self.config
             .indexes
             .iter()
+            .filter(|i| i.read_token.is_none())
             .flat_map(|i| self.store.projects(&i.name))
             .collect()
     }
@@ -413,25 +413,6 @@ fn metadata_header(metadata: &[u8], key: &str) -> Option<String> {
         })
 }
 
-/// The password of a Basic `Authorization` (twine and uv send `__token__`
-/// and the token), or a Bearer token.
-pub fn presented_token(req: &Request) -> Option<String> {
-    use base64::Engine;
-    let (scheme, value) = req.header("authorization")?.trim().split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(value.trim().to_owned());
-    }
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(value.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (_, password) = text.split_once(':')?;
-    Some(password.to_owned())
-}
-
 /// 401 without credentials, 403 with wrong ones.
 fn check_upload_auth(req: &Request, index: &HostedIndex) -> Result<(), Response> {
     let Some(token) = &index.upload_token else {
@@ -443,16 +424,18 @@ fn check_upload_auth(req: &Request, index: &HostedIndex) -> Result<(), Response>
             ),
         ));
     };
-    match presented_token(req) {
-        None => Err(Response::text(
+    if token.presented_in(req) {
+        return Ok(());
+    }
+    if !crate::access::has_credentials(req) {
+        return Err(Response::text(
             401,
             "an upload token is needed: user __token__, password <ROXPI_UPLOAD_TOKEN>\n",
         )
-        .header("WWW-Authenticate", "Basic realm=\"roxpi\"")),
-        Some(given) if token.matches(&given) => Ok(()),
-        Some(_) => Err(Response::text(403, "invalid upload token\n")
-            .reason_phrase("Invalid or non-existent authentication information")),
+        .header("WWW-Authenticate", "Basic realm=\"roxpi\""));
     }
+    Err(Response::text(403, "invalid upload token\n")
+        .reason_phrase("Invalid or non-existent authentication information"))
 }
 
 /// An upload being received.
