@@ -91,17 +91,23 @@ pub fn wire(
         Some(s3) => Some(storage::s3::open_checked(s3.clone(), upstream.agent())?),
         None => None,
     };
+    let shared_bucket = bucket.clone();
     let store = storage::open(
         &settings.cache_dir,
         settings.cache_size,
         settings.storage,
         bucket,
     )?;
-    Ok(std::sync::Arc::new(app::App::with_store(
+    let app = std::sync::Arc::new(app::App::with_store(
         settings,
         upstream,
         server,
         std::sync::Arc::new(clock::SystemClock),
         store,
-    )?))
+    )?);
+    // Hosted files live in the bucket too, so that a fleet shares them.
+    if let (Some(hosted), Some(bucket)) = (&app.hosted, shared_bucket) {
+        hosted.share(bucket, hosted.config().sync_every)?;
+    }
+    Ok(app)
 }

@@ -964,3 +964,114 @@ fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
         }
     });
 }
+
+#[test]
+fn an_upload_on_one_tiered_node_installs_through_another_with_an_empty_disk() {
+    use crate::s3_server::{bucket_env, Fault, S3Proxy, S3Server, BUCKET};
+    let Some(s3) = S3Server::start() else { return };
+    within(LIMIT, move || {
+        let proxy = S3Proxy::start(s3.addr);
+        let fake = empty_upstream();
+        let node = |sync: &str| {
+            let env = bucket_env(&proxy, "tiered");
+            let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            all.extend_from_slice(&[("ROXPI_UPLOAD_TOKEN", TOKEN), ("ROXPI_HOSTED_SYNC", sync)]);
+            roxpi_on(&fake, &all)
+        };
+        let (a, a_cache, _ha) = node("1");
+        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        let sdist = crate::util::blob(3 << 20, 11);
+        assert_eq!(
+            upload(
+                a.addr,
+                "acme_lib-1.0-py3-none-any.whl",
+                &wheel,
+                "acme-lib",
+                "1.0"
+            )
+            .status,
+            200
+        );
+        assert_eq!(
+            upload(a.addr, "acme_lib-1.0.tar.gz", &sdist, "acme-lib", "1.0").status,
+            200
+        );
+        // The 200 came after the bucket held it: file, metadata, record.
+        let dir = s3
+            .root
+            .path()
+            .join(BUCKET)
+            .join("roxpi/hosted/local/acme-lib");
+        for name in [
+            "acme_lib-1.0-py3-none-any.whl",
+            "acme_lib-1.0-py3-none-any.whl.metadata",
+            "acme_lib-1.0-py3-none-any.whl.json",
+            "acme_lib-1.0.tar.gz",
+            "acme_lib-1.0.tar.gz.json",
+        ] {
+            assert!(dir.join(name).is_file(), "{name} in the bucket");
+        }
+        assert_eq!(
+            std::fs::read(dir.join("acme_lib-1.0.tar.gz")).unwrap(),
+            sdist.to_vec()
+        );
+
+        // A bucket that fails: 503, and node A keeps nothing of it.
+        proxy.set_fault(Fault::Down);
+        let (w2, _) = build_wheel("acme-lib", "2.0", &[]);
+        let r = upload(
+            a.addr,
+            "acme_lib-2.0-py3-none-any.whl",
+            &w2,
+            "acme-lib",
+            "2.0",
+        );
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        proxy.set_fault(Fault::Pass);
+        assert_eq!(filenames(&json_page(a.addr, "acme-lib")).len(), 2);
+        assert!(staged(a_cache.path()).is_empty());
+
+        // Node B, empty disk: it takes both from the bucket before it
+        // serves (a claimed name is never asked of the upstream).
+        let (b, b_cache, _hb) = node("1");
+        crate::util::wait_until(
+            Duration::from_secs(30),
+            "node B has the hosted files",
+            || {
+                let r = request(
+                    b.addr,
+                    "GET",
+                    "/index/acme-lib/",
+                    &[("Accept", "application/vnd.pypi.simple.v1+json")],
+                );
+                r.status == 200 && r.json()["files"].as_array().is_some_and(|f| f.len() == 2)
+            },
+        );
+        assert!(b_cache
+            .path()
+            .join("hosted/local/acme-lib/acme_lib-1.0.tar.gz")
+            .is_file());
+        let r = get(b.addr, "/index/acme-lib/acme_lib-1.0.tar.gz");
+        assert_eq!(r.body, sdist.to_vec());
+        if let Some(pip) = venv_python("pip-latest", "pip ") {
+            let work = tempfile::tempdir().unwrap();
+            let target = work.path().join("pip");
+            run(Command::new(&pip)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--index-url",
+                ])
+                .arg(format!("http://{}/simple/", b.addr))
+                .arg("--target")
+                .arg(&target)
+                .arg("acme-lib")
+                .env("PIP_CONFIG_FILE", "/dev/null"));
+            assert!(installed(&target, "acme_lib"));
+        }
+        assert!(fake.requests().iter().all(|r| !r.path.contains("acme")));
+    });
+}

@@ -165,7 +165,13 @@ impl App {
         if !hosted.claims(name) {
             return None;
         }
-        let page = hosted.page(name)?;
+        let Some(page) = hosted.page(name) else {
+            // Claimed by a record in the bucket whose file is on its way.
+            return Some(
+                Response::text(503, format!("{name} is hosted; its files are being taken from the bucket, retry shortly\n"))
+                    .header("Retry-After", "5"),
+            );
+        };
         let format = negotiate_format(
             super::pages::query_param(req.query(), "format").as_deref(),
             req.header("accept"),

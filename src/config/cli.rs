@@ -387,6 +387,11 @@ pub struct Cli {
     )]
     pub hosted_dir: String,
 
+    /// Seconds between two looks at the bucket for hosted files other nodes
+    /// uploaded (`ROXPI_STORAGE=s3` or `tiered`).
+    #[arg(long, env = "ROXPI_HOSTED_SYNC", default_value = "30")]
+    pub hosted_sync: String,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -114,6 +114,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_UPLOAD_TOKEN", &[]),
     ("ROXPI_UPLOAD_MAX", &[]),
     ("ROXPI_HOSTED_DIR", &[]),
+    ("ROXPI_HOSTED_SYNC", &[]),
     ("ROXPI_READ_TOKEN", &[]),
 ];
 
@@ -456,7 +457,9 @@ impl Settings {
         let (upstream_allow, upstream_allow_any) = sources::upstream_allow(cli)?;
         let (storage, s3, cache_size) = sources::storage(cli)?;
         let cache_dir = cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?;
-        let hosting = sources::hosting(cli, &file, &file_path, &cache_dir)?;
+        let deadline = secs("ROXPI_REQUEST_DEADLINE", &cli.request_deadline)?
+            .clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600));
+        let hosting = sources::hosting(cli, &file, &file_path, &cache_dir, deadline)?;
         Ok(Settings {
             bind,
             indexes,
@@ -481,8 +484,7 @@ impl Settings {
                 "" => None,
                 v => Some(secs("ROXPI_DOWNLOAD_TIMEOUT", v)?),
             },
-            request_deadline: secs("ROXPI_REQUEST_DEADLINE", &cli.request_deadline)?
-                .clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+            request_deadline: deadline,
             disable_tls_verification: boolean(
                 "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
                 &cli.disable_index_ssl_verification,

@@ -461,6 +461,7 @@ pub(super) fn hosting(
     file: &super::file::FileConfig,
     file_path: &str,
     cache_dir: &std::path::Path,
+    publish_wait: std::time::Duration,
 ) -> Result<Option<crate::hosted::HostingConfig>, ConfigError> {
     use crate::hosted::{HostedIndex, HostingConfig, Token};
     let token = Some(cli.upload_token.trim())
@@ -530,10 +531,15 @@ pub(super) fn hosting(
         "" => cache_dir.join("hosted"),
         d => std::path::PathBuf::from(d),
     };
+    let sync_every = super::parse_seconds(&cli.hosted_sync)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| err("ROXPI_HOSTED_SYNC", &cli.hosted_sync, "seconds, at least 1"))?;
     Ok(Some(HostingConfig {
         dir,
         upload_max,
         indexes,
+        publish_wait,
+        sync_every,
     }))
 }
 

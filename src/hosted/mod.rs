@@ -9,6 +9,7 @@
 //! (`check`), then committed by fsync and rename (`store`) before the 200.
 
 pub mod check;
+mod shared;
 pub mod store;
 pub mod upload;
 
@@ -51,6 +52,11 @@ pub struct HostingConfig {
     /// Largest file accepted (`ROXPI_UPLOAD_MAX`).
     pub upload_max: u64,
     pub indexes: Vec<HostedIndex>,
+    /// How long an upload's answer may wait for the bucket (the request
+    /// deadline).
+    pub publish_wait: std::time::Duration,
+    /// How often each node takes what other nodes put in the bucket.
+    pub sync_every: std::time::Duration,
 }
 
 /// Upload counters for `/metrics`.
@@ -73,6 +79,11 @@ pub struct Hosted {
     /// rendered again.
     generation: AtomicU64,
     pub stats: UploadStats,
+    /// The bucket, in `s3` and `tiered` storage (`share`).
+    sharing: std::sync::OnceLock<shared::Sharing>,
+    /// (index, project) of every record in the bucket at its last listing:
+    /// claimed even before their files are here.
+    remote: Mutex<BTreeSet<(String, ProjectName)>>,
 }
 
 /// Why an upload was not kept, as the client is told.
@@ -126,6 +137,8 @@ impl Hosted {
             config,
             generation: AtomicU64::new(0),
             stats,
+            sharing: std::sync::OnceLock::new(),
+            remote: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -196,7 +209,11 @@ impl Hosted {
     }
 
     /// Checks a received form and commits its file.
-    fn accept(&self, index: &str, form: &Form) -> Result<(Committed, String), UploadError> {
+    fn accept(
+        &self,
+        index: &str,
+        form: &Form,
+    ) -> Result<(Committed, ProjectName, Record), UploadError> {
         let action = form.field(":action").unwrap_or("");
         if action != "file_upload" {
             return Err(refused(
@@ -278,7 +295,7 @@ impl Hosted {
             self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok((committed, format!("{}/{}", dist.project, form.filename)))
+        Ok((committed, dist.project, record))
     }
 
     /// Yanks (`Some(reason)`, may be empty) or unyanks a hosted file.
@@ -295,6 +312,9 @@ impl Hosted {
         let done = self.store.set_yanked(index, name, filename, yanked)?;
         if done {
             self.generation.fetch_add(1, Ordering::AcqRel);
+            if let Some(record) = self.store.record(index, name, filename) {
+                self.republish(index, name, record);
+            }
         }
         Ok(done)
     }
@@ -313,9 +333,11 @@ impl Hosted {
 
     /// Whether `name` is hosted and so taken from no upstream.
     pub fn claims(&self, name: &ProjectName) -> bool {
+        let remote = crate::lock(&self.remote);
         self.config.indexes.iter().any(|i| {
             !i.allow_upstream.iter().any(|g| g.matches(name))
-                && self.store.list(&i.name, name).is_ok_and(|l| !l.is_empty())
+                && (self.store.list(&i.name, name).is_ok_and(|l| !l.is_empty())
+                    || remote.contains(&(i.name.clone(), name.clone())))
         })
     }
 
@@ -479,14 +501,23 @@ impl BodySink for UploadSink {
             .map_err(|r| UploadError::Refused("form", r))
             .and_then(|form| self.hosted.accept(&self.index, &form));
         match result {
-            Ok((committed, what)) => {
+            Ok((committed, project, record)) => {
                 let counter = match committed {
                     Committed::Stored => &self.hosted.stats.stored,
                     Committed::AlreadyThere => &self.hosted.stats.already_there,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                log::info!("hosted {}: stored {what} ({committed:?})", self.index);
-                Response::text(200, "OK\n")
+                log::info!(
+                    "hosted {}: {project}/{} ({committed:?})",
+                    self.index,
+                    record.filename
+                );
+                if committed == Committed::AlreadyThere {
+                    return Response::text(200, "OK\n");
+                }
+                let deadline = std::time::Instant::now() + self.hosted.config.publish_wait;
+                self.hosted
+                    .published(&self.index, &project, record, deadline)
             }
             Err(e) => {
                 self.hosted.count_refusal(e.class());

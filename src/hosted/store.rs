@@ -219,6 +219,39 @@ impl HostedStore {
             .then(|| dir.join(filename))
     }
 
+    /// The record of a committed file.
+    pub fn record(&self, index: &str, project: &ProjectName, filename: &str) -> Option<Record> {
+        let dir = self.dir(index, project).ok()?;
+        if filename.contains(['/', '\\']) || filename.starts_with('.') {
+            return None;
+        }
+        read_record(&dir.join(format!("{filename}{RECORD}"))).ok()?
+    }
+
+    /// Takes a committed file back: its record first (it is no longer
+    /// listed), then its bytes.
+    pub fn remove(&self, index: &str, project: &ProjectName, filename: &str) -> io::Result<()> {
+        let Ok(dir) = self.dir(index, project) else {
+            return Ok(());
+        };
+        if filename.contains(['/', '\\']) || filename.starts_with('.') {
+            return Ok(());
+        }
+        for suffix in [RECORD, METADATA, ""] {
+            match fs::remove_file(dir.join(format!("{filename}{suffix}"))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The path of a staged upload's `.metadata` or record under
+    /// `<root>/<index>/<project>/`, relative (the bucket's layout).
+    pub fn relative(index: &str, project: &ProjectName, filename: &str) -> String {
+        format!("{index}/{project}/{filename}")
+    }
+
     /// Yanks (`Some(reason)`) or unyanks (`None`) a committed file;
     /// `false` if there is no such file.
     pub fn set_yanked(

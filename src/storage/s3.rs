@@ -404,6 +404,55 @@ impl Bucket {
         Ok(())
     }
 
+    /// The keys (and sizes) under `prefix` (the bucket's own prefix is
+    /// not added), page by page, at most `max` keys.
+    pub fn list(&self, prefix: &str, max: usize) -> Result<Vec<(String, u64)>, S3Error> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(Some(&self.creds));
+            action.with_prefix(prefix);
+            if let Some(t) = &token {
+                action.with_continuation_token(t.clone());
+            }
+            let url = action.sign(SIGN_FOR);
+            let resp = self
+                .agent
+                .get(url.as_str())
+                .call()
+                .map_err(|e| self.failed("ListObjectsV2", e))?;
+            let resp = self.answered(resp);
+            if resp.status().as_u16() != 200 {
+                return Err(self.status("ListObjectsV2", resp));
+            }
+            let body = resp
+                .into_body()
+                .with_config()
+                .limit(16 << 20)
+                .read_to_string()
+                .map_err(|e| S3Error::Unreachable {
+                    op: "ListObjectsV2",
+                    detail: e.to_string(),
+                })?;
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
+                S3Error::Protocol {
+                    op: "ListObjectsV2",
+                    detail: e.to_string(),
+                }
+            })?;
+            keys.extend(
+                page.contents
+                    .into_iter()
+                    .map(|c| (c.key, c.size.unwrap_or(0))),
+            );
+            token = page.next_continuation_token;
+            if token.is_none() || keys.len() >= max {
+                keys.truncate(max);
+                return Ok(keys);
+            }
+        }
+    }
+
     pub fn delete(&self, key: &str) -> Result<(), S3Error> {
         let url = self
             .bucket
