@@ -140,7 +140,10 @@ fn staged(cache: &Path) -> Vec<PathBuf> {
 fn uploads_are_checked_and_every_refusal_says_why() {
     within(LIMIT, || {
         let fake = empty_upstream();
-        let (roxpi, cache, _home) = hosting(&fake, &[("ROXPI_UPLOAD_MAX", "1M")]);
+        let (roxpi, cache, _home) = hosting(
+            &fake,
+            &[("ROXPI_UPLOAD_MAX", "1M"), ("ROXPI_HOSTED_MAX", "200K")],
+        );
         let addr = roxpi.addr;
         let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
         let name = "acme_lib-1.0-py3-none-any.whl";
@@ -203,6 +206,12 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         assert_eq!(r.status, 400);
         assert!(String::from_utf8_lossy(&r.body).contains("ROXPI_UPLOAD_MAX"));
 
+        // Past the hosted quota (200K in all).
+        let sdist = crate::util::blob(300_000, 4);
+        let r = upload(addr, "acme_lib-1.0.tar.gz", &sdist, "acme-lib", "1.0");
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("ROXPI_HOSTED_MAX"));
+
         // Nothing of it is listed.
         let r = request(addr, "GET", "/index/acme-lib/", &[]);
         assert_eq!(r.status, 404, "nothing hosted, nothing upstream");
@@ -234,6 +243,10 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         );
         assert_eq!(
             metric(addr, "roxpi_upload_refusals_total{reason=\"size\"}"),
+            1
+        );
+        assert_eq!(
+            metric(addr, "roxpi_upload_refusals_total{reason=\"quota\"}"),
             1
         );
         assert_eq!(
@@ -518,7 +531,9 @@ fn confusing_upstream() -> FakeIndex {
 fn a_hosted_name_is_claimed_against_the_upstream_unless_allowed() {
     within(LIMIT, || {
         let fake = confusing_upstream();
-        let (roxpi, _cache, _home) = hosting(&fake, &[]);
+        // A release cooldown holds the upstream's new files back, never
+        // one's own uploads.
+        let (roxpi, _cache, _home) = hosting(&fake, &[("ROXPI_MIN_RELEASE_AGE", "7d")]);
         let addr = roxpi.addr;
         let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
         assert_eq!(
@@ -606,6 +621,7 @@ fn a_hosted_name_is_claimed_against_the_upstream_unless_allowed() {
             ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
             ("ROXPI_UPLOAD_TOKEN", TOKEN),
             ("ROXPI_CONFIG", config.to_str().unwrap()),
+            ("ROXPI_MIN_RELEASE_AGE", "7d"),
         ]);
         assert_eq!(
             upload(

@@ -427,7 +427,9 @@ impl App {
         }
         let mut next: Option<SystemTime> = None;
         page.files.retain_mut(
-            |listed| match self.verdict(policy, name, listed.entry, now) {
+            // Hosted files (merged under allow-upstream) are one's own
+            // builds: judged as if their cooldown had passed.
+            |listed| match self.verdict(policy, name, listed.entry, hosted_now(listed.entry, now)) {
                 Verdict::Serve => true,
                 Verdict::Yank(reason) => {
                     if matches!(listed.yanked(), Yanked::No) {
@@ -457,6 +459,16 @@ impl App {
             },
         );
         next
+    }
+}
+
+/// The time a file is judged at: `now`, or for a hosted file the latest
+/// time there is (the release cooldown never holds one's own builds back).
+fn hosted_now(entry: &crate::pypi::FileEntry, now: SystemTime) -> SystemTime {
+    if entry.url.scheme() == crate::hosted::URL_SCHEME {
+        crate::policy::latest()
+    } else {
+        now
     }
 }
 

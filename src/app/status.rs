@@ -275,6 +275,8 @@ struct HomeHtml<'a> {
     audit: Vec<(&'static str, u64)>,
     routes: Vec<(String, String, &'static str, String)>,
     token: bool,
+    /// Hosted indexes: name, contents, upload URL path, notes.
+    hosted: Vec<(String, String, String, String)>,
 }
 
 /// `hits / (hits + misses)` as a percentage, or "—" before any request.
@@ -455,6 +457,7 @@ pub fn home(app: &App, req: &crate::http::Request) -> Response {
             .collect(),
         audit: app.audit.counts(),
         token: app.settings.admin_token.is_some(),
+        hosted: hosted_rows(app),
     };
     match page.render() {
         Ok(html) => Response::new(200)
@@ -463,6 +466,44 @@ pub fn home(app: &App, req: &crate::http::Request) -> Response {
             .body(html),
         Err(e) => Response::text(500, format!("home page failed to render: {e}\n")),
     }
+}
+
+/// The hosted indexes' rows of the home page.
+fn hosted_rows(app: &App) -> Vec<(String, String, String, String)> {
+    let Some(h) = &app.hosted else {
+        return Vec::new();
+    };
+    h.summary()
+        .into_iter()
+        .map(|s| {
+            let mut notes = Vec::new();
+            if s.protected {
+                notes.push("read token needed".to_owned());
+            }
+            if !s.uploads {
+                notes.push("no upload token: uploads refused".to_owned());
+            }
+            if s.allow_upstream.is_empty() {
+                notes.push("its names are taken from no upstream".to_owned());
+            } else {
+                notes.push(format!(
+                    "upstream also allowed for {}",
+                    s.allow_upstream.join(", ")
+                ));
+            }
+            (
+                s.name.clone(),
+                format!(
+                    "{} projects, {} files, {}",
+                    s.projects,
+                    s.files,
+                    human_bytes(s.bytes)
+                ),
+                format!("{}{}/", crate::hosted::PREFIX, s.name),
+                notes.join("; "),
+            )
+        })
+        .collect()
 }
 
 pub fn metrics(app: &App) -> Response {

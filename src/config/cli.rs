@@ -387,6 +387,16 @@ pub struct Cli {
     )]
     pub hosted_dir: String,
 
+    /// Most bytes all hosted files may take (unset: no quota); an upload
+    /// past it is refused.
+    #[arg(
+        long,
+        env = "ROXPI_HOSTED_MAX",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub hosted_max: String,
+
     /// Seconds between two looks at the bucket for hosted files other nodes
     /// uploaded (`ROXPI_STORAGE=s3` or `tiered`).
     #[arg(long, env = "ROXPI_HOSTED_SYNC", default_value = "30")]

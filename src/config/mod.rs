@@ -114,6 +114,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_UPLOAD_TOKEN", &[]),
     ("ROXPI_UPLOAD_MAX", &[]),
     ("ROXPI_HOSTED_DIR", &[]),
+    ("ROXPI_HOSTED_MAX", &[]),
     ("ROXPI_HOSTED_SYNC", &[]),
     ("ROXPI_READ_TOKEN", &[]),
 ];

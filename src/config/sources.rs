@@ -534,9 +534,18 @@ pub(super) fn hosting(
     let sync_every = super::parse_seconds(&cli.hosted_sync)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| err("ROXPI_HOSTED_SYNC", &cli.hosted_sync, "seconds, at least 1"))?;
+    let max_bytes = match cli.hosted_max.trim() {
+        "" => None,
+        v => Some(
+            super::parse_size(v)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err("ROXPI_HOSTED_MAX", v, "bytes, e.g. 20G"))?,
+        ),
+    };
     Ok(Some(HostingConfig {
         dir,
         upload_max,
+        max_bytes,
         indexes,
         publish_wait,
         sync_every,

@@ -28,6 +28,9 @@ use check::{DistKind, Refusal};
 use store::{CommitError, Committed, HostedStore, Record};
 use upload::{Form, FormParser};
 
+/// The scheme of a hosted file's URL on a page (`hosted:<index>/…`).
+pub const URL_SCHEME: &str = "hosted";
+
 /// The URL path under which a hosted index takes uploads.
 pub const PREFIX: &str = "/hosted/";
 
@@ -51,12 +54,26 @@ pub struct HostingConfig {
     pub dir: PathBuf,
     /// Largest file accepted (`ROXPI_UPLOAD_MAX`).
     pub upload_max: u64,
+    /// Most bytes all hosted files may take (`ROXPI_HOSTED_MAX`).
+    pub max_bytes: Option<u64>,
     pub indexes: Vec<HostedIndex>,
     /// How long an upload's answer may wait for the bucket (the request
     /// deadline).
     pub publish_wait: std::time::Duration,
     /// How often each node takes what other nodes put in the bucket.
     pub sync_every: std::time::Duration,
+}
+
+/// A hosted index as the home page shows it.
+#[derive(Debug)]
+pub struct IndexSummary {
+    pub name: String,
+    pub projects: usize,
+    pub files: usize,
+    pub bytes: u64,
+    pub protected: bool,
+    pub uploads: bool,
+    pub allow_upstream: Vec<String>,
 }
 
 /// Upload counters for `/metrics`.
@@ -241,6 +258,19 @@ impl Hosted {
             }
             _ => {}
         }
+        if let Some(max) = self.config.max_bytes {
+            let used = self.stats.bytes.load(Ordering::Relaxed);
+            if used.saturating_add(form.size) > max {
+                return Err(refused(
+                    "quota",
+                    format!(
+                        "the hosted files would pass ROXPI_HOSTED_MAX ({} of {} used)",
+                        crate::human::human_bytes(used),
+                        crate::human::human_bytes(max)
+                    ),
+                ));
+            }
+        }
         let metadata = match dist.kind {
             DistKind::Wheel => {
                 let file = File::open(&form.staged)
@@ -296,6 +326,35 @@ impl Hosted {
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok((committed, dist.project, record))
+    }
+
+    /// Each hosted index for the home page: name, projects, files, bytes,
+    /// whether reading it needs a token, its allow-upstream globs.
+    pub fn summary(&self) -> Vec<IndexSummary> {
+        self.config
+            .indexes
+            .iter()
+            .map(|i| {
+                let projects = self.store.projects(&i.name);
+                let records: Vec<Record> = projects
+                    .iter()
+                    .flat_map(|p| self.store.list(&i.name, p).unwrap_or_default())
+                    .collect();
+                IndexSummary {
+                    name: i.name.clone(),
+                    projects: projects.len(),
+                    files: records.len(),
+                    bytes: records.iter().map(|r| r.size).sum(),
+                    protected: i.read_token.is_some(),
+                    uploads: i.upload_token.is_some(),
+                    allow_upstream: i
+                        .allow_upstream
+                        .iter()
+                        .map(|g| g.as_str().to_owned())
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// Yanks (`Some(reason)`, may be empty) or unyanks a hosted file.
@@ -405,7 +464,7 @@ impl Hosted {
 /// link clients see is relative, like every file's).
 fn entry_of(index: &str, name: &ProjectName, r: Record) -> Option<FileEntry> {
     let filename = Filename::parse(&r.filename)?;
-    let url = Url::parse(&format!("hosted:{index}/{name}/{}", r.filename)).ok()?;
+    let url = Url::parse(&format!("{URL_SCHEME}:{index}/{name}/{}", r.filename)).ok()?;
     let mut entry = FileEntry::new(filename, url);
     entry.hashes = Hashes::from([("sha256".to_owned(), r.sha256)]);
     entry.requires_python = r.requires_python;
