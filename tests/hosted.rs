@@ -264,6 +264,10 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         );
         assert!(file["core-metadata"]["sha256"].is_string());
         assert!(file["upload-time"].as_str().unwrap().ends_with('Z'));
+        let home = String::from_utf8_lossy(&get(addr, "/").body).into_owned();
+        assert!(home.contains("<h2>Hosted</h2>"), "{home}");
+        assert!(home.contains("http://t/hosted/local/"), "{home}");
+        assert!(home.contains("1 projects, 1 files"), "{home}");
         let served = get(addr, &format!("/index/acme-lib/{name}"));
         assert_eq!(served.body, wheel.to_vec());
         assert_eq!(served.header("x-cache"), Some("HOSTED"));
