@@ -59,6 +59,7 @@ fn fields_for(name: &str, version: &str, content: &[u8]) -> Vec<(String, String)
 
 fn post_upload(
     addr: SocketAddr,
+    index: &str,
     auth: Option<&str>,
     filename: &str,
     content: &[u8],
@@ -71,7 +72,7 @@ fn post_upload(
     let (ct, body) = upload_form(filename, content, &fields);
     let mut c = Client::new(addr);
     let mut head = format!(
-        "POST /hosted/local/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n",
+        "POST /hosted/{index}/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(a) = auth {
@@ -87,11 +88,21 @@ fn post_upload(
 fn upload(addr: SocketAddr, filename: &str, content: &[u8], name: &str, version: &str) -> Reply {
     post_upload(
         addr,
+        "local",
         Some(&basic("__token__", TOKEN)),
         filename,
         content,
         &fields_for(name, version, content),
     )
+}
+
+/// Builds `dist` `version`'s wheel and uploads it (200); its bytes.
+fn upload_wheel(addr: SocketAddr, dist: &str, version: &str) -> bytes::Bytes {
+    let (wheel, _) = build_wheel(dist, version, &[]);
+    let name = format!("{}-{version}-py3-none-any.whl", dist.replace('-', "_"));
+    let r = upload(addr, &name, &wheel, dist, version);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    wheel
 }
 
 fn json_page(addr: SocketAddr, project: &str) -> serde_json::Value {
@@ -150,11 +161,12 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         let fields = fields_for("acme-lib", "1.0", &wheel);
 
         // No token: 401 with a challenge; a wrong one: 403.
-        let r = post_upload(addr, None, name, &wheel, &fields);
+        let r = post_upload(addr, "local", None, name, &wheel, &fields);
         assert_eq!(r.status, 401);
         assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"roxpi\""));
         let r = post_upload(
             addr,
+            "local",
             Some(&basic("__token__", "nope")),
             name,
             &wheel,
@@ -163,6 +175,7 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         assert_eq!(r.status, 403);
         let r = post_upload(
             addr,
+            "local",
             Some("Bearer nope-nope-nope-no"),
             name,
             &wheel,
@@ -173,7 +186,14 @@ fn uploads_are_checked_and_every_refusal_says_why() {
         // A digest that is not the file's.
         let mut bad = fields.clone();
         bad[4].1 = "0".repeat(64);
-        let r = post_upload(addr, Some(&basic("__token__", TOKEN)), name, &wheel, &bad);
+        let r = post_upload(
+            addr,
+            "local",
+            Some(&basic("__token__", TOKEN)),
+            name,
+            &wheel,
+            &bad,
+        );
         assert_eq!(r.status, 400);
         assert!(String::from_utf8_lossy(&r.body).contains("does not match"));
 
@@ -539,18 +559,7 @@ fn a_hosted_name_is_claimed_against_the_upstream_unless_allowed() {
         // one's own uploads.
         let (roxpi, _cache, _home) = hosting(&fake, &[("ROXPI_MIN_RELEASE_AGE", "7d")]);
         let addr = roxpi.addr;
-        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
-        assert_eq!(
-            upload(
-                addr,
-                "acme_lib-1.0-py3-none-any.whl",
-                &wheel,
-                "acme-lib",
-                "1.0"
-            )
-            .status,
-            200
-        );
+        let wheel = upload_wheel(addr, "acme-lib", "1.0");
 
         let page = json_page(addr, "acme-lib");
         assert_eq!(filenames(&page), ["acme_lib-1.0-py3-none-any.whl"]);
@@ -657,18 +666,7 @@ fn a_crash_during_a_100_mb_upload_leaves_nothing_visible_and_committed_uploads_s
         let fake = empty_upstream();
         let (mut roxpi, cache, _home) = hosting(&fake, &[]);
         let addr = roxpi.addr;
-        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
-        assert_eq!(
-            upload(
-                addr,
-                "acme_lib-1.0-py3-none-any.whl",
-                &wheel,
-                "acme-lib",
-                "1.0"
-            )
-            .status,
-            200
-        );
+        let wheel = upload_wheel(addr, "acme-lib", "1.0");
 
         // 100 MB announced; 60 MB sent, then roxpi is killed.
         let content_len = 100 << 20;
@@ -746,9 +744,7 @@ fn a_yanked_hosted_version_is_skipped_unless_pinned() {
         let (roxpi, _cache, _home) = hosting(&fake, &[("ROXPI_ADMIN_TOKEN", "adm1n-token")]);
         let addr = roxpi.addr;
         for v in ["1.0", "2.0"] {
-            let (wheel, _) = build_wheel("acme-lib", v, &[]);
-            let name = format!("acme_lib-{v}-py3-none-any.whl");
-            assert_eq!(upload(addr, &name, &wheel, "acme-lib", v).status, 200);
+            upload_wheel(addr, "acme-lib", v);
         }
         let yank =
             "/hosted/local/acme-lib/acme_lib-2.0-py3-none-any.whl?action=yank&reason=broken+build";
@@ -869,22 +865,10 @@ fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
         // A hosted index with its own read token: its projects need both.
         let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
         let fields = fields_for("acme-lib", "1.0", &wheel);
-        let f: Vec<(&str, &str)> = fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let (ct, body) = upload_form("acme_lib-1.0-py3-none-any.whl", &wheel, &f);
-        let mut c = Client::new(addr);
-        c.send(
-            format!(
-                "POST /hosted/private/ HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nAuthorization: {}\r\n\r\n",
-                body.len(),
-                basic("__token__", TOKEN)
-            )
-            .as_bytes(),
-        );
-        c.send(&body);
-        assert_eq!(c.read_reply(false).unwrap().status, 200);
+        let auth = basic("__token__", TOKEN);
+        let name = "acme_lib-1.0-py3-none-any.whl";
+        let r = post_upload(addr, "private", Some(&auth), name, &wheel, &fields);
+        assert_eq!(r.status, 200);
         assert_eq!(
             request(addr, "GET", "/simple/acme-lib/", &route).status,
             401
@@ -999,19 +983,8 @@ fn an_upload_on_one_tiered_node_installs_through_another_with_an_empty_disk() {
             roxpi_on(&fake, &all)
         };
         let (a, a_cache, _ha) = node("1");
-        let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
+        upload_wheel(a.addr, "acme-lib", "1.0");
         let sdist = crate::util::blob(3 << 20, 11);
-        assert_eq!(
-            upload(
-                a.addr,
-                "acme_lib-1.0-py3-none-any.whl",
-                &wheel,
-                "acme-lib",
-                "1.0"
-            )
-            .status,
-            200
-        );
         assert_eq!(
             upload(a.addr, "acme_lib-1.0.tar.gz", &sdist, "acme-lib", "1.0").status,
             200
