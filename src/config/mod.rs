@@ -457,11 +457,7 @@ impl Settings {
         };
         let (upstream_allow, upstream_allow_any) = sources::upstream_allow(cli)?;
         let (storage, s3, cache_size) = sources::storage(cli)?;
-        let cache_dir = cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?;
-        let deadline = secs("ROXPI_REQUEST_DEADLINE", &cli.request_deadline)?
-            .clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600));
-        let hosting = sources::hosting(cli, &file, &file_path, &cache_dir, deadline)?;
-        Ok(Settings {
+        let mut settings = Settings {
             bind,
             indexes,
             strategy,
@@ -485,7 +481,8 @@ impl Settings {
                 "" => None,
                 v => Some(secs("ROXPI_DOWNLOAD_TIMEOUT", v)?),
             },
-            request_deadline: deadline,
+            request_deadline: secs("ROXPI_REQUEST_DEADLINE", &cli.request_deadline)?
+                .clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600)),
             disable_tls_verification: boolean(
                 "ROXPI_DISABLE_INDEX_SSL_VERIFICATION",
                 &cli.disable_index_ssl_verification,
@@ -498,7 +495,7 @@ impl Settings {
             cache_size,
             storage,
             s3,
-            cache_dir,
+            cache_dir: cache_dir(&cli.cache_dir, |n| std::env::var_os(n))?,
             offline: boolean("ROXPI_OFFLINE", &cli.offline)?,
             breaker: sources::breaker(cli)?,
             prefetch: sources::prefetch(cli)?,
@@ -515,9 +512,17 @@ impl Settings {
             admin_token: Some(cli.admin_token.trim())
                 .filter(|t| !t.is_empty())
                 .map(|t| Secret(t.to_owned())),
-            hosting,
+            hosting: None,
             read_token: sources::token_of(Some(&cli.read_token)),
-        })
+        };
+        settings.hosting = sources::hosting(
+            cli,
+            &file,
+            &file_path,
+            &settings.cache_dir,
+            settings.request_deadline,
+        )?;
+        Ok(settings)
     }
 }
 
