@@ -290,6 +290,85 @@ mod settings {
     }
 
     #[test]
+    fn hosted_indexes_from_the_token_or_the_file() {
+        let s = Settings::from_cli(&cli(&[])).unwrap();
+        assert!(
+            s.hosting.is_none(),
+            "no token, no [[hosted]]: nothing hosted"
+        );
+        let s = Settings::from_cli(&cli(&["--upload-token", "t0k", "--cache-dir", "/c"])).unwrap();
+        let h = s.hosting.unwrap();
+        assert_eq!(h.indexes.len(), 1);
+        assert_eq!(h.indexes[0].name, "local");
+        assert!(h.indexes[0].upload_token.as_ref().unwrap().matches("t0k"));
+        assert_eq!(h.dir, std::path::Path::new("/c/hosted"));
+        assert_eq!(h.upload_max, 1 << 30);
+        assert_eq!(h.max_bytes, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roxpi.toml");
+        std::fs::write(
+            &path,
+            "[[hosted]]\nname = \"team-a\"\nallow-upstream = [\"acme-*\"]\nread-token = \"r\"\n\n[[hosted]]\nname = \"team_b\"\nupload-token = \"own\"\n",
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let s = Settings::from_cli(&cli(&["--config", config, "--upload-token", "t0k"])).unwrap();
+        let h = s.hosting.unwrap();
+        let names: Vec<&str> = h.indexes.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["team-a", "team_b"],
+            "the file's indexes replace local"
+        );
+        assert!(h.indexes[0].upload_token.as_ref().unwrap().matches("t0k"));
+        assert!(h.indexes[1].upload_token.as_ref().unwrap().matches("own"));
+        assert!(h.indexes[0].read_token.is_some() && h.indexes[1].read_token.is_none());
+        assert_eq!(h.indexes[0].allow_upstream.len(), 1);
+
+        for (toml, want) in [
+            ("[[hosted]]\nname = \"../x\"\n", "[[hosted]] name"),
+            ("[[hosted]]\nname = \"Local\"\n", "[[hosted]] name"),
+            (
+                "[[hosted]]\nname = \"a\"\n[[hosted]]\nname = \"a\"\n",
+                "twice",
+            ),
+            (
+                "[[hosted]]\nname = \"a\"\nallow-upstream = [\"[\"]\n",
+                "allow-upstream",
+            ),
+            ("[[hosted]]\nname = \"a\"\nprefix = \"/x/\"\n", "prefix"),
+        ] {
+            std::fs::write(&path, toml).unwrap();
+            let e = Settings::from_cli(&cli(&["--config", config]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        for (args, setting) in [
+            (
+                &["--upload-token", "t", "--upload-max", "big"][..],
+                "ROXPI_UPLOAD_MAX",
+            ),
+            (
+                &["--upload-token", "t", "--upload-max", "0"][..],
+                "ROXPI_UPLOAD_MAX",
+            ),
+            (
+                &["--upload-token", "t", "--hosted-max", "x"][..],
+                "ROXPI_HOSTED_MAX",
+            ),
+            (
+                &["--upload-token", "t", "--hosted-sync", "0"][..],
+                "ROXPI_HOSTED_SYNC",
+            ),
+        ] {
+            let e = Settings::from_cli(&cli(args)).unwrap_err().to_string();
+            assert!(e.contains(setting), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn settings_errors_name_the_setting() {
         let cases: &[(&[&str], &str)] = &[
             (&["--bind", "nope"], "ROXPI_BIND"),
