@@ -65,6 +65,9 @@ pub enum CommitError {
 pub struct HostedStore {
     root: PathBuf,
     next: AtomicU64,
+    /// Held while a record is checked and written (commit, yank, removal):
+    /// two uploads of one file name never interleave.
+    records: std::sync::Mutex<()>,
 }
 
 const STAGING: &str = ".staging";
@@ -99,6 +102,7 @@ impl HostedStore {
         Ok(HostedStore {
             root: root.to_owned(),
             next: AtomicU64::new(0),
+            records: std::sync::Mutex::new(()),
         })
     }
 
@@ -135,6 +139,7 @@ impl HostedStore {
         metadata: Option<&[u8]>,
     ) -> Result<Committed, CommitError> {
         let dir = self.dir(index, project)?;
+        let _one_at_a_time = crate::lock(&self.records);
         fs::create_dir_all(&dir)?;
         let target = dir.join(&record.filename);
         if let Some(old) = read_record(&dir.join(format!("{}{RECORD}", record.filename)))? {
@@ -237,6 +242,7 @@ impl HostedStore {
         if filename.contains(['/', '\\']) || filename.starts_with('.') {
             return Ok(());
         }
+        let _one_at_a_time = crate::lock(&self.records);
         for suffix in [RECORD, METADATA, ""] {
             match fs::remove_file(dir.join(format!("{filename}{suffix}"))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -265,6 +271,7 @@ impl HostedStore {
         if filename.contains(['/', '\\']) || filename.starts_with('.') {
             return Ok(false);
         }
+        let _one_at_a_time = crate::lock(&self.records);
         let at = dir.join(format!("{filename}{RECORD}"));
         let Some(mut record) = read_record(&at)? else {
             return Ok(false);
@@ -407,6 +414,46 @@ mod tests {
             ));
         }
         assert_eq!(store.path("local", &p, "../../etc/passwd"), None);
+    }
+
+    #[test]
+    fn concurrent_uploads_of_one_name_keep_one_file_and_its_own_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(HostedStore::open(dir.path()).unwrap());
+        let p = ProjectName::parse("acme-lib").unwrap();
+        let wheel = "acme_lib-1.0-py3-none-any.whl";
+        let results: Vec<(String, Result<Committed, String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (store, p) = (std::sync::Arc::clone(&store), p.clone());
+                    scope.spawn(move || {
+                        let bytes = vec![b'a' + i; 100_000];
+                        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                        let s = staged(&store, &bytes);
+                        let r = store
+                            .commit("local", &p, &s, &record(wheel, &sha), None)
+                            .map_err(|e| e.to_string());
+                        (sha, r)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let stored: Vec<&String> = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(Committed::Stored)))
+            .map(|(sha, _)| sha)
+            .collect();
+        assert_eq!(stored.len(), 1, "{results:?}");
+        let kept = store.list("local", &p).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&kept[0].sha256, stored[0], "the record is the stored file's");
+        let bytes = fs::read(store.path("local", &p, wheel).unwrap()).unwrap();
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            *stored[0],
+            "the file is the recorded one"
+        );
     }
 
     #[test]
