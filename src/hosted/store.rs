@@ -447,7 +447,10 @@ mod tests {
         assert_eq!(stored.len(), 1, "{results:?}");
         let kept = store.list("local", &p).unwrap();
         assert_eq!(kept.len(), 1);
-        assert_eq!(&kept[0].sha256, stored[0], "the record is the stored file's");
+        assert_eq!(
+            &kept[0].sha256, stored[0],
+            "the record is the stored file's"
+        );
         let bytes = fs::read(store.path("local", &p, wheel).unwrap()).unwrap();
         assert_eq!(
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
