@@ -76,6 +76,9 @@ pub struct IndexSummary {
     pub allow_upstream: Vec<String>,
 }
 
+/// The hosted indexes each project has files in.
+type Hosts = std::collections::BTreeMap<ProjectName, BTreeSet<String>>;
+
 /// Upload counters for `/metrics`.
 #[derive(Default)]
 pub struct UploadStats {
@@ -100,7 +103,10 @@ pub struct Hosted {
     sharing: std::sync::OnceLock<shared::Sharing>,
     /// (index, project) of every record in the bucket at its last listing:
     /// claimed even before their files are here.
-    remote: Mutex<BTreeSet<(String, ProjectName)>>,
+    remote: Mutex<Hosts>,
+    /// (index, project) with a committed file on this node: what is
+    /// hosted, known without touching the disk on a request.
+    local: std::sync::RwLock<Hosts>,
 }
 
 /// Why an upload was not kept, as the client is told.
@@ -141,12 +147,14 @@ impl Hosted {
     pub fn open(config: HostingConfig) -> std::io::Result<Hosted> {
         let store = HostedStore::open(&config.dir)?;
         let stats = UploadStats::default();
+        let mut local = Hosts::new();
         for index in &config.indexes {
             for project in store.projects(&index.name) {
                 for r in store.list(&index.name, &project)? {
                     stats.files.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(r.size, Ordering::Relaxed);
                 }
+                local.entry(project).or_default().insert(index.name.clone());
             }
         }
         Ok(Hosted {
@@ -155,7 +163,8 @@ impl Hosted {
             generation: AtomicU64::new(0),
             stats,
             sharing: std::sync::OnceLock::new(),
-            remote: Mutex::new(BTreeSet::new()),
+            remote: Mutex::new(Hosts::new()),
+            local: std::sync::RwLock::new(local),
         })
     }
 
@@ -324,6 +333,7 @@ impl Hosted {
             self.stats.files.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
         }
+        self.note_local(index, &dist.project);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok((committed, dist.project, record))
     }
@@ -383,11 +393,33 @@ impl Hosted {
     pub fn read_token(&self, name: &ProjectName) -> Option<&Token> {
         self.config.indexes.iter().find_map(|i| {
             let t = i.read_token.as_ref()?;
-            self.store
-                .list(&i.name, name)
-                .is_ok_and(|l| !l.is_empty())
-                .then_some(t)
+            self.hosts(&i.name, name).then_some(t)
         })
+    }
+
+    /// Whether this node has files of `name` in `index`.
+    fn hosts(&self, index: &str, name: &ProjectName) -> bool {
+        crate::read(&self.local)
+            .get(name)
+            .is_some_and(|indexes| indexes.contains(index))
+    }
+
+    /// `name` has (or, `present` false, may no longer have) files in
+    /// `index` on this node.
+    fn note_local(&self, index: &str, name: &ProjectName) {
+        let present = self.store.list(index, name).is_ok_and(|l| !l.is_empty());
+        let mut local = crate::write(&self.local);
+        if present {
+            local
+                .entry(name.clone())
+                .or_default()
+                .insert(index.to_owned());
+        } else if let Some(indexes) = local.get_mut(name) {
+            indexes.remove(index);
+            if indexes.is_empty() {
+                local.remove(name);
+            }
+        }
     }
 
     /// Whether `name` is hosted and so taken from no upstream.
@@ -395,8 +427,8 @@ impl Hosted {
         let remote = crate::lock(&self.remote);
         self.config.indexes.iter().any(|i| {
             !i.allow_upstream.iter().any(|g| g.matches(name))
-                && (self.store.list(&i.name, name).is_ok_and(|l| !l.is_empty())
-                    || remote.contains(&(i.name.clone(), name.clone())))
+                && (self.hosts(&i.name, name)
+                    || remote.get(name).is_some_and(|r| r.contains(&i.name)))
         })
     }
 
@@ -404,6 +436,9 @@ impl Hosted {
     pub fn page(&self, name: &ProjectName) -> Option<ProjectPage> {
         let mut files = Vec::new();
         for index in &self.config.indexes {
+            if !self.hosts(&index.name, name) {
+                continue;
+            }
             let records = match self.store.list(&index.name, name) {
                 Ok(r) => r,
                 Err(e) => {
@@ -431,7 +466,13 @@ impl Hosted {
             .indexes
             .iter()
             .filter(|i| i.read_token.is_none())
-            .flat_map(|i| self.store.projects(&i.name))
+            .flat_map(|i| {
+                crate::read(&self.local)
+                    .iter()
+                    .filter(|(_, indexes)| indexes.contains(&i.name))
+                    .map(|(p, _)| p.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -442,6 +483,9 @@ impl Hosted {
             None => (file.as_str(), false),
         };
         self.config.indexes.iter().find_map(|i| {
+            if !self.hosts(&i.name, name) {
+                return None;
+            }
             let path = self.store.path(&i.name, name, filename)?;
             let record = self
                 .store

@@ -220,6 +220,7 @@ impl Hosted {
                     }
                     self.stats.files.fetch_sub(1, Ordering::Relaxed);
                     self.stats.bytes.fetch_sub(record.size, Ordering::Relaxed);
+                    self.note_local(&index, &project);
                     self.generation.fetch_add(1, Ordering::AcqRel);
                 }
                 done.finish(r);
@@ -323,10 +324,13 @@ impl Hosted {
             }
             records.push((index.to_owned(), project, name.to_owned(), key));
         }
-        let names = records
-            .iter()
-            .map(|(i, p, _, _)| (i.clone(), p.clone()))
-            .collect();
+        let mut names = super::Hosts::new();
+        for (index, project, _, _) in &records {
+            names
+                .entry(project.clone())
+                .or_default()
+                .insert(index.clone());
+        }
         *crate::lock(&self.remote) = names;
         Ok(records)
     }
@@ -436,6 +440,7 @@ impl Hosted {
             self.stats.files.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes.fetch_add(record.size, Ordering::Relaxed);
         }
+        self.note_local(index, project);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
