@@ -1068,3 +1068,56 @@ fn an_upload_on_one_tiered_node_installs_through_another_with_an_empty_disk() {
         assert!(fake.requests().iter().all(|r| !r.path.contains("acme")));
     });
 }
+
+#[test]
+fn a_route_that_lists_a_hosted_index_serves_and_claims_its_projects() {
+    within(LIMIT, || {
+        let fake = confusing_upstream();
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("roxpi.toml");
+        let root = fake.url("root");
+        std::fs::write(
+            &config,
+            format!(
+                "[[hosted]]\nname = \"local\"\n\n[[route]]\nprefix = \"/team/simple/\"\nindexes = [\"{root}\"]\nhosted = [\"local\"]\n\n[[route]]\nprefix = \"/public/simple/\"\nindexes = [\"{root}\"]\n"
+            ),
+        )
+        .unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let (roxpi, _home) = start_roxpi(&[
+            ("ROXPI_INDEX_URL", root.as_str()),
+            ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+            ("ROXPI_UPLOAD_TOKEN", TOKEN),
+            ("ROXPI_CONFIG", config.to_str().unwrap()),
+        ]);
+        let addr = roxpi.addr;
+        let wheel = upload_wheel(addr, "acme-lib", "1.0");
+        let json = |path: &str| {
+            let r = request(
+                addr,
+                "GET",
+                path,
+                &[("Accept", "application/vnd.pypi.simple.v1+json")],
+            );
+            assert_eq!(r.status, 200, "{path}");
+            filenames(&r.json())
+        };
+        assert_eq!(
+            json("/team/simple/acme-lib/"),
+            ["acme_lib-1.0-py3-none-any.whl"]
+        );
+        let r = get(addr, "/team/simple/acme-lib/acme_lib-1.0-py3-none-any.whl");
+        assert_eq!(r.body, wheel.to_vec());
+        assert_eq!(
+            get(addr, "/team/simple/acme-lib/acme_lib-9.0-py3-none-any.whl").status,
+            404
+        );
+        // A route that does not list it sees the upstream's project.
+        assert_eq!(
+            json("/public/simple/acme-lib/"),
+            ["acme_lib-9.0-py3-none-any.whl"]
+        );
+        // The default route lists every hosted index.
+        assert_eq!(json("/simple/acme-lib/"), ["acme_lib-1.0-py3-none-any.whl"]);
+    });
+}

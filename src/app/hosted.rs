@@ -107,9 +107,9 @@ impl App {
         name: &ProjectName,
         file: &Filename,
     ) -> Option<Response> {
-        let hosted = self.hosted.as_ref().filter(|_| up.prefix.is_none())?;
-        let Some((path, record, metadata)) = hosted.file(name, file) else {
-            return hosted.claims(name).then(|| {
+        let hosted = self.hosted.as_ref().filter(|_| !up.hosted.is_empty())?;
+        let Some((path, record, metadata)) = hosted.file(name, file, &up.hosted) else {
+            return hosted.claims(name, &up.hosted).then(|| {
                 Response::text(
                     404,
                     format!("{file} is not a file of the hosted project {name}\n"),
@@ -161,11 +161,11 @@ impl App {
         up: &IndexGroup,
         name: &ProjectName,
     ) -> Option<Response> {
-        let hosted = self.hosted.as_ref().filter(|_| up.prefix.is_none())?;
-        if !hosted.claims(name) {
+        let hosted = self.hosted.as_ref().filter(|_| !up.hosted.is_empty())?;
+        if !hosted.claims(name, &up.hosted) {
             return None;
         }
-        let Some(page) = hosted.page(name) else {
+        let Some(page) = hosted.page(name, &up.hosted) else {
             // Claimed by a record in the bucket whose file is on its way.
             return Some(
                 Response::text(503, format!("{name} is hosted; its files are being taken from the bucket, retry shortly\n"))
@@ -210,8 +210,8 @@ impl App {
         let token = self
             .hosted
             .as_ref()
-            .filter(|_| up.prefix.is_none())?
-            .read_token(name)?;
+            .filter(|_| !up.hosted.is_empty())?
+            .read_token(name, &up.hosted)?;
         if token.presented_in(req) {
             return None;
         }
@@ -224,7 +224,7 @@ impl App {
     /// and yank (0 where nothing is hosted).
     pub(super) fn hosted_generation(&self, up: &IndexGroup) -> u64 {
         match &self.hosted {
-            Some(h) if up.prefix.is_none() => h.generation(),
+            Some(h) if !up.hosted.is_empty() => h.generation(),
             _ => 0,
         }
     }
@@ -237,14 +237,14 @@ impl App {
     ) -> Option<crate::pypi::ProjectPage> {
         self.hosted
             .as_ref()
-            .filter(|_| up.prefix.is_none())?
-            .page(name)
+            .filter(|_| !up.hosted.is_empty())?
+            .page(name, &up.hosted)
     }
 
     /// The hosted projects, for the default route's project list.
     pub(super) fn hosted_projects(&self, up: &IndexGroup) -> Vec<ProjectName> {
         match &self.hosted {
-            Some(h) if up.prefix.is_none() => h.projects().into_iter().collect(),
+            Some(h) if !up.hosted.is_empty() => h.projects(&up.hosted).into_iter().collect(),
             _ => Vec::new(),
         }
     }

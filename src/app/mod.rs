@@ -48,6 +48,8 @@ pub(crate) struct IndexGroup {
     shape: String,
     /// Reading the route needs this token.
     pub read_token: Option<crate::access::Token>,
+    /// The hosted indexes listed on it (the default route: all).
+    pub hosted: Vec<String>,
 }
 
 /// The shape of a route's configuration (see `IndexGroup::shape`).
@@ -62,7 +64,10 @@ fn shape(r: &crate::config::RouteConfig) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(t.0.as_bytes()))
     });
-    format!("{}|{indexes:?}|{:?}|{token:?}", r.prefix, r.strategy)
+    format!(
+        "{}|{indexes:?}|{:?}|{token:?}|{:?}",
+        r.prefix, r.strategy, r.hosted
+    )
 }
 
 /// What building a route needs.
@@ -118,6 +123,7 @@ impl RouteKit {
             policy: std::sync::RwLock::new(r.policy.clone()),
             shape: shape(r),
             read_token: r.read_token.clone(),
+            hosted: r.hosted.clone(),
         })
     }
 }
@@ -276,6 +282,11 @@ impl App {
                 policy: std::sync::RwLock::new(None),
                 shape: String::new(),
                 read_token: settings.read_token.clone(),
+                hosted: settings
+                    .hosting
+                    .as_ref()
+                    .map(|h| h.indexes.iter().map(|i| i.name.clone()).collect())
+                    .unwrap_or_default(),
             }),
         );
         Ok(App {

@@ -166,6 +166,9 @@ pub struct RouteEntry {
     pub policy: Option<PolicyFields>,
     /// Reading the route needs this token.
     pub read_token: Option<String>,
+    /// Hosted indexes (`[[hosted]]` names) listed on the route too.
+    #[serde(default)]
+    pub hosted: Vec<String>,
 }
 
 /// Why the file cannot be used (the message names the key and its line,

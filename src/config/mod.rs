@@ -205,6 +205,8 @@ pub struct RouteConfig {
     pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
     /// Reading the route needs this token (`read-token`).
     pub read_token: Option<crate::access::Token>,
+    /// Hosted indexes listed on the route (`hosted = ["local"]`).
+    pub hosted: Vec<String>,
 }
 
 /// Which client requests force a page refresh.
@@ -522,6 +524,7 @@ impl Settings {
             &settings.cache_dir,
             settings.request_deadline,
         )?;
+        sources::check_route_hosting(&settings.routes, settings.hosting.as_ref(), &file_path)?;
         Ok(settings)
     }
 }

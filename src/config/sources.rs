@@ -239,6 +239,7 @@ fn route(
         strategy,
         policy,
         read_token: token_of(r.read_token.as_deref()),
+        hosted: r.hosted.clone(),
     })
 }
 
@@ -557,4 +558,28 @@ pub(super) fn token_of(v: Option<&str>) -> Option<crate::access::Token> {
     v.map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| crate::access::Token(t.to_owned()))
+}
+
+/// Every hosted index a `[[route]]` lists must exist.
+pub(super) fn check_route_hosting(
+    routes: &[super::RouteConfig],
+    hosting: Option<&crate::hosted::HostingConfig>,
+    file_path: &str,
+) -> Result<(), ConfigError> {
+    for r in routes {
+        for name in &r.hosted {
+            let known = hosting.is_some_and(|h| h.indexes.iter().any(|i| i.name == *name));
+            if !known {
+                return Err(err(
+                    "ROXPI_CONFIG",
+                    file_path,
+                    format!(
+                        "[[route]] {} lists hosted index {name:?}, which no [[hosted]] (or ROXPI_UPLOAD_TOKEN for local) defines",
+                        r.prefix
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -338,6 +338,10 @@ mod settings {
                 "allow-upstream",
             ),
             ("[[hosted]]\nname = \"a\"\nprefix = \"/x/\"\n", "prefix"),
+            (
+                "[[hosted]]\nname = \"a\"\n[[route]]\nprefix = \"/x/\"\nindexes = [\"https://pypi.org/simple/\"]\nhosted = [\"b\"]\n",
+                "lists hosted index \"b\"",
+            ),
         ] {
             std::fs::write(&path, toml).unwrap();
             let e = Settings::from_cli(&cli(&["--config", config]))

@@ -390,11 +390,24 @@ impl Hosted {
 
     /// The read token guarding `name`: that of a hosted index with files
     /// of it (`None`: open).
-    pub fn read_token(&self, name: &ProjectName) -> Option<&Token> {
-        self.config.indexes.iter().find_map(|i| {
+    pub fn read_token<'a>(&'a self, name: &ProjectName, among: &'a [String]) -> Option<&'a Token> {
+        self.among(among).find_map(|i| {
             let t = i.read_token.as_ref()?;
             self.hosts(&i.name, name).then_some(t)
         })
+    }
+
+    /// The hosted indexes named in `among` (a route's list), in config order.
+    fn among<'a>(&'a self, among: &'a [String]) -> impl Iterator<Item = &'a HostedIndex> + 'a {
+        self.config
+            .indexes
+            .iter()
+            .filter(move |i| among.iter().any(|a| *a == i.name))
+    }
+
+    /// Every hosted index's name (the default route lists them all).
+    pub fn names(&self) -> Vec<String> {
+        self.config.indexes.iter().map(|i| i.name.clone()).collect()
     }
 
     /// Whether this node has files of `name` in `index`.
@@ -423,9 +436,9 @@ impl Hosted {
     }
 
     /// Whether `name` is hosted and so taken from no upstream.
-    pub fn claims(&self, name: &ProjectName) -> bool {
+    pub fn claims(&self, name: &ProjectName, among: &[String]) -> bool {
         let remote = crate::lock(&self.remote);
-        self.config.indexes.iter().any(|i| {
+        self.among(among).any(|i| {
             !i.allow_upstream.iter().any(|g| g.matches(name))
                 && (self.hosts(&i.name, name)
                     || remote.get(name).is_some_and(|r| r.contains(&i.name)))
@@ -433,9 +446,9 @@ impl Hosted {
     }
 
     /// The hosted files of `name` as one index page (`None`: none).
-    pub fn page(&self, name: &ProjectName) -> Option<ProjectPage> {
+    pub fn page(&self, name: &ProjectName, among: &[String]) -> Option<ProjectPage> {
         let mut files = Vec::new();
-        for index in &self.config.indexes {
+        for index in self.among(among) {
             if !self.hosts(&index.name, name) {
                 continue;
             }
@@ -461,10 +474,8 @@ impl Hosted {
 
     /// The hosted projects of the indexes without a read token, for the
     /// project list.
-    pub fn projects(&self) -> BTreeSet<ProjectName> {
-        self.config
-            .indexes
-            .iter()
+    pub fn projects(&self, among: &[String]) -> BTreeSet<ProjectName> {
+        self.among(among)
             .filter(|i| i.read_token.is_none())
             .flat_map(|i| {
                 crate::read(&self.local)
@@ -477,12 +488,17 @@ impl Hosted {
     }
 
     /// A hosted file (or its `.metadata`): its path and record.
-    pub fn file(&self, name: &ProjectName, file: &Filename) -> Option<(PathBuf, Record, bool)> {
+    pub fn file(
+        &self,
+        name: &ProjectName,
+        file: &Filename,
+        among: &[String],
+    ) -> Option<(PathBuf, Record, bool)> {
         let (filename, metadata) = match file.as_str().strip_suffix(".metadata") {
             Some(f) => (f, true),
             None => (file.as_str(), false),
         };
-        self.config.indexes.iter().find_map(|i| {
+        self.among(among).find_map(|i| {
             if !self.hosts(&i.name, name) {
                 return None;
             }
