@@ -402,7 +402,7 @@ impl Hosted {
         self.config
             .indexes
             .iter()
-            .filter(move |i| among.iter().any(|a| *a == i.name))
+            .filter(move |i| among.contains(&i.name))
     }
 
     /// Every hosted index's name (the default route lists them all).
