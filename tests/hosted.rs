@@ -861,6 +861,52 @@ fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
         let wrong = [("Authorization", "Bearer route-read-t0keN")];
         assert_eq!(request(addr, "GET", "/simple/public/", &wrong).status, 401);
         assert_eq!(request(addr, "GET", "/simple/public/", &route).status, 200);
+        // A redirect carries no credentials.
+        let r = request(addr, "GET", "/simple/Public", &route);
+        assert_eq!(r.status, 301);
+        let location = r.header("location").unwrap_or_default().to_owned();
+        assert!(
+            !location.contains('@') && !location.contains("t0ken"),
+            "{location}"
+        );
+        // pip (user:token@ in the index URL) and uv (UV_INDEX_*_USERNAME and
+        // _PASSWORD) install through the protected route.
+        if let Some(pip) = venv_python("pip-latest", "pip ") {
+            let url = format!("http://ci:route-read-t0ken@{addr}/simple/");
+            let target = work.path().join("pip-route");
+            run(Command::new(&pip)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--index-url",
+                    &url,
+                    "--target",
+                ])
+                .arg(&target)
+                .arg("public")
+                .env("PIP_CONFIG_FILE", "/dev/null")
+                .env("PIP_NO_INPUT", "1"));
+            assert!(installed(&target, "public"));
+        }
+        if have("uv", &["--version"]) {
+            let venv = work.path().join("venv-route");
+            run(Command::new("uv")
+                .args(["venv", "-q", "--no-config"])
+                .arg(&venv)
+                .env("UV_CACHE_DIR", work.path().join("c0")));
+            run(Command::new("uv")
+                .args(["pip", "install", "--no-config", "--default-index"])
+                .arg(format!("roxpi=http://{addr}/simple/"))
+                .arg("public")
+                .env("VIRTUAL_ENV", &venv)
+                .env("UV_CACHE_DIR", work.path().join("c0"))
+                .env("UV_INDEX_ROXPI_USERNAME", "ci")
+                .env("UV_INDEX_ROXPI_PASSWORD", "route-read-t0ken"));
+            assert!(installed(&venv, "public"));
+        }
 
         // A hosted index with its own read token: its projects need both.
         let (wheel, _) = build_wheel("acme-lib", "1.0", &[]);
