@@ -359,7 +359,13 @@ impl App {
                 Some(a) => probe_response(&a),
                 None => Response::text(404, "not found\n"),
             },
-            Route::Metrics => status::metrics(self),
+            Route::Metrics => match &self.settings.metrics_token {
+                Some(t) if !t.presented_in(req) => {
+                    self.read_refusals.fetch_add(1, Ordering::Relaxed);
+                    crate::access::read_refused()
+                }
+                _ => status::metrics(self),
+            },
             Route::Redirect(location) => {
                 Response::text(301, format!("moved to {location}\n")).header("Location", location)
             }

@@ -373,6 +373,18 @@ pub struct Cli {
     )]
     pub read_token: String,
 
+    /// `/metrics` needs this token (Prometheus: `authorization` with a
+    /// bearer token, or `basic_auth`); unset: open. `/health` and `/ready`
+    /// always stay open for orchestrators.
+    #[arg(
+        long,
+        env = "ROXPI_METRICS_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub metrics_token: String,
+
     /// The largest file an upload may carry.
     #[arg(long, env = "ROXPI_UPLOAD_MAX", default_value = "1G")]
     pub upload_max: String,

@@ -117,6 +117,7 @@ pub const SETTINGS: &[(&str, &[&str])] = &[
     ("ROXPI_HOSTED_MAX", &[]),
     ("ROXPI_HOSTED_SYNC", &[]),
     ("ROXPI_READ_TOKEN", &[]),
+    ("ROXPI_METRICS_TOKEN", &[]),
 ];
 
 /// Which value each `ROXPI_*` variable should take from the environment
@@ -295,6 +296,8 @@ pub struct Settings {
     /// Reading the default route (`/index/`, `/simple/`, `/`) needs this
     /// token (ROXPI_READ_TOKEN).
     pub read_token: Option<crate::access::Token>,
+    /// `/metrics` needs this token (ROXPI_METRICS_TOKEN).
+    pub metrics_token: Option<crate::access::Token>,
 }
 
 /// A setting with a value it cannot take.
@@ -516,6 +519,7 @@ impl Settings {
                 .map(|t| Secret(t.to_owned())),
             hosting: None,
             read_token: sources::token_of(Some(&cli.read_token)),
+            metrics_token: sources::token_of(Some(&cli.metrics_token)),
         };
         settings.hosting = sources::hosting(
             cli,
