@@ -354,6 +354,55 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// The newest pip installs `spec` from `index_url` into `target`: its
+/// output (`None`: pip is missing, a skip outside CI).
+fn pip_install(index_url: &str, target: &Path, spec: &str) -> Option<String> {
+    let pip = venv_python("pip-latest", "pip ")?;
+    Some(run(Command::new(&pip)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+        ])
+        .args(["--index-url", index_url, "--target"])
+        .arg(target)
+        .arg(spec)
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_NO_INPUT", "1")))
+}
+
+/// uv installs `spec` into a new venv at `venv`, from `simple` as the index
+/// named `roxpi`, with `credentials` given as UV_INDEX_ROXPI_USERNAME and
+/// _PASSWORD: its output (`None`: uv is missing, a skip outside CI).
+fn uv_install(
+    simple: &str,
+    venv: &Path,
+    spec: &str,
+    credentials: Option<(&str, &str)>,
+) -> Option<String> {
+    if !have("uv", &["--version"]) {
+        return None;
+    }
+    let cache = venv.with_extension("uv-cache");
+    run(Command::new("uv")
+        .args(["venv", "-q", "--no-config"])
+        .arg(venv)
+        .env("UV_CACHE_DIR", &cache));
+    let mut cmd = Command::new("uv");
+    cmd.args(["pip", "install", "--no-config", "--default-index"])
+        .arg(format!("roxpi={simple}"))
+        .arg(spec)
+        .env("VIRTUAL_ENV", venv)
+        .env("UV_CACHE_DIR", &cache);
+    if let Some((user, password)) = credentials {
+        cmd.env("UV_INDEX_ROXPI_USERNAME", user)
+            .env("UV_INDEX_ROXPI_PASSWORD", password);
+    }
+    Some(run(&mut cmd))
+}
+
 fn installed(root: &Path, module: &str) -> bool {
     crate::util::walk(root).iter().any(|p| {
         p.to_string_lossy()
@@ -578,44 +627,13 @@ fn a_hosted_name_is_claimed_against_the_upstream_unless_allowed() {
         // The real installers take the hosted 1.0 over the upstream 9.0.
         let simple = format!("http://{addr}/simple/");
         let work = tempfile::tempdir().unwrap();
-        if let Some(pip) = venv_python("pip-latest", "pip ") {
-            let target = work.path().join("pip");
-            let out = run(Command::new(&pip)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--index-url",
-                    &simple,
-                    "--target",
-                ])
-                .arg(&target)
-                .arg("acme-lib")
-                .env("PIP_CONFIG_FILE", "/dev/null"));
+        if let Some(out) = pip_install(&simple, &work.path().join("pip"), "acme-lib") {
             assert!(
                 out.contains("acme-lib-1.0") || out.contains("acme_lib-1.0"),
                 "{out}"
             );
         }
-        if have("uv", &["--version"]) {
-            let venv = work.path().join("venv");
-            run(Command::new("uv")
-                .args(["venv", "-q", "--no-config"])
-                .arg(&venv)
-                .env("UV_CACHE_DIR", work.path().join("c")));
-            let out = run(Command::new("uv")
-                .args([
-                    "pip",
-                    "install",
-                    "--no-config",
-                    "--index-url",
-                    &simple,
-                    "acme-lib",
-                ])
-                .env("VIRTUAL_ENV", &venv)
-                .env("UV_CACHE_DIR", work.path().join("c")));
+        if let Some(out) = uv_install(&simple, &work.path().join("venv"), "acme-lib", None) {
             assert!(out.contains("acme-lib==1.0"), "{out}");
         }
         drop(roxpi);
@@ -777,26 +795,13 @@ fn a_yanked_hosted_version_is_skipped_unless_pinned() {
         let missing = "/hosted/local/acme-lib/acme_lib-3.0-py3-none-any.whl?action=yank";
         assert_eq!(request(addr, "POST", missing, &admin).status, 404);
 
-        let Some(pip) = venv_python("pip-latest", "pip ") else {
+        if venv_python("pip-latest", "pip ").is_none() {
             return;
-        };
+        }
         let simple = format!("http://{addr}/simple/");
         let work = tempfile::tempdir().unwrap();
         let install = |spec: &str, dir: &str| {
-            run(Command::new(&pip)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--index-url",
-                    &simple,
-                    "--target",
-                ])
-                .arg(work.path().join(dir))
-                .arg(spec)
-                .env("PIP_CONFIG_FILE", "/dev/null"))
+            pip_install(&simple, &work.path().join(dir), spec).unwrap_or_default()
         };
         let out = install("acme-lib", "a");
         assert!(
@@ -887,40 +892,14 @@ fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
         );
         // pip (user:token@ in the index URL) and uv (UV_INDEX_*_USERNAME and
         // _PASSWORD) install through the protected route.
-        if let Some(pip) = venv_python("pip-latest", "pip ") {
-            let url = format!("http://ci:route-read-t0ken@{addr}/simple/");
-            let target = work.path().join("pip-route");
-            run(Command::new(&pip)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--index-url",
-                    &url,
-                    "--target",
-                ])
-                .arg(&target)
-                .arg("public")
-                .env("PIP_CONFIG_FILE", "/dev/null")
-                .env("PIP_NO_INPUT", "1"));
+        let url = format!("http://ci:route-read-t0ken@{addr}/simple/");
+        let target = work.path().join("pip-route");
+        if pip_install(&url, &target, "public").is_some() {
             assert!(installed(&target, "public"));
         }
-        if have("uv", &["--version"]) {
-            let venv = work.path().join("venv-route");
-            run(Command::new("uv")
-                .args(["venv", "-q", "--no-config"])
-                .arg(&venv)
-                .env("UV_CACHE_DIR", work.path().join("c0")));
-            run(Command::new("uv")
-                .args(["pip", "install", "--no-config", "--default-index"])
-                .arg(format!("roxpi=http://{addr}/simple/"))
-                .arg("public")
-                .env("VIRTUAL_ENV", &venv)
-                .env("UV_CACHE_DIR", work.path().join("c0"))
-                .env("UV_INDEX_ROXPI_USERNAME", "ci")
-                .env("UV_INDEX_ROXPI_PASSWORD", "route-read-t0ken"));
+        let simple = format!("http://{addr}/simple/");
+        let venv = work.path().join("venv-route");
+        if uv_install(&simple, &venv, "public", Some(("ci", "route-read-t0ken"))).is_some() {
             assert!(installed(&venv, "public"));
         }
 
@@ -975,40 +954,21 @@ fn read_tokens_guard_a_route_and_a_hosted_index_and_never_reach_the_log() {
             401
         );
 
-        if let Some(pip) = venv_python("pip-latest", "pip ") {
-            let url = format!("http://ci:hosted-read-t0ken@{addr}/simple/");
-            let target = work.path().join("pip");
-            let out = run(Command::new(&pip)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--index-url",
-                    &url,
-                    "--target",
-                ])
-                .arg(&target)
-                .arg("acme-lib")
-                .env("PIP_CONFIG_FILE", "/dev/null")
-                .env("PIP_NO_INPUT", "1"));
+        let url = format!("http://ci:hosted-read-t0ken@{addr}/simple/");
+        let target = work.path().join("pip");
+        if let Some(out) = pip_install(&url, &target, "acme-lib") {
             assert!(installed(&target, "acme_lib"), "{out}");
         }
-        if have("uv", &["--version"]) {
-            let venv = work.path().join("venv");
-            run(Command::new("uv")
-                .args(["venv", "-q", "--no-config"])
-                .arg(&venv)
-                .env("UV_CACHE_DIR", work.path().join("c")));
-            run(Command::new("uv")
-                .args(["pip", "install", "--no-config", "--default-index"])
-                .arg(format!("roxpi=http://{addr}/simple/"))
-                .arg("acme-lib")
-                .env("VIRTUAL_ENV", &venv)
-                .env("UV_CACHE_DIR", work.path().join("c"))
-                .env("UV_INDEX_ROXPI_USERNAME", "ci")
-                .env("UV_INDEX_ROXPI_PASSWORD", "hosted-read-t0ken"));
+        let simple = format!("http://{addr}/simple/");
+        let venv = work.path().join("venv");
+        if uv_install(
+            &simple,
+            &venv,
+            "acme-lib",
+            Some(("ci", "hosted-read-t0ken")),
+        )
+        .is_some()
+        {
             assert!(installed(&venv, "acme_lib"));
         }
         assert!(metric(addr, "roxpi_read_refusals_total") >= 2);
@@ -1115,23 +1075,9 @@ fn an_upload_on_one_tiered_node_installs_through_another_with_an_empty_disk() {
             .is_file());
         let r = get(b.addr, "/index/acme-lib/acme_lib-1.0.tar.gz");
         assert_eq!(r.body, sdist.to_vec());
-        if let Some(pip) = venv_python("pip-latest", "pip ") {
-            let work = tempfile::tempdir().unwrap();
-            let target = work.path().join("pip");
-            run(Command::new(&pip)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--disable-pip-version-check",
-                    "--index-url",
-                ])
-                .arg(format!("http://{}/simple/", b.addr))
-                .arg("--target")
-                .arg(&target)
-                .arg("acme-lib")
-                .env("PIP_CONFIG_FILE", "/dev/null"));
+        let work = tempfile::tempdir().unwrap();
+        let target = work.path().join("pip");
+        if pip_install(&format!("http://{}/simple/", b.addr), &target, "acme-lib").is_some() {
             assert!(installed(&target, "acme_lib"));
         }
         assert!(fake.requests().iter().all(|r| !r.path.contains("acme")));
