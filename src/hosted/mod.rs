@@ -31,6 +31,9 @@ use upload::{Form, FormParser};
 /// The scheme of a hosted file's URL on a page (`hosted:<index>/…`).
 pub const URL_SCHEME: &str = "hosted";
 
+/// The longest `Requires-Python` kept (it is on every page of the project).
+const MAX_REQUIRES_PYTHON: usize = 1024;
+
 /// The URL path under which a hosted index takes uploads.
 pub const PREFIX: &str = "/hosted/";
 
@@ -304,6 +307,15 @@ impl Hosted {
             .or_else(|| form.field("requires_python").map(str::to_owned))
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
+        if requires_python
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REQUIRES_PYTHON)
+        {
+            return Err(refused(
+                "metadata",
+                format!("Requires-Python is over {MAX_REQUIRES_PYTHON} bytes"),
+            ));
+        }
         let record = Record {
             filename: form.filename.clone(),
             sha256: form.sha256.clone(),
@@ -502,13 +514,9 @@ impl Hosted {
             if !self.hosts(&i.name, name) {
                 return None;
             }
+            // One record read: a file request never lists the project.
+            let record = self.store.record(&i.name, name, filename)?;
             let path = self.store.path(&i.name, name, filename)?;
-            let record = self
-                .store
-                .list(&i.name, name)
-                .ok()?
-                .into_iter()
-                .find(|r| r.filename == filename)?;
             if metadata {
                 record.metadata_sha256.as_ref()?;
                 let mut p = path.into_os_string();

@@ -26,8 +26,9 @@ use crate::http::{Later, Response, Waker};
 use crate::pypi::ProjectName;
 use crate::storage::s3::Bucket;
 
-/// Most records one sync lists.
-const MAX_KEYS: usize = 1_000_000;
+/// Most objects one sync lists (a bucket's count is a claim: the listing
+/// stops there, with a warning).
+const MAX_KEYS: usize = 200_000;
 /// Largest record or `.metadata` object read.
 const MAX_SMALL: u64 = 16 << 20;
 
@@ -302,6 +303,9 @@ impl Hosted {
         let bucket = &sharing.bucket;
         let base = format!("{}hosted/", bucket.prefix());
         let keys = bucket.list(&base, MAX_KEYS).map_err(|e| e.to_string())?;
+        if keys.len() >= MAX_KEYS {
+            log::warn!("hosted: the bucket lists {MAX_KEYS} objects or more under {base}; the rest are not taken");
+        }
         let mut records = Vec::new();
         for (key, _) in keys {
             let Some(rest) = key
