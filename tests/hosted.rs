@@ -1136,3 +1136,52 @@ fn a_route_that_lists_a_hosted_index_serves_and_claims_its_projects() {
         assert_eq!(json("/simple/acme-lib/"), ["acme_lib-1.0-py3-none-any.whl"]);
     });
 }
+
+#[test]
+fn a_hosted_file_on_a_real_4415_file_page_merges_first_or_claims_it_whole() {
+    within(LIMIT, || {
+        let pages: Vec<_> = crate::real_shapes::real_pages()
+            .into_iter()
+            .filter(|p| p.name == "numpy")
+            .collect();
+        assert_eq!(pages.len(), 1, "the numpy fixture page");
+        let upstream_files = pages[0].files;
+        let upstream = crate::real_shapes::RealUpstream::start(&pages);
+        let root = format!("http://{}/simple/", upstream.server.local_addr());
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("roxpi.toml");
+        for allow in [true, false] {
+            let rule = if allow {
+                "allow-upstream = [\"numpy\"]\n"
+            } else {
+                ""
+            };
+            std::fs::write(&config, format!("[[hosted]]\nname = \"local\"\n{rule}")).unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            let (roxpi, _home) = start_roxpi(&[
+                ("ROXPI_INDEX_URL", root.as_str()),
+                ("ROXPI_CACHE_DIR", cache.path().to_str().unwrap()),
+                ("ROXPI_UPLOAD_TOKEN", TOKEN),
+                ("ROXPI_CONFIG", config.to_str().unwrap()),
+            ]);
+            upstream.hits.lock().unwrap().clear();
+            upload_wheel(roxpi.addr, "numpy", "99.0");
+            let names = filenames(&json_page(roxpi.addr, "numpy"));
+            let asked = upstream
+                .hits
+                .lock()
+                .unwrap()
+                .get("/simple/numpy/")
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(names[0], "numpy-99.0-py3-none-any.whl");
+            if allow {
+                assert_eq!(names.len(), upstream_files + 1, "merged, hosted first");
+                assert_eq!(asked, 1);
+            } else {
+                assert_eq!(names.len(), 1, "claimed: the hosted file alone");
+                assert_eq!(asked, 0, "a claimed name is not asked of the upstream");
+            }
+        }
+    });
+}

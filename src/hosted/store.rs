@@ -252,12 +252,6 @@ impl HostedStore {
         Ok(())
     }
 
-    /// The path of a staged upload's `.metadata` or record under
-    /// `<root>/<index>/<project>/`, relative (the bucket's layout).
-    pub fn relative(index: &str, project: &ProjectName, filename: &str) -> String {
-        format!("{index}/{project}/{filename}")
-    }
-
     /// Yanks (`Some(reason)`) or unyanks (`None`) a committed file;
     /// `false` if there is no such file.
     pub fn set_yanked(
