@@ -98,7 +98,7 @@ pub fn compare(ours: &str, theirs: &str, conns: u32, secs: u32, headers: &[&str]
     (median(a), median(b))
 }
 
-fn median(runs: Vec<Run>) -> Run {
+pub fn median(runs: Vec<Run>) -> Run {
     let mid = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -121,6 +121,11 @@ fn parse_latency(s: &str) -> f64 {
     }
 }
 
+/// nginx serving `files` from `dir/www` the way a tuned static server
+/// does (part 15's reference): 2 workers, `sendfile`, `tcp_nopush`,
+/// `tcp_nodelay`, `access_log off` (`extra_conf`, inside `server`, may set
+/// one), `keepalive_requests 1000000`, `open_file_cache max=1000
+/// inactive=60s` and `open_file_cache_valid 60s`.
 pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Child, SocketAddr) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -133,7 +138,7 @@ pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Ch
         fs::write(path, body).unwrap();
     }
     let conf = format!(
-        "worker_processes auto;\n\
+        "worker_processes 2;\n\
          daemon off;\n\
          pid {dir}/nginx.pid;\n\
          error_log {dir}/error.log warn;\n\
@@ -142,7 +147,7 @@ pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Ch
            access_log off;\n\
            sendfile on; tcp_nopush on; tcp_nodelay on;\n\
            keepalive_requests 1000000; keepalive_timeout 120s;\n\
-           open_file_cache max=100;\n\
+           open_file_cache max=1000 inactive=60s; open_file_cache_valid 60s;\n\
            client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp;\n\
            fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
            default_type application/octet-stream;\n\
