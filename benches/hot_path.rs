@@ -150,6 +150,15 @@ fn curl(url: &str, headers: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// What one table row measures: roxpi's path and nginx's file.
+struct Point {
+    label: &'static str,
+    ours: String,
+    theirs: &'static str,
+    conns: &'static [u32],
+    headers: &'static [&'static str],
+}
+
 /// One measured point: each server's median run, in the order given.
 fn point(urls: &[&str], conns: u32, secs: u32, headers: &[&str]) -> Vec<Run> {
     for url in urls {
@@ -219,31 +228,37 @@ fn main() {
     println!();
     println!("| path | conns | roxpi req/s | nginx req/s | ratio | p99 roxpi / nginx | nginx+log req/s | ratio | p99 nginx+log |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let points: Vec<(&str, String, &str, Vec<u32>, Vec<&str>)> = vec![
-        (
-            "warm page",
-            "/index/pip/".into(),
-            "/page",
-            vec![16, 64, 256],
-            vec![ACCEPT_JSON, ACCEPT_GZIP],
-        ),
-        (
-            "11 KB wheel",
-            format!("/index/demo/{SMALL}"),
-            SMALL,
-            vec![16, 64, 256],
-            vec![],
-        ),
-        (
-            "16 MB wheel",
-            format!("/index/demo/{LARGE}"),
-            LARGE,
-            vec![16],
-            vec![],
-        ),
+    let points = [
+        Point {
+            label: "warm page",
+            ours: "/index/pip/".into(),
+            theirs: "page",
+            conns: &[16, 64, 256],
+            headers: &[ACCEPT_JSON, ACCEPT_GZIP],
+        },
+        Point {
+            label: "11 KB wheel",
+            ours: format!("/index/demo/{SMALL}"),
+            theirs: SMALL,
+            conns: &[16, 64, 256],
+            headers: &[],
+        },
+        Point {
+            label: "16 MB wheel",
+            ours: format!("/index/demo/{LARGE}"),
+            theirs: LARGE,
+            conns: &[16],
+            headers: &[],
+        },
     ];
-    for (label, ours, theirs, conns, headers) in &points {
-        let theirs = theirs.trim_start_matches('/');
+    for Point {
+        label,
+        ours,
+        theirs,
+        conns,
+        headers,
+    } in &points
+    {
         for &c in conns {
             let urls = [
                 format!("{base}{ours}"),
