@@ -259,7 +259,7 @@ fn main() {
         headers,
     } in &points
     {
-        for &c in conns {
+        for &c in conns.iter() {
             let urls = [
                 format!("{base}{ours}"),
                 format!("http://{quiet_addr}/{theirs}"),
