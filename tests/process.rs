@@ -225,3 +225,64 @@ fn sigterm_lets_a_long_response_finish() {
         assert!(status.success(), "exit status {status:?}");
     });
 }
+
+/// The access log is batched and written by a thread of its own: a log
+/// collector that stops reading stderr must not stop the server. Before
+/// part 15 lines went through flexi_logger's queue; written by the
+/// workers themselves, a full pipe would have blocked every worker.
+#[test]
+fn a_stderr_nobody_reads_never_stops_serving_and_dropped_lines_are_counted() {
+    within(LIMIT, || {
+        let mut server = ChildServer::start(roxpi());
+        // stderr stays piped and unread: 64 KiB of pipe, then the writer
+        // blocks, then its 1 MiB queue fills.
+        let path = format!("/nothing-here/{}", "x".repeat(200));
+        let mut clients: Vec<Client> = (0..4).map(|_| Client::new(server.addr)).collect();
+        let mut slowest = Duration::ZERO;
+        for i in 0..12_000 {
+            let started = std::time::Instant::now();
+            let r = clients[i % 4].get(&path);
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(r.status, 404);
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "slowest answer {slowest:?}"
+        );
+        // Reading now lets the writer go on; it reports what it dropped.
+        let lines = server.stderr_lines();
+        let mut access = 0;
+        let mut dropped = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Until the warning has come and the queue is drained.
+        let mut quiet = 0;
+        while quiet < 2 && std::time::Instant::now() < deadline {
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) else {
+                if dropped.is_some() {
+                    quiet += 1;
+                } else {
+                    // One more request makes the writer run.
+                    let _ = clients[0].get("/health");
+                }
+                continue;
+            };
+            if line.contains(" access ") && line.contains("/nothing-here/") {
+                access += 1;
+            }
+            if let Some(n) = line
+                .split("access log: ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                *dropped.get_or_insert(0) += n;
+            }
+        }
+        let dropped = dropped.expect("a warning counts the dropped lines");
+        assert!(access > 1000, "{access} lines written");
+        assert!(
+            access as u64 + dropped <= 12_100 && access as u64 + dropped >= 5_000,
+            "{access} written + {dropped} dropped"
+        );
+    });
+}

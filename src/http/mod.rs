@@ -46,7 +46,8 @@
 //! or delivers the wrong length cuts the connection with a reset. A panic in
 //! the handler becomes a 500 and the worker lives on. Response header values
 //! are validated (no CR/LF/NUL). One access-log line per response goes to the
-//! `roxpi::access` log target (asynchronous writer: no per-request lock).
+//! access log (`logging::access`: batched per thread, written by its own
+//! thread; no per-request lock, channel send or wake-up).
 //!
 //! # Shutdown
 //! `Server::shutdown` stops accepting, closes idle connections, lets

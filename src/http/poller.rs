@@ -226,21 +226,14 @@ impl Poller {
         timeout: Duration,
     ) -> Option<Work> {
         if events.is_empty() {
+            // Access lines are batched while there is work; a worker about
+            // to wait writes them once they are due.
+            let timeout = crate::logging::flush_due(timeout);
             let tick = Timespec {
                 tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(1),
                 tv_nsec: i64::from(timeout.subsec_nanos()),
             };
-            match epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut *events),
-                Some(&tick),
-            ) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    log::error!("epoll_wait failed: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            self.wait(events, Some(&tick));
             // Taken from the end below: keep arrival order.
             events.reverse();
         }
@@ -279,6 +272,21 @@ impl Poller {
             }
         }
         None
+    }
+
+    /// One `epoll_wait` into `events` (empty before).
+    fn wait(&self, events: &mut Vec<epoll::Event>, timeout: Option<&Timespec>) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut *events),
+            timeout,
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                log::error!("epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// Gives the ready events a worker has claimed but not started back to
@@ -326,6 +334,8 @@ impl Poller {
                 None => IDLE_TICK,
             };
             std::thread::sleep(sleep);
+            // Lines of writes this thread timed out.
+            crate::logging::flush_access();
             if shared.stopping() {
                 // Idle connections close now; responses being written go on
                 // until done or timed out.

@@ -587,22 +587,20 @@ fn log_access(conn: &Conn, a: &Access<'_>, bytes: u64, error: Option<&std::io::E
             bytes,
         });
     }
-    if !log::log_enabled!(target: "roxpi::access", log::Level::Info) {
+    if !crate::logging::access_enabled() {
         return;
     }
     let ms = elapsed.as_secs_f64() * 1000.0;
     let tag = a.tag.unwrap_or("-");
     match error {
-        None => log::info!(
-            target: "roxpi::access",
+        None => crate::logging::access(format_args!(
             "{} \"{} {}\" {} {} {:.1}ms {}",
             conn.peer, a.method, a.target, a.status, bytes, ms, tag
-        ),
-        Some(e) => log::info!(
-            target: "roxpi::access",
+        )),
+        Some(e) => crate::logging::access(format_args!(
             "{} \"{} {}\" {} {} {:.1}ms {} cut: {}",
             conn.peer, a.method, a.target, a.status, bytes, ms, tag, e
-        ),
+        )),
     }
 }
 
@@ -670,6 +668,7 @@ impl Shared {
 fn transfer_loop(shared: &Arc<Shared>) {
     let pool = &shared.transfers;
     loop {
+        crate::logging::flush_access();
         match pool.rx.recv_timeout(TRANSFER_IDLE_EXIT) {
             Ok(job) => {
                 run_transfer(shared, job);
