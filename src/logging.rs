@@ -18,7 +18,6 @@
 //! log. `Logging`'s drop (at exit) writes what is queued.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -191,18 +190,35 @@ pub fn access_enabled() -> bool {
 /// Logs one access line: into this thread's batch once `start` ran, else
 /// through the `log` macros.
 pub fn access(line: std::fmt::Arguments<'_>) {
+    access_line(|out| {
+        let _ = out.write_fmt(line);
+    });
+}
+
+/// Logs one access line that `write` appends to a buffer (no `fmt`
+/// machinery needed): into this thread's batch once `start` ran, else
+/// through the `log` macros.
+pub fn access_line(write: impl FnOnce(&mut Vec<u8>)) {
     let format = ACCESS_FORMAT.load(Ordering::Acquire);
+    let via_log = |write: &mut dyn FnMut(&mut Vec<u8>)| {
+        let mut line = Vec::new();
+        write(&mut line);
+        log::info!(target: ACCESS, "{}", String::from_utf8_lossy(&line));
+    };
+    let mut write = Some(write);
+    let mut once = |out: &mut Vec<u8>| {
+        if let Some(w) = write.take() {
+            w(out);
+        }
+    };
     if format == VIA_LOG {
-        log::info!(target: ACCESS, "{line}");
+        via_log(&mut once);
         return;
     }
-    BATCH.with(|b| {
-        let Ok(mut b) = b.try_borrow_mut() else {
-            // Re-entered from a panic hook or a destructor: not batched.
-            log::info!(target: ACCESS, "{line}");
-            return;
-        };
-        b.push(line, format == JSON);
+    BATCH.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => b.push(&mut once, format == JSON),
+        // Re-entered from a panic hook or a destructor: not batched.
+        Err(_) => via_log(&mut once),
     });
 }
 
@@ -253,7 +269,7 @@ struct Lines {
     /// When the oldest buffered line was logged (ms since the epoch).
     oldest_ms: u64,
     /// The line being formatted (JSON: the `msg` before escaping).
-    scratch: String,
+    scratch: Vec<u8>,
     clock: Stamp,
     /// Where a batch goes (the writer; a test's recorder).
     write: fn(&[u8]),
@@ -264,7 +280,7 @@ impl Default for Lines {
         Lines {
             buf: Vec::new(),
             oldest_ms: 0,
-            scratch: String::new(),
+            scratch: Vec::new(),
             clock: Stamp::default(),
             write: to_writer,
         }
@@ -272,7 +288,7 @@ impl Default for Lines {
 }
 
 impl Lines {
-    fn push(&mut self, line: std::fmt::Arguments<'_>, json: bool) {
+    fn push(&mut self, write: &mut dyn FnMut(&mut Vec<u8>), json: bool) {
         let now = SystemTime::now();
         let ms = self.clock.update(now);
         if !self.buf.is_empty()
@@ -288,10 +304,11 @@ impl Lines {
         let ts = self.clock.text();
         if json {
             self.scratch.clear();
-            let _ = self.scratch.write_fmt(line);
+            write(&mut self.scratch);
+            let msg = String::from_utf8_lossy(&self.scratch);
             // The same object (and key order) as `json_format`.
             self.buf.extend_from_slice(b"{\"level\":\"INFO\",\"msg\":");
-            let _ = serde_json::to_writer(&mut self.buf, &self.scratch);
+            let _ = serde_json::to_writer(&mut self.buf, &msg);
             self.buf
                 .extend_from_slice(b",\"target\":\"roxpi::access\",\"ts\":\"");
             self.buf.extend_from_slice(ts.as_bytes());
@@ -299,7 +316,7 @@ impl Lines {
         } else {
             self.buf.extend_from_slice(ts.as_bytes());
             self.buf.extend_from_slice(b" access ");
-            let _ = self.buf.write_fmt(line);
+            write(&mut self.buf);
             self.buf.push(b'\n');
         }
         if self.buf.len() >= BATCH_BYTES {
@@ -398,7 +415,11 @@ mod tests {
         }
         let mut b = Lines::default();
         b.write = record;
-        b.push(format_args!("1.2.3.4:5 \"GET /a\" 200 3 0.1ms HIT"), false);
+        let line = |text: String| move |out: &mut Vec<u8>| out.extend_from_slice(text.as_bytes());
+        b.push(
+            &mut line("1.2.3.4:5 \"GET /a\" 200 3 0.1ms HIT".into()),
+            false,
+        );
         let text = String::from_utf8(b.buf.clone()).unwrap();
         assert!(
             text.ends_with(" access 1.2.3.4:5 \"GET /a\" 200 3 0.1ms HIT\n"),
@@ -406,23 +427,23 @@ mod tests {
         );
         assert_eq!(text.matches('\n').count(), 1);
         b.buf.clear();
-        b.push(format_args!("p \"GET /\\\" {}", 200), true);
-        let line: serde_json::Value =
+        b.push(&mut line(format!("p \"GET /\\\" {}", 200)), true);
+        let json: serde_json::Value =
             serde_json::from_slice(b.buf.strip_suffix(b"\n").unwrap()).unwrap();
-        assert_eq!(line["msg"], "p \"GET /\\\" 200");
-        assert_eq!(line["target"], ACCESS);
-        assert_eq!(line["level"], "INFO");
-        assert_eq!(line["ts"].as_str().unwrap().len(), b.clock.text().len());
+        assert_eq!(json["msg"], "p \"GET /\\\" 200");
+        assert_eq!(json["target"], ACCESS);
+        assert_eq!(json["level"], "INFO");
+        assert_eq!(json["ts"].as_str().unwrap().len(), b.clock.text().len());
         // An old line is written before a new one joins it.
         b.oldest_ms = 0;
         let before = b.buf.len();
-        b.push(format_args!("x"), false);
+        b.push(&mut line("x".into()), false);
         assert!(b.buf.len() < before, "the old batch was written first");
         assert_eq!(WRITTEN.load(Ordering::Relaxed), before);
         // A full batch is written at once.
         b.buf.clear();
         for _ in 0..(BATCH_BYTES / 50 + 2) {
-            b.push(format_args!("{:50}", "y"), false);
+            b.push(&mut line(format!("{:50}", "y")), false);
         }
         assert!(b.buf.len() < BATCH_BYTES, "written when full");
         assert!(WRITTEN.load(Ordering::Relaxed) >= before + BATCH_BYTES);

@@ -11,7 +11,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,18 @@ pub(crate) struct Conn {
     pub served: u64,
     /// Whether the socket is registered with the poller's epoll set.
     pub registered: bool,
+    /// The poller's key for this connection, the same for its whole life
+    /// (one atomic increment per connection, none per request).
+    pub token: u64,
     /// `100 Continue` was sent for the request at the head of `buf`.
     pub continued: bool,
     /// A request body being received (`body::receive`).
     pub receiving: Option<Box<super::body::Receiving>>,
     _open: OpenGuard,
 }
+
+/// Connection tokens; 0 is the poller's work channel.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// Counts open connections; the count drops when the connection does.
 struct OpenGuard(Arc<AtomicUsize>);
@@ -75,6 +81,7 @@ impl Conn {
             head_started: None,
             served: 0,
             registered: false,
+            token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
             continued: false,
             receiving: None,
             _open: OpenGuard(open),

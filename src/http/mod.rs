@@ -565,7 +565,7 @@ fn accept_loop(shared: &Arc<Shared>, listeners: &[Listener], cap: usize) {
                         let _ = rustix::net::sockopt::set_tcp_nodelay(&conn.stream, true);
                         shared.send_work(Work::Conn(Ready {
                             conn,
-                            queued: Instant::now(),
+                            queued: Some(Instant::now()),
                         }));
                     }
                     Err(rustix::io::Errno::AGAIN) => break,

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,6 @@ pub(crate) struct Poller {
     /// while holding one lock (it is held across `epoll_ctl`) rarely stalls
     /// another.
     parked: Vec<Mutex<HashMap<u64, Parked>>>,
-    next_token: AtomicU64,
     /// Responses parked for writability (they outlive a shutdown request
     /// until done or timed out).
     writes: AtomicUsize,
@@ -108,7 +107,6 @@ impl Poller {
             epoll,
             work,
             parked: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            next_token: AtomicU64::new(1),
             writes: AtomicUsize::new(0),
         })
     }
@@ -176,7 +174,7 @@ impl Poller {
     }
 
     fn arm(&self, what: Waits, deadline: Instant, first: bool, interest: EventFlags) {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let token = what.conn().token;
         // The entry goes in before the socket is armed, so that an immediate
         // event finds it; epoll_ctl is a short syscall, not I/O.
         let mut parked = self.lock(token);
@@ -262,12 +260,7 @@ impl Poller {
                 && !flags.intersects(EventFlags::IN | EventFlags::OUT);
             match p.what {
                 Waits::Read(_) | Waits::Write(_) if dead => continue,
-                Waits::Read(conn) => {
-                    return Some(Work::Conn(Ready {
-                        conn,
-                        queued: Instant::now(),
-                    }))
-                }
+                Waits::Read(conn) => return Some(Work::Conn(Ready { conn, queued: None })),
                 Waits::Write(t) => return Some(Work::Write(t)),
             }
         }
