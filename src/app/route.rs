@@ -103,7 +103,8 @@ pub fn under(prefix: &str, rest: &str, query: Option<&str>) -> Route {
     if rest.is_empty() {
         return Route::List;
     }
-    let segments: Vec<&str> = rest.split('/').collect();
+    // At most three segments matter (name, file, anything more).
+    let segments: Vec<&str> = rest.splitn(3, '/').collect();
     let Some(raw_name) = decode_once(segments[0]) else {
         return Route::BadRequest("invalid percent-encoding".into());
     };
@@ -113,14 +114,15 @@ pub fn under(prefix: &str, rest: &str, query: Option<&str>) -> Route {
         Err(_) => return Route::NotFound,
     };
     let canonical = name.as_str() == segments[0];
-    let base = format!("{prefix}{name}/");
+    // Made only for a redirect (a hit allocates nothing here).
+    let base = || format!("{prefix}{name}/");
     match segments.as_slice() {
-        [_] => Route::Redirect(with_query(base)),
+        [_] => Route::Redirect(with_query(base())),
         [_, ""] if canonical => Route::Project(name),
-        [_, ""] => Route::Redirect(with_query(base)),
+        [_, ""] => Route::Redirect(with_query(base())),
         [_, file] if !file.is_empty() => {
             if !canonical {
-                return Route::Redirect(with_query(format!("{base}{file}")));
+                return Route::Redirect(with_query(format!("{}{file}", base())));
             }
             match decode_once(file).as_deref().and_then(Filename::parse) {
                 Some(f) => Route::File(name, f),

@@ -60,18 +60,19 @@ pub enum Planned {
 pub fn plan(req: &Request, f: &Stored, content_type: &'static str, stats: &FileStats) -> Planned {
     let etag = format!("\"{}\"", f.sha256);
     let last_modified = httpdate::fmt_http_date(f.modified);
-    let headers = |status: u16| {
+    // Each path builds the head once and moves the validators into it.
+    let headers = |status: u16, etag: String, last_modified: String| {
         Response::new(status)
             .header("Content-Type", content_type)
-            .header("ETag", etag.clone())
-            .header("Last-Modified", last_modified.clone())
+            .header("ETag", etag)
+            .header("Last-Modified", last_modified)
             .header("Cache-Control", "public, max-age=31536000, immutable")
             .header("Accept-Ranges", "bytes")
             .header("X-Cache", "HIT")
             .log_tag("HIT")
     };
     if etag_matches(req.header("if-none-match"), &etag) {
-        return Planned::Answer(headers(304));
+        return Planned::Answer(headers(304, etag, last_modified));
     }
     let range = if if_range_allows(req.header("if-range"), &etag, &last_modified) {
         parse_range(req.header("range"), f.len)
@@ -83,7 +84,8 @@ pub fn plan(req: &Request, f: &Stored, content_type: &'static str, stats: &FileS
         RangeRequest::Partial(r) => (206, r.start, r.len(), Some(r.content_range(f.len))),
         RangeRequest::Unsatisfiable => {
             return Planned::Answer(
-                headers(416).header("Content-Range", format!("bytes */{}", f.len)),
+                headers(416, etag, last_modified)
+                    .header("Content-Range", format!("bytes */{}", f.len)),
             );
         }
     };
@@ -92,7 +94,7 @@ pub fn plan(req: &Request, f: &Stored, content_type: &'static str, stats: &FileS
             .bytes_served_from_cache
             .fetch_add(len, Ordering::Relaxed);
     }
-    let mut head = headers(status);
+    let mut head = headers(status, etag, last_modified);
     if let Some(cr) = content_range {
         head = head.header("Content-Range", cr);
     }
