@@ -91,7 +91,7 @@ pub(crate) struct Transfer {
 /// 11 KB file (2 cores, 2 workers): 1 → 71–77k req/s, 4 → 100k, 8 → 97–103k,
 /// 16 → 103k (p99 the same at 4, 8 and 16);
 /// a turn that makes the worker sleep less is what counts.
-const EVENTS_PER_TURN: usize = 32;
+const EVENTS_PER_TURN: usize = 8;
 /// A request that took longer than this hands the worker's other claimed
 /// events back to the set (`Poller::hand_back`).
 const SLOW_TURN: Duration = Duration::from_millis(2);
