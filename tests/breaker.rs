@@ -281,7 +281,15 @@ fn a_slow_upstream_is_named_on_the_home_page() {
             .unwrap_or_else(|| panic!("no response time series:\n{metrics}"));
         let avg: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(avg > 1.0, "{line}");
-        // The file's bytes count for its project.
+        // The file's bytes count for its project, once its response is
+        // finished (the observer runs after the last byte is written,
+        // which may be after the client has read it).
+        let mut page = page;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !page.contains(">slow</a></td><td>8.8 KiB</td>") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            page = home(roxpi.addr);
+        }
         assert!(page.contains("Top projects by bytes served"), "{page}");
         assert!(page.contains(">slow</a></td><td>8.8 KiB</td>"), "{page}");
     });

@@ -532,6 +532,12 @@ impl App {
         (Arc::clone(&p.0), p.1)
     }
 
+    /// The version of the policies (it changes on reload), without
+    /// cloning either policy.
+    pub(super) fn policy_version(&self) -> u64 {
+        crate::read(&self.policy).1
+    }
+
     /// The policy for a route (its own, else the site's) and the version
     /// of the policies (it changes on reload).
     pub(super) fn policy_for(&self, up: &IndexGroup) -> (Arc<crate::policy::Policy>, u64) {

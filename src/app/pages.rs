@@ -87,7 +87,7 @@ impl App {
             Resolved::Failed(e) => return error::respond(&Failure::Page(&e)),
         };
         let wall = SystemTime::now();
-        let (_, policy_version) = self.policy_for(up);
+        let policy_version = self.policy_version();
         // What synthesis advertises, and the policy, change the rendered
         // page too.
         let sig: Vec<u64> = found
@@ -172,7 +172,7 @@ impl App {
         if found.is_empty() {
             return None;
         }
-        let (_, policy_version) = self.policy_for(up);
+        let policy_version = self.policy_version();
         let sig: Vec<u64> = found
             .iter()
             .map(|(g, _)| *g)

@@ -114,9 +114,60 @@ fn media_q(ranges: &[Range<'_>], media: &str) -> u16 {
     best.map(|(_, q)| q).unwrap_or(0)
 }
 
+/// The last answer for one header value, per thread: an installer sends
+/// the same `Accept` and `Accept-Encoding` on every request, so a warm page
+/// compares two strings instead of parsing both headers (2.5 % of a warm
+/// page's time, part 15).
+fn memo<T: Copy + 'static>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<(String, Option<T>)>>,
+    header: &str,
+    decide: impl FnOnce() -> Option<T>,
+) -> Option<T> {
+    if header.len() > 512 {
+        return decide();
+    }
+    cell.with(|c| {
+        let Ok(mut last) = c.try_borrow_mut() else {
+            return decide();
+        };
+        if last.0 != header || last.0.is_empty() {
+            let answer = decide();
+            last.0.clear();
+            last.0.push_str(header);
+            last.1 = answer;
+        }
+        last.1
+    })
+}
+
+thread_local! {
+    static LAST_ACCEPT: std::cell::RefCell<(String, Option<PageFormat>)> =
+        const { std::cell::RefCell::new((String::new(), None)) };
+    static LAST_ACCEPT_ENCODING: std::cell::RefCell<(String, Option<Coding>)> =
+        const { std::cell::RefCell::new((String::new(), None)) };
+}
+
 /// Chooses the page format; `None` means 406. `format` is the `?format=`
 /// value, which wins when it names a known type.
 pub fn negotiate_format(format: Option<&str>, accept: Option<&str>) -> Option<PageFormat> {
+    match (format, accept) {
+        (None, Some(accept)) => memo(&LAST_ACCEPT, accept, || decide_format(None, Some(accept))),
+        _ => decide_format(format, accept),
+    }
+}
+
+/// Chooses the coding; `None` means 406 (identity refused, nothing else
+/// acceptable). gzip wins ties.
+pub fn negotiate_coding(accept_encoding: Option<&str>) -> Option<Coding> {
+    match accept_encoding {
+        Some(header) => memo(&LAST_ACCEPT_ENCODING, header, || {
+            decide_coding(Some(header))
+        }),
+        None => decide_coding(None),
+    }
+}
+
+fn decide_format(format: Option<&str>, accept: Option<&str>) -> Option<PageFormat> {
     if let Some(f) = format {
         match f.trim() {
             V1_JSON | LATEST_JSON => return Some(PageFormat::Json),
@@ -140,9 +191,7 @@ pub fn negotiate_format(format: Option<&str>, accept: Option<&str>) -> Option<Pa
     }
 }
 
-/// Chooses the coding; `None` means 406 (identity refused, nothing else
-/// acceptable). gzip wins ties.
-pub fn negotiate_coding(accept_encoding: Option<&str>) -> Option<Coding> {
+fn decide_coding(accept_encoding: Option<&str>) -> Option<Coding> {
     let Some(header) = accept_encoding.filter(|h| !h.trim().is_empty()) else {
         return Some(Coding::Identity);
     };
@@ -173,6 +222,32 @@ pub fn negotiate_coding(accept_encoding: Option<&str>) -> Option<Coding> {
 mod tests {
     use super::*;
     use PageFormat::*;
+
+    #[test]
+    fn the_per_thread_memo_answers_as_the_parser_does_for_every_header_in_turn() {
+        let accepts = [
+            PIP,
+            UV,
+            POETRY,
+            "text/html",
+            "application/json",
+            "",
+            "*/*;q=0",
+        ];
+        let codings = ["gzip", "identity;q=0", "br", "deflate, gzip;q=0.5", ""];
+        for _ in 0..3 {
+            for a in accepts {
+                assert_eq!(
+                    negotiate_format(None, Some(a)),
+                    decide_format(None, Some(a)),
+                    "{a:?}"
+                );
+            }
+            for c in codings {
+                assert_eq!(negotiate_coding(Some(c)), decide_coding(Some(c)), "{c:?}");
+            }
+        }
+    }
 
     const PIP: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01";
     const UV: &str = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01";
