@@ -141,7 +141,7 @@ fn main() {
     }
     let nginx_dir = tempfile::tempdir().unwrap();
     let nginx_files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_ref())).collect();
-    let (mut nginx, nginx_addr) = start_nginx(nginx_dir.path(), &nginx_files, "");
+    let (nginx, nginx_addr) = start_nginx(nginx_dir.path(), &nginx_files, "");
     // The bytes from memory (a kept mapping's writev path), same server.
     let from_memory = {
         let large = large.clone();
@@ -186,8 +186,7 @@ fn main() {
             row(&format!("nginx {label}"), c, &theirs, None);
         }
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
     roxpi.shutdown(Duration::from_secs(2));
     from_memory.shutdown(Duration::from_secs(2));
     upstream.shutdown(Duration::from_secs(2));

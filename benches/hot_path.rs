@@ -212,13 +212,13 @@ fn main() {
     ];
     let location = "location = /page { default_type application/vnd.pypi.simple.v1+json; gzip_static on; gzip_vary on; }";
     let quiet_dir = tempfile::tempdir().unwrap();
-    let (mut quiet, quiet_addr) = start_nginx(quiet_dir.path(), &www, location);
+    let (quiet, quiet_addr) = start_nginx(quiet_dir.path(), &www, location);
     let logged_dir = tempfile::tempdir().unwrap();
     let logged_conf = format!(
         "access_log {}/access.log combined buffer=64k flush=1s; {location}",
         logged_dir.path().display()
     );
-    let (mut logged, logged_addr) = start_nginx(logged_dir.path(), &www, &logged_conf);
+    let (logged, logged_addr) = start_nginx(logged_dir.path(), &www, &logged_conf);
 
     println!(
         "hot path: roxpi (binary, access log on) vs static nginx, {secs}s × {} rounds per point",
@@ -290,10 +290,7 @@ fn main() {
         .map(|s| s.lines().filter(|l| l.contains(" access ")).count())
         .unwrap_or(0);
     println!("roxpi access log: {log_lines} lines");
-    for n in [&mut quiet, &mut logged] {
-        let _ = n.kill();
-        let _ = n.wait();
-    }
+    drop((quiet, logged));
     drop(roxpi);
     upstream.shutdown(Duration::from_secs(2));
 }

@@ -33,7 +33,7 @@ fn main() {
             .collect::<Vec<u8>>(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (mut nginx, nginx_addr) = start_nginx(dir.path(), &[("page", &body)], "");
+    let (nginx, nginx_addr) = start_nginx(dir.path(), &[("page", &body)], "");
     let nginx_url = format!("http://{nginx_addr}/page");
     let conns = [1u32, 16, 64, 256];
 
@@ -67,6 +67,5 @@ fn main() {
         }
         server.shutdown(Duration::from_secs(2));
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
 }

@@ -73,7 +73,7 @@ fn main() {
         bodies.push((name, out.stdout));
     }
     let files: Vec<(&str, &[u8])> = bodies.iter().map(|(n, b)| (*n, b.as_slice())).collect();
-    let (mut nginx, nginx_addr) = start_nginx(
+    let (nginx, nginx_addr) = start_nginx(
         dir.path(),
         &files,
         "location / { add_header Content-Encoding gzip; add_header Vary \"Accept, Accept-Encoding\"; }",
@@ -97,8 +97,7 @@ fn main() {
             row("nginx same bytes", c, &theirs, None);
         }
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
     roxpi.shutdown(Duration::from_secs(2));
     upstream.shutdown(Duration::from_secs(2));
 }

@@ -126,7 +126,7 @@ fn parse_latency(s: &str) -> f64 {
 /// `tcp_nodelay`, `access_log off` (`extra_conf`, inside `server`, may set
 /// one), `keepalive_requests 1000000`, `open_file_cache max=1000
 /// inactive=60s` and `open_file_cache_valid 60s`.
-pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Child, SocketAddr) {
+pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Nginx, SocketAddr) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -173,7 +173,19 @@ pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Ch
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    (Nginx(child), addr)
+}
+
+/// A running nginx; dropping it stops the master and its workers
+/// (`SIGTERM`: a killed master would leave its workers running).
+pub struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.0.wait();
+    }
 }
 
 pub fn have(tool: &str) -> bool {
