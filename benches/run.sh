@@ -8,6 +8,7 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
 fi
 # BENCH_SECONDS (5), BENCH_ROUNDS (3, medians), BENCH_PIN=1 (servers on CPU 0, wrk on CPU 1).
+cargo bench --bench hot_path "$@"
 cargo bench --bench http_server "$@"
 cargo bench --bench index_path "$@"
 cargo bench --bench file_path "$@"
