@@ -61,11 +61,8 @@ fn upstream(files: Vec<(&'static str, Bytes)>) -> Server {
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::default(),
         move |req| {
-            if let Some(name) = req.path().strip_prefix("/files/") {
-                return match files.iter().find(|(n, _)| *n == name) {
-                    Some((_, b)) => Response::new(200).body(b.clone()),
-                    None => Response::new(404),
-                };
+            if let Some(answer) = support::file_answer(&files, req.path()) {
+                return answer;
             }
             let page = match req.path() {
                 "/simple/pip/" => pip.clone(),

@@ -63,11 +63,8 @@ fn main() {
             "127.0.0.1:0".parse().unwrap(),
             ServerConfig::default(),
             move |req| {
-                if let Some(name) = req.path().strip_prefix("/files/") {
-                    return match files.iter().find(|(n, _)| *n == name) {
-                        Some((_, b)) => Response::new(200).body(b.clone()),
-                        None => Response::new(404),
-                    };
+                if let Some(answer) = support::file_answer(&files, req.path()) {
+                    return answer;
                 }
                 Response::new(200)
                     .header("Content-Type", "application/vnd.pypi.simple.v1+json")

@@ -267,3 +267,13 @@ pub fn demo_page(files: &[(&str, bytes::Bytes)]) -> String {
         entries.join(",")
     )
 }
+
+/// A fake upstream's answer for `/files/<name>` among `files`: the bytes,
+/// or 404; `None` for any other path.
+pub fn file_answer(files: &[(&str, bytes::Bytes)], path: &str) -> Option<roxpi::http::Response> {
+    let name = path.strip_prefix("/files/")?;
+    Some(match files.iter().find(|(n, _)| *n == name) {
+        Some((_, b)) => roxpi::http::Response::new(200).body(b.clone()),
+        None => roxpi::http::Response::new(404),
+    })
+}
