@@ -298,9 +298,10 @@ impl Lines {
         }
         if self.buf.is_empty() {
             self.oldest_ms = ms;
-            // Grows to the batch size once, then is reused.
-            self.buf.reserve(BATCH_BYTES + 1024);
         }
+        // The buffer grows with use and is kept: a busy worker's reaches
+        // the batch size once; a transfer thread that logs one line now
+        // and then holds a few hundred bytes, not 64 KiB.
         let ts = self.clock.text();
         if json {
             self.scratch.clear();
@@ -331,7 +332,7 @@ impl Lines {
         (self.write)(&self.buf);
         self.buf.clear();
         if self.buf.capacity() > 4 * BATCH_BYTES {
-            self.buf.shrink_to(BATCH_BYTES + 1024);
+            self.buf.shrink_to(2 * BATCH_BYTES);
         }
     }
 }
