@@ -187,14 +187,6 @@ pub fn access_enabled() -> bool {
     log::log_enabled!(target: ACCESS, log::Level::Info)
 }
 
-/// Logs one access line: into this thread's batch once `start` ran, else
-/// through the `log` macros.
-pub fn access(line: std::fmt::Arguments<'_>) {
-    access_line(|out| {
-        let _ = out.write_fmt(line);
-    });
-}
-
 /// Logs one access line that `write` appends to a buffer (no `fmt`
 /// machinery needed): into this thread's batch once `start` ran, else
 /// through the `log` macros.
