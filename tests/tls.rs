@@ -483,17 +483,28 @@ fn prefetch_over_https_trusts_ssl_cert_file() {
         assert!(said.contains("prefetch: 1 fetched"), "{said}");
         assert_eq!(fake.count(&format!("/files/root/roxpi-dep/{wheel}")), 1);
 
-        // Plain HTTP on the TLS port is told so, not cut without a word.
-        let mut plain = TcpStream::connect(roxpi.addr).unwrap();
-        plain
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        plain
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        let _ = plain.read_to_string(&mut answer);
-        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
-        assert!(answer.contains("This port speaks HTTPS"), "{answer:?}");
+        // Plain HTTP on the TLS port is told so, not cut without a word:
+        // in one piece, and typed a piece at a time (the first bytes too
+        // few to tell from a TLS record).
+        for pieces in [
+            &["GET /health HTTP/1.1\r\nHost: x\r\n\r\n"][..],
+            &["G", "ET", " /health HTTP/1.1\r\nHost: x\r\n\r\n"][..],
+        ] {
+            let mut plain = TcpStream::connect(roxpi.addr).unwrap();
+            plain
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            for piece in pieces {
+                plain.write_all(piece.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut answer = String::new();
+            let _ = plain.read_to_string(&mut answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 400 "),
+                "{pieces:?}: {answer:?}"
+            );
+            assert!(answer.contains("This port speaks HTTPS"), "{answer:?}");
+        }
     });
 }

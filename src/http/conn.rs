@@ -173,14 +173,27 @@ fn fill_tls(
 ) -> io::Result<ReadOutcome> {
     let mut s = sock;
     let mut eof = false;
-    if tls.is_handshaking() && !tls.wants_write() && plain_http_on_tls(sock) {
-        // Plain HTTP on the TLS port: say so, as nginx does, instead of
-        // a handshake failure the client shows as an empty reply.
-        let _ = send(sock, PLAIN_ON_TLS, SendFlags::empty());
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "plain HTTP on the TLS port",
-        ));
+    if tls.is_handshaking() && !tls.wants_write() {
+        match first_bytes(sock) {
+            // Nothing yet, or the start of a word: wait. Reading now would
+            // let rustls take a plain request that arrives meanwhile and
+            // answer it with an alert.
+            FirstBytes::Wait => return Ok(ReadOutcome::WouldBlock),
+            FirstBytes::PlainHttp => {
+                // Plain HTTP on the TLS port: say so, as nginx does, instead
+                // of a handshake failure the client shows as an empty reply.
+                // The request is read away first: closing with unread bytes
+                // sends a reset that can destroy the answer.
+                drain(sock);
+                let _ = send(sock, PLAIN_ON_TLS, SendFlags::empty());
+                let _ = sock.shutdown(Shutdown::Write);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "plain HTTP on the TLS port",
+                ));
+            }
+            FirstBytes::Other => {}
+        }
     }
     loop {
         match tls.read_tls(&mut s) {
@@ -244,21 +257,52 @@ fn fill_tls(
 /// The answer to a plain HTTP request on the TLS port.
 const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 56\r\nConnection: close\r\n\r\nThis port speaks HTTPS: use https:// in the index URL.\r\n";
 
-/// Whether the first bytes waiting on a new TLS connection are a plain
-/// HTTP request line (a TLS record starts with a byte below 0x20).
-fn plain_http_on_tls(sock: &TcpStream) -> bool {
+/// What the bytes waiting on a TLS connection in its handshake are.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstBytes {
+    /// None yet, or too few to tell a plain request line from a record.
+    Wait,
+    /// A plain HTTP request line (`GET /…`): a method word of capitals.
+    PlainHttp,
+    /// Anything else: a TLS record (its first byte is below 0x20), the
+    /// end of the connection, or an error, for rustls to see.
+    Other,
+}
+
+/// Peeks at the bytes waiting on `sock` without taking them.
+fn first_bytes(sock: &TcpStream) -> FirstBytes {
     let mut head = [0u8; 8];
     match rustix::net::recv(
         sock,
         &mut head,
         rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
     ) {
-        Ok((n, _)) if n >= 4 => {
-            let word = &head[..n];
-            let end = word.iter().position(|b| *b == b' ').unwrap_or(n);
-            end >= 3 && word[..end].iter().all(u8::is_ascii_uppercase)
-        }
-        _ => false,
+        Ok((0, _)) => FirstBytes::Other,
+        Ok((n, _)) => classify_first_bytes(&head[..n.min(head.len())]),
+        Err(rustix::io::Errno::AGAIN) => FirstBytes::Wait,
+        Err(_) => FirstBytes::Other,
+    }
+}
+
+/// `first_bytes` on the peeked bytes (at least one).
+fn classify_first_bytes(head: &[u8]) -> FirstBytes {
+    let word = head.iter().position(|b| *b == b' ').unwrap_or(head.len());
+    if !head[..word].iter().all(u8::is_ascii_uppercase) {
+        return FirstBytes::Other;
+    }
+    if word == head.len() {
+        // Capitals without the space yet: a word still arriving, or one
+        // longer than any method.
+        return if word < 8 {
+            FirstBytes::Wait
+        } else {
+            FirstBytes::Other
+        };
+    }
+    if word >= 3 {
+        FirstBytes::PlainHttp
+    } else {
+        FirstBytes::Other
     }
 }
 
@@ -708,4 +752,41 @@ fn sendfile(
     count: usize,
 ) -> io::Result<usize> {
     Ok(rustix::fs::sendfile(sock, file, Some(pos), count)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_first_bytes_tells_a_request_line_from_a_record() {
+        let cases: &[(&[u8], FirstBytes)] = &[
+            (b"GET /hea", FirstBytes::PlainHttp),
+            (b"HEAD /ab", FirstBytes::PlainHttp),
+            (b"OPTIONS ", FirstBytes::PlainHttp),
+            (b"PUT /", FirstBytes::PlainHttp),
+            // A TLS handshake record, an alert, application data.
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01", FirstBytes::Other),
+            (b"\x15\x03\x03\x00\x02", FirstBytes::Other),
+            (b"\x17", FirstBytes::Other),
+            // A request line still arriving: wait for the rest.
+            (b"G", FirstBytes::Wait),
+            (b"GE", FirstBytes::Wait),
+            (b"GET", FirstBytes::Wait),
+            (b"OPTIONS", FirstBytes::Wait),
+            // Capitals past any method, a short word, lower case.
+            (b"ABCDEFGH", FirstBytes::Other),
+            (b"GE /", FirstBytes::Other),
+            (b" GET", FirstBytes::Other),
+            (b"get /", FirstBytes::Other),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                &classify_first_bytes(head),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
 }
