@@ -17,8 +17,10 @@
 //!   medians of req/s and of p99.
 //!
 //! `cargo bench --bench hot_path` (or `benches/run.sh`). `BENCH_PIN=1`
-//! puts the servers on CPU 0 and wrk on CPU 1. The output ends with a
-//! Markdown table, and roxpi's RSS idle and at its peak.
+//! puts the servers on CPU 0 and wrk on CPU 1; `BENCH_ONLY="page 256"`
+//! measures only the matching points; `ROXPI_*` settings in the bench's
+//! environment reach roxpi. The output ends with a Markdown table, and
+//! roxpi's RSS idle and at its peak.
 
 mod support;
 
@@ -101,6 +103,12 @@ impl Roxpi {
             .env("ROXPI_INDEX_URL", index)
             .env("ROXPI_CACHE_DIR", cache.join("cache"))
             .env("ROXPI_INDEX_TTL", "3600")
+            // The bench's own ROXPI_* settings reach roxpi (ROXPI_LOG=warn
+            // measures it without the access log, ROXPI_WORKERS=N …).
+            .envs(
+                std::env::vars_os()
+                    .filter(|(k, _)| k.to_str().is_some_and(|k| k.starts_with("ROXPI_"))),
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).expect("access log file"));
         let mut child = cmd.spawn().expect("start roxpi");
@@ -156,24 +164,57 @@ struct Point {
     headers: &'static [&'static str],
 }
 
-/// One measured point: each server's median run, in the order given.
-fn point(urls: &[&str], conns: u32, secs: u32, headers: &[&str]) -> Vec<Run> {
-    for url in urls {
+/// One server at one point: its median run, and the median CPU time it
+/// used per request (all its threads or worker processes).
+struct Measured {
+    run: Run,
+    cpu_us: f64,
+}
+
+/// One measured point: each server (its URL and process id), in the order
+/// given.
+fn point(servers: &[(&str, u32)], conns: u32, secs: u32, headers: &[&str]) -> Vec<Measured> {
+    for (url, _) in servers {
         wrk(url, conns, 1, headers);
     }
-    let mut runs: Vec<Vec<Run>> = urls.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<(Run, f64)>> = servers.iter().map(|_| Vec::new()).collect();
     for round in 0..support::rounds() {
         // A/B/C then C/B/A: drift of the machine falls on every side.
         let order: Vec<usize> = if round % 2 == 0 {
-            (0..urls.len()).collect()
+            (0..servers.len()).collect()
         } else {
-            (0..urls.len()).rev().collect()
+            (0..servers.len()).rev().collect()
         };
         for i in order {
-            runs[i].push(wrk(urls[i], conns, secs, headers));
+            let (url, pid) = servers[i];
+            let before = support::cpu_seconds(pid);
+            let run = wrk(url, conns, secs, headers);
+            let used = support::cpu_seconds(pid) - before;
+            let cpu_us = used * 1e6 / (run.rps * f64::from(secs));
+            runs[i].push((run, cpu_us));
         }
     }
-    runs.into_iter().map(support::median).collect()
+    runs.into_iter()
+        .map(|r| {
+            let mut cpu: Vec<f64> = r.iter().map(|(_, c)| *c).collect();
+            cpu.sort_by(f64::total_cmp);
+            Measured {
+                cpu_us: cpu[cpu.len() / 2],
+                run: support::median(r.into_iter().map(|(run, _)| run).collect()),
+            }
+        })
+        .collect()
+}
+
+/// `BENCH_ONLY="page 256,wheel 16"`: only the points whose "label conns"
+/// contains one of the comma-separated words.
+fn wanted(label: &str, conns: u32) -> bool {
+    let Ok(only) = std::env::var("BENCH_ONLY") else {
+        return true;
+    };
+    let name = format!("{label} {conns}");
+    only.split(',')
+        .any(|w| !w.trim().is_empty() && name.contains(w.trim()))
 }
 
 fn main() {
@@ -223,8 +264,8 @@ fn main() {
     );
     println!("page: /index/pip/ as JSON, gzip {} bytes", page.len());
     println!();
-    println!("| path | conns | roxpi req/s | nginx req/s | ratio | p99 roxpi / nginx | nginx+log req/s | ratio | p99 nginx+log |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| path | conns | roxpi req/s | nginx req/s | ratio | p99 roxpi / nginx | CPU µs/req roxpi / nginx | nginx+log req/s | ratio | p99 nginx+log | CPU µs/req nginx+log |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let points = [
         Point {
             label: "warm page",
@@ -257,23 +298,31 @@ fn main() {
     } in &points
     {
         for &c in conns.iter() {
+            if !wanted(label, c) {
+                continue;
+            }
             let urls = [
                 format!("{base}{ours}"),
                 format!("http://{quiet_addr}/{theirs}"),
                 format!("http://{logged_addr}/{theirs}"),
             ];
-            let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-            let r = point(&refs, c, secs, headers);
+            let pids = [roxpi.child.id(), quiet.pid(), logged.pid()];
+            let servers: Vec<(&str, u32)> = urls.iter().map(String::as_str).zip(pids).collect();
+            let m = point(&servers, c, secs, headers);
+            let (r, n, l) = (&m[0].run, &m[1].run, &m[2].run);
             println!(
-                "| {label} | {c} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} ms | {:.0} | {:.2}× | {:.2} ms |",
-                r[0].rps,
-                r[1].rps,
-                r[0].rps / r[1].rps,
-                r[0].p99_ms,
-                r[1].p99_ms,
-                r[2].rps,
-                r[0].rps / r[2].rps,
-                r[2].p99_ms,
+                "| {label} | {c} | {:.0} | {:.0} | {:.2}× | {:.2} / {:.2} ms | {:.1} / {:.1} | {:.0} | {:.2}× | {:.2} ms | {:.1} |",
+                r.rps,
+                n.rps,
+                r.rps / n.rps,
+                r.p99_ms,
+                n.p99_ms,
+                m[0].cpu_us,
+                m[1].cpu_us,
+                l.rps,
+                r.rps / l.rps,
+                l.p99_ms,
+                m[2].cpu_us,
             );
         }
     }

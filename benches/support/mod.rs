@@ -180,6 +180,51 @@ pub fn start_nginx(dir: &Path, files: &[(&str, &[u8])], extra_conf: &str) -> (Ng
 /// (`SIGTERM`: a killed master would leave its workers running).
 pub struct Nginx(Child);
 
+impl Nginx {
+    /// The master's process id (its workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// CPU time, user and system, that process `pid` (all its threads) and its
+/// child processes (nginx's workers) have used so far, in seconds. Unlike
+/// req/s, it hardly moves with what else the machine is doing.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    process_ticks(pid) as f64 / ticks
+}
+
+fn process_ticks(pid: u32) -> u64 {
+    let own = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_ticks(&s))
+        .unwrap_or(0);
+    let children: u64 = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map(process_ticks)
+        .sum();
+    own + children
+}
+
+/// utime + stime from a `/proc/<pid>/stat` line (fields 14 and 15; the
+/// command name in field 2 may hold spaces, so fields count from its ")").
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         let pid = rustix::process::Pid::from_child(&self.0);
