@@ -188,8 +188,9 @@ impl Nginx {
 }
 
 /// CPU time, user and system, that process `pid` (all its threads) and its
-/// child processes (nginx's workers) have used so far, in seconds. Unlike
-/// req/s, it hardly moves with what else the machine is doing.
+/// child processes (nginx's workers) have used so far, in seconds. Divided
+/// by the requests served, it shows where the CPU goes; on a shared VM it
+/// still moves between runs (steal and cache contention count in it).
 pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     process_ticks(pid) as f64 / ticks
