@@ -195,13 +195,9 @@ fn point(servers: &[(&str, u32)], conns: u32, secs: u32, headers: &[&str]) -> Ve
         }
     }
     runs.into_iter()
-        .map(|r| {
-            let mut cpu: Vec<f64> = r.iter().map(|(_, c)| *c).collect();
-            cpu.sort_by(f64::total_cmp);
-            Measured {
-                cpu_us: cpu[cpu.len() / 2],
-                run: support::median(r.into_iter().map(|(run, _)| run).collect()),
-            }
+        .map(|r| Measured {
+            cpu_us: support::middle(r.iter().map(|(_, c)| *c).collect()),
+            run: support::median(r.into_iter().map(|(run, _)| run).collect()),
         })
         .collect()
 }

@@ -99,14 +99,16 @@ pub fn compare(ours: &str, theirs: &str, conns: u32, secs: u32, headers: &[&str]
 }
 
 pub fn median(runs: Vec<Run>) -> Run {
-    let mid = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Run {
-        rps: mid(runs.iter().map(|r| r.rps).collect()),
-        p99_ms: mid(runs.iter().map(|r| r.p99_ms).collect()),
+        rps: middle(runs.iter().map(|r| r.rps).collect()),
+        p99_ms: middle(runs.iter().map(|r| r.p99_ms).collect()),
     }
+}
+
+/// The median of a non-empty list (the upper one of an even count).
+pub fn middle(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// wrk prints latencies as `123.45us`, `1.23ms` or `1.02s`.
